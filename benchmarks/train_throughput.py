@@ -1,0 +1,58 @@
+"""Trains a config for N steps and prints training tokens per second (compilation excluded) and peak memory.
+
+  python benchmarks/train_throughput.py --config=configs/shakespeare_char.py \
+      --config.data.path=tinyshakespeare.txt --steps=200
+"""
+
+import resource
+import tempfile
+import time
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from data import batches
+from train import cli, loop, optimizer, sharding, state as state_lib, step as step_lib
+
+CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file to benchmark.', lock_config=True)
+STEPS = flags.DEFINE_integer('steps', 200, 'Timed steps, after one untimed step that compiles.')
+
+
+def peak_memory() -> str:
+  """Returns the peak host memory of this process and, where the device reports it, the device peak."""
+  host = f'host peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB'
+  stats = jax.devices()[0].memory_stats() or {}
+  device = f', device peak {stats["peak_bytes_in_use"] / 2**30:.2f} GiB' if 'peak_bytes_in_use' in stats else ''
+  return host + device
+
+
+def benchmark() -> None:
+  """Prints the throughput of `--steps` train steps of `--config`."""
+  config = CONFIG.value
+  sharding.configure_cpu_devices(config)
+  setup = loop.prepare(config, tempfile.mkdtemp())
+  c, length = setup.config.train, setup.config.model.max_length
+  tx = optimizer.make_optimizer(c)
+  abstract = state_lib.abstract_state(setup.model, tx, setup.mesh)
+  state = state_lib.init_state(setup.model, tx, c.seed, abstract)
+  train_fn, _ = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh)
+  batch_sharding = sharding.batch_sharding(setup.mesh)
+  put = lambda step: jax.device_put(batches.train_batch(setup.train_tokens, step, c.batch_size, length, c.seed),
+                                    batch_sharding)
+  state, metrics = train_fn(state, put(0))
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for step in range(1, STEPS.value + 1):
+    state, metrics = train_fn(state, put(step))
+  jax.block_until_ready(metrics)
+  seconds = time.perf_counter() - start
+  tokens = STEPS.value * c.batch_size * length
+  print(f'devices {len(jax.devices())} x {jax.devices()[0].platform}, mesh {dict(setup.mesh.shape)}, '
+        f'jax {jax.__version__}')
+  print(f'{STEPS.value} steps of {c.batch_size} x {length} tokens: {seconds / STEPS.value * 1e3:.1f} ms/step, '
+        f'{tokens / seconds:,.0f} tokens/s; {peak_memory()}')
+
+
+if __name__ == '__main__':
+  cli.run(benchmark)

@@ -1,0 +1,77 @@
+"""Every default of a flaxlm run, documented. Presets start from `get_config()` and change a few fields.
+
+Any field can be overridden from the command line, for example `--config.train.steps=100`.
+"""
+
+import ml_collections
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Returns the transformer's shape and options (read by `model.transformer.ModelConfig`)."""
+  c = ml_collections.ConfigDict()
+  c.vocab_size = 0  # 0: taken from the tokenizer.
+  c.num_layers = 4
+  c.num_heads = 4
+  c.num_kv_heads = 0  # 0: same as num_heads (multi-head); fewer gives grouped-query attention.
+  c.width = 128  # D, the residual stream's width; must be a multiple of num_heads.
+  c.mlp_width = 0  # F; 0: 4 * width for gelu, 8/3 * width rounded up to a multiple of 64 for swiglu.
+  c.max_length = 64  # T, the context length the model is trained on.
+  c.positions = 'rotary'  # 'rotary' or 'learned'.
+  c.rope_theta = 10_000.0  # base wavelength of rotary positions.
+  c.norm = 'rmsnorm'  # 'rmsnorm' or 'layernorm'.
+  c.mlp = 'swiglu'  # 'swiglu' or 'gelu'.
+  c.tie_embeddings = False  # True: the output head reuses the token embedding matrix (GPT-2).
+  c.dropout = 0.0  # dropout rate on embeddings, attention output and MLP output.
+  c.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'; parameters stay float32.
+  c.scan_layers = True  # stack layers with nn.scan so compile time does not grow with depth.
+  c.remat = False  # recompute each layer's activations in the backward pass to save memory.
+  return c
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """Returns the optimizer, schedule and loop settings (read by `train.optimizer` and `train.loop`)."""
+  c = ml_collections.ConfigDict()
+  c.steps = 2000  # number of optimizer updates.
+  c.batch_size = 12  # sequences per step, across all devices.
+  c.learning_rate = 1e-3  # peak learning rate, reached after the warmup.
+  c.min_learning_rate = 1e-4  # where the cosine decay ends, at the last step.
+  c.warmup_steps = 100  # linear warmup from 0 to learning_rate.
+  c.beta1 = 0.9
+  c.beta2 = 0.99
+  c.weight_decay = 0.1  # AdamW decay, applied to matrices (kernels and embeddings) only.
+  c.grad_clip = 1.0  # global-norm gradient clipping; 0 turns it off.
+  c.eval_every = 250  # steps between validation evaluations (and at the last step).
+  c.eval_batches = 50  # validation batches per evaluation, the same ones every time.
+  c.log_every = 10  # steps between metrics lines.
+  c.checkpoint_every = 500  # steps between checkpoints (and at the last step).
+  c.keep_checkpoints = 3  # how many recent checkpoints the workdir keeps.
+  c.seed = 0  # seeds parameters, dropout and the order of training batches.
+  return c
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Returns where the training text comes from (read by `data.text`)."""
+  c = ml_collections.ConfigDict()
+  c.path = ''  # a local UTF-8 text file.
+  c.val_fraction = 0.1  # the last part of the text is held out for validation.
+  return c
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  """Returns the device mesh's shape (read by `train.sharding`)."""
+  c = ml_collections.ConfigDict()
+  c.data = -1  # data-parallel axis; -1 takes all devices the other axes leave.
+  c.fsdp = 1  # parameter-sharded data-parallel axis.
+  c.tensor = 1  # tensor-parallel axis (heads, MLP width, vocab).
+  c.cpu_devices = 0  # on CPU, split the host into this many devices; 0: one per core that divides the batch.
+  return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the full default config: model, train, data and mesh sections."""
+  config = ml_collections.ConfigDict()
+  config.model = model_config()
+  config.train = train_config()
+  config.data = data_config()
+  config.mesh = mesh_config()
+  return config

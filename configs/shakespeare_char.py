@@ -1,0 +1,28 @@
+"""nanoGPT's CPU recipe: a small character-level model of Shakespeare.
+
+  flaxlm-train --config=configs/shakespeare_char.py \
+      --config.data.path=tinyshakespeare.txt --workdir=/tmp/run
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns 4 layers, 4 heads, width 128, context 64, batch 12, 2000 steps of AdamW (lr 1e-3 -> 1e-4)."""
+  config = base.get_config()
+  config.model.num_layers = 4
+  config.model.num_heads = 4
+  config.model.width = 128
+  config.model.max_length = 64
+  config.model.dropout = 0.0
+  config.model.scan_layers = False  # Four layers compile fast unrolled, and run faster so on CPU.
+  config.train.steps = 2000
+  config.train.batch_size = 12
+  config.train.learning_rate = 1e-3
+  config.train.min_learning_rate = 1e-4
+  config.train.warmup_steps = 100
+  config.train.beta2 = 0.99
+  config.train.eval_every = 250
+  return config

@@ -1,0 +1,227 @@
+"""A decoder-only transformer in Flax linen, read top to bottom: embeddings, attention, MLP, block, stack, head.
+
+Shape key for tensor names:
+  B batch, T sequence length, D model width, H query heads, G key/value heads, K head dimension,
+  F MLP width, V vocabulary, L layers.
+
+Parameters carry logical axis names (`embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `layers`);
+`train.sharding` maps them onto the device mesh.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from configs.errors import UserError
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+CHOICES = {'positions': ('rotary', 'learned'), 'norm': ('rmsnorm', 'layernorm'), 'mlp': ('swiglu', 'gelu'),
+           'dtype': tuple(DTYPES)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The transformer's hyperparameters; `from_config` checks them and fills derived defaults."""
+  vocab_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  width: int
+  mlp_width: int
+  max_length: int
+  positions: str
+  rope_theta: float
+  norm: str
+  mlp: str
+  tie_embeddings: bool
+  dropout: float
+  dtype: str
+  scan_layers: bool
+  remat: bool
+
+  @property
+  def head_dim(self) -> int:
+    """Returns K, the width of one attention head."""
+    return self.width // self.num_heads
+
+  @classmethod
+  def from_config(cls, c: ml_collections.ConfigDict, vocab_size: int) -> 'ModelConfig':
+    """Returns the checked model config for `c` (the `model` section), with zeros replaced by defaults."""
+    check_shape(c)
+    fields = {f.name: c[f.name] for f in dataclasses.fields(cls) if f.name in c}
+    fields['vocab_size'] = c.vocab_size or vocab_size
+    fields['num_kv_heads'] = c.num_kv_heads or c.num_heads
+    fields['mlp_width'] = c.mlp_width or default_mlp_width(c.width, c.mlp)
+    return cls(**fields)
+
+
+def check_shape(c: ml_collections.ConfigDict) -> None:
+  """Raises UserError if the model section describes a transformer that cannot be built."""
+  for key, allowed in CHOICES.items():
+    if c[key] not in allowed:
+      raise UserError(f'model.{key}={c[key]!r} is not one of {allowed}: set --config.model.{key}.')
+  for key in ('num_layers', 'num_heads', 'width', 'max_length'):
+    if c[key] <= 0:
+      raise UserError(f'model.{key}={c[key]} must be positive: set --config.model.{key}.')
+  if c.width % c.num_heads:
+    raise UserError(f'model.num_heads={c.num_heads} does not divide model.width={c.width}: '
+                    'choose a width that is a multiple of num_heads.')
+  kv_heads = c.num_kv_heads or c.num_heads
+  if kv_heads < 0 or c.num_heads % kv_heads:
+    raise UserError(f'model.num_kv_heads={c.num_kv_heads} does not divide model.num_heads={c.num_heads}: '
+                    'choose num_kv_heads among the divisors of num_heads.')
+  if c.positions == 'rotary' and (c.width // c.num_heads) % 2:
+    raise UserError(f'rotary positions need an even head dimension, not {c.width // c.num_heads}: '
+                    'change model.width or model.num_heads, or set --config.model.positions=learned.')
+
+
+def default_mlp_width(width: int, mlp: str) -> int:
+  """Returns F: 4D for GELU; for SwiGLU 8D/3 (the same parameter count), rounded up to a multiple of 64."""
+  if mlp == 'gelu':
+    return 4 * width
+  return 64 * math.ceil(8 * width / 3 / 64)
+
+
+def param_init(std: float, axes: tuple[str | None, ...]) -> nn.initializers.Initializer:
+  """Returns a normal(std) initializer whose parameters carry the logical axis names `axes`."""
+  return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+class Norm(nn.Module):
+  """RMSNorm or LayerNorm over the last axis, with a learned scale (and bias for LayerNorm)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    ones = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
+    if self.config.norm == 'rmsnorm':
+      return nn.RMSNorm(dtype=DTYPES[self.config.dtype], scale_init=ones)(x_BxTxD)
+    zeros = nn.with_logical_partitioning(nn.initializers.zeros, ('embed',))
+    return nn.LayerNorm(dtype=DTYPES[self.config.dtype], scale_init=ones, bias_init=zeros)(x_BxTxD)
+
+
+def rotate(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Returns x with rotary position embeddings applied: pairs (x_i, x_{i+K/2}) turned by position * freq_i."""
+  half = x_BxTxHxK.shape[-1] // 2
+  freq_K2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BxTx1xK2 = (positions_BxT[:, :, None, None] * freq_K2).astype(jnp.float32)
+  sin, cos = jnp.sin(angle_BxTx1xK2), jnp.cos(angle_BxTx1xK2)
+  x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxTxHxK.dtype)
+
+
+class Attention(nn.Module):
+  """Causal self-attention with grouped-query heads, computed by `jax.nn.dot_product_attention`."""
+  config: ModelConfig
+
+  def project(self, x_BxTxD: jax.Array, heads: int, axis: str, name: str) -> jax.Array:
+    """Returns x projected to `heads` heads of width K: B x T x heads x K."""
+    c = self.config
+    return nn.Einsum((c.width, heads, c.head_dim), 'BTD,DHK->BTHK', use_bias=False, dtype=DTYPES[c.dtype],
+                     kernel_init=param_init(c.width ** -0.5, ('embed', axis, 'head_dim')), name=name)(x_BxTxD)
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, deterministic: bool) -> jax.Array:
+    c = self.config
+    q_BxTxHxK = self.project(x_BxTxD, c.num_heads, 'heads', 'query')
+    k_BxTxGxK = self.project(x_BxTxD, c.num_kv_heads, 'kv_heads', 'key')
+    v_BxTxGxK = self.project(x_BxTxD, c.num_kv_heads, 'kv_heads', 'value')
+    if c.positions == 'rotary':
+      q_BxTxHxK = rotate(q_BxTxHxK, positions_BxT, c.rope_theta)
+      k_BxTxGxK = rotate(k_BxTxGxK, positions_BxT, c.rope_theta)
+    out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True)
+    out_init = param_init((c.width * 2 * c.num_layers) ** -0.5, ('heads', 'head_dim', 'embed'))
+    out_BxTxD = nn.Einsum((c.num_heads, c.head_dim, c.width), 'BTHK,HKD->BTD', use_bias=False,
+                          dtype=DTYPES[c.dtype], kernel_init=out_init, name='out')(out_BxTxHxK)
+    return nn.Dropout(c.dropout)(out_BxTxD, deterministic=deterministic)
+
+
+class Mlp(nn.Module):
+  """The feed-forward layer: SwiGLU (silu(x W_gate) * x W_up) W_down, or GELU(x W_up) W_down."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
+    c = self.config
+    dense = lambda features, std, axes, name: nn.Dense(
+        features, use_bias=False, dtype=DTYPES[c.dtype], kernel_init=param_init(std, axes), name=name)
+    up_BxTxF = dense(c.mlp_width, c.width ** -0.5, ('embed', 'mlp'), 'up')(x_BxTxD)
+    if c.mlp == 'swiglu':
+      gate_BxTxF = dense(c.mlp_width, c.width ** -0.5, ('embed', 'mlp'), 'gate')(x_BxTxD)
+      h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
+    else:
+      h_BxTxF = nn.gelu(up_BxTxF)
+    out_BxTxD = dense(c.width, (c.mlp_width * 2 * c.num_layers) ** -0.5, ('mlp', 'embed'), 'down')(h_BxTxF)
+    return nn.Dropout(c.dropout)(out_BxTxD, deterministic=deterministic)
+
+
+class Block(nn.Module):
+  """One pre-norm transformer layer: x + attention(norm(x)), then x + mlp(norm(x))."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, deterministic: bool):
+    x_BxTxD = nn.with_logical_constraint(x_BxTxD, ('batch', 'length', 'embed'))
+    x_BxTxD += Attention(self.config, name='attention')(
+        Norm(self.config, name='attention_norm')(x_BxTxD), positions_BxT, deterministic)
+    x_BxTxD += Mlp(self.config, name='mlp')(Norm(self.config, name='mlp_norm')(x_BxTxD), deterministic)
+    return x_BxTxD, None  # (carry, output) as nn.scan expects.
+
+
+class Stack(nn.Module):
+  """The L layers: one scanned Block with stacked parameters, or L separate Blocks."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, deterministic: bool) -> jax.Array:
+    c = self.config
+    block = nn.remat(Block, static_argnums=(3,)) if c.remat else Block
+    if c.scan_layers:
+      layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                       in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+                       metadata_params={nn.PARTITION_NAME: 'layers'})
+      x_BxTxD, _ = layers(c, name='layers')(x_BxTxD, positions_BxT, deterministic)
+      return x_BxTxD
+    for i in range(c.num_layers):
+      x_BxTxD, _ = block(c, name=f'layer_{i}')(x_BxTxD, positions_BxT, deterministic)
+    return x_BxTxD
+
+
+class Transformer(nn.Module):
+  """Token ids in, next-token logits out: embed, add positions, L blocks, final norm, output head."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    """Returns float32 logits B x T x V; position t only sees tokens 0..t."""
+    c = self.config
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+    embed = nn.Embed(c.vocab_size, c.width, dtype=DTYPES[c.dtype], name='embed',
+                     embedding_init=param_init(0.02, ('vocab', 'embed')))
+    x_BxTxD = embed(tokens_BxT)
+    if c.positions == 'learned':
+      x_BxTxD += nn.Embed(c.max_length, c.width, dtype=DTYPES[c.dtype], name='position_embed',
+                          embedding_init=param_init(0.02, (None, 'embed')))(positions_BxT)
+    x_BxTxD = nn.Dropout(c.dropout)(x_BxTxD, deterministic=deterministic)
+    x_BxTxD = Stack(c, name='stack')(x_BxTxD, positions_BxT, deterministic)
+    x_BxTxD = Norm(c, name='final_norm')(x_BxTxD)
+    if c.tie_embeddings:
+      logits_BxTxV = embed.attend(x_BxTxD)
+    else:  # Zero-initialised, so an untrained model predicts the uniform distribution: loss ln V.
+      head_init = nn.with_logical_partitioning(nn.initializers.zeros, ('embed', 'vocab'))
+      logits_BxTxV = nn.Dense(c.vocab_size, use_bias=False, dtype=DTYPES[c.dtype], name='head',
+                              kernel_init=head_init)(x_BxTxD)
+    return logits_BxTxV.astype(jnp.float32)
+
+
+def count_params(params: Any) -> int:
+  """Returns the exact number of scalars in a params pytree (arrays or shape structs)."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

@@ -1,0 +1,37 @@
+"""flaxlm: train and use language models with JAX and Flax, from a laptop CPU to a Cloud TPU pod slice."""
+
+import setuptools
+
+setuptools.setup(
+    name='flaxlm',
+    version='0.1.0',
+    description='A JAX/Flax research codebase for training and using language models.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=setuptools.find_packages(include=['model', 'data', 'train', 'configs']),
+    python_requires='>=3.12',
+    install_requires=[
+        'jax>=0.11.2',
+        'flax',
+        'optax',
+        'orbax-checkpoint',
+        'tensorflow-datasets',
+        'sentencepiece',
+        'grain',
+        'ml_collections',
+        'absl-py',
+        'numpy',
+        'tensorboardX',
+    ],
+    extras_require={
+        'test': ['pytest', 'pytest-timeout', 'nbclient', 'nbformat', 'ipykernel', 'matplotlib'],
+        'gpu': ['jax[cuda12]'],
+        'tpu': ['jax[tpu]'],
+    },
+    entry_points={
+        'console_scripts': [
+            'flaxlm-train=train.main:main',
+            'flaxlm-sample=train.sample_main:main',
+        ],
+    },
+)

@@ -1,0 +1,39 @@
+"""Shared test setup: two CPU devices (so data parallelism is tested without accelerators) and small corpora."""
+
+import os
+import pathlib
+import sys
+
+# Tests compile many small programs and run each briefly: skip XLA's slow LLVM optimisations (5x faster
+# compiles). Subprocesses the tests start inherit this.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
+
+import jax  # noqa: E402  (after XLA_FLAGS is set)
+import pytest  # noqa: E402
+
+jax.config.update('jax_num_cpu_devices', 2)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+WORDS = ('the king and queen of the north sent word to their people that spring would come early '
+         'this year and every farmer should be ready to plant ROMEO: JULIET: ').split(' ')
+
+
+def make_corpus(path: pathlib.Path, num_words: int = 3000, seed: int = 0) -> pathlib.Path:
+  """Writes a text of `num_words` words drawn (seeded) from a small vocabulary, in lines of ten words."""
+  import random
+  rng = random.Random(seed)
+  words = [rng.choice(WORDS) for _ in range(num_words)]
+  path.write_text('\n'.join(' '.join(words[i:i + 10]) for i in range(0, num_words, 10)) + '\n')
+  return path
+
+
+@pytest.fixture
+def corpus(tmp_path: pathlib.Path) -> pathlib.Path:
+  """A small generated text file."""
+  return make_corpus(tmp_path / 'corpus.txt')
+
+
+def command(name: str) -> str:
+  """Returns the path of an installed console script of this environment, such as flaxlm-train."""
+  return os.path.join(os.path.dirname(sys.executable), name)

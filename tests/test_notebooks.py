@@ -1,0 +1,118 @@
+"""Executes every notebook in notebooks/ offline, on a small generated corpus, and checks what it produced."""
+
+import dataclasses
+import os
+import pathlib
+import random
+
+import nbclient
+import nbformat
+import pytest
+from ipykernel import kernelspec
+from jupyter_client import KernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+
+from train import metrics
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / 'notebooks').glob('*.ipynb'))
+WORDS = ('love', 'night', 'sword', 'crown', 'morrow', 'honest', 'sweet', 'gentle', 'the', 'my', 'and', 'of',
+         'thou', 'art', 'shall', 'not', 'what', 'is', 'a', 'man', 'noble', 'heart', 'fair', 'lord')
+SPEAKERS = ('ROMEO', 'JULIET', 'MERCUTIO', 'NURSE')
+PROMPT = 'ROMEO:'
+
+
+@dataclasses.dataclass
+class Executed:
+  """A notebook after execution, with the text and workdir it was given."""
+  notebook: nbformat.NotebookNode
+  corpus: str
+  workdir: pathlib.Path
+
+
+def make_corpus(num_chars: int = 6000, seed: int = 0) -> str:
+  """Returns play-like text of random words and speaker names (so it holds every character of PROMPT)."""
+  rng = random.Random(seed)
+  parts = []
+  while sum(map(len, parts)) < num_chars:
+    lines = [' '.join(rng.choices(WORDS, k=rng.randint(4, 8))).capitalize() + ',' for _ in range(rng.randint(1, 3))]
+    parts.append(f'{rng.choice(SPEAKERS)}:\n' + '\n'.join(lines)[:-1] + '.\n\n')
+  return ''.join(parts)
+
+
+def kernel_manager(kernels_dir: pathlib.Path) -> KernelManager:
+  """Returns a manager for a python3 kernel run by this interpreter, whatever kernelspecs are installed."""
+  kernelspec.write_kernel_spec(kernels_dir / 'python3')  # Its argv starts with sys.executable.
+  return KernelManager(kernel_name='python3', kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels_dir)]))
+
+
+@pytest.fixture(scope='module')
+def execute(tmp_path_factory):
+  """Returns a function that executes a notebook once (later calls reuse the result)."""
+  done = {}
+
+  def run(path: pathlib.Path) -> Executed:
+    if path not in done:
+      tmp = tmp_path_factory.mktemp(path.stem)
+      corpus = make_corpus()
+      (tmp / 'corpus.txt').write_text(corpus, encoding='utf-8')
+      env = {**os.environ, 'FLAXLM_TEXT': str(tmp / 'corpus.txt'), 'FLAXLM_WORKDIR': str(tmp / 'workdir'),
+             'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
+      notebook = nbformat.read(path, as_version=4)
+      client = nbclient.NotebookClient(notebook, km=kernel_manager(tmp / 'kernels'), timeout=300,
+                                       resources={'metadata': {'path': str(REPO)}})
+      client.execute(env=env)
+      done[path] = Executed(notebook, corpus, tmp / 'workdir')
+    return done[path]
+
+  return run
+
+
+def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+  """Returns the notebook's code cells."""
+  return [cell for cell in notebook.cells if cell.cell_type == 'code']
+
+
+def stdout_of(notebook: nbformat.NotebookNode) -> list[str]:
+  """Returns the printed text of each code cell."""
+  return [''.join(o.text for o in cell.outputs if o.output_type == 'stream' and o.name == 'stdout')
+          for cell in code_cells(notebook)]
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_saved_clean(path):
+  notebook = nbformat.read(path, as_version=4)
+  nbformat.validate(notebook)
+  assert notebook.metadata.kernelspec.name == 'python3'
+  assert all(not cell.outputs and cell.execution_count is None for cell in code_cells(notebook))
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_every_cell_without_error(path, execute):
+  cells = code_cells(execute(path).notebook)
+  assert [cell.execution_count for cell in cells] == list(range(1, len(cells) + 1))
+  assert not [o for cell in cells for o in cell.outputs if o.output_type == 'error']
+
+
+def test_quickstart_loss_falls(execute):
+  run = execute(REPO / 'notebooks' / 'quickstart.ipynb')
+  records = metrics.read_metrics(run.workdir)
+  assert records[0]['loss'] > records[-1]['loss']
+  assert [r['step'] for r in records] == sorted({r['step'] for r in records})
+  assert any('val_loss' in r for r in records)
+  assert (run.workdir / 'tokenizer.json').is_file() and (run.workdir / 'checkpoints').is_dir()
+
+
+def test_quickstart_plots_the_loss(execute):
+  notebook = execute(REPO / 'notebooks' / 'quickstart.ipynb').notebook
+  images = [o for cell in code_cells(notebook) for o in cell.outputs if 'image/png' in o.get('data', {})]
+  assert len(images) == 1
+
+
+def test_quickstart_samples_text_continuing_the_prompt(execute):
+  run = execute(REPO / 'notebooks' / 'quickstart.ipynb')
+  samples = [text for text in stdout_of(run.notebook) if text.startswith(PROMPT)]
+  assert len(samples) == 1
+  generated = samples[0][len(PROMPT):].removesuffix('\n')
+  assert len(generated) == 100  # max_new_tokens characters of the corpus's alphabet.
+  assert set(generated) <= set(run.corpus)

@@ -1,0 +1,157 @@
+"""Tests of model/transformer.py: shapes, exact parameter counts, causality, variants and shape checks."""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from configs.errors import UserError
+from model.transformer import ModelConfig, Transformer, count_params
+
+VOCAB = 50
+
+
+def make_model(**overrides) -> Transformer:
+  """Returns a small transformer with `overrides` applied to the base model config."""
+  c = base.get_config().model
+  c.update(dict(num_layers=2, num_heads=4, width=32, max_length=16))
+  c.update(overrides)
+  return Transformer(ModelConfig.from_config(c, VOCAB))
+
+
+def init(model: Transformer, seed: int = 0):
+  """Returns the plain (unboxed) initial params of `model`."""
+  init_fn = jax.jit(lambda rng: nn.unbox(model.init(rng, jnp.zeros((1, 1), jnp.int32))['params']))
+  return init_fn(jax.random.key(seed))
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'deterministic'))
+def forward(model: Transformer, params, tokens, deterministic: bool = True, rngs=None):
+  """Returns the model's logits, compiled once per model (eager op-by-op execution is slow)."""
+  return model.apply({'params': params}, tokens, deterministic=deterministic, rngs=rngs)
+
+
+def random_params(model: Transformer, seed: int = 0):
+  """Returns initial params plus noise, so no output depends on the zero-initialised head being zero."""
+  params = init(model, seed)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  return tree.unflatten([x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def expected_count(c: ModelConfig) -> int:
+  """Returns the parameter count by formula: embeddings, L x (attention + MLP + norms), final norm, head."""
+  norm = c.width * (2 if c.norm == 'layernorm' else 1)
+  attention = c.width * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+  mlp = c.width * c.mlp_width * (3 if c.mlp == 'swiglu' else 2)
+  positions = c.max_length * c.width if c.positions == 'learned' else 0
+  head = 0 if c.tie_embeddings else c.width * c.vocab_size
+  return c.vocab_size * c.width + positions + c.num_layers * (attention + mlp + 2 * norm) + norm + head
+
+
+VARIANTS = [
+    {},
+    {'num_kv_heads': 2},
+    {'num_kv_heads': 1, 'positions': 'learned', 'norm': 'layernorm', 'mlp': 'gelu', 'tie_embeddings': True},
+    {'scan_layers': False, 'remat': True},
+    {'dtype': 'bfloat16'},
+]
+
+
+@pytest.mark.parametrize('overrides', VARIANTS)
+def test_output_shape_and_exact_parameter_count(overrides):
+  model = make_model(**overrides)
+  params = random_params(model)
+  logits = forward(model, params, jnp.zeros((3, 16), jnp.int32))
+  assert logits.shape == (3, 16, VOCAB)
+  assert logits.dtype == jnp.float32
+  assert count_params(params) == expected_count(model.config)
+
+
+def test_parameter_count_of_shakespeare_model():
+  c = ModelConfig.from_config(base.get_config().model, 65)
+  # 65*128 embed + 4 * (4*128*128 attention + 3*128*384 SwiGLU + 2*128 norms) + 128 + 128*65 head.
+  assert count_params(jax.eval_shape(lambda: init(Transformer(c)))) == 869_760
+
+
+@pytest.mark.parametrize('overrides', [{}, {'positions': 'learned'}, {'num_kv_heads': 1, 'scan_layers': False}])
+def test_changing_a_future_token_never_changes_an_earlier_logit(overrides):
+  model = make_model(**overrides)
+  params = random_params(model)
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, VOCAB)
+  for t in (0, 7, 15):
+    changed = tokens.at[:, t].set((tokens[:, t] + 1) % VOCAB)
+    before = forward(model, params, tokens)
+    after = forward(model, params, changed)
+    np.testing.assert_array_equal(before[:, :t], after[:, :t])
+    assert not np.allclose(before[:, t:], after[:, t:])
+
+
+@pytest.mark.parametrize('tie', [False, True])
+def test_untrained_loss_is_close_to_log_vocab(tie):
+  model = make_model(tie_embeddings=tie, width=128)
+  params = init(model)
+  tokens = jax.random.randint(jax.random.key(2), (4, 17), 0, VOCAB)
+  logits = forward(model, params, tokens[:, :-1])
+  loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1).mean()
+  assert abs(float(loss) - math.log(VOCAB)) < 0.1
+
+
+def test_scanned_and_unrolled_layers_give_the_same_output():
+  scanned, unrolled = make_model(scan_layers=True), make_model(scan_layers=False)
+  params = random_params(scanned)
+  layers = params['stack']['layers']
+  unrolled_params = {**params, 'stack': {f'layer_{i}': jax.tree.map(lambda x: x[i], layers) for i in range(2)}}
+  assert jax.tree.structure(unrolled_params) == jax.tree.structure(init(unrolled))
+  tokens = jax.random.randint(jax.random.key(3), (2, 16), 0, VOCAB)
+  np.testing.assert_allclose(forward(scanned, params, tokens),
+                             forward(unrolled, unrolled_params, tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_remat_gives_the_same_gradients():
+  plain, remat = make_model(), make_model(remat=True)
+  params = random_params(plain)
+  tokens = jax.random.randint(jax.random.key(4), (2, 16), 0, VOCAB)
+  grad = lambda m: jax.jit(jax.grad(lambda p: m.apply({'params': p}, tokens).sum()))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grad(plain), grad(remat))
+
+
+def test_dropout_changes_training_output_only():
+  model = make_model(dropout=0.5)
+  params = random_params(model)
+  tokens = jnp.ones((1, 16), jnp.int32)
+  eval_a = forward(model, params, tokens)
+  eval_b = forward(model, params, tokens)
+  train = forward(model, params, tokens, deterministic=False, rngs={'dropout': jax.random.key(5)})
+  np.testing.assert_array_equal(eval_a, eval_b)
+  assert not np.allclose(eval_a, train)
+
+
+def test_parameters_are_float32_with_bfloat16_compute():
+  model = make_model(dtype='bfloat16')
+  params = init(model)
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype('float32')}
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'num_heads': 5}, 'does not divide model.width'),
+    ({'num_kv_heads': 3}, 'does not divide model.num_heads'),
+    ({'norm': 'batchnorm'}, 'model.norm'),
+    ({'num_layers': 0}, 'model.num_layers'),
+    ({'width': 36, 'num_heads': 4}, 'even head dimension'),
+])
+def test_impossible_shapes_are_refused_with_the_fix(overrides, message):
+  with pytest.raises(UserError, match=message):
+    make_model(**overrides)
+
+
+def test_swiglu_width_matches_gelu_parameter_count():
+  c = base.get_config().model
+  assert ModelConfig.from_config(c, VOCAB).mlp_width == 384  # 8/3 * 128 = 341.3, rounded up to 64s.
+  c.mlp = 'gelu'
+  assert ModelConfig.from_config(c, VOCAB).mlp_width == 512

@@ -1,0 +1,38 @@
+"""What every flaxlm command shares: absl flag parsing, and mistakes reported as one line with a non-zero exit."""
+
+import sys
+from typing import Callable
+
+from absl import flags, logging
+
+from configs.errors import UserError
+
+
+def run(main: Callable[[], None], argv: list[str] | None = None) -> None:
+  """Parses the command line into absl FLAGS and runs `main`, turning user errors into one line on stderr."""
+  argv = sys.argv if argv is None else argv
+  logging.set_verbosity(logging.ERROR)  # Libraries' notices would bury the command's own lines.
+  try:
+    flags.FLAGS(argv)
+  except flags.Error as e:
+    exit_with(f'{e}: see --help for the flags.', 2)
+  try:
+    main()
+  except UserError as e:
+    exit_with(str(e), 1)
+  except KeyboardInterrupt:
+    exit_with('interrupted.', 130)
+
+
+def exit_with(message: str, code: int) -> None:
+  """Prints `message` as the command's one error line and exits with `code`."""
+  name = sys.argv[0].rsplit('/', 1)[-1]
+  print(f'{name}: error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def required(flag: flags.FlagHolder, hint: str):
+  """Returns the flag's value; raises UserError naming the flag if it was not given."""
+  if flag.value is None:
+    raise UserError(f'--{flag.name} is required: {hint}')
+  return flag.value

@@ -1,0 +1,137 @@
+"""The training loop: set up from a config, then step, evaluate, log and checkpoint until `train.steps`.
+
+The loop dispatches step s+1 before it pulls step s's metrics to the host, so logging never stalls the device.
+"""
+
+import contextlib
+import dataclasses
+import pathlib
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from configs.errors import UserError
+from data import batches, text
+from data.tokenizer import CharTokenizer
+from model.transformer import ModelConfig, Transformer, count_params
+from train import checkpoint, metrics, optimizer, sharding, state as state_lib, step as step_lib, workdir as workdir_lib
+
+POSITIVE_TRAIN_KEYS = ('steps', 'batch_size', 'eval_every', 'eval_batches', 'log_every', 'checkpoint_every',
+                       'keep_checkpoints')
+
+
+@dataclasses.dataclass
+class Setup:
+  """What a run needs before its first step, all checked before anything is written to the workdir."""
+  config: ml_collections.ConfigDict  # resolved: the model section states every derived value.
+  tokenizer: CharTokenizer
+  train_tokens: np.ndarray
+  val_tokens: np.ndarray
+  model: Transformer
+  mesh: jax.sharding.Mesh
+
+
+def check_train_config(c: ml_collections.ConfigDict) -> None:
+  """Raises UserError if a count in the `train` section is not a positive number."""
+  for key in POSITIVE_TRAIN_KEYS:
+    if c[key] <= 0:
+      raise UserError(f'train.{key}={c[key]} must be positive: set --config.train.{key}.')
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+  """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
+  check_train_config(config.train)
+  ModelConfig.from_config(config.model, 1)  # Check the shape before reading a possibly large file.
+  corpus = text.read_text(config.data.path)
+  tokenizer = CharTokenizer.from_text(corpus)
+  resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
+  train_tokens, val_tokens = text.split_tokens(tokenizer.encode(corpus), config.data.val_fraction,
+                                               config.model.max_length + 1)
+  workdir_lib.check_compatible(workdir, resolved, tokenizer)
+  model = Transformer(ModelConfig.from_config(resolved.model, tokenizer.vocab_size))
+  return Setup(resolved, tokenizer, train_tokens, val_tokens, model, sharding.make_mesh(config))
+
+
+def evaluate(eval_fn, params, val_batches: list[dict[str, np.ndarray]]) -> float:
+  """Returns the mean validation loss over the fixed validation batches."""
+  return float(np.mean([eval_fn(params, batch) for batch in val_batches]))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+  """Trains (or resumes) the run in `workdir` to `config.train.steps` and returns the final state."""
+  sharding.configure_cpu_devices(config)
+  setup = prepare(config, workdir)
+  c = setup.config.train
+  tx = optimizer.make_optimizer(c)
+  abstract = state_lib.abstract_state(setup.model, tx, setup.mesh)
+  workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
+  manager = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints)
+  state = checkpoint.restore_latest(manager, abstract) or state_lib.init_state(setup.model, tx, c.seed, abstract)
+  start = int(state.step)
+  metrics.drop_after(workdir, start)
+  print(f'model: {count_params(state.params):,} parameters; mesh {dict(setup.mesh.shape)}; '
+        f'{"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
+  train_fn, eval_fn = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh)
+  log = metrics.MetricsLog(workdir)
+  try:
+    return run_steps(setup, state, train_fn, eval_fn, manager, log)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    log.close()
+
+
+def run_steps(setup: Setup, state: state_lib.TrainState, train_fn, eval_fn, manager, log: metrics.MetricsLog):
+  """Runs the steps from `state.step` to the end, logging, evaluating and checkpointing on schedule."""
+  c, length = setup.config.train, setup.config.model.max_length
+  val_batches = batches.eval_batches(setup.val_tokens, c.eval_batches, c.batch_size, length)
+  batch_sharding = sharding.batch_sharding(setup.mesh)
+  timer = Throughput(int(state.step), c.batch_size * length)
+  pending = None
+  for step in range(int(state.step), c.steps):
+    batch = batches.train_batch(setup.train_tokens, step, c.batch_size, length, c.seed)
+    state, step_metrics = train_fn(state, jax.device_put(batch, batch_sharding))
+    if pending:
+      log.write(*timer.finish(*pending))
+      pending = None
+    done = step + 1
+    if done % c.log_every == 0 or done % c.eval_every == 0 or done == c.steps:
+      pending = (done, step_metrics, {})
+    if done % c.eval_every == 0 or done == c.steps:
+      jax.block_until_ready(step_metrics)  # The step itself counts as training time.
+      with timer.paused():
+        pending[2]['val_loss'] = evaluate(eval_fn, state.params, val_batches)
+    if done % c.checkpoint_every == 0 or done == c.steps:
+      jax.block_until_ready(step_metrics)
+      with timer.paused():
+        checkpoint.save(manager, state)
+  if pending:
+    log.write(*timer.finish(*pending))
+  return state
+
+
+class Throughput:
+  """Measures training tokens per second between logged steps, leaving out time spent evaluating or saving."""
+
+  def __init__(self, step: int, tokens_per_step: int):
+    self.step, self.tokens_per_step = step, tokens_per_step
+    self.time, self.excluded = time.perf_counter(), 0.0
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Returns a context whose duration is left out of the next measurement."""
+    start = time.perf_counter()
+    yield
+    self.excluded += time.perf_counter() - start
+
+  def finish(self, step: int, device_metrics: dict, host_metrics: dict) -> tuple[int, dict[str, float]]:
+    """Returns (step, metrics) with the device metrics fetched (waiting for the step) and tokens_per_second."""
+    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    now = time.perf_counter()
+    seconds = max(now - self.time - self.excluded, 1e-9)
+    values['tokens_per_second'] = (step - self.step) * self.tokens_per_step / seconds
+    self.step, self.time, self.excluded = step, now, 0.0
+    return step, {**values, **host_metrics}
+

@@ -1,0 +1,58 @@
+"""Where a run's numbers go: `WORKDIR/metrics.jsonl`, TensorBoard events and one terminal line per log step."""
+
+import json
+import pathlib
+
+import jax
+import tensorboardX
+
+
+class MetricsLog:
+  """Appends metrics to the workdir's JSONL file and TensorBoard events; only process 0 writes."""
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self.path = pathlib.Path(workdir) / 'metrics.jsonl'
+    self.active = jax.process_index() == 0
+    self.tensorboard = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard')) if self.active else None
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    """Records `metrics` for `step` and prints them as one line."""
+    if not self.active:
+      return
+    with self.path.open('a') as f:
+      f.write(json.dumps({'step': step, **metrics}) + '\n')
+    for name, value in metrics.items():
+      self.tensorboard.add_scalar(name, value, step)
+    print(format_line(step, metrics), flush=True)
+
+  def close(self) -> None:
+    """Flushes the TensorBoard events."""
+    if self.active:
+      self.tensorboard.close()
+
+
+def format_line(step: int, metrics: dict[str, float]) -> str:
+  """Returns a terminal line such as 'step 250 | loss 2.0134 | val_loss 2.0561 | learning_rate 9.6e-04'."""
+  parts = [f'step {step}']
+  for name, value in metrics.items():
+    parts.append(f'{name} {value:,.0f}' if name.endswith('per_second') else f'{name} {value:.4g}')
+  return ' | '.join(parts)
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  """Returns the records of a workdir's metrics.jsonl, oldest first (empty if there is none)."""
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def drop_after(workdir: str | pathlib.Path, step: int) -> None:
+  """Removes records past `step` (logged after the checkpoint a resumed run starts from), so none repeat."""
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  records = read_metrics(workdir)
+  kept = [r for r in records if r['step'] <= step]
+  if len(kept) < len(records):
+    tmp = path.with_suffix('.jsonl.tmp')
+    tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
+    tmp.replace(path)

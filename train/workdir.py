@@ -1,0 +1,69 @@
+"""A run's workdir: `config.json` (the resolved config), `tokenizer.json`, and the checks that keep runs apart."""
+
+import dataclasses
+import json
+import pathlib
+
+import ml_collections
+
+from configs.errors import UserError
+from data.tokenizer import CharTokenizer
+from model.transformer import ModelConfig, Transformer
+from train import checkpoint, optimizer, sharding, state
+
+
+def resolve(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
+  """Returns a copy of `config` whose model section states every derived value (vocab, kv heads, MLP width)."""
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  model = ModelConfig.from_config(config.model, vocab_size)
+  resolved.model.update({k: v for k, v in dataclasses.asdict(model).items() if k in resolved.model})
+  return resolved
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """Returns the resolved config saved in `workdir`; raises UserError if the workdir holds no run."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.is_file():
+    raise UserError(f'{workdir} holds no flaxlm run (no config.json): pass the --workdir of a training run.')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_tokenizer(workdir: str | pathlib.Path) -> CharTokenizer:
+  """Returns the tokenizer saved with the run in `workdir`."""
+  return CharTokenizer.load(pathlib.Path(workdir) / 'tokenizer.json')
+
+
+def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+                     tokenizer: CharTokenizer) -> None:
+  """Raises UserError if `workdir` holds a run of another model shape or tokenizer than this one."""
+  if not (pathlib.Path(workdir) / 'config.json').exists():
+    return
+  saved = load_config(workdir).model.to_dict()
+  differences = [f'model.{k}: {saved.get(k)!r} there, {v!r} here' for k, v in config.model.items() if saved.get(k) != v]
+  if differences:
+    raise UserError(f'workdir {workdir} holds a run of a different model ({"; ".join(differences)}): '
+                    'use a new --workdir, or the same settings to resume it.')
+  if load_tokenizer(workdir).chars != tokenizer.chars:
+    raise UserError(f'workdir {workdir} holds a run with a different tokenizer (another training text): '
+                    'use a new --workdir, or the same --config.data.path to resume it.')
+
+
+def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, tokenizer: CharTokenizer) -> None:
+  """Creates `workdir` and writes its config.json and tokenizer.json."""
+  path = pathlib.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / 'config.json').write_text(config.to_json(indent=2))
+  tokenizer.save(path / 'tokenizer.json')
+
+
+def load_trained(workdir: str | pathlib.Path):
+  """Returns (model, params, tokenizer) from the latest checkpoint in `workdir`, on one device."""
+  config, tokenizer = load_config(workdir), load_tokenizer(workdir)
+  model = Transformer(ModelConfig.from_config(config.model, tokenizer.vocab_size))
+  abstract = state.abstract_state(model, optimizer.make_optimizer(config.train), sharding.single_device_mesh())
+  manager = checkpoint.checkpoint_manager(workdir, config.train.keep_checkpoints, read_only=True)
+  restored = checkpoint.restore_latest(manager, abstract)
+  manager.close()
+  if restored is None:
+    raise UserError(f'{workdir} has no checkpoint yet: train it first with flaxlm-train --workdir={workdir}.')
+  return model, restored.params, tokenizer
