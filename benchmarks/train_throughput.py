@@ -29,7 +29,7 @@ def peak_memory() -> str:
 
 def benchmark() -> None:
   """Prints the throughput of `--steps` train steps of `--config`."""
-  config = CONFIG.value
+  config = cli.config(CONFIG)
   sharding.configure_cpu_devices(config)
   setup = loop.prepare(config, tempfile.mkdtemp())
   c, length = setup.config.train, setup.config.model.max_length

@@ -13,9 +13,9 @@ import numpy as np
 
 
 def filter_logits(logits_BxV: jax.Array, temperature: float, top_k: int) -> jax.Array:
-  """Returns logits divided by `temperature`, with all but the `top_k` largest set to -inf (top_k 0: keep all)."""
+  """Returns logits divided by `temperature`, with all but the `top_k` largest set to -inf (0 or >= V: keep all)."""
   logits_BxV = logits_BxV / temperature
-  if top_k:
+  if 0 < top_k < logits_BxV.shape[-1]:
     kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
     logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
   return logits_BxV

@@ -16,6 +16,10 @@ def run(main: Callable[[], None], argv: list[str] | None = None) -> None:
     flags.FLAGS(argv)
   except flags.Error as e:
     exit_with(f'{e}: see --help for the flags.', 2)
+  except (AttributeError, KeyError) as e:  # How ml_collections reports an override of a key it lacks.
+    exit_with(f'a --config override names a key that does not exist ({e}): see configs/base.py for the keys.', 2)
+  except Exception as e:  # A config file is Python: loading it runs the user's code, which may fail anyhow.
+    exit_with(f'a config file failed to load ({type(e).__name__}: {e}): fix the file.', 2)
   try:
     main()
   except UserError as e:
@@ -36,3 +40,14 @@ def required(flag: flags.FlagHolder, hint: str):
   if flag.value is None:
     raise UserError(f'--{flag.name} is required: {hint}')
   return flag.value
+
+
+def config(flag: flags.FlagHolder):
+  """Returns the ConfigDict of a config-file flag; raises UserError if it is missing or does not load."""
+  value = required(flag, f'pass --{flag.name}=configs/FILE.py.')
+  try:
+    value.to_dict()  # config_flags loads the file lazily and reports a failure on first use.
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    raise UserError(f'the --{flag.name} file does not load ({reason}): pass a file from configs/.') from None
+  return value

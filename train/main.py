@@ -12,5 +12,5 @@ WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the run: config, t
 
 def main(argv: list[str] | None = None) -> None:
   """Entry point of flaxlm-train and `python -m train`."""
-  cli.run(lambda: loop.train(cli.required(CONFIG, 'pass --config=configs/FILE.py.'),
+  cli.run(lambda: loop.train(cli.config(CONFIG),
                              cli.required(WORKDIR, 'pass --workdir=DIR for the run\'s files.')), argv)

@@ -30,8 +30,6 @@ def sample() -> None:
   """Prints each sample: the prompt followed by its continuation."""
   check_flags()
   model, params, tokenizer = workdir_lib.load_trained(cli.required(WORKDIR, 'pass the --workdir of a run.'))
-  if TOP_K.value > tokenizer.vocab_size:
-    raise UserError(f'--top_k={TOP_K.value} exceeds the vocabulary of {tokenizer.vocab_size} tokens.')
   tokens_BxN = sampling.generate(model, params, tokenizer.encode(PROMPT.value), MAX_NEW_TOKENS.value,
                                  SEED.value, NUM_SAMPLES.value, TEMPERATURE.value, TOP_K.value)
   print('\n---\n'.join(PROMPT.value + tokenizer.decode(tokens_N) for tokens_N in tokens_BxN))

@@ -35,7 +35,7 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.G
   loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, model, dropout_rng)  # predict, loss, backprop
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)  # update
-  metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(state.step)}
+  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

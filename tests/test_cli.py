@@ -1,0 +1,71 @@
+"""Tests of the command-line tools as a user runs them: flaxlm-train, python -m train and flaxlm-sample."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, command
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+  """Runs a command from the repository root and returns its completed process (text output)."""
+  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def train_args(corpus, workdir, *overrides: str) -> list[str]:
+  """Returns flaxlm-train's arguments for a short tiny run."""
+  return [f'--config={REPO}/configs/tiny.py', f'--workdir={workdir}', f'--config.data.path={corpus}',
+          '--config.train.steps=10', *overrides]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+  """Checks the command failed with a single stderr line (no traceback) containing `fragment`."""
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert fragment in lines[0]
+
+
+@pytest.mark.parametrize('overrides, fragment', [
+    (['--config.data.path=/nonexistent/text.txt'], 'does not exist'),
+    (['--config.model.no_such_key=3'], 'no_such_key'),
+    (['--config.model.num_heads=3'], 'does not divide model.width'),
+    (['--config.model.num_kv_heads=3'], 'does not divide model.num_heads'),
+])
+def test_bad_input_gets_one_line_and_writes_nothing(corpus, tmp_path, overrides, fragment):
+  workdir = tmp_path / 'run'
+  assert_one_line_error(run(command('flaxlm-train'), *train_args(corpus, workdir, *overrides)), fragment)
+  assert not workdir.exists()
+
+
+def test_an_empty_data_file_is_refused_through_python_dash_m(tmp_path):
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('')
+  workdir = tmp_path / 'run'
+  assert_one_line_error(run(sys.executable, '-m', 'train', *train_args(empty, workdir)), 'is empty')
+  assert not workdir.exists()
+
+
+def test_train_then_sample(corpus, tmp_path):
+  workdir = tmp_path / 'run'
+  trained = run(command('flaxlm-train'), *train_args(corpus, workdir))
+  assert trained.returncode == 0, trained.stderr
+  assert 'step 10 |' in trained.stdout and 'parameters' in trained.stdout
+
+  sample = lambda *flags: run(command('flaxlm-sample'), f'--workdir={workdir}', '--prompt=ROMEO:',
+                              '--max_new_tokens=40', *flags)
+  first, again = sample('--seed=3'), sample('--seed=3')
+  assert first.returncode == 0, first.stderr
+  assert first.stdout.startswith('ROMEO:') and len(first.stdout.rstrip('\n')) >= len('ROMEO:') + 30
+  assert first.stdout == again.stdout
+
+  wider = run(command('flaxlm-train'), *train_args(corpus, workdir, '--config.model.width=64'))
+  assert_one_line_error(wider, 'different model')
+  assert_one_line_error(sample('--prompt=@@@'), 'not in the tokenizer')
+
+
+def test_sampling_a_workdir_without_a_run_is_refused(tmp_path):
+  result = run(command('flaxlm-sample'), f'--workdir={tmp_path}', '--prompt=a')
+  assert_one_line_error(result, 'holds no flaxlm run')
+  assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,83 @@
+"""Tests of train/loop.py and the workdir it writes: files, metrics, checkpoints and exact resumption."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from configs.errors import UserError
+from train import loop, metrics
+
+
+def tiny_config(corpus, steps: int = 20):
+  """Returns the tiny preset on `corpus`, trained for `steps`."""
+  config = tiny.get_config()
+  config.data.path = str(corpus)
+  config.train.steps = steps
+  return config
+
+
+def test_a_run_writes_the_workdir_contract(corpus, tmp_path):
+  workdir = tmp_path / 'run'
+  state = loop.train(tiny_config(corpus), str(workdir))
+  assert int(state.step) == 20
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['train']['steps'] == 20 and saved['model']['vocab_size'] == len(set(corpus.read_text()))
+  assert saved['model']['num_kv_heads'] == 2 and saved['model']['mlp_width'] == 128
+  assert json.loads((workdir / 'tokenizer.json').read_text())['kind'] == 'char'
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['10', '20']
+  assert any((workdir / 'tensorboard').iterdir())
+  records = metrics.read_metrics(workdir)
+  assert [r['step'] for r in records] == [5, 10, 15, 20]
+  for r in records:
+    assert {'step', 'loss', 'learning_rate', 'tokens_per_second', 'grad_norm'} <= r.keys()
+  assert [r['step'] for r in records if 'val_loss' in r] == [10, 20]
+  assert records[-1]['loss'] < records[0]['loss']
+
+
+def test_a_resumed_run_continues_from_its_checkpoint_to_the_same_result(corpus, tmp_path):
+  straight = loop.train(tiny_config(corpus, 20), str(tmp_path / 'straight'))
+  loop.train(tiny_config(corpus, 20), str(tmp_path / 'resumed'))
+  shutil.rmtree(tmp_path / 'resumed' / 'checkpoints' / '20')  # As if killed after step 20's log, before its save.
+  resumed = loop.train(tiny_config(corpus, 20), str(tmp_path / 'resumed'))
+  assert int(resumed.step) == 20
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.params), jax.device_get(resumed.params))
+  losses = lambda run: [(r['step'], r['loss'], r.get('val_loss')) for r in metrics.read_metrics(tmp_path / run)]
+  assert losses('straight') == losses('resumed')
+
+
+def test_a_finished_run_started_again_trains_no_further(corpus, tmp_path):
+  loop.train(tiny_config(corpus, 10), str(tmp_path / 'run'))
+  state = loop.train(tiny_config(corpus, 10), str(tmp_path / 'run'))
+  assert int(state.step) == 10
+  assert [r['step'] for r in metrics.read_metrics(tmp_path / 'run')] == [5, 10]
+
+
+def test_metrics_logged_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+  lines = [{'step': s, 'loss': 1.0} for s in (5, 10, 15)]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in lines))
+  metrics.drop_after(tmp_path, 10)
+  assert [r['step'] for r in metrics.read_metrics(tmp_path)] == [5, 10]
+
+
+def test_a_workdir_of_another_model_shape_is_refused_untouched(corpus, tmp_path):
+  workdir = tmp_path / 'run'
+  loop.train(tiny_config(corpus, 10), str(workdir))
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*')}
+  config = tiny_config(corpus, 20)
+  config.model.width = 64
+  with pytest.raises(UserError, match='model.width: 32 there, 64 here'):
+    loop.train(config, str(workdir))
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob('*')} == before
+
+
+@pytest.mark.parametrize('key, value, message', [('steps', 0, 'train.steps=0'), ('eval_every', -1, 'eval_every')])
+def test_non_positive_counts_are_refused(corpus, tmp_path, key, value, message):
+  config = tiny_config(corpus)
+  config.train[key] = value
+  with pytest.raises(UserError, match=message):
+    loop.train(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()

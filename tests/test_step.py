@@ -1,0 +1,84 @@
+"""Tests of train/step.py and train/optimizer.py: the loss, the update, and that training learns."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import tiny
+from data import batches
+from model.transformer import ModelConfig, Transformer
+from train import optimizer, sharding, state as state_lib, step as step_lib
+
+
+def test_cross_entropy_is_minus_log_probability_of_the_target():
+  logits = jnp.log(jnp.array([[[0.6, 0.25, 0.15], [0.1, 0.1, 0.8]]]))
+  targets = jnp.array([[0, 1]])
+  expected = -(np.log(0.6) + np.log(0.1)) / 2
+  np.testing.assert_allclose(step_lib.cross_entropy(logits, targets), expected, rtol=1e-6)
+
+
+def test_weight_decay_applies_to_matrices_only():
+  config = tiny.get_config()
+  model = Transformer(ModelConfig.from_config(config.model, 20))
+  params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
+  mask = optimizer.decay_mask(params)
+  flat = {'/'.join(str(k.key) for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(mask)}
+  assert flat['embed/embedding'] and flat['head/kernel'] and flat['stack/layers/mlp/up/kernel']
+  assert not flat['final_norm/RMSNorm_0/scale'] and not flat['stack/layers/attention_norm/RMSNorm_0/scale']
+
+
+def test_schedule_warms_up_then_decays_to_the_minimum():
+  c = tiny.get_config().train
+  c.steps, c.warmup_steps, c.learning_rate, c.min_learning_rate = 100, 10, 1e-2, 1e-3
+  lr = optimizer.schedule(c)
+  assert float(lr(0)) == 0.0
+  np.testing.assert_allclose(float(lr(5)), 5e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(10)), 1e-2, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(100)), 1e-3, rtol=1e-6)
+
+
+def make_run(config, vocab_size: int, devices: int):
+  """Returns (model, train_fn, state, batch_sharding) for `config` on a data-parallel mesh of `devices`."""
+  model = Transformer(ModelConfig.from_config(config.model, vocab_size))
+  tx = optimizer.make_optimizer(config.train)
+  mesh = sharding.make_mesh(config, jax.devices()[:devices])
+  abstract = state_lib.abstract_state(model, tx, mesh)
+  state = state_lib.init_state(model, tx, config.train.seed, abstract)
+  train_fn, eval_fn = step_lib.compile_steps(model, tx, optimizer.schedule(config.train), 0, abstract, mesh)
+  return model, train_fn, eval_fn, state, sharding.batch_sharding(mesh)
+
+
+def test_training_on_a_repeated_corpus_drives_the_loss_near_zero():
+  config = tiny.get_config()
+  config.train.learning_rate, config.train.min_learning_rate, config.train.steps = 1e-2, 1e-2, 150
+  tokens = np.tile(np.arange(8, dtype=np.int32), 200)  # 0 1 2 ... 7 0 1 2 ...: each token fixes the next.
+  _, train_fn, _, state, batch_sharding = make_run(config, 8, 1)
+  losses = []
+  for step in range(config.train.steps):
+    batch = batches.train_batch(tokens, step, config.train.batch_size, config.model.max_length, 0)
+    state, metrics = train_fn(state, jax.device_put(batch, batch_sharding))
+    losses.append(float(metrics['loss']))
+  assert losses[0] == pytest.approx(np.log(8), abs=0.05)
+  assert losses[-1] < 0.02
+  assert int(state.step) == config.train.steps
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(tuple(map(int, jax.__version__.split('.')[:2])) < (0, 12),
+                    reason='in-process CPU all-reduce deadlocks before jax 0.12')
+def test_data_parallel_step_matches_a_single_device():
+  config = tiny.get_config()
+  tokens = np.arange(2000, dtype=np.int32) % 20
+  results = []
+  for devices in (1, 2):
+    _, train_fn, eval_fn, state, batch_sharding = make_run(config, 20, devices)
+    for step in range(3):
+      batch = jax.device_put(batches.train_batch(tokens, step, 8, 16, 0), batch_sharding)
+      state, metrics = train_fn(state, batch)
+    assert state.params['embed']['embedding'].sharding.mesh.size == devices
+    results.append((float(metrics['loss']), jax.device_get(state.params)))
+  assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[0][1], results[1][1])
