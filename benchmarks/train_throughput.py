@@ -13,7 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from data import batches
-from train import cli, loop, optimizer, sharding, state as state_lib, step as step_lib
+from train import cli, loop, sharding, state as state_lib
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file to benchmark.', lock_config=True)
 STEPS = flags.DEFINE_integer('steps', 200, 'Timed steps, after one untimed step that compiles.')
@@ -33,10 +33,8 @@ def benchmark() -> None:
   sharding.configure_cpu_devices(config)
   setup = loop.prepare(config, tempfile.mkdtemp())
   c, length = setup.config.train, setup.config.model.max_length
-  tx = optimizer.make_optimizer(c)
-  abstract = state_lib.abstract_state(setup.model, tx, setup.mesh)
+  tx, abstract, train_fn, _ = loop.build_steps(setup)
   state = state_lib.init_state(setup.model, tx, c.seed, abstract)
-  train_fn, _ = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh)
   batch_sharding = sharding.batch_sharding(setup.mesh)
   put = lambda step: jax.device_put(batches.train_batch(setup.train_tokens, step, c.batch_size, length, c.seed),
                                     batch_sharding)

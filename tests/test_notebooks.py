@@ -3,7 +3,6 @@
 import dataclasses
 import os
 import pathlib
-import random
 
 import nbclient
 import nbformat
@@ -12,13 +11,11 @@ from ipykernel import kernelspec
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
+from conftest import make_corpus
 from train import metrics
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / 'notebooks').glob('*.ipynb'))
-WORDS = ('love', 'night', 'sword', 'crown', 'morrow', 'honest', 'sweet', 'gentle', 'the', 'my', 'and', 'of',
-         'thou', 'art', 'shall', 'not', 'what', 'is', 'a', 'man', 'noble', 'heart', 'fair', 'lord')
-SPEAKERS = ('ROMEO', 'JULIET', 'MERCUTIO', 'NURSE')
 PROMPT = 'ROMEO:'
 
 
@@ -28,16 +25,6 @@ class Executed:
   notebook: nbformat.NotebookNode
   corpus: str
   workdir: pathlib.Path
-
-
-def make_corpus(num_chars: int = 6000, seed: int = 0) -> str:
-  """Returns play-like text of random words and speaker names (so it holds every character of PROMPT)."""
-  rng = random.Random(seed)
-  parts = []
-  while sum(map(len, parts)) < num_chars:
-    lines = [' '.join(rng.choices(WORDS, k=rng.randint(4, 8))).capitalize() + ',' for _ in range(rng.randint(1, 3))]
-    parts.append(f'{rng.choice(SPEAKERS)}:\n' + '\n'.join(lines)[:-1] + '.\n\n')
-  return ''.join(parts)
 
 
 def kernel_manager(kernels_dir: pathlib.Path) -> KernelManager:
@@ -54,8 +41,7 @@ def execute(tmp_path_factory):
   def run(path: pathlib.Path) -> Executed:
     if path not in done:
       tmp = tmp_path_factory.mktemp(path.stem)
-      corpus = make_corpus()
-      (tmp / 'corpus.txt').write_text(corpus, encoding='utf-8')
+      corpus = make_corpus(tmp / 'corpus.txt', num_words=1000).read_text()  # It holds 'ROMEO:'.
       env = {**os.environ, 'FLAXLM_TEXT': str(tmp / 'corpus.txt'), 'FLAXLM_WORKDIR': str(tmp / 'workdir'),
              'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
       notebook = nbformat.read(path, as_version=4)

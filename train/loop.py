@@ -59,13 +59,21 @@ def evaluate(eval_fn, params, val_batches: list[dict[str, np.ndarray]]) -> float
   return float(np.mean([eval_fn(params, batch) for batch in val_batches]))
 
 
+def build_steps(setup: Setup):
+  """Returns (optimizer, abstract state, train_fn, eval_fn) for a checked setup."""
+  c = setup.config.train
+  tx = optimizer.make_optimizer(c)
+  abstract = state_lib.abstract_state(setup.model, tx, setup.mesh)
+  train_fn, eval_fn = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh)
+  return tx, abstract, train_fn, eval_fn
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
   """Trains (or resumes) the run in `workdir` to `config.train.steps` and returns the final state."""
   sharding.configure_cpu_devices(config)
   setup = prepare(config, workdir)
   c = setup.config.train
-  tx = optimizer.make_optimizer(c)
-  abstract = state_lib.abstract_state(setup.model, tx, setup.mesh)
+  tx, abstract, train_fn, eval_fn = build_steps(setup)
   workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   manager = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints)
   state = checkpoint.restore_latest(manager, abstract) or state_lib.init_state(setup.model, tx, c.seed, abstract)
@@ -73,7 +81,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   metrics.drop_after(workdir, start)
   print(f'model: {count_params(state.params):,} parameters; mesh {dict(setup.mesh.shape)}; '
         f'{"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
-  train_fn, eval_fn = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh)
   log = metrics.MetricsLog(workdir)
   try:
     return run_steps(setup, state, train_fn, eval_fn, manager, log)
