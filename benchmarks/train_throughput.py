@@ -4,6 +4,11 @@
       --config.data.path=tinyshakespeare.txt --steps=200
 """
 
+import collections
+import glob
+import gzip
+import json
+import re
 import resource
 import tempfile
 import time
@@ -17,6 +22,7 @@ from train import cli, loop, sharding, state as state_lib
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file to benchmark.', lock_config=True)
 STEPS = flags.DEFINE_integer('steps', 200, 'Timed steps, after one untimed step that compiles.')
+PROFILE = flags.DEFINE_integer('profile_steps', 0, 'Also trace this many steps and print where their time goes.')
 
 
 def peak_memory() -> str:
@@ -25,6 +31,29 @@ def peak_memory() -> str:
   stats = jax.devices()[0].memory_stats() or {}
   device = f', device peak {stats["peak_bytes_in_use"] / 2**30:.2f} GiB' if 'peak_bytes_in_use' in stats else ''
   return host + device
+
+
+def time_by_op(trace_dir: str, steps: int, top: int = 12) -> list[str]:
+  """Returns lines of milliseconds per step spent in each kind of XLA op (names without their number suffix)."""
+  path = sorted(glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True))[-1]
+  with gzip.open(path) as f:
+    events = json.load(f)['traceEvents']
+  totals = collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X' and not e['name'].startswith(('$', 'ThunkExecutor', 'end:')):
+      totals[re.sub(r'\.\d+$', '', e['name'])] += e.get('dur', 0) / 1e3 / steps
+  return [f'  {ms:7.2f} ms/step  {name}' for name, ms in totals.most_common(top)]
+
+
+def profile(train_fn, state, put, steps: int) -> None:
+  """Traces `steps` train steps and prints the time per step of each kind of op, summed over devices."""
+  trace_dir = tempfile.mkdtemp()
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    for step in range(steps):
+      state, metrics = train_fn(state, put(step))
+    jax.block_until_ready(metrics)
+  print('time by op kind, summed over devices and threads:')
+  print('\n'.join(time_by_op(trace_dir, steps)))
 
 
 def benchmark() -> None:
@@ -50,6 +79,8 @@ def benchmark() -> None:
         f'jax {jax.__version__}')
   print(f'{STEPS.value} steps of {c.batch_size} x {length} tokens: {seconds / STEPS.value * 1e3:.1f} ms/step, '
         f'{tokens / seconds:,.0f} tokens/s; {peak_memory()}')
+  if PROFILE.value:
+    profile(train_fn, state, put, PROFILE.value)
 
 
 if __name__ == '__main__':
