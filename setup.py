@@ -32,6 +32,7 @@ setuptools.setup(
         'console_scripts': [
             'flaxlm-train=train.main:main',
             'flaxlm-sample=train.sample_main:main',
+            'flaxlm-tokenizer=train.tokenizer_main:main',
         ],
     },
 )

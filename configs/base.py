@@ -50,9 +50,10 @@ def train_config() -> ml_collections.ConfigDict:
 
 
 def data_config() -> ml_collections.ConfigDict:
-  """Returns where the training text comes from (read by `data.text`)."""
+  """Returns where the training text comes from and how it becomes tokens (read by `train.loop`)."""
   c = ml_collections.ConfigDict()
   c.path = ''  # a local UTF-8 text file.
+  c.tokenizer = 'char'  # 'char' (built from the text), 'byte' (UTF-8 bytes), or a SentencePiece .model file.
   c.val_fraction = 0.1  # the last part of the text is held out for validation.
   return c
 

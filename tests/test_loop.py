@@ -9,6 +9,7 @@ import pytest
 
 from configs import tiny
 from configs.errors import UserError
+from data import sources, tokenizer as tokenizer_lib
 from train import loop, metrics
 
 
@@ -81,3 +82,14 @@ def test_non_positive_counts_are_refused(corpus, tmp_path, key, value, message):
   with pytest.raises(UserError, match=message):
     loop.train(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_sentencepiece_run_saves_its_model_and_refuses_another_tokenizer(corpus, tmp_path):
+  model = tokenizer_lib.save(tokenizer_lib.train_sentencepiece(sources.lines(str(corpus)), 300), tmp_path)
+  config = tiny_config(corpus, 10)
+  config.data.tokenizer = str(model)
+  loop.train(config, str(tmp_path / 'run'))
+  assert (tmp_path / 'run' / 'tokenizer.model').read_bytes() == model.read_bytes()
+  config.data.tokenizer = 'byte'
+  with pytest.raises(UserError, match='different model'):
+    loop.train(config, str(tmp_path / 'run'))

@@ -8,20 +8,25 @@ from absl import flags, logging
 from configs.errors import UserError
 
 
-def run(main: Callable[[], None], argv: list[str] | None = None) -> None:
-  """Parses the command line into absl FLAGS and runs `main`, turning user errors into one line on stderr."""
+def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bool = False) -> None:
+  """Parses the command line into absl FLAGS and runs `main`, turning user errors into one line on stderr.
+
+  With `takes_args`, `main` receives the positional arguments; otherwise any positional argument is an error.
+  """
   argv = sys.argv if argv is None else argv
   logging.set_verbosity(logging.ERROR)  # Libraries' notices would bury the command's own lines.
   try:
-    flags.FLAGS(argv)
+    args = flags.FLAGS(argv)[1:]
   except flags.Error as e:
     exit_with(f'{e}: see --help for the flags.', 2)
   except (AttributeError, KeyError) as e:  # How ml_collections reports an override of a key it lacks.
     exit_with(f'a --config override names a key that does not exist ({e}): see configs/base.py for the keys.', 2)
   except Exception as e:  # A config file is Python: loading it runs the user's code, which may fail anyhow.
     exit_with(f'a config file failed to load ({type(e).__name__}: {e}): fix the file.', 2)
+  if args and not takes_args:
+    exit_with(f'unexpected argument {args[0]!r}: flags are written --name=value.', 2)
   try:
-    main()
+    main(args) if takes_args else main()
   except UserError as e:
     exit_with(str(e), 1)
   except KeyboardInterrupt:

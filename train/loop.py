@@ -13,8 +13,7 @@ import ml_collections
 import numpy as np
 
 from configs.errors import UserError
-from data import batches, text
-from data.tokenizer import CharTokenizer
+from data import batches, text, tokenizer as tokenizer_lib
 from model.transformer import ModelConfig, Transformer, count_params
 from train import checkpoint, metrics, optimizer, sharding, state as state_lib, step as step_lib, workdir as workdir_lib
 
@@ -26,7 +25,7 @@ POSITIVE_TRAIN_KEYS = ('steps', 'batch_size', 'eval_every', 'eval_batches', 'log
 class Setup:
   """What a run needs before its first step, all checked before anything is written to the workdir."""
   config: ml_collections.ConfigDict  # resolved: the model section states every derived value.
-  tokenizer: CharTokenizer
+  tokenizer: tokenizer_lib.Tokenizer
   train_tokens: np.ndarray
   val_tokens: np.ndarray
   model: Transformer
@@ -45,7 +44,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   check_train_config(config.train)
   ModelConfig.from_config(config.model, 1)  # Check the shape before reading a possibly large file.
   corpus = text.read_text(config.data.path)
-  tokenizer = CharTokenizer.from_text(corpus)
+  tokenizer = tokenizer_lib.for_corpus(config.data.tokenizer, corpus)
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
   train_tokens, val_tokens = text.split_tokens(tokenizer.encode(corpus), config.data.val_fraction,
                                                config.model.max_length + 1)

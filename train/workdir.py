@@ -7,7 +7,7 @@ import pathlib
 import ml_collections
 
 from configs.errors import UserError
-from data.tokenizer import CharTokenizer
+from data import tokenizer as tokenizer_lib
 from model.transformer import ModelConfig, Transformer
 from train import checkpoint, optimizer, sharding, state
 
@@ -28,13 +28,15 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def load_tokenizer(workdir: str | pathlib.Path) -> CharTokenizer:
-  """Returns the tokenizer saved with the run in `workdir`."""
-  return CharTokenizer.load(pathlib.Path(workdir) / 'tokenizer.json')
+def load_tokenizer(workdir: str | pathlib.Path) -> tokenizer_lib.Tokenizer:
+  """Returns the tokenizer saved with the run in `workdir` (a SentencePiece model or a JSON description)."""
+  path = pathlib.Path(workdir)
+  model = path / tokenizer_lib.SentencePieceTokenizer.filename
+  return tokenizer_lib.load(model if model.exists() else path / tokenizer_lib.CharTokenizer.filename)
 
 
 def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
-                     tokenizer: CharTokenizer) -> None:
+                     tokenizer: tokenizer_lib.Tokenizer) -> None:
   """Raises UserError if `workdir` holds a run of another model shape or tokenizer than this one."""
   if not (pathlib.Path(workdir) / 'config.json').exists():
     return
@@ -43,17 +45,18 @@ def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigD
   if differences:
     raise UserError(f'workdir {workdir} holds a run of a different model ({"; ".join(differences)}): '
                     'use a new --workdir, or the same settings to resume it.')
-  if load_tokenizer(workdir).chars != tokenizer.chars:
-    raise UserError(f'workdir {workdir} holds a run with a different tokenizer (another training text): '
-                    'use a new --workdir, or the same --config.data.path to resume it.')
+  if load_tokenizer(workdir).serialized() != tokenizer.serialized():
+    raise UserError(f'workdir {workdir} holds a run with a different tokenizer: use a new --workdir, '
+                    'or the same --config.data.path and --config.data.tokenizer to resume it.')
 
 
-def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, tokenizer: CharTokenizer) -> None:
-  """Creates `workdir` and writes its config.json and tokenizer.json."""
+def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+                    tokenizer: tokenizer_lib.Tokenizer) -> None:
+  """Creates `workdir` and writes its config.json and the tokenizer's file."""
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   (path / 'config.json').write_text(config.to_json(indent=2))
-  tokenizer.save(path / 'tokenizer.json')
+  tokenizer_lib.save(tokenizer, path)
 
 
 def load_trained(workdir: str | pathlib.Path):

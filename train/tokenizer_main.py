@@ -1,0 +1,73 @@
+"""`flaxlm-tokenizer train|encode|count`: train a SentencePiece tokenizer, and see what text costs in tokens.
+
+  flaxlm-tokenizer train --input=corpus.txt --vocab_size=8000 --model_type=bpe --output=tok.model
+  flaxlm-tokenizer encode --tokenizer=tok.model --text="The capital of France is"
+  flaxlm-tokenizer count --tokenizer=tok.model --input=corpus.txt
+"""
+
+import os
+import pathlib
+
+from absl import flags
+
+from configs.errors import UserError
+from data import sources, tokenizer as tokenizer_lib
+from train import cli
+
+INPUT = flags.DEFINE_string('input', None, 'Text or JSONL files, comma-separated; globs allowed.')
+JSONL_FIELD = flags.DEFINE_string('jsonl_field', 'text', 'The field holding the text in .jsonl files.')
+VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 8000, 'Number of tokens, special and byte tokens included.')
+MODEL_TYPE = flags.DEFINE_string('model_type', 'bpe', 'bpe or unigram.')
+MAX_SENTENCES = flags.DEFINE_integer('max_sentences', 1_000_000, 'Lines sampled from a larger corpus for training.')
+OUTPUT = flags.DEFINE_string('output', None, 'Where to write the trained model, e.g. tok.model.')
+TOKENIZER = flags.DEFINE_string('tokenizer', None, 'A tokenizer file: a SentencePiece .model or a flaxlm JSON.')
+TEXT = flags.DEFINE_string('text', None, 'Text to encode or count.')
+
+
+def train_command() -> None:
+  """Trains SentencePiece on --input and writes --output, never leaving a partial file behind."""
+  output = pathlib.Path(cli.required(OUTPUT, 'pass --output=FILE.model.'))
+  lines = sources.lines(cli.required(INPUT, 'pass --input=FILES.'), JSONL_FIELD.value)
+  tokenizer = tokenizer_lib.train_sentencepiece(lines, VOCAB_SIZE.value, MODEL_TYPE.value, MAX_SENTENCES.value)
+  tmp = output.with_name(output.name + '.tmp')
+  tmp.write_bytes(tokenizer.serialized())
+  os.replace(tmp, output)
+  print(f'wrote {output}: {tokenizer.vocab_size:,} tokens ({MODEL_TYPE.value})')
+
+
+def text_to_measure() -> str:
+  """Returns --text, or the contents of the --input files."""
+  if TEXT.value is not None:
+    return TEXT.value
+  paths = sources.expand(cli.required(INPUT, 'pass --text=TEXT or --input=FILES.'))
+  return ''.join(doc for path in paths for doc in sources.documents(path, JSONL_FIELD.value))
+
+
+def encode_command() -> None:
+  """Prints each token of the text: its id and the piece of text it stands for."""
+  tokenizer = tokenizer_lib.load(cli.required(TOKENIZER, 'pass --tokenizer=FILE.'))
+  for token in tokenizer.encode(text_to_measure()):
+    print(f'{int(token):>7}  {tokenizer.piece(token)}')
+
+
+def count_command() -> None:
+  """Prints how many tokens the text costs, and characters per token."""
+  tokenizer = tokenizer_lib.load(cli.required(TOKENIZER, 'pass --tokenizer=FILE.'))
+  text = text_to_measure()
+  count = len(tokenizer.encode(text))
+  print(f'{count:,} tokens for {len(text):,} characters ({len(text) / max(count, 1):.2f} characters per token)')
+
+
+COMMANDS = {'train': train_command, 'encode': encode_command, 'count': count_command}
+
+
+def dispatch(commands: list[str]) -> None:
+  """Runs the subcommand named by the one positional argument."""
+  if len(commands) != 1 or commands[0] not in COMMANDS:
+    raise UserError(f'name one command of {", ".join(COMMANDS)}: flaxlm-tokenizer COMMAND --flags.')
+  COMMANDS[commands[0]]()
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Entry point of flaxlm-tokenizer."""
+  cli.run(dispatch, argv, takes_args=True)
