@@ -17,7 +17,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from data import batches
+from data import pipeline
 from train import cli, loop, sharding, state as state_lib
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file to benchmark.', lock_config=True)
@@ -64,9 +64,8 @@ def benchmark() -> None:
   c, length = setup.config.train, setup.config.model.max_length
   tx, abstract, train_fn, _ = loop.build_steps(setup)
   state = state_lib.init_state(setup.model, tx, c.seed, abstract)
-  batch_sharding = sharding.batch_sharding(setup.mesh)
-  put = lambda step: jax.device_put(batches.train_batch(setup.train_tokens, step, c.batch_size, length, c.seed),
-                                    batch_sharding)
+  data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, config.data.read_threads)
+  put = lambda step: sharding.global_batch(next(data), setup.mesh)
   state, metrics = train_fn(state, put(0))
   jax.block_until_ready(metrics)
   start = time.perf_counter()

@@ -55,6 +55,7 @@ def data_config() -> ml_collections.ConfigDict:
   c.path = ''  # a local UTF-8 text file.
   c.tokenizer = 'char'  # 'char' (built from the text), 'byte' (UTF-8 bytes), or a SentencePiece .model file.
   c.val_fraction = 0.1  # the last part of the text is held out for validation.
+  c.read_threads = 0  # Grain threads preparing batches ahead; 0 prepares them in the training thread.
   return c
 
 

@@ -127,7 +127,8 @@ class Attention(nn.Module):
                      kernel_init=param_init(c.width ** -0.5, ('embed', axis, 'head_dim')), name=name)(x_BxTxD)
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_Bx1xTxT: jax.Array | None,
+               deterministic: bool) -> jax.Array:
     c = self.config
     q_BxTxHxK = self.project(x_BxTxD, c.num_heads, 'heads', 'query')
     k_BxTxGxK = self.project(x_BxTxD, c.num_kv_heads, 'kv_heads', 'key')
@@ -135,7 +136,7 @@ class Attention(nn.Module):
     if c.positions == 'rotary':
       q_BxTxHxK = rotate(q_BxTxHxK, positions_BxT, c.rope_theta)
       k_BxTxGxK = rotate(k_BxTxGxK, positions_BxT, c.rope_theta)
-    out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, is_causal=True)
+    out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, mask=mask_Bx1xTxT, is_causal=True)
     out_init = param_init((c.width * 2 * c.num_layers) ** -0.5, ('heads', 'head_dim', 'embed'))
     out_BxTxD = nn.Einsum((c.num_heads, c.head_dim, c.width), 'BTHK,HKD->BTD', use_bias=False,
                           dtype=DTYPES[c.dtype], kernel_init=out_init, name='out')(out_BxTxHxK)
@@ -166,10 +167,11 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, deterministic: bool):
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_Bx1xTxT: jax.Array | None,
+               deterministic: bool):
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ('batch', 'length', 'embed'))
     x_BxTxD += Attention(self.config, name='attention')(
-        Norm(self.config, name='attention_norm')(x_BxTxD), positions_BxT, deterministic)
+        Norm(self.config, name='attention_norm')(x_BxTxD), positions_BxT, mask_Bx1xTxT, deterministic)
     x_BxTxD += Mlp(self.config, name='mlp')(Norm(self.config, name='mlp_norm')(x_BxTxD), deterministic)
     return x_BxTxD, None  # (carry, output) as nn.scan expects.
 
@@ -179,17 +181,18 @@ class Stack(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_Bx1xTxT: jax.Array | None,
+               deterministic: bool) -> jax.Array:
     c = self.config
-    block = nn.remat(Block, static_argnums=(3,)) if c.remat else Block
+    block = nn.remat(Block, static_argnums=(4,)) if c.remat else Block
     if c.scan_layers:
       layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                       in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BxTxD, _ = layers(c, name='layers')(x_BxTxD, positions_BxT, deterministic)
+      x_BxTxD, _ = layers(c, name='layers')(x_BxTxD, positions_BxT, mask_Bx1xTxT, deterministic)
       return x_BxTxD
     for i in range(c.num_layers):
-      x_BxTxD, _ = block(c, name=f'layer_{i}')(x_BxTxD, positions_BxT, deterministic)
+      x_BxTxD, _ = block(c, name=f'layer_{i}')(x_BxTxD, positions_BxT, mask_Bx1xTxT, deterministic)
     return x_BxTxD
 
 
@@ -199,11 +202,14 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    """Returns float32 logits B x T x V; position t only sees tokens 0..t."""
+               segment_ids_BxT: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    """Returns float32 logits B x T x V; position t sees tokens 0..t of its own segment (document) only."""
     c = self.config
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+    mask_Bx1xTxT = None
+    if segment_ids_BxT is not None:
+      mask_Bx1xTxT = (segment_ids_BxT[:, None, :, None] == segment_ids_BxT[:, None, None, :])
     embed = nn.Embed(c.vocab_size, c.width, dtype=DTYPES[c.dtype], name='embed',
                      embedding_init=param_init(0.02, ('vocab', 'embed')))
     x_BxTxD = embed(tokens_BxT)
@@ -211,7 +217,7 @@ class Transformer(nn.Module):
       x_BxTxD += nn.Embed(c.max_length, c.width, dtype=DTYPES[c.dtype], name='position_embed',
                           embedding_init=param_init(0.02, (None, 'embed')))(positions_BxT)
     x_BxTxD = nn.Dropout(c.dropout)(x_BxTxD, deterministic=deterministic)
-    x_BxTxD = Stack(c, name='stack')(x_BxTxD, positions_BxT, deterministic)
+    x_BxTxD = Stack(c, name='stack')(x_BxTxD, positions_BxT, mask_Bx1xTxT, deterministic)
     x_BxTxD = Norm(c, name='final_norm')(x_BxTxD)
     if c.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from configs import tiny
-from data import batches
+from data import pipeline
 from model.transformer import ModelConfig, Transformer
 from train import optimizer, sharding, state as state_lib, step as step_lib
 
@@ -17,7 +17,9 @@ def test_cross_entropy_is_minus_log_probability_of_the_target():
   logits = jnp.log(jnp.array([[[0.6, 0.25, 0.15], [0.1, 0.1, 0.8]]]))
   targets = jnp.array([[0, 1]])
   expected = -(np.log(0.6) + np.log(0.1)) / 2
-  np.testing.assert_allclose(step_lib.cross_entropy(logits, targets), expected, rtol=1e-6)
+  np.testing.assert_allclose(step_lib.cross_entropy(logits, targets, jnp.ones((1, 2))), expected, rtol=1e-6)
+  only_first = step_lib.cross_entropy(logits, targets, jnp.array([[1.0, 0.0]]))  # padding weighs nothing.
+  np.testing.assert_allclose(only_first, -np.log(0.6), rtol=1e-6)
 
 
 def test_weight_decay_applies_to_matrices_only():
@@ -40,6 +42,12 @@ def test_schedule_warms_up_then_decays_to_the_minimum():
   np.testing.assert_allclose(float(lr(100)), 1e-3, rtol=1e-6)
 
 
+def batch_stream(tokens: np.ndarray, batch_size: int, length: int):
+  """Returns an iterator of training batches packed from one document of `tokens`."""
+  examples = pipeline.PackedExamples(pipeline.TokenStream.from_documents([tokens], None), length, 0)
+  return pipeline.train_iterator(examples, batch_size, seed=0, threads=0)
+
+
 def make_run(config, vocab_size: int, devices: int):
   """Returns (model, train_fn, state, batch_sharding) for `config` on a data-parallel mesh of `devices`."""
   model = Transformer(ModelConfig.from_config(config.model, vocab_size))
@@ -57,9 +65,9 @@ def test_training_on_a_repeated_corpus_drives_the_loss_near_zero():
   tokens = np.tile(np.arange(8, dtype=np.int32), 200)  # 0 1 2 ... 7 0 1 2 ...: each token fixes the next.
   _, train_fn, _, state, batch_sharding = make_run(config, 8, 1)
   losses = []
-  for step in range(config.train.steps):
-    batch = batches.train_batch(tokens, step, config.train.batch_size, config.model.max_length, 0)
-    state, metrics = train_fn(state, jax.device_put(batch, batch_sharding))
+  data = batch_stream(tokens, config.train.batch_size, config.model.max_length)
+  for _ in range(config.train.steps):
+    state, metrics = train_fn(state, jax.device_put(next(data), batch_sharding))
     losses.append(float(metrics['loss']))
   assert losses[0] == pytest.approx(np.log(8), abs=0.05)
   assert losses[-1] < 0.02
@@ -75,9 +83,9 @@ def test_data_parallel_step_matches_a_single_device():
   results = []
   for devices in (1, 2):
     _, train_fn, eval_fn, state, batch_sharding = make_run(config, 20, devices)
-    for step in range(3):
-      batch = jax.device_put(batches.train_batch(tokens, step, 8, 16, 0), batch_sharding)
-      state, metrics = train_fn(state, batch)
+    data = batch_stream(tokens, 8, 16)
+    for _ in range(3):
+      state, metrics = train_fn(state, jax.device_put(next(data), batch_sharding))
     assert state.params['embed']['embedding'].sharding.mesh.size == devices
     results.append((float(metrics['loss']), jax.device_get(state.params)))
   assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)

@@ -155,3 +155,14 @@ def test_swiglu_width_matches_gelu_parameter_count():
   assert ModelConfig.from_config(c, VOCAB).mlp_width == 384  # 8/3 * 128 = 341.3, rounded up to 64s.
   c.mlp = 'gelu'
   assert ModelConfig.from_config(c, VOCAB).mlp_width == 512
+
+
+def test_attention_stays_inside_its_segment():
+  model = make_model()
+  params = random_params(model)
+  tokens = jax.random.randint(jax.random.key(6), (1, 16), 0, VOCAB)
+  segments = jnp.asarray([[0] * 6 + [1] * 10])
+  positions = jnp.asarray([list(range(6)) + list(range(10))])
+  second_alone = forward(model, params, tokens[:, 6:])
+  packed = model.apply({'params': params}, tokens, positions, segments)
+  np.testing.assert_allclose(packed[:, 6:], second_alone, rtol=1e-5, atol=1e-5)

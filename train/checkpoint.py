@@ -16,14 +16,20 @@ def checkpoint_manager(workdir: str | pathlib.Path, keep: int, read_only: bool =
   return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState) -> None:
-  """Starts saving `state` under its step number; the device-to-host copy finishes before this returns."""
-  manager.save(int(state.step), args=ocp.args.StandardSave(state))
+def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict) -> None:
+  """Starts saving the train state and the data iterator's state under the step number.
+
+  The device-to-host copy finishes before this returns, so the caller may donate `state` at once.
+  """
+  manager.save(int(state.step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        data=ocp.args.JsonSave(data_state)))
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract: TrainState) -> TrainState | None:
-  """Returns the latest saved state laid out as `abstract`'s shardings, or None if there is none."""
+def restore_latest(manager: ocp.CheckpointManager, abstract: TrainState) -> tuple[TrainState, dict] | None:
+  """Returns the latest (train state laid out as `abstract`'s shardings, data state), or None if none."""
   step = manager.latest_step()
   if step is None:
     return None
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                           data=ocp.args.JsonRestore()))
+  return restored.state, restored.data

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from configs.errors import UserError
-from data import batches, text, tokenizer as tokenizer_lib
+from data import pipeline, text, tokenizer as tokenizer_lib
 from model.transformer import ModelConfig, Transformer, count_params
 from train import checkpoint, metrics, optimizer, sharding, state as state_lib, step as step_lib, workdir as workdir_lib
 
@@ -26,8 +26,8 @@ class Setup:
   """What a run needs before its first step, all checked before anything is written to the workdir."""
   config: ml_collections.ConfigDict  # resolved: the model section states every derived value.
   tokenizer: tokenizer_lib.Tokenizer
-  train_tokens: np.ndarray
-  val_tokens: np.ndarray
+  train_examples: pipeline.PackedExamples
+  val_examples: pipeline.PackedExamples
   model: Transformer
   mesh: jax.sharding.Mesh
 
@@ -46,14 +46,21 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   corpus = text.read_text(config.data.path)
   tokenizer = tokenizer_lib.for_corpus(config.data.tokenizer, corpus)
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
-  train_tokens, val_tokens = text.split_tokens(tokenizer.encode(corpus), config.data.val_fraction,
-                                               config.model.max_length + 1)
+  splits = text.split_tokens(tokenizer.encode(corpus), config.data.val_fraction, config.model.max_length + 1)
   workdir_lib.check_compatible(workdir, resolved, tokenizer)
   model = Transformer(ModelConfig.from_config(resolved.model, tokenizer.vocab_size))
-  return Setup(resolved, tokenizer, train_tokens, val_tokens, model, sharding.make_mesh(config))
+  train_examples, val_examples = (pipeline.PackedExamples(
+      pipeline.TokenStream.from_documents([tokens], tokenizer.eos_id), config.model.max_length,
+      tokenizer.pad_id or 0) for tokens in splits)
+  for name, examples in (('training', train_examples), ('validation', val_examples)):
+    if len(examples) < config.train.batch_size:
+      raise UserError(f'the {name} split holds {len(examples)} sequences of {config.model.max_length} tokens, '
+                      f'fewer than one batch of {config.train.batch_size}: use a longer text, or a smaller '
+                      '--config.train.batch_size or --config.model.max_length.')
+  return Setup(resolved, tokenizer, train_examples, val_examples, model, sharding.make_mesh(config))
 
 
-def evaluate(eval_fn, params, val_batches: list[dict[str, np.ndarray]]) -> float:
+def evaluate(eval_fn, params, val_batches: list[dict[str, jax.Array]]) -> float:
   """Returns the mean validation loss over the fixed validation batches."""
   return float(np.mean([eval_fn(params, batch) for batch in val_batches]))
 
@@ -75,30 +82,36 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   tx, abstract, train_fn, eval_fn = build_steps(setup)
   workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   manager = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints)
-  state = checkpoint.restore_latest(manager, abstract) or state_lib.init_state(setup.model, tx, c.seed, abstract)
+  data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads)
+  restored = checkpoint.restore_latest(manager, abstract)
+  if restored:
+    state, data_state = restored
+    data.set_state(data_state)
+  else:
+    state = state_lib.init_state(setup.model, tx, c.seed, abstract)
   start = int(state.step)
   metrics.drop_after(workdir, start)
   print(f'model: {count_params(state.params):,} parameters; mesh {dict(setup.mesh.shape)}; '
         f'{"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
   log = metrics.MetricsLog(workdir)
   try:
-    return run_steps(setup, state, train_fn, eval_fn, manager, log)
+    return run_steps(setup, state, data, train_fn, eval_fn, manager, log)
   finally:
     manager.wait_until_finished()
     manager.close()
     log.close()
 
 
-def run_steps(setup: Setup, state: state_lib.TrainState, train_fn, eval_fn, manager, log: metrics.MetricsLog):
+def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn, manager,
+              log: metrics.MetricsLog):
   """Runs the steps from `state.step` to the end, logging, evaluating and checkpointing on schedule."""
   c, length = setup.config.train, setup.config.model.max_length
-  val_batches = batches.eval_batches(setup.val_tokens, c.eval_batches, c.batch_size, length)
-  batch_sharding = sharding.batch_sharding(setup.mesh)
+  val_batches = [sharding.global_batch(b, setup.mesh)
+                 for b in pipeline.eval_batches(setup.val_examples, c.batch_size, c.eval_batches)]
   timer = Throughput(int(state.step), c.batch_size * length)
   pending = None
   for step in range(int(state.step), c.steps):
-    batch = batches.train_batch(setup.train_tokens, step, c.batch_size, length, c.seed)
-    state, step_metrics = train_fn(state, jax.device_put(batch, batch_sharding))
+    state, step_metrics = train_fn(state, sharding.global_batch(next(data), setup.mesh))
     if pending:
       log.write(*timer.finish(*pending))
       pending = None
@@ -112,7 +125,7 @@ def run_steps(setup: Setup, state: state_lib.TrainState, train_fn, eval_fn, mana
     if done % c.checkpoint_every == 0 or done == c.steps:
       jax.block_until_ready(step_metrics)
       with timer.paused():
-        checkpoint.save(manager, state)
+        checkpoint.save(manager, state, data.get_state())
   if pending:
     log.write(*timer.finish(*pending))
   return state

@@ -94,6 +94,12 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(('data', 'fsdp')))
 
 
+def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Returns the global batch arrays assembled from every process's rows (`local_batch`)."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Returns the sharding that keeps a whole copy on every device (scalars, metrics)."""
   return NamedSharding(mesh, P())

@@ -16,16 +16,18 @@ from train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
-def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-  """Returns the mean over tokens of -log p(target): how surprised the model is by the true next token."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
+  """Returns the weighted mean over tokens of -log p(target): how surprised the model is by the true next token."""
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  return (losses_BxT * weights_BxT).sum() / jnp.maximum(weights_BxT.sum(), 1)
 
 
 def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None) -> jax.Array:
   """Returns the next-token loss of `params` on `batch` (dropout on when `dropout_rng` is given)."""
-  logits_BxTxV = model.apply({'params': params}, batch['inputs'], deterministic=dropout_rng is None,
+  logits_BxTxV = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
+                             deterministic=dropout_rng is None,
                              rngs={'dropout': dropout_rng} if dropout_rng is not None else None)
-  return cross_entropy(logits_BxTxV, batch['targets'])
+  return cross_entropy(logits_BxTxV, batch['targets'], batch['weights'])
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.GradientTransformation,
@@ -48,7 +50,7 @@ def compile_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: 
                   abstract: TrainState, mesh: jax.sharding.Mesh):
   """Returns (train_step, eval_step) jitted with explicit shardings; train_step donates the state it is given."""
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  batch_shardings = {'inputs': sharding.batch_sharding(mesh), 'targets': sharding.batch_sharding(mesh)}
+  batch_shardings = sharding.batch_sharding(mesh)  # Every array of the batch is B x T.
   scalar = sharding.replicated(mesh)
   train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, seed=seed),
                   in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, scalar),

@@ -69,4 +69,4 @@ def load_trained(workdir: str | pathlib.Path):
   manager.close()
   if restored is None:
     raise UserError(f'{workdir} has no checkpoint yet: train it first with flaxlm-train --workdir={workdir}.')
-  return model, restored.params, tokenizer
+  return model, restored[0].params, tokenizer

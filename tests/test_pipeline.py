@@ -1,0 +1,101 @@
+"""Tests of data/pipeline.py: packing loses no token, targets shift by one, shards, seeds and exact restore."""
+
+import collections
+
+import jax
+import numpy as np
+import pytest
+
+from data import pipeline
+
+EOS, PAD = 1, 0
+
+
+def documents(count: int = 7, seed: int = 0) -> list[np.ndarray]:
+  """Returns `count` documents of random lengths and random tokens 2..49 (0 and 1 are PAD and EOS)."""
+  rng = np.random.default_rng(seed)
+  return [rng.integers(2, 50, rng.integers(5, 40)).astype(np.int32) for _ in range(count)]
+
+
+def packed(length: int = 8, count: int = 7) -> pipeline.PackedExamples:
+  """Returns the packed examples of `documents(count)`."""
+  return pipeline.PackedExamples(pipeline.TokenStream.from_documents(documents(count), EOS), length, PAD)
+
+
+def test_packing_loses_and_duplicates_no_token_over_an_epoch():
+  examples = packed()
+  epoch = examples.gather(np.arange(len(examples)))
+  real_targets = epoch['targets'][epoch['weights'] == 1]
+  stream = np.concatenate([np.append(doc, EOS) for doc in documents()])
+  assert collections.Counter(real_targets.tolist()) + collections.Counter([int(stream[0])]) == \
+      collections.Counter(stream.tolist())
+  np.testing.assert_array_equal(np.concatenate([[epoch['inputs'][0, 0]], real_targets]), stream)
+  padding = (epoch['weights'] == 0).sum()
+  assert padding < examples.length and examples.padding_fraction() == pytest.approx(padding / epoch['weights'].size)
+
+
+def test_targets_are_inputs_shifted_by_one():
+  epoch = packed().gather(np.arange(5))
+  np.testing.assert_array_equal(epoch['inputs'][:, 1:], epoch['targets'][:, :-1])
+
+
+def test_segments_and_positions_restart_at_each_document():
+  examples = packed(length=200, count=3)
+  example = examples.gather(np.array([0]))
+  lengths = [len(doc) + 1 for doc in documents(3)]
+  assert sum(lengths) < 200  # one example holds all three documents, then padding.
+  np.testing.assert_array_equal(example['segment_ids'][0][:sum(lengths)], np.repeat(np.arange(3), lengths))
+  np.testing.assert_array_equal(example['positions'][0][:sum(lengths)],
+                                np.concatenate([np.arange(n) for n in lengths]))
+  assert (example['segment_ids'][0][sum(lengths):] == -1).all()
+
+
+def batches(iterator, count: int) -> list[np.ndarray]:
+  """Returns the inputs of the next `count` batches."""
+  return [next(iterator)['inputs'] for _ in range(count)]
+
+
+def test_a_restored_iterator_yields_the_same_next_100_batches_across_epochs():
+  examples = packed()  # about 25 examples: 100 batches of 4 cross many epoch boundaries.
+  assert len(examples) * 3 < 400
+  original = pipeline.train_iterator(examples, 4, seed=3, threads=0)
+  batches(original, 9)
+  state = original.get_state()
+  expected = batches(original, 100)
+  restored = pipeline.train_iterator(examples, 4, seed=3, threads=0)
+  restored.set_state(state)
+  for a, b in zip(expected, batches(restored, 100)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_each_epoch_sees_every_example_once_in_a_seeded_order():
+  examples = packed()
+  n = len(examples)
+  first = pipeline.train_iterator(examples, 1, seed=5, threads=0)
+  two_epochs = [tuple(b[0]) for b in batches(first, 2 * n)]
+  every = {tuple(x) for x in examples.gather(np.arange(n))['inputs']}
+  assert set(two_epochs[:n]) == every and set(two_epochs[n:]) == every
+  assert two_epochs[:n] != two_epochs[n:]  # reshuffled each epoch.
+  same = [tuple(b[0]) for b in batches(pipeline.train_iterator(examples, 1, seed=5, threads=0), n)]
+  other = [tuple(b[0]) for b in batches(pipeline.train_iterator(examples, 1, seed=6, threads=0), n)]
+  assert same == two_epochs[:n] and other != same
+
+
+def test_two_processes_read_disjoint_shards_that_cover_the_data(monkeypatch):
+  examples = packed(count=12)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  shards = []
+  for index in (0, 1):
+    monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
+    shards.append(set(pipeline.process_shard(examples)))
+    assert len(pipeline.eval_batches(examples, 4, 100)[0]['inputs']) == 2  # half the global batch.
+  assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(len(examples)))
+
+
+def test_validation_batches_are_fixed_and_finite():
+  examples = packed()
+  first, again = pipeline.eval_batches(examples, 4, 3), pipeline.eval_batches(examples, 4, 3)
+  assert len(first) == 3
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['inputs'], b['inputs'])
+  assert len(pipeline.eval_batches(examples, 4, 1000)) == len(examples) // 4
