@@ -16,6 +16,7 @@ setuptools.setup(
         'optax',
         'orbax-checkpoint',
         'tensorflow-datasets',
+        'importlib_resources',  # TFDS needs it to prepare datasets, and does not declare it.
         'sentencepiece',
         'grain',
         'ml_collections',

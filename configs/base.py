@@ -52,9 +52,12 @@ def train_config() -> ml_collections.ConfigDict:
 def data_config() -> ml_collections.ConfigDict:
   """Returns where the training text comes from and how it becomes tokens (read by `train.loop`)."""
   c = ml_collections.ConfigDict()
-  c.path = ''  # a local UTF-8 text file.
+  c.path = ''  # local UTF-8 text or JSONL files (comma-separated, globs allowed), or tfds:NAME[/CONFIG].
+  c.text_field = 'text'  # the text field of JSONL records and TFDS examples.
+  c.tfds_dir = ''  # where TFDS datasets are prepared; '' is TFDS's default (~/tensorflow_datasets).
+  c.max_documents = 0  # read at most this many documents per TFDS split; 0 reads them all.
   c.tokenizer = 'char'  # 'char' (built from the text), 'byte' (UTF-8 bytes), or a SentencePiece .model file.
-  c.val_fraction = 0.1  # the last part of the text is held out for validation.
+  c.val_fraction = 0.1  # local files: the end of a single text, or the last documents, are held out.
   c.read_threads = 0  # Grain threads preparing batches ahead; 0 prepares them in the training thread.
   return c
 

@@ -1,11 +1,32 @@
-"""Local corpora: plain text files, globs of them, and JSONL files with a named text field."""
+"""Where text comes from: local text files, globs of them, JSONL files with a named text field, and TFDS.
 
+`load_corpus` returns a corpus's training and validation documents:
+- `tfds:NAME` (or `tfds:NAME/CONFIG`): a TFDS dataset, prepared as ArrayRecord and read with
+  `tfds.data_source`, without TensorFlow; its `validation` split (else `test`) is held out.
+- Local files: one text file is one document, whose last `val_fraction` is held out; several documents
+  (several files, or JSONL records) hold out their last `val_fraction` of documents.
+"""
+
+import dataclasses
 import glob
 import json
 import pathlib
+import socket
 from typing import Iterator
 
+import tensorflow_datasets as tfds
+
 from configs.errors import UserError
+
+TFDS_PREFIX = 'tfds:'
+TFDS_HOST = ('storage.googleapis.com', 443)  # Where TFDS fetches prepared data and most sources from.
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """A corpus's documents, split into training and validation."""
+  train: list[str]
+  validation: list[str]
 
 
 def expand(patterns: str) -> list[pathlib.Path]:
@@ -14,7 +35,7 @@ def expand(patterns: str) -> list[pathlib.Path]:
   for pattern in filter(None, (p.strip() for p in patterns.split(','))):
     matches = sorted(glob.glob(pattern)) or ([pattern] if pathlib.Path(pattern).is_file() else [])
     if not matches:
-      raise UserError(f'no file matches {pattern}: check the path or glob.')
+      raise UserError(f'no file matches {pattern}: check the path or glob (it must name an existing file).')
     paths += [pathlib.Path(m) for m in matches]
   if not paths:
     raise UserError('no input given: pass one or more files, comma-separated (globs allowed).')
@@ -36,7 +57,7 @@ def jsonl_documents(path: pathlib.Path, field: str) -> Iterator[str]:
       yield record[field]
 
 
-def documents(path: pathlib.Path, field: str) -> Iterator[str]:
+def documents_of(path: pathlib.Path, field: str) -> Iterator[str]:
   """Yields a file's documents: each JSONL record's text, or the whole of a plain text file."""
   try:
     if path.suffix == '.jsonl':
@@ -47,8 +68,88 @@ def documents(path: pathlib.Path, field: str) -> Iterator[str]:
     raise UserError(f'{path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8.') from None
 
 
-def lines(patterns: str, field: str = 'text') -> Iterator[str]:
-  """Yields the non-empty lines of every document in the files matched by `patterns`."""
-  for path in expand(patterns):
-    for document in documents(path, field):
-      yield from (line for line in document.splitlines() if line.strip())
+def lines(patterns: str, field: str = 'text', tfds_dir: str | None = None, max_documents: int = 0) -> Iterator[str]:
+  """Yields the non-empty lines of every document in the files matched by `patterns`, or of a TFDS train split."""
+  if patterns.startswith(TFDS_PREFIX):
+    texts = tfds_corpus(patterns[len(TFDS_PREFIX):], field, tfds_dir, max_documents).train
+  else:
+    texts = (document for path in expand(patterns) for document in documents_of(path, field))
+  for document in texts:
+    yield from (line for line in document.splitlines() if line.strip())
+
+
+def split_documents(documents: list[str], val_fraction: float) -> Corpus:
+  """Returns the documents with the last `val_fraction` held out: of the text if one, else of the documents."""
+  if not 0 < val_fraction < 1:
+    raise UserError(f'data.val_fraction={val_fraction} must lie strictly between 0 and 1.')
+  if len(documents) == 1:
+    cut = int(len(documents[0]) * (1 - val_fraction))
+    return Corpus([documents[0][:cut]], [documents[0][cut:]])
+  held_out = max(1, round(len(documents) * val_fraction))
+  return Corpus(documents[:-held_out], documents[-held_out:])
+
+
+def local_corpus(patterns: str, field: str, val_fraction: float) -> Corpus:
+  """Returns the documents of local files, split; raises UserError if there is no text at all."""
+  documents = [doc for path in expand(patterns) for doc in documents_of(path, field) if doc.strip()]
+  if not documents:
+    raise UserError(f'{patterns} is empty: give it some text to train on.')
+  return split_documents(documents, val_fraction)
+
+
+def check_online(name: str) -> None:
+  """Raises UserError within seconds if TFDS could not download `name` (rather than retrying for minutes)."""
+  try:
+    socket.create_connection(TFDS_HOST, timeout=3).close()
+  except OSError:
+    raise UserError(f'TFDS dataset {name} is not prepared and this machine is offline: prepare it where there '
+                    'is a network (and pass --config.data.tfds_dir), or point --config.data.path at local text '
+                    'or JSONL files.') from None
+
+
+def tfds_builder(name: str, data_dir: str | None):
+  """Returns the ArrayRecord builder of TFDS dataset `name`; raises UserError if TFDS has no such dataset."""
+  try:
+    return tfds.builder(name, data_dir=data_dir or None, file_format='array_record')
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f'TFDS has no dataset {name!r}: check the name (e.g. tfds:tiny_shakespeare, tfds:lm1b).') from None
+
+
+def tfds_corpus(name: str, field: str, data_dir: str | None, max_documents: int) -> Corpus:
+  """Returns the text `field` of TFDS dataset `name`'s train and validation (else test) splits."""
+  builder = tfds_builder(name, data_dir)
+  if not builder.is_prepared():
+    check_online(name)
+    builder.download_and_prepare()
+  splits = builder.info.splits
+  held_out = 'validation' if 'validation' in splits else 'test'
+  if 'train' not in splits or held_out not in splits:
+    raise UserError(f'TFDS dataset {name} has splits {sorted(splits)}: flaxlm needs train and validation or test.')
+  read = lambda split: [decode_field(record, field, name) for record in first(builder.as_data_source(split=split),
+                                                                              max_documents)]
+  return Corpus(read('train'), read(held_out))
+
+
+def first(source, count: int):
+  """Yields the first `count` records of a random-access source (all of them if `count` is 0)."""
+  for index in range(min(count, len(source)) if count else len(source)):
+    yield source[index]
+
+
+def decode_field(record: dict, field: str, name: str) -> str:
+  """Returns the text of `record[field]`; raises UserError if the dataset has no such field."""
+  if field not in record:
+    raise UserError(f'TFDS dataset {name} has no field {field!r} (it has {sorted(record)}): set '
+                    '--config.data.text_field.')
+  value = record[field]
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def load_corpus(path: str, field: str, val_fraction: float, tfds_dir: str | None = None,
+                max_documents: int = 0) -> Corpus:
+  """Returns the training and validation documents of a `tfds:NAME` dataset or of local files."""
+  if not path:
+    raise UserError('no training text given: set --config.data.path to text files, JSONL files or tfds:NAME.')
+  if path.startswith(TFDS_PREFIX):
+    return tfds_corpus(path[len(TFDS_PREFIX):], field, tfds_dir, max_documents)
+  return local_corpus(path, field, val_fraction)

@@ -28,7 +28,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
 
 
 @pytest.mark.parametrize('overrides, fragment', [
-    (['--config.data.path=/nonexistent/text.txt'], 'does not exist'),
+    (['--config.data.path=/nonexistent/text.txt'], 'no file matches'),
     (['--config.model.no_such_key=3'], 'no_such_key'),
     (['--config.model.num_heads=3'], 'does not divide model.width'),
     (['--config.model.num_kv_heads=3'], 'does not divide model.num_heads'),

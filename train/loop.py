@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from configs.errors import UserError
-from data import pipeline, text, tokenizer as tokenizer_lib
+from data import pipeline, sources, tokenizer as tokenizer_lib
 from model.transformer import ModelConfig, Transformer, count_params
 from train import checkpoint, metrics, optimizer, sharding, state as state_lib, step as step_lib, workdir as workdir_lib
 
@@ -43,15 +43,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
   check_train_config(config.train)
   ModelConfig.from_config(config.model, 1)  # Check the shape before reading a possibly large file.
-  corpus = text.read_text(config.data.path)
-  tokenizer = tokenizer_lib.for_corpus(config.data.tokenizer, corpus)
+  d = config.data
+  corpus = sources.load_corpus(d.path, d.text_field, d.val_fraction, d.tfds_dir, d.max_documents)
+  tokenizer = tokenizer_lib.for_corpus(d.tokenizer, ''.join(corpus.train + corpus.validation))
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
-  splits = text.split_tokens(tokenizer.encode(corpus), config.data.val_fraction, config.model.max_length + 1)
   workdir_lib.check_compatible(workdir, resolved, tokenizer)
   model = Transformer(ModelConfig.from_config(resolved.model, tokenizer.vocab_size))
   train_examples, val_examples = (pipeline.PackedExamples(
-      pipeline.TokenStream.from_documents([tokens], tokenizer.eos_id), config.model.max_length,
-      tokenizer.pad_id or 0) for tokens in splits)
+      pipeline.TokenStream.from_documents([tokenizer.encode(doc) for doc in docs], tokenizer.eos_id),
+      config.model.max_length, tokenizer.pad_id or 0) for docs in (corpus.train, corpus.validation))
   for name, examples in (('training', train_examples), ('validation', val_examples)):
     if len(examples) < config.train.batch_size:
       raise UserError(f'the {name} split holds {len(examples)} sequences of {config.model.max_length} tokens, '

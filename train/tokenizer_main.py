@@ -14,8 +14,9 @@ from configs.errors import UserError
 from data import sources, tokenizer as tokenizer_lib
 from train import cli
 
-INPUT = flags.DEFINE_string('input', None, 'Text or JSONL files, comma-separated; globs allowed.')
-JSONL_FIELD = flags.DEFINE_string('jsonl_field', 'text', 'The field holding the text in .jsonl files.')
+INPUT = flags.DEFINE_string('input', None, 'Text or JSONL files, comma-separated, globs allowed; or tfds:NAME.')
+TFDS_DIR = flags.DEFINE_string('tfds_dir', None, 'Where TFDS datasets are prepared (default: TFDS\'s own).')
+JSONL_FIELD = flags.DEFINE_string('jsonl_field', 'text', 'The field holding the text in .jsonl files and TFDS.')
 VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 8000, 'Number of tokens, special and byte tokens included.')
 MODEL_TYPE = flags.DEFINE_string('model_type', 'bpe', 'bpe or unigram.')
 MAX_SENTENCES = flags.DEFINE_integer('max_sentences', 1_000_000, 'Lines sampled from a larger corpus for training.')
@@ -27,7 +28,8 @@ TEXT = flags.DEFINE_string('text', None, 'Text to encode or count.')
 def train_command() -> None:
   """Trains SentencePiece on --input and writes --output, never leaving a partial file behind."""
   output = pathlib.Path(cli.required(OUTPUT, 'pass --output=FILE.model.'))
-  lines = sources.lines(cli.required(INPUT, 'pass --input=FILES.'), JSONL_FIELD.value)
+  lines = sources.lines(cli.required(INPUT, 'pass --input=FILES.'), JSONL_FIELD.value, TFDS_DIR.value,
+                        MAX_SENTENCES.value)
   tokenizer = tokenizer_lib.train_sentencepiece(lines, VOCAB_SIZE.value, MODEL_TYPE.value, MAX_SENTENCES.value)
   tmp = output.with_name(output.name + '.tmp')
   tmp.write_bytes(tokenizer.serialized())
@@ -40,7 +42,7 @@ def text_to_measure() -> str:
   if TEXT.value is not None:
     return TEXT.value
   paths = sources.expand(cli.required(INPUT, 'pass --text=TEXT or --input=FILES.'))
-  return ''.join(doc for path in paths for doc in sources.documents(path, JSONL_FIELD.value))
+  return ''.join(doc for path in paths for doc in sources.documents_of(path, JSONL_FIELD.value))
 
 
 def encode_command() -> None:
