@@ -47,6 +47,14 @@ def test_an_empty_data_file_is_refused_through_python_dash_m(tmp_path):
   assert not workdir.exists()
 
 
+def test_a_corpus_shorter_than_a_batch_of_sequences_is_refused(tmp_path):
+  short = tmp_path / 'short.txt'
+  short.write_text('only a few words here\n')
+  result = run(command('flaxlm-train'), *train_args(short, tmp_path / 'run'))
+  assert_one_line_error(result, 'fewer than one batch')
+  assert not (tmp_path / 'run').exists()
+
+
 def test_train_then_sample(corpus, tmp_path):
   workdir = tmp_path / 'run'
   trained = run(command('flaxlm-train'), *train_args(corpus, workdir))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from configs import lm1b
 from model.transformer import ModelConfig, Transformer, count_params
 
 PRESETS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
@@ -29,7 +30,6 @@ def test_presets_hold_the_contract_keys_and_build_a_model(name):
 
 
 def test_lm1b_preset_size():
-  from configs import lm1b
   config = lm1b.get_config()
   c = ModelConfig.from_config(config.model, 32_000)
   # 32000*512 embed + head; 6 layers of attention (512*64*(8+8+2+2)) + SwiGLU (3*512*1408) + 2 norms; final norm.

@@ -92,6 +92,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   start = int(state.step)
   metrics.drop_after(workdir, start)
   print(f'model: {count_params(state.params):,} parameters; mesh {dict(setup.mesh.shape)}; '
+        f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} padding); '
         f'{"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
   log = metrics.MetricsLog(workdir)
   try:
