@@ -3,8 +3,8 @@
 All documents, each followed by EOS (where the tokenizer has one), form one token stream, tokenized
 once. Example i is the window stream[iT : iT + T + 1]: inputs are its first T tokens, targets its last T,
 so every token after the first is a target exactly once per epoch; the last window is padded, and its
-padding carries zero loss weight. Segment ids and per-document positions let attention stay inside a
-document. Grain shuffles the examples anew each epoch, shards them over JAX processes and batches them;
+padding carries zero loss weight. Segment ids and positions (counted from the document's start, or from
+the window's where the document began earlier) let attention stay inside a document. Grain shuffles the examples anew each epoch, shards them over JAX processes and batches them;
 its iterator state (one index) is saved in checkpoints, so a restored iterator continues exactly.
 
 Shape key: B batch (this process's rows), T sequence length.
@@ -56,7 +56,9 @@ class PackedExamples:
     clipped_BxT1 = np.minimum(offsets_BxT1, len(self.stream) - 1)
     tokens_BxT1 = np.where(valid_BxT1, self.stream.tokens[clipped_BxT1], self.pad_id).astype(np.int32)
     segments_BxT = np.where(valid_BxT1, self.stream.segments[clipped_BxT1], -1)[:, :-1].astype(np.int32)
-    positions_BxT = offsets_BxT1[:, :-1] - self.stream.document_starts[segments_BxT.clip(0)]
+    window_starts_Bx1 = offsets_BxT1[:, :1]
+    starts_BxT = np.maximum(self.stream.document_starts[segments_BxT.clip(0)], window_starts_Bx1)
+    positions_BxT = offsets_BxT1[:, :-1] - starts_BxT  # from the document's start, or the window's if later.
     return {'inputs': tokens_BxT1[:, :-1], 'targets': tokens_BxT1[:, 1:], 'segment_ids': segments_BxT,
             'positions': np.where(segments_BxT >= 0, positions_BxT, 0).astype(np.int32),
             'weights': valid_BxT1[:, 1:].astype(np.float32)}

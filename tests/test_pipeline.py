@@ -50,6 +50,16 @@ def test_segments_and_positions_restart_at_each_document():
   assert (example['segment_ids'][0][sum(lengths):] == -1).all()
 
 
+def test_positions_count_from_the_window_when_a_document_began_before_it():
+  examples = packed(length=8, count=2)
+  epoch = examples.gather(np.arange(len(examples)))
+  assert epoch['positions'].max() < examples.length
+  first_length = len(documents(2)[0]) + 1  # the first document and its EOS.
+  second = epoch['positions'][1]  # window 1 starts inside the first document (longer than 8 tokens).
+  assert first_length > 8 and second[0] == 0
+  np.testing.assert_array_equal(second[:min(8, first_length - 8)], np.arange(min(8, first_length - 8)))
+
+
 def batches(iterator, count: int) -> list[np.ndarray]:
   """Returns the inputs of the next `count` batches."""
   return [next(iterator)['inputs'] for _ in range(count)]
