@@ -5,7 +5,6 @@ The loop dispatches step s+1 before it pulls step s's metrics to the host, so lo
 
 import contextlib
 import dataclasses
-import pathlib
 import time
 
 import jax
