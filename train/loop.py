@@ -116,14 +116,15 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
       log.write(*timer.finish(*pending))
       pending = None
     done = step + 1
-    if done % c.log_every == 0 or done % c.eval_every == 0 or done == c.steps:
+    due = lambda every: done % every == 0 or done == c.steps
+    if due(c.log_every) or due(c.eval_every):
       pending = (done, step_metrics, {})
-    if done % c.eval_every == 0 or done == c.steps:
+    if due(c.eval_every) or due(c.checkpoint_every):
       jax.block_until_ready(step_metrics)  # The step itself counts as training time.
+    if due(c.eval_every):
       with timer.paused():
         pending[2]['val_loss'] = evaluate(eval_fn, state.params, val_batches)
-    if done % c.checkpoint_every == 0 or done == c.steps:
-      jax.block_until_ready(step_metrics)
+    if due(c.checkpoint_every):
       with timer.paused():
         checkpoint.save(manager, state, data.get_state())
   if pending:

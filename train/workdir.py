@@ -1,4 +1,4 @@
-"""A run's workdir: `config.json` (the resolved config), `tokenizer.json`, and the checks that keep runs apart."""
+"""A run's workdir: `config.json` (the resolved config), the tokenizer's file, and the checks that keep runs apart."""
 
 import dataclasses
 import json
