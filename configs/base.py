@@ -21,10 +21,14 @@ def model_config() -> ml_collections.ConfigDict:
   c.norm = 'rmsnorm'  # 'rmsnorm' or 'layernorm'.
   c.mlp = 'swiglu'  # 'swiglu' or 'gelu'.
   c.tie_embeddings = False  # True: the output head reuses the token embedding matrix (GPT-2).
+  c.use_bias = False  # True: biases in the attention and MLP projections (GPT-2); Llama has none.
   c.dropout = 0.0  # dropout rate on embeddings, attention output and MLP output.
   c.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'; parameters stay float32.
   c.scan_layers = True  # stack layers with nn.scan so compile time does not grow with depth.
-  c.remat = False  # recompute each layer's activations in the backward pass to save memory.
+  c.remat = 'none'  # backward-pass recomputation per layer: 'none', 'full' (keep only layer inputs), or
+  # 'save_dots' (keep the weight matmuls' outputs, recompute the rest): less memory, more FLOPs.
+  c.attention = 'auto'  # 'xla' (any platform), 'cudnn' (NVIDIA flash attention, bfloat16), 'splash' (TPU
+  # Pallas kernel), or 'auto': the fastest the platform supports.
   return c
 
 

@@ -18,10 +18,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from configs.errors import UserError
+from model import attention
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+REMAT_POLICIES = {'full': jax.checkpoint_policies.nothing_saveable,
+                  'save_dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 CHOICES = {'positions': ('rotary', 'learned'), 'norm': ('rmsnorm', 'layernorm'), 'mlp': ('swiglu', 'gelu'),
-           'dtype': tuple(DTYPES)}
+           'dtype': tuple(DTYPES), 'remat': ('none', *REMAT_POLICIES), 'attention': attention.IMPLEMENTATIONS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +42,12 @@ class ModelConfig:
   norm: str
   mlp: str
   tie_embeddings: bool
+  use_bias: bool
   dropout: float
   dtype: str
   scan_layers: bool
-  remat: bool
+  remat: str
+  attention: str
 
   @property
   def head_dim(self) -> int:
@@ -92,6 +97,16 @@ def param_init(std: float, axes: tuple[str | None, ...]) -> nn.initializers.Init
   return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 
 
+def zeros_init(axes: tuple[str | None, ...]) -> nn.initializers.Initializer:
+  """Returns a zeros initializer (biases, an untied head) whose parameters carry the logical axis names `axes`."""
+  return nn.with_logical_partitioning(nn.initializers.zeros, axes)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+  """Returns `x` with its sharding constrained by logical axis names (a no-op outside a mesh)."""
+  return nn.with_logical_constraint(x, axes)
+
+
 class Norm(nn.Module):
   """RMSNorm or LayerNorm over the last axis, with a learned scale (and bias for LayerNorm)."""
   config: ModelConfig
@@ -101,8 +116,7 @@ class Norm(nn.Module):
     ones = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
     if self.config.norm == 'rmsnorm':
       return nn.RMSNorm(dtype=DTYPES[self.config.dtype], scale_init=ones)(x_BxTxD)
-    zeros = nn.with_logical_partitioning(nn.initializers.zeros, ('embed',))
-    return nn.LayerNorm(dtype=DTYPES[self.config.dtype], scale_init=ones, bias_init=zeros)(x_BxTxD)
+    return nn.LayerNorm(dtype=DTYPES[self.config.dtype], scale_init=ones, bias_init=zeros_init(('embed',)))(x_BxTxD)
 
 
 def rotate(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
@@ -117,17 +131,19 @@ def rotate(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.
 
 
 class Attention(nn.Module):
-  """Causal self-attention with grouped-query heads, computed by `jax.nn.dot_product_attention`."""
+  """Causal self-attention with grouped-query heads; `model.attention` picks the implementation."""
   config: ModelConfig
 
   def project(self, x_BxTxD: jax.Array, heads: int, axis: str, name: str) -> jax.Array:
     """Returns x projected to `heads` heads of width K: B x T x heads x K."""
     c = self.config
-    return nn.Einsum((c.width, heads, c.head_dim), 'BTD,DHK->BTHK', use_bias=False, dtype=DTYPES[c.dtype],
-                     kernel_init=param_init(c.width ** -0.5, ('embed', axis, 'head_dim')), name=name)(x_BxTxD)
+    x_BxTxHxK = nn.Einsum((c.width, heads, c.head_dim), 'BTD,DHK->BTHK', use_bias=c.use_bias, dtype=DTYPES[c.dtype],
+                          kernel_init=param_init(c.width ** -0.5, ('embed', axis, 'head_dim')),
+                          bias_init=zeros_init((axis, 'head_dim')), name=name)(x_BxTxD)
+    return constrain(x_BxTxHxK, ('batch', 'length', axis, 'head_dim'))
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_Bx1xTxT: jax.Array | None,
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool) -> jax.Array:
     c = self.config
     q_BxTxHxK = self.project(x_BxTxD, c.num_heads, 'heads', 'query')
@@ -136,10 +152,11 @@ class Attention(nn.Module):
     if c.positions == 'rotary':
       q_BxTxHxK = rotate(q_BxTxHxK, positions_BxT, c.rope_theta)
       k_BxTxGxK = rotate(k_BxTxGxK, positions_BxT, c.rope_theta)
-    out_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, mask=mask_Bx1xTxT, is_causal=True)
+    out_BxTxHxK = attention.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, c.attention)
     out_init = param_init((c.width * 2 * c.num_layers) ** -0.5, ('heads', 'head_dim', 'embed'))
-    out_BxTxD = nn.Einsum((c.num_heads, c.head_dim, c.width), 'BTHK,HKD->BTD', use_bias=False,
-                          dtype=DTYPES[c.dtype], kernel_init=out_init, name='out')(out_BxTxHxK)
+    out_BxTxD = nn.Einsum((c.num_heads, c.head_dim, c.width), 'BTHK,HKD->BTD', use_bias=c.use_bias,
+                          dtype=DTYPES[c.dtype], kernel_init=out_init, bias_init=zeros_init(('embed',)),
+                          name='out')(out_BxTxHxK)
     return nn.Dropout(c.dropout)(out_BxTxD, deterministic=deterministic)
 
 
@@ -147,18 +164,23 @@ class Mlp(nn.Module):
   """The feed-forward layer: SwiGLU (silu(x W_gate) * x W_up) W_down, or GELU(x W_up) W_down."""
   config: ModelConfig
 
+  def dense(self, x: jax.Array, features: int, std: float, axes: tuple[str, str], name: str) -> jax.Array:
+    """Returns x times a `features`-wide kernel (plus a bias with `model.use_bias`)."""
+    c = self.config
+    return nn.Dense(features, use_bias=c.use_bias, dtype=DTYPES[c.dtype], kernel_init=param_init(std, axes),
+                    bias_init=zeros_init(axes[1:]), name=name)(x)
+
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
     c = self.config
-    dense = lambda features, std, axes, name: nn.Dense(
-        features, use_bias=False, dtype=DTYPES[c.dtype], kernel_init=param_init(std, axes), name=name)
-    up_BxTxF = dense(c.mlp_width, c.width ** -0.5, ('embed', 'mlp'), 'up')(x_BxTxD)
+    up_BxTxF = self.dense(x_BxTxD, c.mlp_width, c.width ** -0.5, ('embed', 'mlp'), 'up')
     if c.mlp == 'swiglu':
-      gate_BxTxF = dense(c.mlp_width, c.width ** -0.5, ('embed', 'mlp'), 'gate')(x_BxTxD)
+      gate_BxTxF = self.dense(x_BxTxD, c.mlp_width, c.width ** -0.5, ('embed', 'mlp'), 'gate')
       h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
     else:
       h_BxTxF = nn.gelu(up_BxTxF)
-    out_BxTxD = dense(c.width, (c.mlp_width * 2 * c.num_layers) ** -0.5, ('mlp', 'embed'), 'down')(h_BxTxF)
+    h_BxTxF = constrain(h_BxTxF, ('batch', 'length', 'mlp'))
+    out_BxTxD = self.dense(h_BxTxF, c.width, (c.mlp_width * 2 * c.num_layers) ** -0.5, ('mlp', 'embed'), 'down')
     return nn.Dropout(c.dropout)(out_BxTxD, deterministic=deterministic)
 
 
@@ -167,11 +189,11 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_Bx1xTxT: jax.Array | None,
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool):
-    x_BxTxD = nn.with_logical_constraint(x_BxTxD, ('batch', 'length', 'embed'))
+    x_BxTxD = constrain(x_BxTxD, ('batch', 'length', 'embed'))
     x_BxTxD += Attention(self.config, name='attention')(
-        Norm(self.config, name='attention_norm')(x_BxTxD), positions_BxT, mask_Bx1xTxT, deterministic)
+        Norm(self.config, name='attention_norm')(x_BxTxD), positions_BxT, segment_ids_BxT, deterministic)
     x_BxTxD += Mlp(self.config, name='mlp')(Norm(self.config, name='mlp_norm')(x_BxTxD), deterministic)
     return x_BxTxD, None  # (carry, output) as nn.scan expects.
 
@@ -181,18 +203,20 @@ class Stack(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, mask_Bx1xTxT: jax.Array | None,
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool) -> jax.Array:
     c = self.config
-    block = nn.remat(Block, static_argnums=(4,)) if c.remat else Block
+    block = Block
+    if c.remat != 'none':
+      block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
     if c.scan_layers:
       layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BxTxD, _ = layers(c, name='layers')(x_BxTxD, positions_BxT, mask_Bx1xTxT, deterministic)
+      x_BxTxD, _ = layers(c, name='layers')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
       return x_BxTxD
     for i in range(c.num_layers):
-      x_BxTxD, _ = block(c, name=f'layer_{i}')(x_BxTxD, positions_BxT, mask_Bx1xTxT, deterministic)
+      x_BxTxD, _ = block(c, name=f'layer_{i}')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
     return x_BxTxD
 
 
@@ -207,9 +231,6 @@ class Transformer(nn.Module):
     c = self.config
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
-    mask_Bx1xTxT = None
-    if segment_ids_BxT is not None:
-      mask_Bx1xTxT = (segment_ids_BxT[:, None, :, None] == segment_ids_BxT[:, None, None, :])
     embed = nn.Embed(c.vocab_size, c.width, dtype=DTYPES[c.dtype], name='embed',
                      embedding_init=param_init(0.02, ('vocab', 'embed')))
     x_BxTxD = embed(tokens_BxT)
@@ -217,15 +238,14 @@ class Transformer(nn.Module):
       x_BxTxD += nn.Embed(c.max_length, c.width, dtype=DTYPES[c.dtype], name='position_embed',
                           embedding_init=param_init(0.02, (None, 'embed')))(positions_BxT)
     x_BxTxD = nn.Dropout(c.dropout)(x_BxTxD, deterministic=deterministic)
-    x_BxTxD = Stack(c, name='stack')(x_BxTxD, positions_BxT, mask_Bx1xTxT, deterministic)
+    x_BxTxD = Stack(c, name='stack')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
     x_BxTxD = Norm(c, name='final_norm')(x_BxTxD)
     if c.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)
     else:  # Zero-initialised, so an untrained model predicts the uniform distribution: loss ln V.
-      head_init = nn.with_logical_partitioning(nn.initializers.zeros, ('embed', 'vocab'))
       logits_BxTxV = nn.Dense(c.vocab_size, use_bias=False, dtype=DTYPES[c.dtype], name='head',
-                              kernel_init=head_init)(x_BxTxD)
-    return logits_BxTxV.astype(jnp.float32)
+                              kernel_init=zeros_init(('embed', 'vocab')))(x_BxTxD)
+    return constrain(logits_BxTxV, ('batch', 'length', 'vocab')).astype(jnp.float32)
 
 
 def count_params(params: Any) -> int:

@@ -49,6 +49,9 @@ def expected_count(c: ModelConfig) -> int:
   norm = c.width * (2 if c.norm == 'layernorm' else 1)
   attention = c.width * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
   mlp = c.width * c.mlp_width * (3 if c.mlp == 'swiglu' else 2)
+  if c.use_bias:  # q, k, v and out biases; up (and gate) and down biases.
+    attention += c.head_dim * (c.num_heads + 2 * c.num_kv_heads) + c.width
+    mlp += c.mlp_width * (2 if c.mlp == 'swiglu' else 1) + c.width
   positions = c.max_length * c.width if c.positions == 'learned' else 0
   head = 0 if c.tie_embeddings else c.width * c.vocab_size
   return c.vocab_size * c.width + positions + c.num_layers * (attention + mlp + 2 * norm) + norm + head
@@ -58,7 +61,9 @@ VARIANTS = [
     {},
     {'num_kv_heads': 2},
     {'num_kv_heads': 1, 'positions': 'learned', 'norm': 'layernorm', 'mlp': 'gelu', 'tie_embeddings': True},
-    {'scan_layers': False, 'remat': True},
+    {'num_kv_heads': 2, 'use_bias': True},
+    {'positions': 'learned', 'norm': 'layernorm', 'mlp': 'gelu', 'tie_embeddings': True, 'use_bias': True},
+    {'scan_layers': False, 'remat': 'full'},
     {'dtype': 'bfloat16'},
 ]
 
@@ -113,8 +118,9 @@ def test_scanned_and_unrolled_layers_give_the_same_output():
                              forward(unrolled, unrolled_params, tokens), rtol=1e-5, atol=1e-5)
 
 
-def test_remat_gives_the_same_gradients():
-  plain, remat = make_model(), make_model(remat=True)
+@pytest.mark.parametrize('policy, scan', [('full', True), ('save_dots', True), ('save_dots', False)])
+def test_remat_gives_the_same_gradients(policy, scan):
+  plain, remat = make_model(scan_layers=scan), make_model(remat=policy, scan_layers=scan)
   params = random_params(plain)
   tokens = jax.random.randint(jax.random.key(4), (2, 16), 0, VOCAB)
   grad = lambda m: jax.jit(jax.grad(lambda p: m.apply({'params': p}, tokens).sum()))(params)
@@ -142,6 +148,8 @@ def test_parameters_are_float32_with_bfloat16_compute():
     ({'num_heads': 5}, 'does not divide model.width'),
     ({'num_kv_heads': 3}, 'does not divide model.num_heads'),
     ({'norm': 'batchnorm'}, 'model.norm'),
+    ({'remat': 'some'}, 'model.remat'),
+    ({'attention': 'flash'}, 'model.attention'),
     ({'num_layers': 0}, 'model.num_layers'),
     ({'width': 36, 'num_heads': 4}, 'even head dimension'),
 ])
