@@ -64,7 +64,8 @@ def benchmark() -> None:
   c, length = setup.config.train, setup.config.model.max_length
   tx, abstract, train_fn, _ = loop.build_steps(setup)
   state = state_lib.init_state(setup.model, tx, c.seed, abstract)
-  data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, config.data.read_threads)
+  data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, config.data.read_threads,
+                                 sharding.process_rows(setup.mesh, c.batch_size))
   put = lambda step: sharding.global_batch(next(data), setup.mesh)
   state, metrics = train_fn(state, put(0))
   jax.block_until_ready(metrics)

@@ -37,6 +37,7 @@ def train_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.steps = 2000  # number of optimizer updates.
   c.batch_size = 12  # sequences per step, across all devices.
+  c.microbatches = 1  # gradient accumulation: each step's batch is run in this many pieces, its gradients summed.
   c.learning_rate = 1e-3  # peak learning rate, reached after the warmup.
   c.min_learning_rate = 1e-4  # where the cosine decay ends, at the last step.
   c.warmup_steps = 100  # linear warmup from 0 to learning_rate.
@@ -72,6 +73,7 @@ def mesh_config() -> ml_collections.ConfigDict:
   c.data = -1  # data-parallel axis; -1 takes all devices the other axes leave.
   c.fsdp = 1  # parameter-sharded data-parallel axis.
   c.tensor = 1  # tensor-parallel axis (heads, MLP width, vocab).
+  c.dcn_data = 1  # multi-slice TPU (or multi-process) runs: how many slices (processes) the data axis spans.
   c.cpu_devices = 0  # on CPU, split the host into this many devices; 0: one per core that divides the batch.
   return c
 

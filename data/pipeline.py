@@ -4,16 +4,16 @@ All documents, each followed by EOS (where the tokenizer has one), form one toke
 once. Example i is the window stream[iT : iT + T + 1]: inputs are its first T tokens, targets its last T,
 so every token after the first is a target exactly once per epoch; the last window is padded, and its
 padding carries zero loss weight. Segment ids and positions (counted from the document's start, or from
-the window's where the document began earlier) let attention stay inside a document. Grain shuffles the examples anew each epoch, shards them over JAX processes and batches them;
-its iterator state (one index) is saved in checkpoints, so a restored iterator continues exactly.
+the window's where the document began earlier) let attention stay inside a document. Grain shuffles the
+examples anew each epoch and batches them; each JAX process reads its own rows of every global batch. The
+iterator state (one index) is saved in checkpoints, so a restored iterator continues exactly.
 
-Shape key: B batch (this process's rows), T sequence length.
+Shape key: B global batch, T sequence length.
 """
 
 import dataclasses
 
 import grain
-import jax
 import numpy as np
 
 Example = dict[str, np.ndarray]
@@ -68,28 +68,32 @@ class PackedExamples:
     return 1 - (len(self.stream) - 1) / (len(self) * self.length)
 
 
-def process_shard(examples: PackedExamples) -> grain.MapDataset:
-  """Returns the indices of the examples this JAX process reads: every process_count-th, from its own index."""
-  return grain.MapDataset.range(len(examples))[jax.process_index()::jax.process_count()]
+def train_dataset(examples: PackedExamples, batch_size: int, seed: int, rows: np.ndarray) -> grain.MapDataset:
+  """Returns the infinite stream of this process's `rows` of each global batch, reshuffled each epoch.
+
+  Every process draws the same global batches from `seed`, so what a step trains on does not depend on
+  how many processes (hosts) share the work.
+  """
+  batches = grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(None).batch(batch_size, drop_remainder=True)
+  return batches.map(lambda indices_B: examples.gather(indices_B[rows]))
 
 
-def train_dataset(examples: PackedExamples, batch_size: int, seed: int) -> grain.MapDataset:
-  """Returns this process's infinite stream of batches: its shard of the examples, reshuffled each epoch."""
-  indices = process_shard(examples).shuffle(seed=seed).repeat(None)
-  return indices.batch(batch_size // jax.process_count(), drop_remainder=True).map(examples.gather)
-
-
-def train_iterator(examples: PackedExamples, batch_size: int, seed: int, threads: int) -> grain.DatasetIterator:
+def train_iterator(examples: PackedExamples, batch_size: int, seed: int, threads: int,
+                   rows: np.ndarray | None = None) -> grain.DatasetIterator:
   """Returns an iterator over `train_dataset` (with `get_state`/`set_state`), reading with `threads` threads.
 
-  0 threads reads in the caller's thread: fastest on a 2-core machine, where a thread competes with the
-  training step; hosts with many cores can read ahead with more.
+  `rows` are the rows of each global batch this process reads (default: all). 0 threads reads in the caller's
+  thread: fastest on a 2-core machine, where a thread competes with the training step; hosts with many
+  cores can read ahead with more.
   """
+  rows = np.arange(batch_size) if rows is None else rows
   options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * threads, 1))
-  return iter(train_dataset(examples, batch_size, seed).to_iter_dataset(options))
+  return iter(train_dataset(examples, batch_size, seed, rows).to_iter_dataset(options))
 
 
-def eval_batches(examples: PackedExamples, batch_size: int, max_batches: int) -> list[Example]:
-  """Returns this process's validation batches: the first `max_batches` in order, the same every time."""
-  batches = process_shard(examples).batch(batch_size // jax.process_count(), drop_remainder=True)
-  return [examples.gather(batches[i]) for i in range(min(max_batches, len(batches)))]
+def eval_batches(examples: PackedExamples, batch_size: int, max_batches: int,
+                 rows: np.ndarray | None = None) -> list[Example]:
+  """Returns this process's `rows` (default: all) of the first `max_batches` batches in order, the same every time."""
+  rows = np.arange(batch_size) if rows is None else rows
+  batches = grain.MapDataset.range(len(examples)).batch(batch_size, drop_remainder=True)
+  return [examples.gather(batches[i][rows]) for i in range(min(max_batches, len(batches)))]

@@ -32,6 +32,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
     (['--config.model.no_such_key=3'], 'no_such_key'),
     (['--config.model.num_heads=3'], 'does not divide model.width'),
     (['--config.model.num_kv_heads=3'], 'does not divide model.num_heads'),
+    (['--config.mesh.cpu_devices=2', '--config.mesh.data=3'], 'does not fit 2 devices'),
+    (['--config.mesh.cpu_devices=2', '--config.train.batch_size=7'], 'batch_size=7 does not split'),
+    (['--config.mesh.cpu_devices=2', '--config.mesh.tensor=2', '--config.model.vocab_size=36',
+      '--config.model.num_kv_heads=1'], 'make model.num_kv_heads a multiple of 2'),
+    (['--config.model.attention=cudnn'], "model.attention='cudnn' needs an NVIDIA GPU, and this platform (cpu) has: xla"),
 ])
 def test_bad_input_gets_one_line_and_writes_nothing(corpus, tmp_path, overrides, fragment):
   workdir = tmp_path / 'run'

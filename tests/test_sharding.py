@@ -1,7 +1,14 @@
 """Tests of train/sharding.py: mesh sizes from the config, the logical-axis table, and CPU device counts."""
 
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -48,6 +55,17 @@ def test_parameters_map_to_mesh_axes_through_the_rules():
   assert sharding.batch_sharding(mesh).spec == P(('data', 'fsdp'))
 
 
+def test_a_dimension_that_a_rule_cannot_split_evenly_is_refused_with_the_key_to_change():
+  config = mesh_config(data=1, tensor=2)
+  config.model.num_kv_heads = 1
+  mesh = sharding.make_mesh(config, jax.devices()[:2])
+  model = Transformer(ModelConfig.from_config(config.model, 20))
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']
+  with pytest.raises(UserError, match=r'kv_heads dimension \(1\) does not split over mesh axes tensor \(2 devices\): '
+                     'make model.num_kv_heads a multiple of 2'):
+    sharding.logical_shardings(boxed, mesh)
+
+
 @pytest.mark.parametrize('batch_size, explicit, cores, expected', [(12, 0, 2, 2), (12, 0, 8, 6), (7, 0, 2, 1),
                                                                    (12, 3, 2, 3)])
 def test_cpu_device_count_is_one_per_core_dividing_the_batch(monkeypatch, batch_size, explicit, cores, expected):
@@ -58,3 +76,60 @@ def test_cpu_device_count_is_one_per_core_dividing_the_batch(monkeypatch, batch_
   assert sharding.cpu_device_count(config) == expected
   monkeypatch.setattr(jax, '__version__', '0.11.2')
   assert sharding.cpu_device_count(config) == (explicit or 1)
+
+
+MESHES = [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 2), (1, 4, 2)]
+
+
+def step_on_mesh(sizes: tuple[int, int, int]) -> tuple[float, dict, object]:
+  """Returns (loss, params) after two train steps of the tiny model on a mesh of `sizes`, and the state."""
+  from data import pipeline
+  from train import optimizer, state as state_lib, step as step_lib
+  config = mesh_config(*sizes)
+  mesh = sharding.make_mesh(config, jax.devices()[:math.prod(sizes)])
+  model = Transformer(ModelConfig.from_config(config.model, 20))
+  tx = optimizer.make_optimizer(config.train)
+  abstract = state_lib.abstract_state(model, tx, mesh)
+  state = state_lib.init_state(model, tx, 0, abstract)
+  train_fn, _ = step_lib.compile_steps(model, tx, optimizer.schedule(config.train), 0, abstract, mesh)
+  tokens = np.random.default_rng(0).integers(0, 20, 4000).astype(np.int32)
+  data = pipeline.train_iterator(pipeline.PackedExamples(pipeline.TokenStream.from_documents([tokens], None), 16, 0),
+                                 8, seed=0, threads=0)
+  for _ in range(2):
+    state, metrics = train_fn(state, sharding.global_batch(next(data), mesh))
+  return float(metrics['loss']), jax.device_get(state.params), state
+
+
+def compare_meshes() -> None:
+  """Prints, as JSON, how far each mesh's loss and params are from one device's, and how params are laid out."""
+  jax.config.update('jax_num_cpu_devices', 8)
+  reference_loss, reference_params, _ = step_on_mesh(MESHES[0])
+  report = {}
+  for sizes in MESHES[1:]:
+    loss, params, state = step_on_mesh(sizes)
+    relative = jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)), params, reference_params))
+    up = state.params['stack']['layers']['mlp']['up']['kernel']
+    report[str(sizes)] = {'loss': abs(loss - reference_loss) / reference_loss, 'params': max(relative),
+                          'up_spec': str(up.sharding.spec), 'up_shard': list(up.addressable_shards[0].data.shape)}
+  print(json.dumps(report))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(tuple(map(int, jax.__version__.split('.')[:2])) < (0, 12),
+                    reason='in-process CPU all-reduce deadlocks before jax 0.12')
+def test_data_fsdp_tensor_and_mixed_meshes_match_one_device():
+  out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=280,
+                       cwd=pathlib.Path(__file__).parents[1], check=True).stdout
+  report = json.loads(out.strip().splitlines()[-1])
+  assert set(report) == {str(sizes) for sizes in MESHES[1:]}
+  for sizes, result in report.items():
+    assert result['loss'] < 1e-5 and result['params'] < 1e-5, (sizes, result)
+  # The MLP's up kernel (layers, embed, mlp) is split over fsdp (embed) and tensor (mlp), as the rules say.
+  assert report['(2, 2, 2)']['up_spec'] == str(P(None, 'fsdp', 'tensor'))
+  assert report['(2, 2, 2)']['up_shard'] == [2, 16, 64]
+  assert report['(1, 4, 2)']['up_shard'] == [2, 8, 64]
+
+
+if __name__ == '__main__':
+  compare_meshes()

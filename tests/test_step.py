@@ -54,7 +54,8 @@ def make_run(config, vocab_size: int, devices: int):
   mesh = sharding.make_mesh(config, jax.devices()[:devices])
   abstract = state_lib.abstract_state(model, tx, mesh)
   state = state_lib.init_state(model, tx, config.train.seed, abstract)
-  train_fn, eval_fn = step_lib.compile_steps(model, tx, optimizer.schedule(config.train), 0, abstract, mesh)
+  train_fn, eval_fn = step_lib.compile_steps(model, tx, optimizer.schedule(config.train), 0, abstract, mesh,
+                                             config.train.microbatches)
   return model, train_fn, eval_fn, state, sharding.batch_sharding(mesh)
 
 
@@ -73,9 +74,29 @@ def test_training_on_a_repeated_corpus_drives_the_loss_near_zero():
   assert int(state.step) == config.train.steps
 
 
+MULTI_DEVICE_CPU = tuple(map(int, jax.__version__.split('.')[:2])) >= (0, 12)
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(tuple(map(int, jax.__version__.split('.')[:2])) < (0, 12),
-                    reason='in-process CPU all-reduce deadlocks before jax 0.12')
+def test_four_microbatches_make_the_same_step_as_the_whole_batch():
+  config = tiny.get_config()
+  tokens = np.arange(2000, dtype=np.int32) % 20
+  batch = next(batch_stream(tokens, 8, 16))
+  batch['weights'][0, 5:] = 0  # Uneven weights: the microbatches count different numbers of tokens.
+  results = []
+  for microbatches in (1, 4):
+    config.train.microbatches = microbatches
+    _, train_fn, _, state, batch_sharding = make_run(config, 20, 2 if MULTI_DEVICE_CPU else 1)
+    for _ in range(2):
+      state, metrics = train_fn(state, jax.device_put(batch, batch_sharding))
+    results.append((float(metrics['loss']), float(metrics['grad_norm']), jax.device_get(state.params)))
+  assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+  assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), results[0][2], results[1][2])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not MULTI_DEVICE_CPU, reason='in-process CPU all-reduce deadlocks before jax 0.12')
 def test_data_parallel_step_matches_a_single_device():
   config = tiny.get_config()
   tokens = np.arange(2000, dtype=np.int32) % 20

@@ -13,11 +13,12 @@ import numpy as np
 
 from configs.errors import UserError
 from data import pipeline, sources, tokenizer as tokenizer_lib
+from model import attention
 from model.transformer import ModelConfig, Transformer, count_params
 from train import checkpoint, metrics, optimizer, sharding, state as state_lib, step as step_lib, workdir as workdir_lib
 
-POSITIVE_TRAIN_KEYS = ('steps', 'batch_size', 'eval_every', 'eval_batches', 'log_every', 'checkpoint_every',
-                       'keep_checkpoints')
+POSITIVE_TRAIN_KEYS = ('steps', 'batch_size', 'microbatches', 'eval_every', 'eval_batches', 'log_every',
+                       'checkpoint_every', 'keep_checkpoints')
 
 
 @dataclasses.dataclass
@@ -41,7 +42,8 @@ def check_train_config(c: ml_collections.ConfigDict) -> None:
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
   check_train_config(config.train)
-  ModelConfig.from_config(config.model, 1)  # Check the shape before reading a possibly large file.
+  shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
+  attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
   d = config.data
   corpus = sources.load_corpus(d.path, d.text_field, d.val_fraction, d.tfds_dir, d.max_documents)
   tokenizer = tokenizer_lib.for_corpus(d.tokenizer, ''.join(corpus.train + corpus.validation))
@@ -69,7 +71,8 @@ def build_steps(setup: Setup):
   c = setup.config.train
   tx = optimizer.make_optimizer(c)
   abstract = state_lib.abstract_state(setup.model, tx, setup.mesh)
-  train_fn, eval_fn = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh)
+  train_fn, eval_fn = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh,
+                                               c.microbatches)
   return tx, abstract, train_fn, eval_fn
 
 
@@ -79,9 +82,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   setup = prepare(config, workdir)
   c = setup.config.train
   tx, abstract, train_fn, eval_fn = build_steps(setup)
-  workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
+  lead = jax.process_index() == 0  # Only the first process writes files and prints.
+  if lead:
+    workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   manager = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints)
-  data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads)
+  data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
+                                 sharding.process_rows(setup.mesh, c.batch_size))
   restored = checkpoint.restore_latest(manager, abstract)
   if restored:
     state, data_state = restored
@@ -89,10 +95,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   else:
     state = state_lib.init_state(setup.model, tx, c.seed, abstract)
   start = int(state.step)
-  metrics.drop_after(workdir, start)
-  print(f'model: {count_params(state.params):,} parameters; mesh {dict(setup.mesh.shape)}; '
-        f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} padding); '
-        f'{"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
+  if lead:
+    metrics.drop_after(workdir, start)
+    print(f'model: {count_params(state.params):,} parameters; mesh {dict(setup.mesh.shape)}; '
+          f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} '
+          f'padding); {"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
   log = metrics.MetricsLog(workdir)
   try:
     return run_steps(setup, state, data, train_fn, eval_fn, manager, log)
@@ -107,7 +114,8 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
   """Runs the steps from `state.step` to the end, logging, evaluating and checkpointing on schedule."""
   c, length = setup.config.train, setup.config.model.max_length
   val_batches = [sharding.global_batch(b, setup.mesh)
-                 for b in pipeline.eval_batches(setup.val_examples, c.batch_size, c.eval_batches)]
+                 for b in pipeline.eval_batches(setup.val_examples, c.batch_size, c.eval_batches,
+                                                sharding.process_rows(setup.mesh, c.batch_size))]
   timer = Throughput(int(state.step), c.batch_size * length)
   pending = None
   for step in range(int(state.step), c.steps):

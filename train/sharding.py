@@ -4,6 +4,7 @@ Changing the parallelism is a config change: `mesh.data`, `mesh.fsdp` and `mesh.
 and RULES says which mesh axes each logical axis of a parameter or activation is split over.
 """
 
+import functools
 import math
 import os
 
@@ -11,6 +12,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from configs.errors import UserError
@@ -27,6 +29,8 @@ RULES = (
     ('length', None),
     ('layers', None),
 )
+SIZE_KEYS = {'vocab': 'model.vocab_size', 'embed': 'model.width', 'heads': 'model.num_heads',
+             'kv_heads': 'model.num_kv_heads', 'mlp': 'model.mlp_width'}  # the config key that sizes each axis.
 
 
 def cpu_device_count(config: ml_collections.ConfigDict) -> int:
@@ -67,15 +71,33 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices: list | None = None) -> jax.sharding.Mesh:
-  """Returns the (data, fsdp, tensor) mesh over `devices` (default: all), checking the batch splits evenly."""
+  """Returns the (data, fsdp, tensor) mesh over `devices` (default: all), checking the batch splits evenly.
+
+  With `mesh.dcn_data` > 1 the data axis spans that many slices (TPU) or processes (elsewhere) over the
+  data-center network, and the rest of the mesh stays within each, on the fast interconnect.
+  """
   devices = devices or jax.devices()
   shape = mesh_shape(config, len(devices))
-  data_shards = shape[0] * shape[1]
+  data_shards = shape[0] * shape[1] * config.train.microbatches
   if config.train.batch_size % data_shards:
     raise UserError(f'train.batch_size={config.train.batch_size} does not split over {data_shards} data shards '
-                    '(mesh.data x mesh.fsdp): use a multiple of it, or set --config.mesh.cpu_devices on CPU.')
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=np.asarray(devices).reshape(-1))
+                    '(mesh.data x mesh.fsdp x train.microbatches): use a multiple of it, or set '
+                    '--config.mesh.cpu_devices on CPU.')
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if config.mesh.dcn_data == 1:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=np.asarray(devices).reshape(-1))
+  return jax.sharding.Mesh(hybrid_devices(shape, config.mesh.dcn_data, devices), MESH_AXES, axis_types=axis_types)
+
+
+def hybrid_devices(shape: tuple[int, ...], dcn_data: int, devices: list) -> np.ndarray:
+  """Returns `devices` laid out as `shape`, the data axis split into `dcn_data` groups of slices or processes."""
+  slices = len({getattr(d, 'slice_index', 0) for d in devices}) > 1  # TPU multi-slice; else one group per process.
+  groups = len({d.slice_index if slices else d.process_index for d in devices})
+  if shape[0] % dcn_data or groups != dcn_data:
+    raise UserError(f'mesh.dcn_data={dcn_data} must divide mesh.data={shape[0]} and equal the number of '
+                    f'{"slices" if slices else "processes"} ({groups}): set --config.mesh.dcn_data={groups}.')
+  ici_shape = (shape[0] // dcn_data, *shape[1:])
+  return mesh_utils.create_hybrid_device_mesh(ici_shape, (dcn_data, 1, 1), devices, process_is_granule=not slices)
 
 
 def single_device_mesh() -> jax.sharding.Mesh:
@@ -85,8 +107,27 @@ def single_device_mesh() -> jax.sharding.Mesh:
 
 
 def logical_shardings(tree, mesh: jax.sharding.Mesh):
-  """Returns NamedShardings for a pytree whose leaves carry logical axis names (unannotated: replicated)."""
+  """Returns NamedShardings for a pytree whose leaves carry logical axis names (unannotated: replicated).
+
+  Raises UserError if a rule splits a dimension over mesh axes whose size does not divide it.
+  """
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_box):
+    if is_box(leaf):
+      name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+      check_divisible(name, leaf.value.shape, leaf.names, mesh)
   return nn.logical_to_mesh_sharding(nn.get_partition_spec(tree), mesh, RULES)
+
+
+def check_divisible(name: str, shape: tuple[int, ...], axes: tuple[str | None, ...], mesh: jax.sharding.Mesh) -> None:
+  """Raises UserError if a dimension of the array `name` does not split evenly over the mesh axes its rule names."""
+  for size, axis, mesh_axes in zip(shape, axes, nn.logical_to_mesh_axes(axes, RULES)):
+    mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes or ()
+    devices = math.prod(mesh.shape[a] for a in mesh_axes)
+    if size % devices:
+      raise UserError(f'{name}: its {axis} dimension ({size}) does not split over mesh axes {"x".join(mesh_axes)} '
+                      f'({devices} devices): make {SIZE_KEYS.get(axis, axis)} a multiple of {devices}, or change '
+                      f'--config.mesh.{mesh_axes[-1]}.')
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -94,10 +135,28 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(('data', 'fsdp')))
 
 
+@functools.lru_cache(maxsize=16)
+def process_rows(mesh: jax.sharding.Mesh, batch_size: int) -> np.ndarray:
+  """Returns, in order, the rows of a global batch that this process's devices hold (all rows on one process)."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+  return np.asarray(sorted({row for index in index_map.values() for row in range(batch_size)[index[0]]}))
+
+
 def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """Returns the global batch arrays assembled from every process's rows (`local_batch`)."""
+  """Returns the global batch arrays assembled from this process's rows of it (`local_batch`, rows in order).
+
+  Every process reads the same global batches and keeps its `process_rows`, so a batch's content does not
+  depend on how many processes share it.
+  """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+  def assemble(x_RxT: np.ndarray) -> jax.Array:
+    shape = (x_RxT.shape[0] * jax.process_count(), *x_RxT.shape[1:])
+    rows = process_rows(mesh, shape[0])
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: x_RxT[np.searchsorted(rows, np.arange(shape[0])[index[0]])])
+
+  return {k: assemble(v) for k, v in local_batch.items()}
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -22,19 +22,56 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: 
   return (losses_BxT * weights_BxT).sum() / jnp.maximum(weights_BxT.sum(), 1)
 
 
-def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None) -> jax.Array:
-  """Returns the next-token loss of `params` on `batch` (dropout on when `dropout_rng` is given)."""
+def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
+            total_weight: jax.Array | None = None) -> jax.Array:
+  """Returns the next-token loss of `params` on `batch` (dropout on when `dropout_rng` is given).
+
+  The weighted token losses are summed and divided by `total_weight` (default: this batch's weights), so the
+  losses of a batch's microbatches, each divided by the whole batch's weight, add up to the batch's loss.
+  """
   logits_BxTxV = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
                              deterministic=dropout_rng is None,
                              rngs={'dropout': dropout_rng} if dropout_rng is not None else None)
-  return cross_entropy(logits_BxTxV, batch['targets'], batch['weights'])
+  if total_weight is None:
+    return cross_entropy(logits_BxTxV, batch['targets'], batch['weights'])
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch['targets'])
+  return (losses_BxT * batch['weights']).sum() / total_weight
+
+
+def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
+  """Returns x as M x B/M: microbatch m holds rows m, m+M, m+2M..., so each takes rows from every data shard."""
+  x_BMxMxT = x_BxT.reshape(x_BxT.shape[0] // microbatches, microbatches, *x_BxT.shape[1:])
+  return nn.with_logical_constraint(x_BMxMxT.swapaxes(0, 1), (None, 'batch', 'length'))
+
+
+def gradients(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array,
+              microbatches: int) -> tuple[jax.Array, object]:
+  """Returns (loss, gradients) on `batch`, computed over `microbatches` pieces in turn to bound activation memory.
+
+  The gradients of the pieces are summed (Optax's MultiSteps instead averages whole optimizer calls, one per
+  microbatch), so the result equals the whole batch's up to float rounding, padding included.
+  """
+  if microbatches == 1:
+    return jax.value_and_grad(loss_fn)(params, batch, model, dropout_rng)
+  total_weight = jnp.maximum(batch['weights'].sum(), 1)
+  micro_batches = jax.tree.map(lambda x: split_microbatches(x, microbatches), batch)
+
+  def accumulate(totals, micro_and_index):
+    micro, index = micro_and_index
+    loss_and_grads = jax.value_and_grad(loss_fn)(params, micro, model, jax.random.fold_in(dropout_rng, index),
+                                                 total_weight)
+    return jax.tree.map(jnp.add, totals, loss_and_grads), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(microbatches)))
+  return loss, grads
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, seed: int) -> tuple[TrainState, dict[str, jax.Array]]:
+               schedule: optax.Schedule, seed: int, microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   """Returns the state after one update on `batch`, and the step's metrics."""
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
-  loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, model, dropout_rng)  # predict, loss, backprop
+  loss, grads = gradients(state.params, batch, model, dropout_rng, microbatches)  # predict, loss, backprop
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)  # update
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
@@ -47,12 +84,13 @@ def eval_step(params, batch: Batch, *, model: nn.Module) -> jax.Array:
 
 
 def compile_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
-                  abstract: TrainState, mesh: jax.sharding.Mesh):
+                  abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1):
   """Returns (train_step, eval_step) jitted with explicit shardings; train_step donates the state it is given."""
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
   batch_shardings = sharding.batch_sharding(mesh)  # Every array of the batch is B x T.
   scalar = sharding.replicated(mesh)
-  train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, seed=seed),
+  train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, seed=seed,
+                                    microbatches=microbatches),
                   in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, scalar),
                   donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, model=model),

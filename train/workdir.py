@@ -52,11 +52,13 @@ def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigD
 
 def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
                     tokenizer: tokenizer_lib.Tokenizer) -> None:
-  """Creates `workdir` and writes its config.json and the tokenizer's file."""
+  """Creates `workdir` and writes the tokenizer's file, then config.json (atomically: a reader sees both or neither)."""
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  (path / 'config.json').write_text(config.to_json(indent=2))
   tokenizer_lib.save(tokenizer, path)
+  partial = path / 'config.json.tmp'
+  partial.write_text(config.to_json(indent=2))
+  partial.replace(path / 'config.json')
 
 
 def load_trained(workdir: str | pathlib.Path):

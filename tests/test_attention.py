@@ -1,0 +1,152 @@
+"""Tests of model/attention.py: every implementation against a hand-written softmax, and choosing one per platform.
+
+Splash attention runs in the Pallas interpreter on CPU; the cuDNN kernel needs an NVIDIA GPU, so only its choice
+(and refusal) is tested here.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+
+from configs.errors import UserError
+from model import attention
+from train import sharding
+
+
+def qkv(batch: int, length: int, heads: int, kv_heads: int, head_dim: int = 16, seed: int = 0):
+  """Returns random float32 q (B x T x H x K), k and v (B x T x G x K)."""
+  keys = jax.random.split(jax.random.key(seed), 3)
+  q_BxTxHxK = jax.random.normal(keys[0], (batch, length, heads, head_dim))
+  k_BxTxGxK = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim))
+  v_BxTxGxK = jax.random.normal(keys[2], (batch, length, kv_heads, head_dim))
+  return q_BxTxHxK, k_BxTxGxK, v_BxTxGxK
+
+
+def two_segments(batch: int, length: int) -> jax.Array:
+  """Returns B x T segment ids: row b is segment 1 up to position 10 + 7b, then segment 2."""
+  return jnp.asarray([[1 if t < 10 + 7 * b else 2 for t in range(length)] for b in range(batch)], jnp.int32)
+
+
+def reference(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT) -> np.ndarray:
+  """Returns causal attention within segments, written out in numpy float64: B x T x H x K."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK))
+  length, heads, head_dim = q.shape[1:]
+  k, v = (np.repeat(x, heads // x.shape[2], axis=2) for x in (k, v))  # Query head h reads key/value head h // (H/G).
+  logits_BxHxTxT = np.einsum('bthk,bshk->bhts', q, k) / np.sqrt(head_dim)
+  allowed_BxTxT = np.tril(np.ones((length, length), bool))[None]
+  if segment_ids_BxT is not None:
+    segments = np.asarray(segment_ids_BxT)
+    allowed_BxTxT = allowed_BxTxT & (segments[:, :, None] == segments[:, None, :])
+  logits_BxHxTxT = np.where(allowed_BxTxT[:, None], logits_BxHxTxT, -np.inf)
+  weights_BxHxTxT = np.exp(logits_BxHxTxT - logits_BxHxTxT.max(-1, keepdims=True))
+  weights_BxHxTxT /= weights_BxHxTxT.sum(-1, keepdims=True)
+  return np.einsum('bhts,bshk->bthk', weights_BxHxTxT, v)
+
+
+def splash(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT):
+  """Returns splash attention run by the Pallas interpreter, compiled."""
+  return jax.jit(attention.splash_attention, static_argnames='interpret')(
+      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, interpret=True)
+
+
+def xla(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT):
+  """Returns attention by the 'xla' implementation, compiled."""
+  return jax.jit(attention.attend, static_argnames='implementation')(
+      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, implementation='xla')
+
+
+def loss_grads(fn, q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT):
+  """Returns the gradients in q, k and v of a fixed weighted sum of the attention output of `fn`."""
+  weights_BxTxHxK = jnp.cos(jnp.arange(q_BxTxHxK.size).reshape(q_BxTxHxK.shape))
+  loss = lambda q, k, v: (fn(q, k, v, segment_ids_BxT) * weights_BxTxHxK).sum()
+  return jax.grad(loss, argnums=(0, 1, 2))(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK)
+
+
+@pytest.mark.parametrize('kv_heads, segmented', [(4, False), (4, True), (2, True), (1, True)])
+def test_xla_attention_equals_a_hand_written_softmax(kv_heads, segmented):
+  q, k, v = qkv(2, 24, 4, kv_heads)
+  segments = two_segments(2, 24) if segmented else None
+  np.testing.assert_allclose(xla(q, k, v, segments), reference(q, k, v, segments), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_attention_on_cpu_is_the_xla_result():
+  q, k, v = qkv(2, 24, 4, 2)
+  segments = two_segments(2, 24)
+  np.testing.assert_allclose(attention.attend(q, k, v, segments, 'auto'), reference(q, k, v, segments),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('length, kv_heads, segmented', [(128, 2, True), (384, 1, True), (40, 4, False)])
+def test_splash_attention_equals_xla(length, kv_heads, segmented):
+  q, k, v = qkv(2, length, 4, kv_heads)
+  segments = two_segments(2, length) if segmented else None
+  np.testing.assert_allclose(splash(q, k, v, segments), xla(q, k, v, segments), rtol=1e-5, atol=1e-5)
+
+
+def test_splash_attention_gradients_equal_xla():
+  q, k, v = qkv(2, 128, 4, 2)
+  segments = two_segments(2, 128)
+  for got, want in zip(loss_grads(splash, q, k, v, segments), loss_grads(xla, q, k, v, segments)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('mesh_shape, heads, kv_heads', [((2, 1, 1), 4, 2), ((1, 1, 2), 4, 2), ((1, 1, 2), 6, 3)])
+def test_splash_attention_on_a_mesh_runs_per_shard_and_equals_xla(mesh_shape, heads, kv_heads):
+  mesh = jax.make_mesh(mesh_shape, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  q, k, v = qkv(2, 128, heads, kv_heads)
+  segments = two_segments(2, 128)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    assert 'shard_map' in str(jax.make_jaxpr(splash)(q, k, v, segments))
+    got = splash(q, k, v, segments)
+    grads = loss_grads(splash, q, k, v, segments)
+  np.testing.assert_allclose(got, xla(q, k, v, segments), rtol=1e-5, atol=1e-5)
+  for got, want in zip(grads, loss_grads(xla, q, k, v, segments)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('platform, dtype, head_dim, expected', [
+    ('cpu', 'bfloat16', 64, 'xla'),
+    ('tpu', 'float32', 64, 'splash'),
+    ('tpu', 'bfloat16', 12, 'splash'),
+    ('gpu', 'bfloat16', 64, 'cudnn'),
+    ('cuda', 'float16', 128, 'cudnn'),
+    ('gpu', 'float32', 64, 'xla'),
+    ('gpu', 'bfloat16', 12, 'xla'),
+    ('gpu', 'bfloat16', 256, 'xla'),
+])
+def test_auto_picks_the_fastest_implementation_the_platform_has(platform, dtype, head_dim, expected):
+  assert attention.resolve('auto', platform, dtype, head_dim) == expected
+
+
+@pytest.mark.parametrize('implementation, platform', [('xla', 'cpu'), ('cudnn', 'gpu'), ('splash', 'tpu')])
+def test_an_explicit_implementation_the_platform_has_is_kept(implementation, platform):
+  assert attention.resolve(implementation, platform, 'bfloat16', 64) == implementation
+
+
+def test_available_implementations_per_platform():
+  assert attention.available('cpu') == ('xla',)
+  assert attention.available('gpu') == attention.available('cuda') == ('xla', 'cudnn')
+  assert attention.available('tpu') == ('xla', 'splash')
+
+
+@pytest.mark.parametrize('implementation, platform, dtype, head_dim, message', [
+    ('cudnn', 'cpu', 'bfloat16', 64, r"'cudnn' needs an NVIDIA GPU, and this platform \(cpu\) has: xla: set "
+                                     r'--config.model.attention=auto \(or xla\)'),
+    ('splash', 'cpu', 'float32', 64, r"'splash' needs a TPU, and this platform \(cpu\) has: xla"),
+    ('splash', 'gpu', 'bfloat16', 64, r'has: xla, cudnn: set --config.model.attention=auto \(or xla or cudnn\)'),
+    ('cudnn', 'gpu', 'float32', 64, 'needs bfloat16 or float16, not float32: set --config.model.dtype=bfloat16'),
+    ('cudnn', 'gpu', 'bfloat16', 12, 'multiple of 8 and at most 128, not 12'),
+    ('flash', 'gpu', 'bfloat16', 64, 'is not one of'),
+])
+def test_an_implementation_that_cannot_run_is_refused_with_the_fix(implementation, platform, dtype, head_dim, message):
+  with pytest.raises(UserError, match=message):
+    attention.resolve(implementation, platform, dtype, head_dim)
+
+
+def test_attend_refuses_splash_on_cpu():
+  q, k, v = qkv(1, 8, 2, 2)
+  with pytest.raises(UserError, match='needs a TPU'):
+    attention.attend(q, k, v, None, 'splash')

@@ -1,0 +1,45 @@
+"""Tests of train/distributed.py: two processes on localhost train exactly like one process."""
+
+import socket
+import subprocess
+
+import pytest
+
+from conftest import REPO, command
+from test_cli import assert_one_line_error, run, train_args
+from train import metrics
+
+
+def free_port() -> int:
+  """Returns a TCP port nothing listens on now."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_give_the_same_losses_as_one(corpus, tmp_path):
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  single = run(command('flaxlm-train'), *train_args(corpus, one, '--config.mesh.cpu_devices=1'))
+  assert single.returncode == 0, single.stderr
+  address = f'127.0.0.1:{free_port()}'
+  processes = [subprocess.Popen(
+      [command('flaxlm-train'), *train_args(corpus, two, '--config.mesh.cpu_devices=1', '--config.mesh.dcn_data=2'),
+       f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  outputs = [p.communicate(timeout=240) for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs
+  assert 'mesh {\'data\': 2' in outputs[0][0] and 'step 10' in outputs[0][0]
+  assert not [line for line in outputs[1][0].splitlines() if line.startswith(('model', 'step'))]  # process 0 logs.
+  expected, got = metrics.read_metrics(one), metrics.read_metrics(two)
+  assert [r['step'] for r in got] == [r['step'] for r in expected]
+  for a, b in zip(got, expected):
+    assert a['loss'] == pytest.approx(b['loss'], rel=1e-5)
+    assert a.get('val_loss', 0) == pytest.approx(b.get('val_loss', 0), rel=1e-5)
+  assert 'val_loss' in got[-1]
+
+
+def test_partial_coordinator_flags_are_refused(corpus, tmp_path):
+  result = run(command('flaxlm-train'), *train_args(corpus, tmp_path / 'run'), '--coordinator_address=127.0.0.1:1')
+  assert_one_line_error(result, 'pass all of --coordinator_address, --num_processes and --process_id')
+  assert not (tmp_path / 'run').exists()
