@@ -34,6 +34,7 @@ setuptools.setup(
             'flaxlm-train=train.main:main',
             'flaxlm-sample=train.sample_main:main',
             'flaxlm-tokenizer=train.tokenizer_main:main',
+            'flaxlm-info=train.info_main:main',
         ],
     },
 )

@@ -38,3 +38,20 @@ def test_lm1b_preset_size():
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
   assert c.mlp_width == 1408 and count_params(shapes) == expected
   assert config.data.path == 'tfds:lm1b' and config.data.tokenizer.endswith('.model')
+
+
+@pytest.mark.parametrize('name, hand_count, published', [
+    # 50257*768 embed (tied head) + 1024*768 positions + 12 layers of [attention 4*(768*768 + 768),
+    # MLP 768*3072 + 3072 + 3072*768 + 768, 2 LayerNorms 2*2*768] + final LayerNorm 2*768.
+    ('gpt2_124m', 38_597_376 + 786_432 + 12 * (2_362_368 + 4_722_432 + 3_072) + 1_536, 124_439_808),
+    # 128256*2048 embed (tied head) + 16 layers of [attention 2048*64*(32+8+8+32), SwiGLU 3*2048*8192,
+    # 2 RMSNorms 2*2048] + final RMSNorm 2048.
+    ('llama_1b', 262_668_288 + 16 * (10_485_760 + 50_331_648 + 4_096) + 2_048, 1_235_814_400),
+    # 2*32000*4096 embed and head + 32 layers of [attention 4*4096*4096, SwiGLU 3*4096*11008, 2*4096] + 4096.
+    ('llama2_7b', 262_144_000 + 32 * (67_108_864 + 135_266_304 + 8_192) + 4_096, 6_738_415_616),
+])
+def test_scale_presets_have_their_published_parameter_counts(name, hand_count, published):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  model = Transformer(ModelConfig.from_config(config.model, 32_000))
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
+  assert count_params(shapes) == hand_count == published

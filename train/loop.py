@@ -3,9 +3,7 @@
 The loop dispatches step s+1 before it pulls step s's metrics to the host, so logging never stalls the device.
 """
 
-import contextlib
 import dataclasses
-import time
 
 import jax
 import ml_collections
@@ -13,9 +11,10 @@ import numpy as np
 
 from configs.errors import UserError
 from data import pipeline, sources, tokenizer as tokenizer_lib
-from model import attention
+from model import attention, flops
 from model.transformer import ModelConfig, Transformer, count_params
-from train import checkpoint, metrics, optimizer, sharding, state as state_lib, step as step_lib, workdir as workdir_lib
+from train import (checkpoint, metrics, optimizer, sharding, state as state_lib, step as step_lib, throughput,
+                   workdir as workdir_lib)
 
 POSITIVE_TRAIN_KEYS = ('steps', 'batch_size', 'microbatches', 'eval_every', 'eval_batches', 'log_every',
                        'checkpoint_every', 'keep_checkpoints')
@@ -116,10 +115,14 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
   val_batches = [sharding.global_batch(b, setup.mesh)
                  for b in pipeline.eval_batches(setup.val_examples, c.batch_size, c.eval_batches,
                                                 sharding.process_rows(setup.mesh, c.batch_size))]
-  timer = Throughput(int(state.step), c.batch_size * length)
-  pending = None
-  for step in range(int(state.step), c.steps):
+  timer = throughput.Throughput(c.batch_size * length, flops.training_flops_per_token(setup.model.config),
+                                setup.mesh.size, setup.mesh.devices.flat[0].device_kind)
+  first, pending = int(state.step), None
+  for step in range(first, c.steps):
     state, step_metrics = train_fn(state, sharding.global_batch(next(data), setup.mesh))
+    if step == first:  # Compiling the step is not training: measure from the end of the first step.
+      jax.block_until_ready(step_metrics)
+      timer.start(step + 1)
     if pending:
       log.write(*timer.finish(*pending))
       pending = None
@@ -138,28 +141,3 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
   if pending:
     log.write(*timer.finish(*pending))
   return state
-
-
-class Throughput:
-  """Measures training tokens per second between logged steps, leaving out time spent evaluating or saving."""
-
-  def __init__(self, step: int, tokens_per_step: int):
-    self.step, self.tokens_per_step = step, tokens_per_step
-    self.time, self.excluded = time.perf_counter(), 0.0
-
-  @contextlib.contextmanager
-  def paused(self):
-    """Returns a context whose duration is left out of the next measurement."""
-    start = time.perf_counter()
-    yield
-    self.excluded += time.perf_counter() - start
-
-  def finish(self, step: int, device_metrics: dict, host_metrics: dict) -> tuple[int, dict[str, float]]:
-    """Returns (step, metrics) with the device metrics fetched (waiting for the step) and tokens_per_second."""
-    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    now = time.perf_counter()
-    seconds = max(now - self.time - self.excluded, 1e-9)
-    values['tokens_per_second'] = (step - self.step) * self.tokens_per_step / seconds
-    self.step, self.time, self.excluded = step, now, 0.0
-    return step, {**values, **host_metrics}
-

@@ -35,7 +35,12 @@ def format_line(step: int, metrics: dict[str, float]) -> str:
   """Returns a terminal line such as 'step 250 | loss 2.0134 | val_loss 2.0561 | learning_rate 9.6e-04'."""
   parts = [f'step {step}']
   for name, value in metrics.items():
-    parts.append(f'{name} {value:,.0f}' if name.endswith('per_second') else f'{name} {value:.4g}')
+    if 'per_second' in name:
+      parts.append(f'{name} {value:,.0f}')
+    elif name == 'mfu':
+      parts.append(f'mfu {value:.1%}')
+    else:
+      parts.append(f'{name} {value:.4g}')
   return ' | '.join(parts)
 
 

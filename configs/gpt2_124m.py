@@ -1,0 +1,45 @@
+"""GPT-2 small (124M parameters) with nanoGPT's OpenWebText recipe.
+
+The architecture is GPT-2's: learned positions, LayerNorm, GELU MLP, biases, and an output head tied to the
+token embedding; 124,439,808 parameters. GPT-2's own BPE is not a SentencePiece model, so train a SentencePiece
+BPE tokenizer of the same size on the corpus first (the model's vocabulary stays 50,257 either way):
+
+  flaxlm-tokenizer train --input=openwebtext/*.jsonl --vocab_size=50257 --model_type=bpe --output=gpt2_bpe.model
+  flaxlm-train --config=configs/gpt2_124m.py --config.data.path=openwebtext/*.jsonl --workdir=/tmp/gpt2
+
+nanoGPT reaches its 480 sequences a step by accumulating gradients: 5 pieces of 12 sequences on each of 8 GPUs.
+Here the 480 are split across the data-parallel devices; --config.train.microbatches=5 on 8 devices is nanoGPT's.
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns GPT-2 small: 12 layers, 12 heads, width 768, context 1024, batch 480, 600,000 steps (lr 6e-4)."""
+  config = base.get_config()
+  config.data.tokenizer = 'gpt2_bpe.model'
+  config.model.vocab_size = 50257
+  config.model.num_layers = 12
+  config.model.num_heads = 12
+  config.model.width = 768
+  config.model.mlp_width = 3072
+  config.model.max_length = 1024
+  config.model.positions = 'learned'
+  config.model.norm = 'layernorm'
+  config.model.mlp = 'gelu'
+  config.model.tie_embeddings = True
+  config.model.use_bias = True
+  config.model.dtype = 'bfloat16'
+  config.train.steps = 600_000
+  config.train.batch_size = 480
+  config.train.learning_rate = 6e-4
+  config.train.min_learning_rate = 6e-5
+  config.train.warmup_steps = 2000
+  config.train.beta2 = 0.95
+  config.train.eval_every = 2000
+  config.train.eval_batches = 200
+  config.train.log_every = 100
+  config.train.checkpoint_every = 2000
+  return config

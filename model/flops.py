@@ -1,0 +1,47 @@
+"""The floating-point operations a training step spends per token, counted as MaxText counts them.
+
+A matmul of a token's D-wide activation with a D x F weight matrix is D*F multiply-adds: 2 FLOPs per weight.
+Training does it three times per weight: once forward (2 FLOPs), and twice backward, for the gradient of the
+activation and for the gradient of the weight (4 FLOPs). So each weight that takes part in a matmul costs
+6 FLOPs per token. Attention adds the matmuls between activations (QK^T and AV), which have no weights and
+grow with the context length T; causal masking skips half of them. Everything else (norms, softmax,
+activation functions, the optimizer update) is left out, as MaxText and nanoGPT leave it out.
+
+nanoGPT's `estimate_mfu` counts attention without halving it for the causal mask (12 L H K T per token, not
+6 L H K T); MaxText halves it, and so does this module.
+
+Shape key: T sequence length, D model width, H query heads, G key/value heads, K head dimension,
+F MLP width, V vocabulary, L layers.
+"""
+
+from model.transformer import ModelConfig
+
+MLP_MATRICES = {'swiglu': 3, 'gelu': 2}  # SwiGLU: gate, up and down; GELU: up and down.
+
+
+def matmul_params(c: ModelConfig) -> int:
+  """Returns the number of weights that take part in a matmul per token: L (attention + MLP) + the output head.
+
+  Attention: q and out are D x H x K, k and v are D x G x K. The output head V x D is counted once even when
+  tied to the embedding, because the logits matmul happens either way. Left out: the input embedding (a
+  lookup, not a matmul), learned position embeddings, norms and biases.
+  """
+  attention = c.width * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+  mlp = MLP_MATRICES[c.mlp] * c.width * c.mlp_width
+  return c.num_layers * (attention + mlp) + c.vocab_size * c.width
+
+
+def attention_flops_per_token(c: ModelConfig) -> float:
+  """Returns the FLOPs per token of the attention matmuls (QK^T and AV), forward and backward, all layers.
+
+  For one query token, QK^T is a K-long dot product with each of T keys in each of H heads: T*H*K multiply-adds,
+  2*T*H*K FLOPs; AV is the same. Forward: 4*T*H*K. The causal mask leaves half the keys, on average: 2*T*H*K.
+  Backward costs twice forward, so forward + backward is 3 * 2*T*H*K = 6*T*H*K per layer, times L.
+  Query heads H count, not key/value heads G: grouped-query attention shares keys, it does not skip products.
+  """
+  return 6.0 * c.max_length * c.num_heads * c.head_dim * c.num_layers
+
+
+def training_flops_per_token(c: ModelConfig) -> float:
+  """Returns the FLOPs one training token costs: 6 per matmul weight, plus the attention matmuls."""
+  return 6.0 * matmul_params(c) + attention_flops_per_token(c)

@@ -1,0 +1,75 @@
+"""Tests of flaxlm-info, run in-process: exact counts, FLOPs and memory of a preset, and its one-line errors."""
+
+import sys
+
+import pytest
+from absl import flags
+
+from conftest import REPO, command
+from test_cli import assert_one_line_error, run
+from train import info_main
+
+
+def info(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+  """Runs flaxlm-info with `args` and returns (exit code, stdout, stderr)."""
+  argv = ['flaxlm-info', *args]
+  monkeypatch.setattr(sys, 'argv', argv)  # ml_collections finds --config.KEY overrides in sys.argv.
+  flags.FLAGS.unparse_flags()  # Forget the previous test's flags.
+  try:
+    info_main.main(argv)
+    code = 0
+  except SystemExit as e:
+    code = e.code
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def row(out: str, label: str) -> list[str]:
+  """Returns the words after `label` on the line of the table that starts with it."""
+  line = next(line for line in out.splitlines() if line.strip().startswith(label))
+  return line.strip()[len(label):].split()
+
+
+def test_llama2_7b_counts_flops_and_memory(monkeypatch, capsys):
+  code, out, _ = info(monkeypatch, capsys, f'--config={REPO}/configs/llama2_7b.py')
+  assert code == 0
+  assert row(out, 'parameters') == ['6,738,415,616']
+  # 6 * matmul weights (32 * (4*4096*4096 + 3*4096*11008) + 32000*4096 = 6,607,077,376) = 39,642,464,256,
+  # plus attention 6 * T 4096 * H 32 * K 128 * L 32 = 3,221,225,472.
+  assert row(out, 'training FLOPs per token') == ['42,863,689,728']
+  assert row(out, 'AdamW moments (2 x float32)') == [f'{2 * 4 * 6_738_415_616 / 2**30:,.2f}'] == ['50.21']
+  assert row(out, 'training total') == [f'{4 * 4 * 6_738_415_616 / 2**30:,.2f}']
+  assert 'divide by mesh.fsdp x mesh.tensor' in out  # The preset's mesh.fsdp=-1 takes whatever devices there are.
+
+
+def test_explicit_mesh_sizes_give_memory_per_device(monkeypatch, capsys):
+  code, out, _ = info(monkeypatch, capsys, f'--config={REPO}/configs/llama2_7b.py', '--config.mesh.fsdp=8',
+                      '--config.mesh.tensor=2')
+  assert code == 0
+  total, per_device = row(out, 'weights (float32)')
+  assert float(total) == round(4 * 6_738_415_616 / 2**30, 2) and float(per_device) == round(float(total) / 16, 2)
+
+
+def test_a_char_tokenizer_needs_the_vocabulary_size(monkeypatch, capsys):
+  code, out, err = info(monkeypatch, capsys, f'--config={REPO}/configs/tiny.py')
+  assert code == 1 and out == ''
+  assert len(err.strip().splitlines()) == 1 and '--config.model.vocab_size=N' in err
+  code, out, _ = info(monkeypatch, capsys, f'--config={REPO}/configs/tiny.py', '--config.model.vocab_size=65')
+  # 65*32 embed and head (untied) + 2 layers of [attention 32*8*(4+2+2+4), SwiGLU 3*32*128, 2*32] + 32.
+  assert code == 0 and row(out, 'parameters') == [f'{2 * 65 * 32 + 2 * (3_072 + 12_288 + 64) + 32:,}']
+
+
+@pytest.mark.parametrize('args, fragment', [
+    ([], '--config is required'),
+    ([f'--config={REPO}/configs/tiny.py', '--config.model.no_such_key=1'], 'no_such_key'),
+])
+def test_bad_input_gets_one_line_and_a_nonzero_exit(monkeypatch, capsys, args, fragment):
+  code, out, err = info(monkeypatch, capsys, *args)
+  assert code != 0 and out == ''
+  assert len(err.strip().splitlines()) == 1 and fragment in err
+
+
+def test_the_installed_command(tmp_path):
+  assert_one_line_error(run(command('flaxlm-info'), f'--config={tmp_path}/none.py'), 'does not load')
+  result = run(command('flaxlm-info'), f'--config={REPO}/configs/gpt2_124m.py')
+  assert result.returncode == 0 and '124,439,808' in result.stdout
