@@ -33,6 +33,7 @@ setuptools.setup(
         'console_scripts': [
             'flaxlm-train=train.main:main',
             'flaxlm-sample=train.sample_main:main',
+            'flaxlm-export=train.export_main:main',
             'flaxlm-tokenizer=train.tokenizer_main:main',
             'flaxlm-info=train.info_main:main',
         ],

@@ -49,8 +49,9 @@ def train_config() -> ml_collections.ConfigDict:
   c.eval_batches = 50  # validation batches per evaluation, the same ones every time.
   c.log_every = 10  # steps between metrics lines.
   c.checkpoint_every = 500  # steps between checkpoints (and at the last step).
-  c.keep_checkpoints = 3  # how many recent checkpoints the workdir keeps.
+  c.keep_checkpoints = 3  # how many recent checkpoints the workdir keeps (plus the best by val_loss).
   c.seed = 0  # seeds parameters, dropout and the order of training batches.
+  c.nonfinite = 'stop'  # a step whose loss or gradients are not finite: 'stop' the run, or 'skip' its update.
   return c
 
 

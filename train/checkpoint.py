@@ -1,35 +1,109 @@
-"""Orbax checkpoints of the train state in `WORKDIR/checkpoints/`: saved asynchronously, restored into shardings."""
+"""Orbax checkpoints of a run in `WORKDIR/checkpoints/`: saved in the background, kept by policy, restored safely.
+
+A checkpoint holds the train state (params, optimizer state, step; the dropout key is derived from the seed
+and the step), the data iterator's state and the run's config. Orbax writes each one to a temporary
+directory and renames it into place when complete, so a save interrupted by a crash never counts. The
+workdir keeps the latest `train.keep_checkpoints` plus the one with the best validation loss. A
+checkpoint that fails to restore is moved to `WORKDIR/corrupt_checkpoints/` (never deleted) once an
+earlier one has restored.
+"""
 
 import pathlib
+import sys
 
+import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as policies
 
+from configs.errors import UserError
 from train.state import TrainState
+
+CORRUPT_DIR = 'corrupt_checkpoints'
+
+
+def directory(workdir: str | pathlib.Path) -> pathlib.Path:
+  """Returns where `workdir`'s checkpoints live."""
+  return pathlib.Path(workdir).absolute() / 'checkpoints'
 
 
 def checkpoint_manager(workdir: str | pathlib.Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
-  """Returns the manager of `workdir`'s checkpoints, keeping the `keep` most recent; saves run in the background."""
+  """Returns the manager of `workdir`'s checkpoints: the latest `keep` plus the lowest val_loss are kept."""
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
   else:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints', options=options)
+    best = policies.BestN(get_metric_fn=lambda metrics: metrics['val_loss'], reverse=True, n=1,
+                          keep_checkpoints_without_metrics=False)
+    options = ocp.CheckpointManagerOptions(
+        create=True, enable_async_checkpointing=True,
+        preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(n=keep), best]))
+  return ocp.CheckpointManager(directory(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict) -> None:
-  """Starts saving the train state and the data iterator's state under the step number.
+def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict, config: ml_collections.ConfigDict,
+         val_loss: float | None = None) -> None:
+  """Starts saving the train state, the data iterator's state and the config under the step number.
 
-  The device-to-host copy finishes before this returns, so the caller may donate `state` at once.
+  The device-to-host copy finishes before this returns, so the caller may donate `state` at once. `val_loss`,
+  when the step was evaluated, ranks the checkpoint for the keep-the-best policy.
   """
-  manager.save(int(state.step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        data=ocp.args.JsonSave(data_state)))
+  args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                            config=ocp.args.JsonSave(config.to_dict()))
+  manager.save(int(state.step), args=args, metrics=None if val_loss is None else {'val_loss': val_loss})
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract: TrainState) -> tuple[TrainState, dict] | None:
-  """Returns the latest (train state laid out as `abstract`'s shardings, data state), or None if none."""
-  step = manager.latest_step()
-  if step is None:
-    return None
+def restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState) -> tuple[TrainState, dict]:
+  """Returns checkpoint `step`'s train state, laid out as `abstract`'s shardings, and its data iterator state."""
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                            data=ocp.args.JsonRestore()))
   return restored.state, restored.data
+
+
+def restore_latest(workdir: str | pathlib.Path, abstract: TrainState,
+                   move_failures: bool = True) -> tuple[TrainState, dict] | None:
+  """Returns the newest checkpoint that restores (state, data state), or None if `workdir` has none.
+
+  Newer checkpoints that fail are reported on stderr by name and (with `move_failures`, as training does before
+  it saves again) moved aside; if none restores, raises UserError and moves nothing, so a run never silently
+  starts afresh.
+  """
+  if not directory(workdir).is_dir():
+    return None
+  manager = checkpoint_manager(workdir, 1, read_only=True)
+  failures = []
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored = restore(manager, step, abstract)
+      except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
+        failures.append((step, first_line(e)))
+        continue
+      report_failures(workdir, failures, move_failures)
+      return restored
+  finally:
+    manager.close()
+  if failures:
+    raise UserError(f'no checkpoint in {directory(workdir)} restores (step {failures[0][0]}: {failures[0][1]}): '
+                    'move the damaged ones out of it, or train in a new --workdir.')
+  return None
+
+
+def first_line(error: Exception) -> str:
+  """Returns the first line of an exception's message (its type's name if it has none)."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def report_failures(workdir: str | pathlib.Path, failures: list[tuple[int, str]], move: bool) -> None:
+  """Reports on stderr each checkpoint that failed to restore, moving it to WORKDIR/corrupt_checkpoints/ if `move`."""
+  for step, reason in failures:
+    source, target = directory(workdir) / str(step), pathlib.Path(workdir).absolute() / CORRUPT_DIR / str(step)
+    if jax.process_index() == 0:
+      if move:
+        target.parent.mkdir(exist_ok=True)
+        source.rename(target)
+      print(f'checkpoint {source} does not restore ({reason}){f": moved to {target}" if move else ""}; '
+            'using the one before.', file=sys.stderr, flush=True)
+  if move and failures and jax.process_count() > 1:
+    multihost_utils.sync_global_devices('flaxlm: damaged checkpoints set aside')

@@ -13,8 +13,8 @@ from configs.errors import UserError
 from data import pipeline, sources, tokenizer as tokenizer_lib
 from model import attention, flops
 from model.transformer import ModelConfig, Transformer, count_params
-from train import (checkpoint, metrics, optimizer, sharding, state as state_lib, step as step_lib, throughput,
-                   workdir as workdir_lib)
+from train import (checkpoint, metrics, optimizer, preemption, sharding, state as state_lib, step as step_lib,
+                   throughput, workdir as workdir_lib)
 
 POSITIVE_TRAIN_KEYS = ('steps', 'batch_size', 'microbatches', 'eval_every', 'eval_batches', 'log_every',
                        'checkpoint_every', 'keep_checkpoints')
@@ -32,10 +32,13 @@ class Setup:
 
 
 def check_train_config(c: ml_collections.ConfigDict) -> None:
-  """Raises UserError if a count in the `train` section is not a positive number."""
+  """Raises UserError if a count in the `train` section is not a positive number, or a choice is unknown."""
   for key in POSITIVE_TRAIN_KEYS:
     if c[key] <= 0:
       raise UserError(f'train.{key}={c[key]} must be positive: set --config.train.{key}.')
+  if c.nonfinite not in optimizer.NONFINITE:
+    raise UserError(f'train.nonfinite={c.nonfinite!r} is not one of {optimizer.NONFINITE}: '
+                    'set --config.train.nonfinite.')
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
@@ -76,7 +79,10 @@ def build_steps(setup: Setup):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
-  """Trains (or resumes) the run in `workdir` to `config.train.steps` and returns the final state."""
+  """Trains (or resumes) the run in `workdir` to `config.train.steps` and returns the final state.
+
+  Stops early, with a checkpoint saved, on SIGTERM; raises UserError if the loss stops being finite.
+  """
   sharding.configure_cpu_devices(config)
   setup = prepare(config, workdir)
   c = setup.config.train
@@ -84,10 +90,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   lead = jax.process_index() == 0  # Only the first process writes files and prints.
   if lead:
     workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
-  manager = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints)
   data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
                                  sharding.process_rows(setup.mesh, c.batch_size))
-  restored = checkpoint.restore_latest(manager, abstract)
+  restored = checkpoint.restore_latest(workdir, abstract)
   if restored:
     state, data_state = restored
     data.set_state(data_state)
@@ -99,45 +104,72 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     print(f'model: {count_params(state.params):,} parameters; mesh {dict(setup.mesh.shape)}; '
           f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} '
           f'padding); {"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
-  log = metrics.MetricsLog(workdir)
+  manager, log = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints), metrics.MetricsLog(workdir)
   try:
-    return run_steps(setup, state, data, train_fn, eval_fn, manager, log)
+    with preemption.watch(manager) as preempted:
+      return run_steps(setup, state, data, train_fn, eval_fn, manager, log, preempted)
   finally:
     manager.wait_until_finished()
     manager.close()
     log.close()
 
 
-def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn, manager,
-              log: metrics.MetricsLog):
-  """Runs the steps from `state.step` to the end, logging, evaluating and checkpointing on schedule."""
+def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn, manager, log: metrics.MetricsLog,
+              preempted) -> state_lib.TrainState:
+  """Runs the steps from `state.step` to the end (or a preemption), logging, evaluating and checkpointing."""
   c, length = setup.config.train, setup.config.model.max_length
   val_batches = [sharding.global_batch(b, setup.mesh)
                  for b in pipeline.eval_batches(setup.val_examples, c.batch_size, c.eval_batches,
                                                 sharding.process_rows(setup.mesh, c.batch_size))]
   timer = throughput.Throughput(c.batch_size * length, flops.training_flops_per_token(setup.model.config),
                                 setup.mesh.size, setup.mesh.devices.flat[0].device_kind)
-  first, pending = int(state.step), None
+  first, pending, unchecked, stop = int(state.step), None, None, False
   for step in range(first, c.steps):
     state, step_metrics = train_fn(state, sharding.global_batch(next(data), setup.mesh))
+    done = step + 1
     if step == first:  # Compiling the step is not training: measure from the end of the first step.
       jax.block_until_ready(step_metrics)
-      timer.start(step + 1)
+      timer.start(done)
+    if unchecked:  # The previous step's loss, read while this step runs.
+      check_finite(*unchecked, manager)
+    unchecked = (done, step_metrics)
     if pending:
       log.write(*timer.finish(*pending))
       pending = None
-    done = step + 1
     due = lambda every: done % every == 0 or done == c.steps
-    if due(c.log_every) or due(c.eval_every):
+    stop = preempted(done)
+    if due(c.log_every) or due(c.eval_every) or stop:
       pending = (done, step_metrics, {})
-    if due(c.eval_every) or due(c.checkpoint_every):
-      jax.block_until_ready(step_metrics)  # The step itself counts as training time.
+    if due(c.eval_every) or due(c.checkpoint_every) or stop:
+      check_finite(*unchecked, manager)  # Waits for the step, which counts as training time.
+      unchecked = None
     if due(c.eval_every):
       with timer.paused():
         pending[2]['val_loss'] = evaluate(eval_fn, state.params, val_batches)
-    if due(c.checkpoint_every):
+    if due(c.checkpoint_every) or stop:
       with timer.paused():
-        checkpoint.save(manager, state, data.get_state())
+        checkpoint.save(manager, state, data.get_state(), setup.config, pending and pending[2].get('val_loss'))
+    if stop:
+      break
   if pending:
     log.write(*timer.finish(*pending))
+  if stop and jax.process_index() == 0:
+    print(f'stopped at step {int(state.step)} on SIGTERM, with a checkpoint saved: run the same command to resume.',
+          flush=True)
   return state
+
+
+def check_finite(step: int, step_metrics: dict, manager) -> None:
+  """Raises UserError naming `step` and the last checkpoint if its loss or gradients are not finite.
+
+  With `train.nonfinite=skip` (the step reports `skipped_steps`) such steps leave the state as it was instead.
+  """
+  if 'skipped_steps' in step_metrics:
+    return
+  loss, grad_norm = (float(x) for x in jax.device_get((step_metrics['loss'], step_metrics['grad_norm'])))
+  if np.isfinite(loss) and np.isfinite(grad_norm):
+    return
+  saved = manager.latest_step()
+  raise UserError(f'step {step}: the loss is {loss} and the gradient norm {grad_norm}: training stopped; the last '
+                  f'good checkpoint is {"step " + str(saved) if saved is not None else "none (nothing saved)"}. '
+                  'Lower --config.train.learning_rate, or set --config.train.nonfinite=skip to skip such steps.')

@@ -49,7 +49,12 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   path = pathlib.Path(workdir) / 'metrics.jsonl'
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  records = [json.loads(line) for line in lines[:-1]]
+  try:
+    return records + [json.loads(line) for line in lines[-1:]]
+  except json.JSONDecodeError:  # A run killed while appending leaves a partial last line.
+    return records
 
 
 def drop_after(workdir: str | pathlib.Path, step: int) -> None:

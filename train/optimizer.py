@@ -2,10 +2,12 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 DECAYED = ('kernel', 'embedding')  # parameter names that get weight decay; norms' scales do not.
+NONFINITE = ('stop', 'skip')  # what a step with a non-finite loss or gradient does: stop the run, or skip the update.
 
 
 def schedule(c: ml_collections.ConfigDict) -> optax.Schedule:
@@ -22,8 +24,14 @@ def decay_mask(params):
 
 
 def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Returns clip-by-global-norm then AdamW for the `train` config section `c`."""
-  adamw = optax.adamw(schedule(c), b1=c.beta1, b2=c.beta2, weight_decay=c.weight_decay, mask=decay_mask)
-  if not c.grad_clip:
-    return adamw
-  return optax.chain(optax.clip_by_global_norm(c.grad_clip), adamw)
+  """Returns clip-by-global-norm then AdamW for the `train` config section `c`.
+
+  With `train.nonfinite=skip`, an update whose gradients are not finite is dropped (Optax's apply_if_finite,
+  never giving up) and counted in the optimizer state.
+  """
+  tx = optax.adamw(schedule(c), b1=c.beta1, b2=c.beta2, weight_decay=c.weight_decay, mask=decay_mask)
+  if c.grad_clip:
+    tx = optax.chain(optax.clip_by_global_norm(c.grad_clip), tx)
+  if c.nonfinite == 'skip':
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=jnp.iinfo(jnp.int32).max)
+  return tx

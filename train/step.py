@@ -75,6 +75,8 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.G
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)  # update
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
+  if isinstance(opt_state, optax.ApplyIfFiniteState):  # train.nonfinite=skip
+    metrics['skipped_steps'] = opt_state.total_notfinite
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -1,15 +1,20 @@
-"""A run's workdir: `config.json` (the resolved config), the tokenizer's file, and the checks that keep runs apart."""
+"""A run's workdir: `config.json` (the resolved config), the tokenizer's file, and the checks that keep runs apart.
+
+Also loads a trained model to use: from a workdir's latest checkpoint, or from an export of its parameters.
+"""
 
 import dataclasses
 import json
 import pathlib
+from typing import Any
 
 import ml_collections
+import optax
 
 from configs.errors import UserError
 from data import tokenizer as tokenizer_lib
 from model.transformer import ModelConfig, Transformer
-from train import checkpoint, optimizer, sharding, state
+from train import checkpoint, export, optimizer, sharding, state
 
 
 def resolve(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
@@ -66,9 +71,20 @@ def load_trained(workdir: str | pathlib.Path):
   config, tokenizer = load_config(workdir), load_tokenizer(workdir)
   model = Transformer(ModelConfig.from_config(config.model, tokenizer.vocab_size))
   abstract = state.abstract_state(model, optimizer.make_optimizer(config.train), sharding.single_device_mesh())
-  manager = checkpoint.checkpoint_manager(workdir, config.train.keep_checkpoints, read_only=True)
-  restored = checkpoint.restore_latest(manager, abstract)
-  manager.close()
+  restored = checkpoint.restore_latest(workdir, abstract, move_failures=False)
   if restored is None:
     raise UserError(f'{workdir} has no checkpoint yet: train it first with flaxlm-train --workdir={workdir}.')
   return model, restored[0].params, tokenizer
+
+
+def load_exported(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
+  """Returns (model, params, tokenizer) from an export written by flaxlm-export, the params float32 on one device.
+
+  Params stored in bfloat16 are cast back to float32, exactly: the model then holds its params as training and
+  `load_trained` do (float32, as a fine-tune needs them), and computes in its config's model.dtype either way.
+  """
+  export.check_is_export(path)
+  config, tokenizer = load_config(path), load_tokenizer(path)
+  model = Transformer(ModelConfig.from_config(config.model, tokenizer.vocab_size))
+  abstract = state.abstract_state(model, optax.identity(), sharding.single_device_mesh()).params
+  return model, export.read_params(path, abstract), tokenizer

@@ -1,0 +1,105 @@
+"""Tests of train/checkpoint.py: keep the latest K plus the best, ignore unfinished saves, fall back past damage."""
+
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import tiny
+from configs.errors import UserError
+from model.transformer import ModelConfig, Transformer
+from train import checkpoint, optimizer, sharding, state as state_lib
+from train.state import TrainState
+
+
+def make_state(step: int) -> TrainState:
+  """Returns a small train state whose arrays hold `step`."""
+  return TrainState(step=jnp.asarray(step, jnp.int32), params={'w': jnp.full((4, 8), float(step))},
+                    opt_state={'m': jnp.full((4, 8), -float(step))})
+
+
+def save_steps(workdir: pathlib.Path, keep: int, val_losses: dict[int, float], steps: range) -> None:
+  """Saves a checkpoint at each of `steps`, ranked by `val_losses` where given."""
+  manager = checkpoint.checkpoint_manager(workdir, keep)
+  for step in steps:
+    checkpoint.save(manager, make_state(step), {'index': step}, ml_collections.ConfigDict({'run': 1}),
+                    val_losses.get(step))
+  manager.wait_until_finished()
+  manager.close()
+
+
+def saved_steps(workdir: pathlib.Path) -> list[int]:
+  """Returns the finished checkpoints' steps, in order."""
+  return sorted(int(p.name) for p in checkpoint.directory(workdir).iterdir() if p.name.isdigit())
+
+
+def largest_file(path: pathlib.Path) -> pathlib.Path:
+  """Returns the largest file under `path` (an array data file of a checkpoint)."""
+  return max((p for p in path.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_the_latest_k_and_the_best_by_validation_loss_are_kept(tmp_path):
+  save_steps(tmp_path, 2, {2: 1.5, 4: 2.0, 6: 2.5}, range(1, 8))
+  assert saved_steps(tmp_path) == [2, 6, 7]
+
+
+def test_restore_gives_back_the_latest_state_and_data_position(tmp_path):
+  save_steps(tmp_path, 3, {}, range(1, 4))
+  state, data_state = checkpoint.restore_latest(tmp_path, jax.eval_shape(lambda: make_state(0)))
+  assert int(state.step) == 3 and data_state == {'index': 3}
+  np.testing.assert_array_equal(state.params['w'], np.full((4, 8), 3.0))
+
+
+def test_an_unfinished_save_is_never_the_latest(tmp_path):
+  save_steps(tmp_path, 3, {}, range(1, 3))
+  unfinished = checkpoint.directory(tmp_path) / '3.orbax-checkpoint-tmp-1234567'  # As a crash mid-save leaves it.
+  unfinished.mkdir()
+  (unfinished / 'state').mkdir()
+  state, _ = checkpoint.restore_latest(tmp_path, jax.eval_shape(lambda: make_state(0)))
+  assert int(state.step) == 2
+
+
+def test_a_damaged_checkpoint_is_named_moved_aside_and_the_one_before_restored(tmp_path, capsys):
+  save_steps(tmp_path, 3, {}, range(1, 4))
+  damaged = largest_file(checkpoint.directory(tmp_path) / '3' / 'state')
+  damaged.write_bytes(damaged.read_bytes()[:10])
+  state, _ = checkpoint.restore_latest(tmp_path, jax.eval_shape(lambda: make_state(0)))
+  assert int(state.step) == 2
+  message = capsys.readouterr().err
+  assert f'checkpoint {checkpoint.directory(tmp_path) / "3"} does not restore' in message
+  assert saved_steps(tmp_path) == [1, 2] and (tmp_path / checkpoint.CORRUPT_DIR / '3').is_dir()
+
+
+def test_when_no_checkpoint_restores_the_run_refuses_and_moves_nothing(tmp_path):
+  save_steps(tmp_path, 3, {}, range(1, 3))
+  for step in (1, 2):
+    damaged = largest_file(checkpoint.directory(tmp_path) / str(step) / 'state')
+    damaged.write_bytes(b'')
+  with pytest.raises(UserError, match='no checkpoint in .* restores'):
+    checkpoint.restore_latest(tmp_path, jax.eval_shape(lambda: make_state(0)))
+  assert saved_steps(tmp_path) == [1, 2]
+
+
+@pytest.mark.parametrize('saved_on, restored_on', [((1, 2, 1), (1, 1, 1)), ((1, 1, 1), (1, 1, 2)), ((1, 1, 2), (2, 1, 1))])
+def test_a_model_saved_on_one_mesh_restores_onto_another_exactly(tmp_path, saved_on, restored_on):
+  config = tiny.get_config()
+  model = Transformer(ModelConfig.from_config(config.model, 20))
+  tx = optimizer.make_optimizer(config.train)
+
+  def abstract_on(sizes):
+    config.mesh.update(dict(zip(sharding.MESH_AXES, sizes)))
+    return state_lib.abstract_state(model, tx, sharding.make_mesh(config, jax.devices()[:math.prod(sizes)]))
+
+  state = state_lib.init_state(model, tx, 3, abstract_on(saved_on))
+  manager = checkpoint.checkpoint_manager(tmp_path, 1)
+  checkpoint.save(manager, state, {}, config)
+  manager.wait_until_finished()
+  manager.close()
+  target = abstract_on(restored_on)
+  restored, _ = checkpoint.restore_latest(tmp_path, target)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
+  assert jax.tree.map(lambda x: x.sharding, restored) == jax.tree.map(lambda x: x.sharding, target)
