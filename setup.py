@@ -36,6 +36,7 @@ setuptools.setup(
             'flaxlm-export=train.export_main:main',
             'flaxlm-tokenizer=train.tokenizer_main:main',
             'flaxlm-info=train.info_main:main',
+            'flaxlm-score=train.score_main:main',
         ],
     },
 )

@@ -148,6 +148,14 @@ ATTENTION = {'xla': functools.partial(fused_attention, implementation='xla'),
              'splash': splash_attention}
 
 
+def attend_cache(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array,
+                 positions_BxT: jax.Array) -> jax.Array:
+  """Returns B x T x H x K attention of queries at `positions_BxT` to the cache's positions at or before theirs."""
+  cache_positions_S = jnp.arange(k_BxSxGxK.shape[1])
+  mask_Bx1xTxS = (cache_positions_S[None, None, None, :] <= positions_BxT[:, None, :, None])
+  return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xTxS)
+
+
 def attend(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, segment_ids_BxT: jax.Array | None,
            implementation: str) -> jax.Array:
   """Returns softmax(q k^T / sqrt(K)) v, B x T x H x K, where position t attends to positions <= t of its segment."""

@@ -1,38 +1,181 @@
 """Autoregressive sampling: predict a distribution over the next token, draw one, append it, repeat.
 
-This first version recomputes the last `max_length` tokens at every step (no KV cache), inside one compiled
-loop. Shape key: B samples, P prompt length, N new tokens, T context length, V vocabulary.
+The prompt is run through the model once (prefill), filling a key/value cache of T positions per sequence;
+each new token then costs one position's work (decode). The decode loop is one `jax.lax.while_loop`,
+compiled once per batch size and prompt-length bucket (a power of two), so new prompts and lengths do not
+recompile. Prompts of different lengths share a batch: each is right-padded, and each sequence writes at its
+own position and stops at its own EOS. When a sequence fills its T positions, its last T/2 tokens are run
+again as a new prompt and decoding goes on (the model never sees more than its context).
+
+Shape key: B sequences, P prompt length (bucketed), T context length (the cache), V vocabulary, C candidates.
 """
 
+import dataclasses
 import functools
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
+
+from model import quantize
+from model.transformer import Transformer
 
 
-def filter_logits(logits_BxV: jax.Array, temperature: float, top_k: int) -> jax.Array:
-  """Returns logits divided by `temperature`, with all but the `top_k` largest set to -inf (0 or >= V: keep all)."""
-  logits_BxV = logits_BxV / temperature
-  if 0 < top_k < logits_BxV.shape[-1]:
-    kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How the next token is chosen: greedy at temperature 0, else drawn after top-k and top-p (nucleus) filtering."""
+  temperature: float = 1.0
+  top_k: int = 0  # 0 keeps every token.
+  top_p: float = 1.0  # 1 keeps every token.
+  eos_id: int | None = None  # a sequence stops after emitting it.
+  candidates: int = 0  # also record the C most likely next tokens and their probabilities at each step.
+
+
+def filter_logits(logits_BxV: jax.Array, settings: Settings) -> jax.Array:
+  """Returns logits / temperature with tokens outside the top k, and outside the top-p nucleus, set to -inf."""
+  logits_BxV = logits_BxV / settings.temperature
+  if 0 < settings.top_k < logits_BxV.shape[-1]:
+    kth_Bx1 = jax.lax.top_k(logits_BxV, settings.top_k)[0][:, -1:]
     logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+  if settings.top_p < 1:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV  # probability of the more likely tokens.
+    count_Bx1 = jnp.sum(before_BxV < settings.top_p, axis=-1, keepdims=True)  # the nucleus: at least one token.
+    threshold_Bx1 = jnp.take_along_axis(sorted_BxV, count_Bx1 - 1, axis=-1)
+    logits_BxV = jnp.where(logits_BxV < threshold_Bx1, -jnp.inf, logits_BxV)
   return logits_BxV
 
 
-def next_token(logits_BxV: jax.Array, rng: jax.Array, temperature: float, top_k: int) -> jax.Array:
+def next_token(logits_BxV: jax.Array, rng: jax.Array, settings: Settings) -> jax.Array:
   """Returns B token ids: the most likely when temperature is 0, else drawn from the filtered distribution."""
-  if temperature == 0:
-    return jnp.argmax(logits_BxV, axis=-1)
-  return jax.random.categorical(rng, filter_logits(logits_BxV, temperature, top_k), axis=-1)
+  if settings.temperature == 0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(rng, filter_logits(logits_BxV, settings), axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'prompt_length', 'end', 'temperature', 'top_k'))
-def generate_tokens(model: nn.Module, params, buffer_BxS: jax.Array, rng: jax.Array, prompt_length: int,
-                    end: int, temperature: float, top_k: int) -> jax.Array:
-  """Returns the buffer with positions prompt_length..end-1 filled, each predicted from the T tokens before it."""
-  length = model.config.max_length
+def forward(model: Transformer, params, cache, tokens_BxT: jax.Array, positions_BxT: jax.Array):
+  """Returns (logits B x T x V, the updated cache) of the decoding model on tokens at absolute positions.
+
+  Quantized params (model/quantize.py) are expanded here, inside the compiled loop: only their int8 or int4
+  values stay in memory between steps.
+  """
+  decoder = model.clone(decode=True)
+  params = quantize.dequantize(params)
+  variables = {'params': params} if cache is None else {'params': params, 'cache': cache}
+  logits_BxTxV, mutated = decoder.apply(variables, tokens_BxT, positions_BxT, mutable=['cache'])
+  return logits_BxTxV, mutated['cache']
+
+
+@dataclasses.dataclass
+class Loop:
+  """The decode loop's state: the token buffer, where each sequence writes next, and what it has left to do."""
+  tokens_BxT: jax.Array
+  positions_B: jax.Array  # next position to write; T when the sequence's context is full.
+  left_B: jax.Array  # tokens each sequence may still emit.
+  logits_BxV: jax.Array  # the model's prediction for each sequence's next token.
+  cache: dict
+  rng: jax.Array
+  top_ids_BxTxC: jax.Array
+  top_probs_BxTxC: jax.Array
+
+
+jax.tree_util.register_dataclass(Loop, data_fields=[f.name for f in dataclasses.fields(Loop)], meta_fields=[])
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'settings', 'stream'))
+def decode_chunk(model: Transformer, params, prompts_BxP: jax.Array, lengths_B: jax.Array, left_B: jax.Array,
+                 rng: jax.Array, settings: Settings, stream: Callable | None = None) -> Loop:
+  """Runs the prompts once, then emits tokens until each sequence is out of tokens, stops at EOS, or is full.
+
+  `stream(tokens_B, emitted_B)` is called on the host after each step when given.
+  """
+  batch, prompt_length = prompts_BxP.shape
+  context = model.config.max_length
+  positions_BxP = jnp.broadcast_to(jnp.arange(prompt_length), (batch, prompt_length))
+  logits_BxPxV, cache = forward(model, params, None, prompts_BxP, positions_BxP)
+  tokens_BxT = jnp.zeros((batch, context), jnp.int32).at[:, :prompt_length].set(prompts_BxP)
+  candidates = (batch, context, settings.candidates)
+  state = Loop(tokens_BxT, lengths_B, left_B, logits_BxPxV[jnp.arange(batch), lengths_B - 1], cache, rng,
+               jnp.zeros(candidates, jnp.int32), jnp.zeros(candidates, jnp.float32))
+
+  def active(s: Loop) -> jax.Array:
+    return (s.left_B > 0) & (s.positions_B < context)
+
+  def step(s: Loop) -> Loop:
+    rng, draw = jax.random.split(s.rng)
+    token_B = next_token(s.logits_BxV, draw, settings)
+    emitted_B = active(s)
+    rows, write_B = jnp.arange(batch), jnp.minimum(s.positions_B, context - 1)
+    tokens_BxT = s.tokens_BxT.at[rows, write_B].set(jnp.where(emitted_B, token_B, s.tokens_BxT[rows, write_B]))
+    top_probs_BxC, top_ids_BxC = jax.lax.top_k(jax.nn.softmax(s.logits_BxV), max(settings.candidates, 1))
+    top_probs_BxC, top_ids_BxC = top_probs_BxC[:, :settings.candidates], top_ids_BxC[:, :settings.candidates]
+    if stream is not None:
+      io_callback(stream, None, token_B, emitted_B, ordered=True)
+    stopped_B = token_B == settings.eos_id if settings.eos_id is not None else jnp.zeros_like(emitted_B)
+    left_B = jnp.where(emitted_B, jnp.where(stopped_B, 0, s.left_B - 1), s.left_B)
+    logits_Bx1xV, cache = forward(model, params, s.cache, token_B[:, None], write_B[:, None])
+    return Loop(tokens_BxT, s.positions_B + emitted_B, left_B, logits_Bx1xV[:, 0], cache, rng,
+                s.top_ids_BxTxC.at[rows, write_B].set(top_ids_BxC),
+                s.top_probs_BxTxC.at[rows, write_B].set(top_probs_BxC))
+
+  return jax.lax.while_loop(lambda s: jnp.any(active(s)), step, state)
+
+
+def bucket(length: int, context: int) -> int:
+  """Returns the prompt buffer length for `length` tokens: the next power of two, at most the context."""
+  return min(1 << max(length - 1, 0).bit_length(), context)
+
+
+@dataclasses.dataclass
+class Sample:
+  """What `generate` returns for one sequence: its new tokens, and (with candidates) each step's top-C tokens."""
+  tokens: list[int]
+  top_ids: list[list[int]]
+  top_probs: list[list[float]]
+
+
+def generate(model: Transformer, params, prompts: list[np.ndarray], max_new_tokens: int, seed: int = 0,
+             settings: Settings = Settings(), stream: Callable[[np.ndarray, np.ndarray], None] | None = None
+             ) -> list[Sample]:
+  """Returns each prompt's continuation of up to `max_new_tokens` tokens; the same seed gives the same tokens.
+
+  Prompts must be non-empty and no longer than the context. `stream(tokens_B, emitted_B)` sees each step's tokens.
+  """
+  context = model.config.max_length
+  history = [list(map(int, prompt)) for prompt in prompts]
+  samples = [Sample([], [], []) for _ in prompts]
+  left = np.full(len(prompts), max_new_tokens, np.int32)
+  rng = jax.random.key(seed)
+  while left.any():
+    windows = [tokens[-context:] if len(tokens) < context else tokens[-(context // 2):] for tokens in history]
+    lengths = np.asarray([len(w) for w in windows], np.int32)
+    prompts_BxP = np.zeros((len(windows), bucket(int(lengths.max()), context)), np.int32)
+    for row, window in enumerate(windows):
+      prompts_BxP[row, :len(window)] = window
+    rng, chunk_rng = jax.random.split(rng)
+    result = jax.device_get(decode_chunk(model, params, jnp.asarray(prompts_BxP), jnp.asarray(lengths),
+                                         jnp.asarray(left), chunk_rng, settings, stream))
+    for row, sample in enumerate(samples):
+      new = slice(lengths[row], result.positions_B[row])
+      sample.tokens += result.tokens_BxT[row, new].tolist()
+      sample.top_ids += result.top_ids_BxTxC[row, new].tolist()
+      sample.top_probs += result.top_probs_BxTxC[row, new].tolist()
+      history[row] += result.tokens_BxT[row, new].tolist()
+    left = np.where(result.left_B > 0, result.left_B, 0)
+  return samples
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'settings'))
+def generate_uncached(model: nn.Module, params, buffer_BxS: jax.Array, rng: jax.Array, prompt_length: int,
+                      end: int, settings: Settings) -> jax.Array:
+  """Returns the buffer with positions prompt_length..end-1 filled by running the model on the whole last T
+  tokens for every new token (nanoGPT's way, no cache): the reference the cache is tested and timed against."""
+  length = min(model.config.max_length, buffer_BxS.shape[1])
+
   def step(position, state):
     buffer_BxS, rng = state
     start = jnp.maximum(position - length, 0)
@@ -40,20 +183,8 @@ def generate_tokens(model: nn.Module, params, buffer_BxS: jax.Array, rng: jax.Ar
     logits_BxTxV = model.apply({'params': params}, window_BxT)
     logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxTxV, position - 1 - start, axis=1, keepdims=False)
     rng, draw = jax.random.split(rng)
-    token_B = next_token(logits_BxV, draw, temperature, top_k).astype(buffer_BxS.dtype)
+    token_B = next_token(logits_BxV, draw, settings).astype(buffer_BxS.dtype)
     return jax.lax.dynamic_update_index_in_dim(buffer_BxS, token_B, position, axis=1), rng
+
   buffer_BxS, _ = jax.lax.fori_loop(prompt_length, end, step, (buffer_BxS, rng))
   return buffer_BxS
-
-
-def generate(model: nn.Module, params, prompt_P: np.ndarray, max_new_tokens: int, seed: int = 0,
-             num_samples: int = 1, temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
-  """Returns B x N new token ids continuing the prompt; the same seed gives the same tokens."""
-  prompt_length = len(prompt_P)
-  size = max(prompt_length + max_new_tokens, model.config.max_length)
-  buffer_BxS = np.zeros((num_samples, size), np.int32)
-  buffer_BxS[:, :prompt_length] = prompt_P
-  end = prompt_length + max_new_tokens
-  filled_BxS = generate_tokens(model, params, jnp.asarray(buffer_BxS), jax.random.key(seed), prompt_length,
-                               end, float(temperature), int(top_k))
-  return np.asarray(filled_BxS[:, prompt_length:end])

@@ -131,8 +131,14 @@ def rotate(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.
 
 
 class Attention(nn.Module):
-  """Causal self-attention with grouped-query heads; `model.attention` picks the implementation."""
+  """Causal self-attention with grouped-query heads; `model.attention` picks the implementation.
+
+  With `decode`, keys and values are also written into a cache of T positions per sequence (the 'cache'
+  collection), at each token's position, and queries attend to the cache: a prompt is run once, then each
+  new token costs one position's work.
+  """
   config: ModelConfig
+  decode: bool = False
 
   def project(self, x_BxTxD: jax.Array, heads: int, axis: str, name: str) -> jax.Array:
     """Returns x projected to `heads` heads of width K: B x T x heads x K."""
@@ -152,12 +158,29 @@ class Attention(nn.Module):
     if c.positions == 'rotary':
       q_BxTxHxK = rotate(q_BxTxHxK, positions_BxT, c.rope_theta)
       k_BxTxGxK = rotate(k_BxTxGxK, positions_BxT, c.rope_theta)
-    out_BxTxHxK = attention.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, c.attention)
+    if self.decode:
+      k_BxSxGxK, v_BxSxGxK = self.cache(k_BxTxGxK, v_BxTxGxK, positions_BxT)
+      out_BxTxHxK = attention.attend_cache(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, positions_BxT)
+    else:
+      out_BxTxHxK = attention.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, c.attention)
     out_init = param_init((c.width * 2 * c.num_layers) ** -0.5, ('heads', 'head_dim', 'embed'))
     out_BxTxD = nn.Einsum((c.num_heads, c.head_dim, c.width), 'BTHK,HKD->BTD', use_bias=c.use_bias,
                           dtype=DTYPES[c.dtype], kernel_init=out_init, bias_init=zeros_init(('embed',)),
                           name='out')(out_BxTxHxK)
     return nn.Dropout(c.dropout)(out_BxTxD, deterministic=deterministic)
+
+
+  def cache(self, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, positions_BxT: jax.Array) -> tuple[jax.Array, ...]:
+    """Writes k and v into the cache at each row's positions (consecutive) and returns the whole cache, S = T_max."""
+    c = self.config
+    shape = (k_BxTxGxK.shape[0], c.max_length, c.num_kv_heads, c.head_dim)
+    written = []
+    for name, new_BxTxGxK in (('cached_key', k_BxTxGxK), ('cached_value', v_BxTxGxK)):
+      cached = self.variable('cache', name, jnp.zeros, shape, new_BxTxGxK.dtype)
+      cached.value = jax.vmap(lambda cache_SxGxK, new_TxGxK, start: jax.lax.dynamic_update_slice_in_dim(
+          cache_SxGxK, new_TxGxK, start, axis=0))(cached.value, new_BxTxGxK, positions_BxT[:, 0])
+      written.append(cached.value)
+    return tuple(written)
 
 
 class Mlp(nn.Module):
@@ -187,42 +210,49 @@ class Mlp(nn.Module):
 class Block(nn.Module):
   """One pre-norm transformer layer: x + attention(norm(x)), then x + mlp(norm(x))."""
   config: ModelConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool):
     x_BxTxD = constrain(x_BxTxD, ('batch', 'length', 'embed'))
-    x_BxTxD += Attention(self.config, name='attention')(
+    x_BxTxD += Attention(self.config, self.decode, name='attention')(
         Norm(self.config, name='attention_norm')(x_BxTxD), positions_BxT, segment_ids_BxT, deterministic)
     x_BxTxD += Mlp(self.config, name='mlp')(Norm(self.config, name='mlp_norm')(x_BxTxD), deterministic)
     return x_BxTxD, None  # (carry, output) as nn.scan expects.
 
 
 class Stack(nn.Module):
-  """The L layers: one scanned Block with stacked parameters, or L separate Blocks."""
+  """The L layers: one scanned Block with stacked parameters (and caches), or L separate Blocks."""
   config: ModelConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool) -> jax.Array:
     c = self.config
     block = Block
-    if c.remat != 'none':
+    if c.remat != 'none' and not self.decode:  # Decoding takes no gradients: nothing to recompute.
       block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
     if c.scan_layers:
-      layers = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+      layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0}, split_rngs={'params': True, 'dropout': True},
                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BxTxD, _ = layers(c, name='layers')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
+      x_BxTxD, _ = layers(c, self.decode, name='layers')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
       return x_BxTxD
     for i in range(c.num_layers):
-      x_BxTxD, _ = block(c, name=f'layer_{i}')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
+      x_BxTxD, _ = block(c, self.decode, name=f'layer_{i}')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
     return x_BxTxD
 
 
 class Transformer(nn.Module):
-  """Token ids in, next-token logits out: embed, add positions, L blocks, final norm, output head."""
+  """Token ids in, next-token logits out: embed, add positions, L blocks, final norm, output head.
+
+  `decode=True` gives the same model with key/value caches, for sampling (see model/sampling.py): apply it
+  with `mutable=['cache']` and each token's absolute position.
+  """
   config: ModelConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
@@ -238,7 +268,7 @@ class Transformer(nn.Module):
       x_BxTxD += nn.Embed(c.max_length, c.width, dtype=DTYPES[c.dtype], name='position_embed',
                           embedding_init=param_init(0.02, (None, 'embed')))(positions_BxT)
     x_BxTxD = nn.Dropout(c.dropout)(x_BxTxD, deterministic=deterministic)
-    x_BxTxD = Stack(c, name='stack')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
+    x_BxTxD = Stack(c, self.decode, name='stack')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
     x_BxTxD = Norm(c, name='final_norm')(x_BxTxD)
     if c.tie_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)

@@ -73,9 +73,22 @@ def test_train_then_sample(corpus, tmp_path):
   assert first.stdout.startswith('ROMEO:') and len(first.stdout.rstrip('\n')) >= len('ROMEO:') + 30
   assert first.stdout == again.stdout
 
+  greedy = [sample('--temperature=0', '--max_new_tokens=20', f'--quantize={mode}') for mode in ('none', 'int8')]
+  assert greedy[0].returncode == 0 and greedy[1].returncode == 0, greedy[1].stderr
+  assert greedy[0].stdout.startswith('ROMEO:') and len(greedy[1].stdout) == len(greedy[0].stdout)
+
+  probs = sample('--show_probs=3', '--max_new_tokens=5', '--temperature=0')
+  assert probs.returncode == 0, probs.stderr
+  rows = [line for line in probs.stdout.splitlines() if ' drew ' in line]
+  assert len(rows) == 5 and all(line.count('%') == 3 for line in rows)
+
   wider = run(command('flaxlm-train'), *train_args(corpus, workdir, '--config.model.width=64'))
   assert_one_line_error(wider, 'different model')
-  assert_one_line_error(sample('--prompt=@@@'), 'not in the tokenizer')
+  assert_one_line_error(sample('--prompt=@@@'), "characters ['@'] are not in the tokenizer")
+  assert_one_line_error(sample('--prompt='), 'the prompt is empty')
+  assert_one_line_error(sample('--prompt=' + 'the king ' * 10), 'longer than the model\'s context of 16')
+  assert_one_line_error(sample('--top_p=0'), '--top_p=0.0 must be in (0, 1]')
+  assert_one_line_error(sample('--temperature=-1'), 'must not be negative')
 
 
 def test_sampling_a_workdir_without_a_run_is_refused(tmp_path):

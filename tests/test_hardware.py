@@ -34,3 +34,9 @@ def test_mfu_is_achieved_over_peak_flops():
   # 800e6 FLOPs per token * 123,125 tokens/s = 98.5e12 FLOP/s; a v5e chip's peak is 197e12: 50%.
   assert hardware.mfu(800e6, 123_125, 'TPU v5 lite') == pytest.approx(0.5)
   assert hardware.mfu(800e6, 123_125, 'cpu') is None
+
+
+def test_hbm_bandwidth_is_known_for_accelerators_and_not_guessed_for_a_cpu():
+  assert hardware.hbm_bytes_per_second('NVIDIA H100 80GB HBM3') == 3.35e12
+  assert hardware.hbm_bytes_per_second('TPU v5 lite') == 8.19e11
+  assert hardware.hbm_bytes_per_second('cpu') is None

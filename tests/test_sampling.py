@@ -1,4 +1,4 @@
-"""Tests of model/sampling.py: decoding matches the full model, filtering, seeds and the sliding window."""
+"""Tests of model/sampling.py: the cached decode equals the full model, filtering, batching, seeds and EOS."""
 
 import functools
 
@@ -6,18 +6,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import tiny
 from model import sampling
 from model.transformer import ModelConfig, Transformer
+from train import sharding
 
 VOCAB = 12
+GREEDY = sampling.Settings(temperature=0.0)
 
 
-def trained_like_model():
+def trained_like_model(**overrides):
   """Returns (model, params) with random weights, so the distribution over next tokens is far from uniform."""
   config = tiny.get_config()
   config.model.tie_embeddings = True
+  config.model.update(overrides)
   model = Transformer(ModelConfig.from_config(config.model, VOCAB))
   params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
   params = jax.tree.map(lambda x: x + jax.random.normal(jax.random.key(1), x.shape), params)
@@ -25,45 +29,123 @@ def trained_like_model():
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def last_logits(model, params, window):
-  """Returns the logits after the last token of each row of `window`."""
-  return model.apply({'params': params}, window)[:, -1]
+def full_logits(model, params, tokens_BxT):
+  """Returns the logits of a full forward pass (no cache)."""
+  return model.apply({'params': params}, tokens_BxT)
 
 
-def test_greedy_decoding_equals_the_argmax_of_full_forward_passes_beyond_the_context():
-  model, params = trained_like_model()
-  prompt = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7], np.int32)  # 14 of the 16-token context.
-  new = 30  # more than the context of 16: the window slides.
-  tokens = sampling.generate(model, params, prompt, new, temperature=0.0)[0]
+def greedy_without_cache(model, params, prompt, new):
+  """Returns `new` greedy tokens, each from a full forward pass over (up to) the last T tokens."""
   sequence = list(prompt)
   for _ in range(new):
     window = jnp.asarray([sequence[-model.config.max_length:]])
-    sequence.append(int(jnp.argmax(last_logits(model, params, window)[0])))
-  np.testing.assert_array_equal(tokens, sequence[len(prompt):])
+    sequence.append(int(jnp.argmax(full_logits(model, params, window)[0, -1])))
+  return sequence[len(prompt):]
+
+
+@pytest.mark.parametrize('overrides', [{}, {'num_kv_heads': 1, 'scan_layers': False}, {'positions': 'learned'}])
+def test_cached_decode_logits_equal_a_full_forward_pass_at_every_step(overrides):
+  model, params = trained_like_model(**overrides)
+  tokens_1xT = jax.random.randint(jax.random.key(2), (1, model.config.max_length), 0, VOCAB)
+  logits, cache = sampling.forward(model, params, None, tokens_1xT[:, :5], jnp.arange(5)[None])
+  expected = full_logits(model, params, tokens_1xT)
+  np.testing.assert_allclose(logits, expected[:, :5], rtol=1e-5, atol=1e-5)
+  c = model.config
+  assert jax.tree.leaves(cache)[0].shape[-3:] == (c.max_length, c.num_kv_heads, c.head_dim)  # GQA: G heads cached.
+  for t in range(5, model.config.max_length):
+    logits, cache = sampling.forward(model, params, cache, tokens_1xT[:, t:t + 1], jnp.asarray([[t]]))
+    np.testing.assert_allclose(logits[:, 0], expected[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_decoding_with_the_cache_equals_decoding_without_it_beyond_the_context():
+  model, params = trained_like_model()
+  prompt = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3], np.int32)  # 10 of the 16-token context.
+  cached = sampling.generate(model, params, [prompt], 6, settings=GREEDY)[0].tokens
+  assert cached == greedy_without_cache(model, params, prompt, 6)
+  # Beyond the context the cache restarts from the last T/2 tokens, so only each new token's own window is the same
+  # as nanoGPT's while it fits: the tokens go on, all in the vocabulary.
+  longer = sampling.generate(model, params, [prompt], 40, settings=GREEDY)[0].tokens
+  assert longer[:6] == cached and len(longer) == 40 and max(longer) < VOCAB
+
+
+def test_prompts_of_different_lengths_in_one_batch_decode_as_each_alone():
+  model, params = trained_like_model()
+  prompts = [np.array([1, 2, 3], np.int32), np.array([5, 4, 3, 2, 1, 0, 7, 8, 9], np.int32), np.array([11], np.int32)]
+  together = sampling.generate(model, params, prompts, 12, settings=GREEDY)
+  for prompt, sample in zip(prompts, together):
+    assert sample.tokens == sampling.generate(model, params, [prompt], 12, settings=GREEDY)[0].tokens
+
+
+def test_a_sequence_stops_at_eos_and_the_others_go_on():
+  model, params = trained_like_model()
+  prompts = [np.array([1, 2, 3], np.int32), np.array([4, 5], np.int32)]
+  free = sampling.generate(model, params, prompts, 12, settings=GREEDY)
+  eos = free[0].tokens[4]
+  stopped = sampling.generate(model, params, prompts, 12, settings=sampling.Settings(temperature=0.0, eos_id=eos))
+  assert stopped[0].tokens == free[0].tokens[:free[0].tokens.index(eos) + 1]
+  other = free[1].tokens
+  assert stopped[1].tokens == (other[:other.index(eos) + 1] if eos in other else other)
 
 
 def test_top_k_keeps_exactly_the_k_most_likely_tokens():
   logits = jnp.log(jnp.array([[0.05, 0.4, 0.1, 0.3, 0.15]]))
-  filtered = sampling.filter_logits(logits, 1.0, 2)
-  assert set(np.flatnonzero(np.isfinite(filtered[0]))) == {1, 3}
-  draws = [int(sampling.next_token(logits, jax.random.key(i), 1.0, 2)[0]) for i in range(50)]
-  assert set(draws) == {1, 3}
-  assert np.isfinite(sampling.filter_logits(logits, 1.0, 5)).all()  # k >= V keeps every token.
+  settings = sampling.Settings(top_k=2)
+  assert set(np.flatnonzero(np.isfinite(sampling.filter_logits(logits, settings)[0]))) == {1, 3}
+  draws = {int(sampling.next_token(logits, jax.random.key(i), settings)[0]) for i in range(50)}
+  assert draws == {1, 3}
+  assert np.isfinite(sampling.filter_logits(logits, sampling.Settings(top_k=5))).all()  # k >= V keeps all.
+
+
+@pytest.mark.parametrize('top_p, nucleus', [(0.5, {1, 3}), (0.4, {1}), (0.71, {1, 3, 4}), (1.0, {0, 1, 2, 3, 4})])
+def test_top_p_keeps_the_smallest_set_of_tokens_reaching_p(top_p, nucleus):
+  logits = jnp.log(jnp.array([[0.05, 0.4, 0.1, 0.3, 0.15]]))  # sorted: 0.4, 0.3, 0.15, 0.1, 0.05.
+  settings = sampling.Settings(top_p=top_p)
+  assert set(np.flatnonzero(np.isfinite(sampling.filter_logits(logits, settings)[0]))) == nucleus
+  draws = {int(sampling.next_token(logits, jax.random.key(i), settings)[0]) for i in range(60)}
+  assert draws <= nucleus
 
 
 def test_temperature_sharpens_and_flattens_the_distribution():
   logits = jnp.log(jnp.array([[0.6, 0.25, 0.15]]))
-  cold = jax.nn.softmax(sampling.filter_logits(logits, 0.5, 0))[0]
-  hot = jax.nn.softmax(sampling.filter_logits(logits, 2.0, 0))[0]
+  cold = jax.nn.softmax(sampling.filter_logits(logits, sampling.Settings(temperature=0.5)))[0]
+  hot = jax.nn.softmax(sampling.filter_logits(logits, sampling.Settings(temperature=2.0)))[0]
   assert cold[0] > 0.6 > hot[0]
 
 
-def test_the_same_seed_gives_the_same_samples():
+def test_the_same_seed_gives_the_same_samples_and_candidates_are_the_model_s_top_tokens():
   model, params = trained_like_model()
-  prompt = np.array([1, 2, 3], np.int32)
-  run = lambda seed: sampling.generate(model, params, prompt, 20, seed=seed, num_samples=3, temperature=1.0)
+  prompts = [np.array([1, 2, 3], np.int32)] * 3
+  run = lambda seed: [s.tokens for s in sampling.generate(model, params, prompts, 20, seed, sampling.Settings())]
   first = run(0)
-  assert first.shape == (3, 20)
-  np.testing.assert_array_equal(first, run(0))
-  assert not np.array_equal(first, run(1))
+  assert first == run(0) and first != run(1)
   assert len({tuple(row) for row in first}) > 1  # each sample draws its own tokens.
+  sample = sampling.generate(model, params, prompts[:1], 3, settings=sampling.Settings(0.0, candidates=4))[0]
+  probs = jax.nn.softmax(full_logits(model, params, jnp.asarray([[1, 2, 3]]))[0, -1])
+  assert sample.top_ids[0] == list(np.argsort(-np.asarray(probs))[:4])
+  np.testing.assert_allclose(sample.top_probs[0], np.sort(np.asarray(probs))[::-1][:4], rtol=1e-5)
+  assert sample.tokens[0] == sample.top_ids[0][0]  # greedy takes the first candidate.
+
+
+def test_stream_sees_every_emitted_token_in_order():
+  model, params = trained_like_model()
+  seen = []
+  stream = lambda tokens_B, emitted_B: seen.extend(int(t) for t, e in zip(tokens_B, emitted_B) if e)
+  sample = sampling.generate(model, params, [np.array([1, 2], np.int32)], 25, settings=GREEDY, stream=stream)[0]
+  assert seen == sample.tokens and len(seen) == 25
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(tuple(map(int, jax.__version__.split('.')[:2])) < (0, 12),
+                    reason='in-process CPU all-reduce deadlocks before jax 0.12')
+def test_decoding_a_tensor_parallel_model_gives_the_same_tokens():
+  model, params = trained_like_model()
+  config = tiny.get_config()
+  config.mesh.update(dict(data=1, tensor=2))
+  mesh = sharding.make_mesh(config, jax.devices()[:2])
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']
+  sharded = jax.device_put(params, sharding.logical_shardings(boxed, mesh))
+  assert sharded['stack']['layers']['mlp']['up']['kernel'].sharding.spec[-1] == 'tensor'
+  prompt = [np.array([3, 1, 4, 1, 5], np.int32)]
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    on_mesh = sampling.generate(model, sharded, prompt, 10, settings=GREEDY)[0].tokens
+  assert on_mesh == sampling.generate(model, params, prompt, 10, settings=GREEDY)[0].tokens

@@ -47,3 +47,24 @@ def mfu(flops_per_token: float, tokens_per_second_per_device: float, device_kind
   if peak is None:
     return None
   return flops_per_token * tokens_per_second_per_device / peak
+
+
+# Per device, HBM bandwidth in bytes/s, from the same spec sheets: what bounds decoding one token at a time.
+HBM_BYTES_PER_SECOND = {
+    'tpu v4': 1.2e12,
+    'tpu v5 lite': 8.19e11,
+    'tpu v5e': 8.19e11,
+    'tpu v5': 2.765e12,
+    'tpu v5p': 2.765e12,
+    'tpu v6 lite': 1.64e12,
+    'tpu v6e': 1.64e12,
+    'nvidia a100': 2.039e12,  # 80GB SXM; the 40GB part has 1.555e12.
+    'nvidia h100': 3.35e12,  # SXM.
+    'nvidia h100 pcie': 2.0e12,
+    'nvidia h200': 4.8e12,
+}
+
+
+def hbm_bytes_per_second(device_kind: str) -> float | None:
+  """Returns the device's memory bandwidth in bytes/s, or None for a kind the table does not know."""
+  return HBM_BYTES_PER_SECOND.get(chip_name(device_kind))

@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from configs.errors import UserError
 from data import tokenizer as tokenizer_lib
-from model import flops
+from model import flops, quantize
 from model.transformer import ModelConfig, Transformer, count_params
 from train import cli
 
@@ -37,10 +37,10 @@ def vocab_size(config: ml_collections.ConfigDict) -> int:
   return tokenizer_lib.for_corpus(kind, '').vocab_size
 
 
-def param_count(c: ModelConfig) -> int:
-  """Returns the model's exact number of parameters, from their shapes alone."""
-  init = lambda: nn.unbox(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
-  return count_params(jax.eval_shape(init))
+def param_shapes(c: ModelConfig):
+  """Returns the model's params as shape structs, without allocating them."""
+  init = lambda: nn.unbox(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
+  return jax.eval_shape(init)
 
 
 def memory_bytes(params: int) -> dict[str, int]:
@@ -73,7 +73,8 @@ def memory_lines(params: int, shards: int | None) -> list[str]:
 def report(config: ml_collections.ConfigDict) -> list[str]:
   """Returns the lines flaxlm-info prints for `config`."""
   c = ModelConfig.from_config(config.model, vocab_size(config))
-  params = param_count(c)
+  shapes = param_shapes(c)
+  params = count_params(shapes)
   per_token = flops.training_flops_per_token(c)
   tokens = config.train.batch_size * c.max_length
   return [
@@ -85,6 +86,8 @@ def report(config: ml_collections.ConfigDict) -> list[str]:
       f'{"training FLOPs per step":<32}{per_token * tokens:>16.3e}  ({config.train.batch_size:,} x '
       f'{c.max_length:,} tokens)',
       *memory_lines(params, parameter_shards(config.mesh)),
+      'weights for sampling (flaxlm-sample --quantize):',
+      *quantize.memory_table(shapes),
   ]
 
 

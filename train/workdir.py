@@ -88,3 +88,10 @@ def load_exported(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer
   model = Transformer(ModelConfig.from_config(config.model, tokenizer.vocab_size))
   abstract = state.abstract_state(model, optax.identity(), sharding.single_device_mesh()).params
   return model, export.read_params(path, abstract), tokenizer
+
+
+def load_model(workdir: str | None, params: str | None) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
+  """Returns (model, params, tokenizer) from a run's latest checkpoint or from an export: exactly one of the two."""
+  if bool(workdir) == bool(params):
+    raise UserError('pass exactly one of --workdir=DIR (a training run) and --params=PATH (a flaxlm-export).')
+  return load_trained(workdir) if workdir else load_exported(params)

@@ -1,0 +1,150 @@
+"""Weight-only int8 and int4 quantization of a trained model's matrices, for sampling and evaluation.
+
+Each matrix w is stored as integers q and float32 scales s, with w ~ q * s. The scales are symmetric (no zero
+point) and are taken along w's contraction axis C, the axis a matmul sums over, so that each output of the matmul
+has its own scales:
+  int8: one scale per output channel, s = max |w| over C / 127, q in [-127, 127].
+  int4: one scale per group of `group_size` consecutive entries of C, s = max |w| over the group / 7, q in [-7, 7].
+        Where C is shorter than `group_size` or not a multiple of it, the group is the whole of C.
+Rounding to the nearest integer then bounds the error of every weight: |w - q * s| <= s / 2.
+
+Which axes are C is set per parameter by `CONTRACTION_AXES`, counted from the end so that the leading `layers` axis
+of scanned (stacked) parameters always keeps scales of its own. The token embedding (V x D) is both a lookup of rows
+and, when tied, the output head contracting D: its scales run along D, one per row (or group of a row), serving both.
+Norms, biases and learned position embeddings stay float.
+
+int4 values are stored as `jnp.int4`, which XLA packs two to a byte (checked on CPU with jax 0.12:
+`jax.Array.on_device_size_in_bytes` is half of `nbytes`, which numpy's 1-byte itemsize overstates);
+`memory_bytes` counts the packed size. Apply a model on `dequantize(qparams)` inside a jitted function: only the
+integers and scales then stay resident between calls, the float matrices exist only during the computation.
+
+Shape key: C the contraction axis (or axes, flattened), N the number of groups along it, G the group length.
+"""
+
+import functools
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from configs.errors import UserError
+
+MODES = ('none', 'int8', 'int4')
+STORAGE = {'int8': (jnp.int8, 127), 'int4': (jnp.int4, 7)}  # mode: (integer dtype, largest magnitude stored)
+CONTRACTION_AXES = {  # (module, parameter): the axes a matmul sums over, counted from the end.
+    ('query', 'kernel'): (-3,), ('key', 'kernel'): (-3,), ('value', 'kernel'): (-3,),  # D x H x K
+    ('out', 'kernel'): (-3, -2),  # H x K x D
+    ('up', 'kernel'): (-2,), ('gate', 'kernel'): (-2,), ('down', 'kernel'): (-2,),  # in x out
+    ('head', 'kernel'): (-2,),  # D x V
+    ('embed', 'embedding'): (-1,),  # V x D
+}
+
+
+@flax.struct.dataclass
+class QuantizedArray:
+  """A matrix as integers `values` (its own shape) and float32 `scale` (its shape, with C replaced by N groups)."""
+  values: jax.Array  # int8 or int4, the original shape.
+  scale: jax.Array  # float32: shape[:first] + (N,) + shape[last + 1:], where first..last are the axes C.
+  axes: tuple[int, ...] = flax.struct.field(pytree_node=False)  # the contraction axes, counted from the end.
+  group_size: int = flax.struct.field(pytree_node=False)  # G, the entries of C that share a scale.
+
+
+def grouped_shape(shape: tuple[int, ...], axes: tuple[int, ...], group_size: int) -> tuple[int, ...]:
+  """Returns `shape` with the consecutive `axes` flattened to C and split into C / group_size x group_size."""
+  first, last = len(shape) + axes[0], len(shape) + axes[-1]
+  contraction = math.prod(shape[first:last + 1])
+  return (*shape[:first], contraction // group_size, group_size, *shape[last + 1:])
+
+
+def effective_group_size(shape: tuple[int, ...], axes: tuple[int, ...], mode: str, group_size: int) -> int:
+  """Returns G: for int4 `group_size` where it divides the length C of `axes` (and so is no longer), else C."""
+  contraction = math.prod(shape[len(shape) + axis] for axis in axes)
+  return group_size if mode == 'int4' and contraction % group_size == 0 else contraction
+
+
+def quantize_array(w: jax.Array, axes: tuple[int, ...], mode: str, group_size: int) -> QuantizedArray:
+  """Returns `w` rounded to `mode`'s integers, with symmetric scales per group of G entries along `axes`."""
+  dtype, largest = STORAGE[mode]
+  group = effective_group_size(w.shape, axes, mode, group_size)
+  w_NxG = w.astype(jnp.float32).reshape(grouped_shape(w.shape, axes, group))  # ...N x G...
+  group_axis = len(w.shape) + axes[0] + 1
+  max_abs_Nx1 = jnp.max(jnp.abs(w_NxG), axis=group_axis, keepdims=True)
+  scale_Nx1 = jnp.maximum(max_abs_Nx1 / largest, jnp.finfo(jnp.float32).tiny)  # all-zero groups stay zero.
+  values_NxG = jnp.clip(jnp.round(w_NxG / scale_Nx1), -largest, largest).astype(dtype)
+  return QuantizedArray(values_NxG.reshape(w.shape), scale_Nx1.squeeze(group_axis), axes, group)
+
+
+def dequantize_array(q: QuantizedArray, dtype: Any) -> jax.Array:
+  """Returns values x scale in `dtype`, computed in float32, in the original shape."""
+  group_axis = len(q.values.shape) + q.axes[0] + 1
+  values_NxG = q.values.astype(jnp.float32).reshape(grouped_shape(q.values.shape, q.axes, q.group_size))
+  w_NxG = values_NxG * jnp.expand_dims(q.scale, group_axis)
+  return w_NxG.reshape(q.values.shape).astype(dtype)
+
+
+def path_key(path: tuple) -> tuple[str, ...]:
+  """Returns the last two names of a params path: (module, parameter), as `CONTRACTION_AXES` is keyed."""
+  return tuple(str(getattr(entry, 'key', entry)) for entry in path[-2:])
+
+
+@functools.partial(jax.jit, static_argnames=('mode', 'group_size'))
+def quantize(params: Any, mode: str, group_size: int = 128) -> Any:
+  """Returns `params` with every matrix of `CONTRACTION_AXES` a QuantizedArray (mode 'none': `params` as they are)."""
+  if mode not in MODES:
+    raise UserError(f'quantization mode {mode!r} is not one of {MODES}: pick one of those.')
+  if mode == 'none':
+    return params
+  def leaf(path: tuple, w: jax.Array) -> Any:
+    axes = CONTRACTION_AXES.get(path_key(path))
+    return w if axes is None else quantize_array(w, axes, mode, group_size)
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def is_quantized(x: Any) -> bool:
+  """Returns whether `x` is a QuantizedArray (a leaf to stop at when walking quantized params)."""
+  return isinstance(x, QuantizedArray)
+
+
+@functools.partial(jax.jit, static_argnames='dtype')
+def dequantize(qparams: Any, dtype: Any = jnp.float32) -> Any:
+  """Returns plain params of `dtype`: quantized matrices expanded, float parameters cast."""
+  expand = lambda x: dequantize_array(x, dtype) if is_quantized(x) else x.astype(dtype)
+  return jax.tree.map(expand, qparams, is_leaf=is_quantized)
+
+
+def array_bytes(x: jax.Array | jax.ShapeDtypeStruct) -> int:
+  """Returns the bytes an array holds on device: sub-byte types (int4) packed, as XLA stores them."""
+  return -(-math.prod(x.shape) * jax.dtypes.itemsize_bits(x.dtype) // 8)
+
+
+def memory_bytes(params: Any) -> int:
+  """Returns the bytes held by all arrays of `params` (concrete or jax.ShapeDtypeStruct), scales included."""
+  return sum(array_bytes(x) for x in jax.tree.leaves(params))
+
+
+def mode_bytes(params: Any, group_size: int = 128) -> dict[str, int]:
+  """Returns the bytes `params` take in float32, bfloat16, int8 and int4 (matrices quantized, the rest float32).
+
+  The sizes come from the shapes alone (`jax.eval_shape`), so `params` may be abstract: a 7B model counts on a laptop.
+  """
+  cast = lambda dtype: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), params)
+  quantized = lambda mode: jax.eval_shape(lambda p: quantize(p, mode, group_size), params)
+  return {'float32': memory_bytes(cast(jnp.float32)), 'bfloat16': memory_bytes(cast(jnp.bfloat16)),
+          'int8': memory_bytes(quantized('int8')), f'int4 (groups of {group_size})': memory_bytes(quantized('int4'))}
+
+
+def memory_table(params: Any, group_size: int = 128) -> list[str]:
+  """Returns the lines of a table of the parameters' memory per storage type, in GiB (MiB below 1 GiB).
+
+  `params` is a loaded model's params (float or not: only shapes count) or, for a preset, their shapes from
+  `jax.eval_shape` of the model's init. int8 and int4 include their float32 scales and the float32 parameters
+  left unquantized (norms, biases, position embeddings); they are exactly `memory_bytes(quantize(params, mode))`.
+  """
+  sizes, count = mode_bytes(params, group_size), sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+  unit, scale = ('GiB', 2 ** 30) if sizes['float32'] >= 2 ** 30 else ('MiB', 2 ** 20)
+  lines = [f'{f"parameter memory ({count:,} parameters)":<44}{unit:>10}{"bytes/param":>14}']
+  for name, size in sizes.items():
+    lines.append(f'  {name:<42}{size / scale:>10,.2f}{size / count:>14.3f}')
+  return lines

@@ -1,0 +1,131 @@
+"""Tests of model/quantize.py: error bounds, which parameters are quantized, the bytes held, logits, memory table."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import llama2_7b, tiny
+from configs.errors import UserError
+from model import quantize
+from model.transformer import ModelConfig, Transformer, count_params
+
+LARGEST = {'int8': 127, 'int4': 7}
+CASES = [  # module, parameter, shape, mode, group_size, the shape grouped as (..., N, G, ...), the axis of G in it.
+    ('up', 'kernel', (2, 256, 48), 'int4', 64, (2, 4, 64, 48), 2),  # scanned: the layers axis keeps its own scales.
+    ('up', 'kernel', (2, 256, 48), 'int8', 64, (2, 1, 256, 48), 2),  # int8: one scale per output channel.
+    ('out', 'kernel', (4, 32, 16), 'int8', 128, (1, 128, 16), 1),  # H x K x D contracts H and K.
+    ('out', 'kernel', (4, 32, 16), 'int4', 64, (2, 64, 16), 1),
+    ('query', 'kernel', (192, 2, 8), 'int4', 128, (1, 192, 2, 8), 1),  # 192 not a multiple of 128: the whole of D.
+    ('embed', 'embedding', (10, 96), 'int4', 128, (10, 1, 96), 2),  # D shorter than 128: one group per row.
+    ('embed', 'embedding', (10, 96), 'int8', 128, (10, 1, 96), 2),
+]
+
+
+def model_and_params(**overrides) -> tuple[Transformer, dict]:
+  """Returns a random-init Transformer of configs/tiny.py with width 128 (and `overrides`) and its params."""
+  c = tiny.get_config().model
+  c.update(width=128, vocab_size=256, **overrides)
+  model = Transformer(ModelConfig.from_config(c, 256))
+  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))['params']
+  return model, params
+
+
+def test_each_weight_is_within_half_a_scale_of_its_dequantized_value():
+  """|w - q s| <= s / 2, with s the group's max |w| / largest integer; float32 rounding adds a few ulps of max |w|."""
+  for module, name, shape, mode, group_size, grouped, axis in CASES:
+    w = np.asarray(jax.random.normal(jax.random.key(len(shape)), shape))
+    q = quantize.quantize({module: {name: w}}, mode, group_size)[module][name]
+    scale_NxG = np.abs(w.reshape(grouped)).max(axis=axis, keepdims=True) / LARGEST[mode]
+    assert q.values.dtype == {'int8': jnp.int8, 'int4': jnp.int4}[mode] and q.scale.dtype == jnp.float32
+    assert q.values.shape == shape and q.group_size == grouped[axis]
+    np.testing.assert_allclose(q.scale, scale_NxG.squeeze(axis), rtol=1e-6)
+    assert np.abs(np.asarray(q.values, np.int32)).max() == LARGEST[mode]
+    scale = np.broadcast_to(scale_NxG, grouped).reshape(shape)
+    error = np.abs(w - np.asarray(quantize.dequantize({module: {name: q}})[module][name]))
+    assert (error <= scale * (0.5 + LARGEST[mode] * 2.0 ** -22)).all(), (module, mode)
+
+
+@pytest.mark.parametrize('mode', ['int8', 'int4'])
+def test_matrices_are_quantized_and_the_rest_kept_exactly(mode: str):
+  """Kernels and the token embedding become QuantizedArrays; norms, biases, position embeddings are untouched."""
+  _, params = model_and_params(positions='learned', norm='layernorm', use_bias=True)
+  qparams = quantize.quantize(params, mode)
+  flat = dict(jax.tree_util.tree_flatten_with_path(qparams, is_leaf=quantize.is_quantized)[0])
+  names = {jax.tree_util.keystr(path): leaf for path, leaf in flat.items()}
+  quantized = {name for name, leaf in names.items() if quantize.is_quantized(leaf)}
+  assert quantized == {name for name in names if name.endswith("['kernel']") or name.startswith("['embed']")}
+  restored = dict(jax.tree_util.tree_flatten_with_path(quantize.dequantize(qparams))[0])
+  for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if jax.tree_util.keystr(path) not in quantized:
+      assert names[jax.tree_util.keystr(path)].dtype == jnp.float32
+      np.testing.assert_array_equal(names[jax.tree_util.keystr(path)], w)
+      np.testing.assert_array_equal(restored[path], w)
+
+
+@pytest.fixture(scope='module')
+def params() -> dict:
+  """The params of configs/tiny.py at width 128: 459,392 parameters, all but 640 (the norms) in matrices."""
+  return model_and_params()[1]
+
+
+@pytest.mark.parametrize('mode', ['int8', 'int4'])
+def test_memory_bytes_are_the_bytes_the_arrays_hold(params: dict, mode: str):
+  """memory_bytes counts each array's bytes on device (int4 packed two to a byte), and matches the table's."""
+  qparams = quantize.quantize(params, mode)
+  leaves = jax.tree.leaves(qparams)
+  held = sum(x.on_device_size_in_bytes() for x in leaves)
+  assert quantize.memory_bytes(qparams) == held
+  assert held == quantize.mode_bytes(params)['int8' if mode == 'int8' else 'int4 (groups of 128)']
+  assert (held == sum(x.nbytes for x in leaves)) == (mode == 'int8')  # numpy's nbytes gives int4 a whole byte.
+  assert quantize.memory_bytes(quantize.dequantize(qparams, jnp.bfloat16)) == quantize.memory_bytes(params) // 2
+
+
+def test_int8_holds_about_a_quarter_of_float32(params: dict):
+  """A byte per weight, plus a float32 scale per output channel (every contraction is >= 128 long: <= 4/128 bytes
+  a weight) and the float32 norms (640 of 459,392 parameters): between 1/4 and 1/4 + 1/128 + 3/4 x 640/459,392."""
+  assert count_params(params) == 459_392
+  ratio = quantize.memory_bytes(quantize.quantize(params, 'int8')) / quantize.memory_bytes(params)
+  assert 0.25 < ratio < 0.25 + 1 / 128 + 0.75 * 640 / 459_392
+
+
+def test_quantized_logits_are_close_to_float_logits():
+  """Logits of a dequantized model stay close to the float model's.
+
+  At random init the weights' relative (2-norm) error is 0.7% for int8 and 12% (10%) for int4 in groups of 128
+  (32); the small residual stream, normalized before the tied head, amplifies it about 3.5 times in the logits.
+  """
+  model, params = model_and_params(tie_embeddings=True)  # An untied head starts at zero: all logits 0.
+  tokens_BxT = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
+  logits = jax.jit(lambda p: model.apply({'params': p}, tokens_BxT))  # compiled once, for float params.
+  float_BxTxV = logits(params)
+  error = lambda mode, group: float(jnp.linalg.norm(logits(quantize.dequantize(quantize.quantize(params, mode, group)))
+                                                    - float_BxTxV) / jnp.linalg.norm(float_BxTxV))
+  errors = {'int8': error('int8', 128), 'int4/128': error('int4', 128), 'int4/32': error('int4', 32)}
+  assert 0 < errors['int8'] < 0.04 and errors['int8'] < errors['int4/32'] < errors['int4/128'] < 0.6, errors
+
+
+def test_memory_table_of_llama2_7b():
+  """6,738,415,616 parameters: matrices take 1 (int8) or 1/2 (int4) byte, plus float32 scales and norms.
+
+  int8 has a scale per output channel: per layer D for each of query, key, value, out and down, F for gate and up;
+  V for the embedding and V for the head. int4 has one per 128 weights, every contraction being a multiple of 128.
+  """
+  c = ModelConfig.from_config(llama2_7b.get_config().model, 0)
+  abstract = jax.eval_shape(lambda: nn.unbox(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
+  lines = quantize.memory_table(abstract['params'])
+  count, norms = 6_738_415_616, c.num_layers * 2 * c.width + c.width
+  matrices = count - norms
+  int8_scales = c.num_layers * (5 * c.width + 2 * c.mlp_width) + 2 * c.vocab_size
+  expected = {'float32': 4 * count, 'bfloat16': 2 * count, 'int8': matrices + 4 * (int8_scales + norms),
+              'int4 (groups of 128)': matrices // 2 + 4 * (matrices // 128 + norms)}
+  assert lines[0].startswith('parameter memory (6,738,415,616 parameters)') and 'GiB' in lines[0]
+  assert [line.split()[-2] for line in lines[1:]] == [f'{size / 2 ** 30:.2f}' for size in expected.values()]
+  assert [line.split()[-2] for line in lines[1:]] == ['25.10', '12.55', '6.28', '3.33']
+
+
+def test_unknown_mode_is_a_user_error():
+  """A mode outside MODES names the choices."""
+  with pytest.raises(UserError, match='int8'):
+    quantize.quantize({}, 'int2')

@@ -1,0 +1,85 @@
+"""`flaxlm-score --workdir=DIR --text=TEXT`: how surprised a trained model is by each token of a text.
+
+  flaxlm-score --workdir=/tmp/run --text="ROMEO: what light"
+  flaxlm-score --params=/tmp/run_export --text_file=speech.txt
+
+Prints a row per token after the first: the token, the probability the model gave it, its loss (-ln p) and, where
+the model expected another token, that one and its probability; then the text's mean loss and perplexity.
+A text longer than the model's context is scored by a sliding window, as model/scoring.py describes.
+"""
+
+import math
+import pathlib
+
+import numpy as np
+from absl import flags
+
+from configs.errors import UserError
+from data.tokenizer import Tokenizer
+from model import scoring
+from train import cli, workdir as workdir_lib
+
+WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is used).')
+PARAMS = flags.DEFINE_string('params', None, 'Directory written by flaxlm-export (instead of --workdir).')
+TEXT = flags.DEFINE_string('text', None, 'The text to score.')
+TEXT_FILE = flags.DEFINE_string('text_file', None, 'A UTF-8 file holding the text to score (instead of --text).')
+
+
+def read_text() -> str:
+  """Returns --text, or the contents of --text_file; raises UserError unless exactly one is given and readable."""
+  if (TEXT.value is None) == (TEXT_FILE.value is None):
+    raise UserError('pass exactly one of --text=TEXT and --text_file=PATH.')
+  if TEXT.value is not None:
+    return TEXT.value
+  path = pathlib.Path(TEXT_FILE.value)
+  if not path.is_file():
+    raise UserError(f'--text_file={path} does not exist: pass the path of a text file.')
+  try:
+    return path.read_text(encoding='utf-8')
+  except UnicodeDecodeError:
+    raise UserError(f'--text_file={path} is not UTF-8 text: save it as UTF-8.') from None
+
+
+def shown(tokenizer: Tokenizer, token: int) -> str:
+  """Returns the token's piece quoted as a Python literal, so spaces and newlines are visible."""
+  return repr(tokenizer.piece(token))
+
+
+def table(tokenizer: Tokenizer, tokens_N: np.ndarray, log_probs_M: np.ndarray, top_ids_M: np.ndarray,
+          top_log_probs_M: np.ndarray) -> list[str]:
+  """Returns the header and one aligned row per scored token: position, token, p, loss, the expected token."""
+  pieces = [shown(tokenizer, token) for token in tokens_N[1:]]
+  index_width, piece_width = len(str(len(pieces))), max(map(len, ['token', *pieces]))
+  lines = [f'{"#":>{index_width}}  {"token":<{piece_width}}  {"p":>6}  {"loss":>7}  expected (p)']
+  for i, (piece, log_p, top_id, top_log_p) in enumerate(zip(pieces, log_probs_M, top_ids_M, top_log_probs_M), 1):
+    expected = '' if top_id == tokens_N[i] else f'{shown(tokenizer, top_id)} ({math.exp(top_log_p):.4f})'
+    # The loss -log p is printed as abs(log p), which is never -0.0000.
+    row = f'{i:>{index_width}}  {piece:<{piece_width}}  {math.exp(log_p):6.4f}  {abs(log_p):7.4f}  {expected}'
+    lines.append(row.rstrip())
+  return lines
+
+
+def windows_note(num_tokens: int, length: int) -> str:
+  """Returns the line saying how a text longer than the context was split into windows."""
+  step = scoring.stride(length)
+  return (f'{num_tokens} tokens exceed the context of {length}: scored in {len(scoring.windows(num_tokens, length))} '
+          f'windows of {length} tokens starting {step} apart; after the first window each token sees at least '
+          f'{length - step + 1} tokens.')
+
+
+def score() -> None:
+  """Prints the text's per-token table, then its mean loss and perplexity."""
+  text = read_text()
+  model, params, tokenizer = workdir_lib.load_model(WORKDIR.value, PARAMS.value)
+  tokens_N = tokenizer.encode(text)
+  log_probs_M, top_ids_M, top_log_probs_M = scoring.token_log_probs(model, params, tokens_N)
+  if len(tokens_N) - 1 > model.config.max_length:
+    print(windows_note(len(tokens_N), model.config.max_length))
+  print('\n'.join(table(tokenizer, tokens_N, log_probs_M, top_ids_M, top_log_probs_M)))
+  print(f'mean loss {scoring.mean_loss(log_probs_M):.4f} | perplexity {scoring.perplexity(log_probs_M):.3f} | '
+        f'{len(log_probs_M)} tokens scored')
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Entry point of flaxlm-score."""
+  cli.run(score, argv)
