@@ -23,6 +23,7 @@ setuptools.setup(
         'absl-py',
         'numpy',
         'tensorboardX',
+        'safetensors',  # Hugging Face checkpoints (flaxlm-convert), read and written as numpy arrays.
     ],
     extras_require={
         'test': ['pytest', 'pytest-timeout', 'nbclient', 'nbformat', 'ipykernel', 'matplotlib'],
@@ -37,6 +38,7 @@ setuptools.setup(
             'flaxlm-tokenizer=train.tokenizer_main:main',
             'flaxlm-info=train.info_main:main',
             'flaxlm-score=train.score_main:main',
+            'flaxlm-convert=train.convert_main:main',
         ],
     },
 )

@@ -19,6 +19,7 @@ def model_config() -> ml_collections.ConfigDict:
   c.positions = 'rotary'  # 'rotary' or 'learned'.
   c.rope_theta = 10_000.0  # base wavelength of rotary positions.
   c.norm = 'rmsnorm'  # 'rmsnorm' or 'layernorm'.
+  c.norm_eps = 1e-6  # added to the variance in the norms (GPT-2 and Llama 2 use 1e-5).
   c.mlp = 'swiglu'  # 'swiglu' or 'gelu'.
   c.tie_embeddings = False  # True: the output head reuses the token embedding matrix (GPT-2).
   c.use_bias = False  # True: biases in the attention and MLP projections (GPT-2); Llama has none.

@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.mlp = 'gelu'
   config.model.tie_embeddings = True
   config.model.use_bias = True
+  config.model.norm_eps = 1e-5
   config.model.dtype = 'bfloat16'
   config.train.steps = 600_000
   config.train.batch_size = 480

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_heads = 32
   config.model.width = 4096
   config.model.mlp_width = 11008
+  config.model.norm_eps = 1e-5
   config.model.max_length = 4096
   config.model.dtype = 'bfloat16'
   config.model.remat = 'full'  # Keep only each layer's input: 32 layers of 4096-token activations do not fit otherwise.

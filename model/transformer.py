@@ -40,6 +40,7 @@ class ModelConfig:
   positions: str
   rope_theta: float
   norm: str
+  norm_eps: float
   mlp: str
   tie_embeddings: bool
   use_bias: bool
@@ -113,10 +114,12 @@ class Norm(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    c = self.config
     ones = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
-    if self.config.norm == 'rmsnorm':
-      return nn.RMSNorm(dtype=DTYPES[self.config.dtype], scale_init=ones)(x_BxTxD)
-    return nn.LayerNorm(dtype=DTYPES[self.config.dtype], scale_init=ones, bias_init=zeros_init(('embed',)))(x_BxTxD)
+    if c.norm == 'rmsnorm':
+      return nn.RMSNorm(epsilon=c.norm_eps, dtype=DTYPES[c.dtype], scale_init=ones)(x_BxTxD)
+    return nn.LayerNorm(epsilon=c.norm_eps, dtype=DTYPES[c.dtype], scale_init=ones,
+                        bias_init=zeros_init(('embed',)))(x_BxTxD)
 
 
 def rotate(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:

@@ -47,13 +47,14 @@ def greedy_without_cache(model, params, prompt, new):
 def test_cached_decode_logits_equal_a_full_forward_pass_at_every_step(overrides):
   model, params = trained_like_model(**overrides)
   tokens_1xT = jax.random.randint(jax.random.key(2), (1, model.config.max_length), 0, VOCAB)
-  logits, cache = sampling.forward(model, params, None, tokens_1xT[:, :5], jnp.arange(5)[None])
+  forward = jax.jit(sampling.forward, static_argnums=0)
+  logits, cache = forward(model, params, None, tokens_1xT[:, :5], jnp.arange(5)[None])
   expected = full_logits(model, params, tokens_1xT)
   np.testing.assert_allclose(logits, expected[:, :5], rtol=1e-5, atol=1e-5)
   c = model.config
   assert jax.tree.leaves(cache)[0].shape[-3:] == (c.max_length, c.num_kv_heads, c.head_dim)  # GQA: G heads cached.
   for t in range(5, model.config.max_length):
-    logits, cache = sampling.forward(model, params, cache, tokens_1xT[:, t:t + 1], jnp.asarray([[t]]))
+    logits, cache = forward(model, params, cache, tokens_1xT[:, t:t + 1], jnp.asarray([[t]]))
     np.testing.assert_allclose(logits[:, 0], expected[:, t], rtol=1e-5, atol=1e-5)
 
 

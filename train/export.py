@@ -8,10 +8,11 @@ It is written into a hidden sibling directory and renamed into place when comple
 never leaves a partial one at its path.
 """
 
+import contextlib
 import os
 import pathlib
 import shutil
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -37,23 +38,30 @@ def cast(params: Any, dtype: str) -> Any:
   return jax.tree.map(lambda x: x.astype(DTYPES[dtype]), params)
 
 
-def write(output: str | pathlib.Path, params: Any, config: ml_collections.ConfigDict,
-          tokenizer: tokenizer_lib.Tokenizer, dtype: str) -> pathlib.Path:
-  """Writes the export of `params` (cast to `dtype`), `config` and `tokenizer` at `output`; returns its path."""
-  check_writable(output, dtype)
+@contextlib.contextmanager
+def new_directory(output: str | pathlib.Path) -> Iterator[pathlib.Path]:
+  """Yields a hidden sibling directory to fill, renamed to `output` once the block completes, removed if it fails."""
   path = pathlib.Path(output).absolute()
   partial = path.with_name(f'.{path.name}.partial-{os.getpid()}')
   partial.mkdir(parents=True)
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(partial / PARAMS_DIR, cast(params, dtype))
-    (partial / 'config.json').write_text(config.to_json(indent=2))
-    tokenizer_lib.save(tokenizer, partial)
+    yield partial
     partial.rename(path)
   except BaseException:
     shutil.rmtree(partial)
     raise
-  return path
+
+
+def write(output: str | pathlib.Path, params: Any, config: ml_collections.ConfigDict,
+          tokenizer: tokenizer_lib.Tokenizer, dtype: str) -> pathlib.Path:
+  """Writes the export of `params` (cast to `dtype`), `config` and `tokenizer` at `output`; returns its path."""
+  check_writable(output, dtype)
+  with new_directory(output) as partial:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(partial / PARAMS_DIR, cast(params, dtype))
+    (partial / 'config.json').write_text(config.to_json(indent=2))
+    tokenizer_lib.save(tokenizer, partial)
+  return pathlib.Path(output).absolute()
 
 
 def check_is_export(path: str | pathlib.Path) -> None:

@@ -1,0 +1,292 @@
+"""Hugging Face interop: GPT-2 and Llama configs and tensors, mapped to and from flaxlm's model options and params.
+
+Pure: config.json dicts and {name: array} dicts of numpy arrays in and out; reading and writing the files is
+train/convert_main.py's job. One `Family` per supported HF model type says how its names and shapes map.
+
+Shape key: D width, H query heads, G key/value heads, K head dimension, F MLP width, V vocabulary, P positions.
+GPT-2's Conv1D weights are stored (in, out) like flax kernels; Llama's nn.Linear weights (out, in), transposed.
+HF's rotary embedding rotates halves of each head (rotate_half), as `model.transformer.rotate` does.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs.errors import UserError
+from model.transformer import ModelConfig, Transformer
+
+QKV = ('query', 'key', 'value')
+Tensors = dict[str, np.ndarray]
+Tree = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How one HF model type maps onto flaxlm: the options it fixes, its config.json, and its tensor names."""
+  architecture: str  # the HF class its checkpoints are saved from
+  prefix: str  # the body's tensor names start with this; the output head's ('lm_head.weight') does not
+  layers: str  # layer i's tensor names start with f'{prefix}{layers}.{i}.'
+  eps_key: str  # config.json's norm epsilon
+  options: dict[str, Any]  # the flaxlm model options every model of this type has
+  model_config: Callable[[dict], dict]  # config.json -> flaxlm's model section
+  hf_config: Callable[[ModelConfig], dict]  # model config -> config.json
+  outer_from_hf: Callable[[Tensors], Tree]  # embeddings and final norm
+  outer_to_hf: Callable[[Tree], Tensors]
+  layer_from_hf: Callable[[Tensors, ModelConfig], Tree]  # one layer; names without the layer prefix
+  layer_to_hf: Callable[[Tree, ModelConfig], Tensors]
+
+
+def require(hf: dict, key: str, allowed: tuple, default: Any) -> None:
+  """Raises UserError if config.json's `key` (or its `default`) is not among `allowed`."""
+  value = hf.get(key, default)
+  if value not in allowed:
+    raise UserError(f'config.json has {key}={value!r}, which flaxlm cannot express: it converts only {key} in '
+                    f'{allowed}.')
+
+
+def gpt2_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a GPT-2 config.json: learned positions, LayerNorm, GELU (tanh), biases."""
+  require(hf, 'activation_function', ('gelu_new', 'gelu_pytorch_tanh'), 'gelu_new')
+  require(hf, 'scale_attn_weights', (True,), True)
+  require(hf, 'scale_attn_by_inverse_layer_idx', (False,), False)
+  return dict(vocab_size=hf['vocab_size'], num_layers=hf['n_layer'], num_heads=hf['n_head'],
+              num_kv_heads=hf['n_head'], width=hf['n_embd'], mlp_width=hf.get('n_inner') or 4 * hf['n_embd'],
+              max_length=hf['n_positions'], tie_embeddings=hf.get('tie_word_embeddings', True),
+              norm_eps=hf.get('layer_norm_epsilon', 1e-5), **GPT2.options)
+
+
+def gpt2_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of GPT-2 with the shape of `c`; raises UserError for grouped-query attention."""
+  if c.num_kv_heads != c.num_heads:
+    raise UserError(f'GPT-2 has no grouped-query attention, and this model has {c.num_kv_heads} key/value heads '
+                    f'for {c.num_heads} query heads: only models with num_kv_heads=num_heads convert to GPT-2.')
+  return dict(vocab_size=c.vocab_size, n_layer=c.num_layers, n_head=c.num_heads, n_embd=c.width,
+              n_inner=c.mlp_width, n_positions=c.max_length, tie_word_embeddings=c.tie_embeddings,
+              activation_function='gelu_new', layer_norm_epsilon=c.norm_eps)
+
+
+def rope(hf: dict) -> dict:
+  """Returns config.json's rotary settings: `rope_parameters` (transformers 5), else the older top-level keys."""
+  legacy = hf.get('rope_scaling') or {'rope_type': 'default'}
+  return hf.get('rope_parameters') or {'rope_theta': hf.get('rope_theta', 10_000.0), **legacy}
+
+
+def llama_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Llama config.json: rotary positions, RMSNorm, SwiGLU, no biases."""
+  require(hf, 'hidden_act', ('silu',), 'silu')
+  require(hf, 'attention_bias', (False,), False)
+  require(hf, 'mlp_bias', (False,), False)
+  require(rope(hf), 'rope_type', ('default',), 'default')
+  require(hf, 'head_dim', (hf['hidden_size'] // hf['num_attention_heads'], None), None)
+  return dict(vocab_size=hf['vocab_size'], num_layers=hf['num_hidden_layers'], num_heads=hf['num_attention_heads'],
+              num_kv_heads=hf.get('num_key_value_heads') or hf['num_attention_heads'], width=hf['hidden_size'],
+              mlp_width=hf['intermediate_size'], max_length=hf['max_position_embeddings'],
+              rope_theta=float(rope(hf)['rope_theta']), tie_embeddings=hf.get('tie_word_embeddings', False),
+              norm_eps=hf.get('rms_norm_eps', 1e-6), **LLAMA.options)
+
+
+def llama_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Llama with the shape of `c` (rotary settings in both the new and the old keys)."""
+  return dict(vocab_size=c.vocab_size, num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+              num_key_value_heads=c.num_kv_heads, hidden_size=c.width, head_dim=c.head_dim,
+              intermediate_size=c.mlp_width, max_position_embeddings=c.max_length, hidden_act='silu',
+              attention_bias=False, mlp_bias=False, tie_word_embeddings=c.tie_embeddings, rms_norm_eps=c.norm_eps,
+              rope_parameters={'rope_theta': c.rope_theta, 'rope_type': 'default'}, rope_theta=c.rope_theta)
+
+
+def layer_norm(t: Tensors, name: str) -> Tree:
+  """Returns flax LayerNorm params from HF's `name`.weight and `name`.bias."""
+  return {'LayerNorm_0': {'scale': t[f'{name}.weight'], 'bias': t[f'{name}.bias']}}
+
+
+def layer_norm_to_hf(p: Tree, name: str) -> Tensors:
+  """Returns HF's `name`.weight and `name`.bias from flax LayerNorm params."""
+  return {f'{name}.weight': p['LayerNorm_0']['scale'], f'{name}.bias': p['LayerNorm_0']['bias']}
+
+
+def conv1d(t: Tensors, name: str) -> Tree:
+  """Returns flax Dense params from a GPT-2 Conv1D (its weight is (in, out), like a flax kernel)."""
+  return {'kernel': t[f'{name}.weight'], 'bias': t[f'{name}.bias']}
+
+
+def gpt2_layer_from_hf(t: Tensors, c: ModelConfig) -> Tree:
+  """Returns one layer's flaxlm params from a GPT-2 block's tensors (names after 'h.{i}.')."""
+  D, H, K = c.width, c.num_heads, c.head_dim
+  w_DxD = np.split(t['attn.c_attn.weight'], 3, axis=1)  # query, key and value packed along the output axis
+  b_D = np.split(t['attn.c_attn.bias'], 3)
+  attention = {name: {'kernel': w.reshape(D, H, K), 'bias': b.reshape(H, K)} for name, w, b in zip(QKV, w_DxD, b_D)}
+  attention['out'] = {'kernel': t['attn.c_proj.weight'].reshape(H, K, D), 'bias': t['attn.c_proj.bias']}
+  return {'attention': attention, 'attention_norm': layer_norm(t, 'ln_1'),
+          'mlp': {'up': conv1d(t, 'mlp.c_fc'), 'down': conv1d(t, 'mlp.c_proj')}, 'mlp_norm': layer_norm(t, 'ln_2')}
+
+
+def gpt2_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
+  """Returns a GPT-2 block's tensors (names after 'h.{i}.') from one layer's flaxlm params."""
+  a, D = p['attention'], c.width
+  return {**layer_norm_to_hf(p['attention_norm'], 'ln_1'),
+          'attn.c_attn.weight': np.concatenate([a[name]['kernel'].reshape(D, D) for name in QKV], axis=1),
+          'attn.c_attn.bias': np.concatenate([a[name]['bias'].reshape(D) for name in QKV]),
+          'attn.c_proj.weight': a['out']['kernel'].reshape(D, D), 'attn.c_proj.bias': a['out']['bias'],
+          **layer_norm_to_hf(p['mlp_norm'], 'ln_2'),
+          'mlp.c_fc.weight': p['mlp']['up']['kernel'], 'mlp.c_fc.bias': p['mlp']['up']['bias'],
+          'mlp.c_proj.weight': p['mlp']['down']['kernel'], 'mlp.c_proj.bias': p['mlp']['down']['bias']}
+
+
+def gpt2_outer_from_hf(t: Tensors) -> Tree:
+  """Returns flaxlm's token and position embeddings and final norm from GPT-2's wte, wpe and ln_f."""
+  return {'embed': {'embedding': t['wte.weight']}, 'position_embed': {'embedding': t['wpe.weight']},
+          'final_norm': layer_norm(t, 'ln_f')}
+
+
+def gpt2_outer_to_hf(p: Tree) -> Tensors:
+  """Returns GPT-2's wte, wpe and ln_f from flaxlm's embeddings and final norm."""
+  return {'wte.weight': p['embed']['embedding'], 'wpe.weight': p['position_embed']['embedding'],
+          **layer_norm_to_hf(p['final_norm'], 'ln_f')}
+
+
+def llama_layer_from_hf(t: Tensors, c: ModelConfig) -> Tree:
+  """Returns one layer's flaxlm params from a Llama decoder layer's tensors (names after 'layers.{i}.')."""
+  D, H, G, K = c.width, c.num_heads, c.num_kv_heads, c.head_dim
+  return {'attention': {'query': {'kernel': t['self_attn.q_proj.weight'].T.reshape(D, H, K)},
+                        'key': {'kernel': t['self_attn.k_proj.weight'].T.reshape(D, G, K)},
+                        'value': {'kernel': t['self_attn.v_proj.weight'].T.reshape(D, G, K)},
+                        'out': {'kernel': t['self_attn.o_proj.weight'].T.reshape(H, K, D)}},
+          'attention_norm': {'RMSNorm_0': {'scale': t['input_layernorm.weight']}},
+          'mlp': {name: {'kernel': t[f'mlp.{name}_proj.weight'].T} for name in ('gate', 'up', 'down')},
+          'mlp_norm': {'RMSNorm_0': {'scale': t['post_attention_layernorm.weight']}}}
+
+
+def llama_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
+  """Returns a Llama decoder layer's tensors (names after 'layers.{i}.') from one layer's flaxlm params."""
+  a, D = p['attention'], c.width
+  return {'input_layernorm.weight': p['attention_norm']['RMSNorm_0']['scale'],
+          'self_attn.q_proj.weight': a['query']['kernel'].reshape(D, -1).T,
+          'self_attn.k_proj.weight': a['key']['kernel'].reshape(D, -1).T,
+          'self_attn.v_proj.weight': a['value']['kernel'].reshape(D, -1).T,
+          'self_attn.o_proj.weight': a['out']['kernel'].reshape(-1, D).T,
+          'post_attention_layernorm.weight': p['mlp_norm']['RMSNorm_0']['scale'],
+          **{f'mlp.{name}_proj.weight': p['mlp'][name]['kernel'].T for name in ('gate', 'up', 'down')}}
+
+
+def llama_outer_from_hf(t: Tensors) -> Tree:
+  """Returns flaxlm's token embedding and final norm from Llama's embed_tokens and norm."""
+  return {'embed': {'embedding': t['embed_tokens.weight']}, 'final_norm': {'RMSNorm_0': {'scale': t['norm.weight']}}}
+
+
+def llama_outer_to_hf(p: Tree) -> Tensors:
+  """Returns Llama's embed_tokens and norm from flaxlm's token embedding and final norm."""
+  return {'embed_tokens.weight': p['embed']['embedding'], 'norm.weight': p['final_norm']['RMSNorm_0']['scale']}
+
+
+GPT2 = Family('GPT2LMHeadModel', 'transformer.', 'h', 'layer_norm_epsilon',
+              dict(positions='learned', norm='layernorm', mlp='gelu', use_bias=True),
+              gpt2_model_config, gpt2_hf_config, gpt2_outer_from_hf, gpt2_outer_to_hf, gpt2_layer_from_hf,
+              gpt2_layer_to_hf)
+LLAMA = Family('LlamaForCausalLM', 'model.', 'layers', 'rms_norm_eps',
+               dict(positions='rotary', norm='rmsnorm', mlp='swiglu', use_bias=False),
+               llama_model_config, llama_hf_config, llama_outer_from_hf, llama_outer_to_hf, llama_layer_from_hf,
+               llama_layer_to_hf)
+FAMILIES = {'gpt2': GPT2, 'llama': LLAMA}
+
+
+def family_of_hf(hf: dict) -> Family:
+  """Returns the Family of a config.json; raises UserError naming the supported model types for any other."""
+  model_type = hf.get('model_type')
+  if model_type not in FAMILIES:
+    raise UserError(f'config.json has model_type={model_type!r}: flaxlm converts only {", ".join(FAMILIES)}.')
+  return FAMILIES[model_type]
+
+
+def family_of(c: ModelConfig) -> tuple[str, Family]:
+  """Returns (model_type, Family) whose options `c` has; raises UserError if HF has no such model type."""
+  for model_type, family in FAMILIES.items():
+    if all(getattr(c, key) == value for key, value in family.options.items()):
+      return model_type, family
+  options = lambda o: ', '.join(f'{k}={v}' for k, v in o.items())
+  have = options({key: getattr(c, key) for key in GPT2.options})
+  raise UserError(f'this model ({have}) is neither GPT-2 ({options(GPT2.options)}) nor Llama '
+                  f'({options(LLAMA.options)}): Hugging Face has no model type for it.')
+
+
+def model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section (the keys of configs/base.py's `model`) for an HF config.json."""
+  family = family_of_hf(hf)
+  try:
+    return family.model_config(hf)
+  except KeyError as e:
+    raise UserError(f'config.json lacks {e.args[0]!r}, which every {hf["model_type"]} config has: pass the '
+                    'folder\'s own config.json.') from None
+
+
+def hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of the HF model `c` describes; raises UserError if HF cannot express it."""
+  model_type, family = family_of(c)
+  return {'architectures': [family.architecture], 'model_type': model_type, 'dtype': 'float32', **family.hf_config(c)}
+
+
+def abstract_params(c: ModelConfig) -> Tree:
+  """Returns the params of Transformer(c) as shape structs, without allocating them."""
+  init = lambda: nn.unbox(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
+  return jax.eval_shape(init)
+
+
+def within(t: Tensors, prefix: str) -> Tensors:
+  """Returns the tensors whose names start with `prefix`, with the prefix removed."""
+  return {name[len(prefix):]: x for name, x in t.items() if name.startswith(prefix)}
+
+
+def check_shapes(params: Tree, c: ModelConfig) -> None:
+  """Raises UserError if `params` does not have the names and shapes of Transformer(c)'s params."""
+  want = {jax.tree_util.keystr(k): x.shape for k, x in jax.tree_util.tree_leaves_with_path(abstract_params(c))}
+  have = {jax.tree_util.keystr(k): x.shape for k, x in jax.tree_util.tree_leaves_with_path(params)}
+  wrong = [f'{name} is {have.get(name)}, not {shape}' for name, shape in want.items() if have.get(name) != shape]
+  if wrong or have.keys() != want.keys():
+    raise UserError(f'the tensors do not fit config.json ({"; ".join(wrong) or "extra parameters"}): '
+                    'pass a folder whose weights were saved with its config.json.')
+
+
+def params_from_hf(tensors: Tensors, c: ModelConfig) -> Tree:
+  """Returns the flaxlm params of model `c` (from `model_config`) from its HF tensors, as float32 numpy arrays."""
+  model_type, family = family_of(c)
+  body = within(tensors, family.prefix) or tensors  # Some checkpoints (GPT-2's own) drop the prefix.
+  try:
+    layers = [family.layer_from_hf(within(body, f'{family.layers}.{i}.'), c) for i in range(c.num_layers)]
+    params = {**family.outer_from_hf(body), 'stack': stack(layers, c.scan_layers)}
+    if not c.tie_embeddings:
+      params['head'] = {'kernel': tensors['lm_head.weight'].T}
+  except KeyError as e:
+    raise UserError(f'the safetensors files lack the tensor {e.args[0]!r} of a {model_type} model: '
+                    'pass a folder with the complete checkpoint.') from None
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  check_shapes(params, c)
+  return params
+
+
+def params_to_hf(params: Tree, c: ModelConfig) -> Tensors:
+  """Returns the float32 HF tensors (named as the model type's save_pretrained names them) of flaxlm `params`."""
+  _, family = family_of(c)
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  tensors = {f'{family.prefix}{name}': x for name, x in family.outer_to_hf(params).items()}
+  for i, layer in enumerate(unstack(params['stack'], c)):
+    tensors.update({f'{family.prefix}{family.layers}.{i}.{n}': x for n, x in family.layer_to_hf(layer, c).items()})
+  if not c.tie_embeddings:
+    tensors['lm_head.weight'] = params['head']['kernel'].T
+  return {name: np.ascontiguousarray(x) for name, x in tensors.items()}
+
+
+def stack(layers: list[Tree], scan_layers: bool) -> Tree:
+  """Returns the 'stack' params of L layers: stacked on a leading axis under 'layers', or as 'layer_{i}'."""
+  if scan_layers:
+    return {'layers': jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+  return {f'layer_{i}': layer for i, layer in enumerate(layers)}
+
+
+def unstack(stack_params: Tree, c: ModelConfig) -> list[Tree]:
+  """Returns the L layers' params of the 'stack' params, whichever way `c.scan_layers` stores them."""
+  if c.scan_layers:
+    return [jax.tree.map(lambda x: x[i], stack_params['layers']) for i in range(c.num_layers)]
+  return [stack_params[f'layer_{i}'] for i in range(c.num_layers)]

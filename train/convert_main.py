@@ -1,0 +1,121 @@
+"""`flaxlm-convert`: Hugging Face GPT-2 and Llama checkpoints to flaxlm exports and back, without torch.
+
+  flaxlm-convert --from_hf=/models/tinyllama --output=/tmp/tinyllama [--dtype=bfloat16] [--tokenizer=FILE.model]
+  flaxlm-sample --params=/tmp/tinyllama --prompt="Once upon a time"
+  flaxlm-convert --to_hf=/tmp/tinyllama_hf --params=/tmp/tinyllama
+
+An HF folder holds config.json and the weights as *.safetensors (one file, or shards). The tokenizer comes from
+the folder's SentencePiece tokenizer.model (as Llama 2 ships one) or from --tokenizer; without either the
+conversion is refused, since GPT-2's BPE (vocab.json, merges.txt) and tokenizer.json files are not SentencePiece
+and a byte tokenizer would give the ids the wrong text. Back to HF, a SentencePiece tokenizer is written as
+tokenizer.model; flaxlm's byte and char tokenizers have no HF form and are left out.
+"""
+
+import json
+import os
+import pathlib
+
+import jax
+import safetensors.numpy
+from absl import flags
+
+from configs import base
+from configs.errors import UserError
+from data import tokenizer as tokenizer_lib
+from model import hf
+from model.transformer import ModelConfig, count_params
+from train import cli, export, workdir as workdir_lib
+
+FROM_HF = flags.DEFINE_string('from_hf', None, 'An HF model folder (config.json, *.safetensors) to convert.')
+OUTPUT = flags.DEFINE_string('output', None, 'With --from_hf: the flaxlm export directory to create.')
+TOKENIZER = flags.DEFINE_string('tokenizer', None, 'With --from_hf: "byte" or a SentencePiece .model file whose ids '
+                                'are the checkpoint\'s; default: the folder\'s tokenizer.model.')
+DTYPE = flags.DEFINE_string('dtype', 'float32', 'With --from_hf: what the params are stored in: float32 or bfloat16.')
+TO_HF = flags.DEFINE_string('to_hf', None, 'An HF model folder to create from the export --params.')
+PARAMS = flags.DEFINE_string('params', None, 'With --to_hf: a flaxlm export (written by flaxlm-export or --from_hf).')
+
+
+def read_hf_config(directory: str) -> dict:
+  """Returns the config.json of an HF model folder."""
+  path = pathlib.Path(directory) / 'config.json'
+  if not path.is_file():
+    raise UserError(f'{directory} has no config.json: pass --from_hf=DIR, a Hugging Face model folder.')
+  return json.loads(path.read_text())
+
+
+def read_tensors(directory: str) -> hf.Tensors:
+  """Returns all the tensors of the *.safetensors files (one, or shards) in an HF model folder."""
+  files = sorted(pathlib.Path(directory).glob('*.safetensors'))
+  if not files:
+    raise UserError(f'{directory} has no *.safetensors weights: save the model with save_pretrained('
+                    'safe_serialization=True).')
+  return {name: x for file in files for name, x in safetensors.numpy.load_file(file).items()}
+
+
+def hf_tokenizer(directory: str, kind: str | None, vocab_size: int) -> tokenizer_lib.Tokenizer:
+  """Returns the tokenizer `kind` names ('byte' or a .model file), else the folder's SentencePiece tokenizer.model."""
+  path = pathlib.Path(directory) / tokenizer_lib.SentencePieceTokenizer.filename
+  if kind is None and not path.is_file():
+    raise UserError(f'{directory} has no SentencePiece tokenizer.model (GPT-2\'s vocab.json and merges.txt, and '
+                    'tokenizer.json, are not one): pass --tokenizer=FILE.model, a SentencePiece model with the '
+                    'checkpoint\'s ids, or --tokenizer=byte.')
+  tokenizer = tokenizer_lib.ByteTokenizer() if kind == 'byte' else tokenizer_lib.load(kind or path)
+  if tokenizer.vocab_size > vocab_size:
+    raise UserError(f'the tokenizer has {tokenizer.vocab_size:,} ids and the model {vocab_size:,}: pass a '
+                    '--tokenizer with the checkpoint\'s ids.')
+  return tokenizer
+
+
+def from_hf(directory: str, output: str, tokenizer_kind: str | None, dtype: str) -> list[str]:
+  """Writes the flaxlm export of the HF model folder `directory` at `output`; returns the lines to print."""
+  export.check_writable(output, dtype)
+  hf_config = read_hf_config(directory)
+  config = base.get_config()
+  config.model.update(hf.model_config(hf_config))
+  tokenizer = hf_tokenizer(directory, tokenizer_kind, config.model.vocab_size)
+  config.data.tokenizer = tokenizer_kind or str(pathlib.Path(directory).absolute() / tokenizer.filename)
+  params = hf.params_from_hf(read_tensors(directory), ModelConfig.from_config(config.model, tokenizer.vocab_size))
+  path = export.write(output, params, config, tokenizer, dtype)
+  return [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in {dtype}']
+
+
+def write_hf(output: str, hf_config: dict, tensors: hf.Tensors, tokenizer: tokenizer_lib.Tokenizer) -> pathlib.Path:
+  """Writes config.json, model.safetensors and a SentencePiece tokenizer.model as a new folder; returns its path."""
+  with export.new_directory(output) as partial:
+    (partial / 'config.json').write_text(json.dumps(hf_config, indent=2))
+    safetensors.numpy.save_file(tensors, partial / 'model.safetensors', metadata={'format': 'pt'})
+    if isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):
+      tokenizer_lib.save(tokenizer, partial)
+  return pathlib.Path(output).absolute()
+
+
+def to_hf(output: str, params_path: str) -> list[str]:
+  """Writes the HF model folder of the flaxlm export `params_path` at `output`; returns the lines to print."""
+  if os.path.lexists(output):
+    raise UserError(f'{output} already exists: pass a new --to_hf path (a conversion never overwrites one).')
+  export.check_is_export(params_path)
+  c = ModelConfig.from_config(workdir_lib.load_config(params_path).model, 0)
+  hf_config = hf.hf_config(c)  # Refuses a model HF cannot express before its params are read.
+  _, params, tokenizer = workdir_lib.load_exported(params_path)
+  path = write_hf(output, hf_config, hf.params_to_hf(jax.device_get(params), c), tokenizer)
+  lines = [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in float32']
+  if not isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):
+    lines.append('note: the export\'s tokenizer is flaxlm\'s byte or char one, which HF has no file for: not written.')
+  return lines
+
+
+def convert() -> None:
+  """Converts --from_hf to the export --output, or the export --params to --to_hf, and prints what it wrote."""
+  if bool(FROM_HF.value) == bool(TO_HF.value):
+    raise UserError('pass exactly one of --from_hf=DIR (HF to flaxlm) and --to_hf=DIR (flaxlm to HF).')
+  if FROM_HF.value:
+    output = cli.required(OUTPUT, 'pass --output=PATH, the export directory to create.')
+    lines = from_hf(FROM_HF.value, output, TOKENIZER.value, DTYPE.value)
+  else:
+    lines = to_hf(TO_HF.value, cli.required(PARAMS, 'pass --params=PATH, a flaxlm export.'))
+  print('\n'.join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Entry point of flaxlm-convert."""
+  cli.run(convert, argv)
