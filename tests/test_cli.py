@@ -1,5 +1,6 @@
 """Tests of the command-line tools as a user runs them: flaxlm-train, python -m train and flaxlm-sample."""
 
+import concurrent.futures
 import subprocess
 import sys
 
@@ -84,11 +85,12 @@ def test_train_then_sample(corpus, tmp_path):
 
   wider = run(command('flaxlm-train'), *train_args(corpus, workdir, '--config.model.width=64'))
   assert_one_line_error(wider, 'different model')
-  assert_one_line_error(sample('--prompt=@@@'), "characters ['@'] are not in the tokenizer")
-  assert_one_line_error(sample('--prompt='), 'the prompt is empty')
-  assert_one_line_error(sample('--prompt=' + 'the king ' * 10), 'longer than the model\'s context of 16')
-  assert_one_line_error(sample('--top_p=0'), '--top_p=0.0 must be in (0, 1]')
-  assert_one_line_error(sample('--temperature=-1'), 'must not be negative')
+  mistakes = {'--prompt=@@@': "characters ['@'] are not in the tokenizer", '--prompt=': 'the prompt is empty',
+              '--prompt=' + 'the king ' * 10: 'longer than the model\'s context of 16',
+              '--top_p=0': '--top_p=0.0 must be in (0, 1]', '--temperature=-1': 'must not be negative'}
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:  # Independent runs: overlap their start-up.
+    for result, fragment in zip(pool.map(sample, mistakes), mistakes.values()):
+      assert_one_line_error(result, fragment)
 
 
 def test_sampling_a_workdir_without_a_run_is_refused(tmp_path):

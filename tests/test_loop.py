@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
+from configs import base, tiny
 from configs.errors import UserError
 from data import sources, tokenizer as tokenizer_lib
-from train import loop, metrics
+from train import loop, metrics, workdir as workdir_lib
 
 
 def tiny_config(corpus, steps: int = 20):
@@ -94,3 +94,12 @@ def test_a_sentencepiece_run_saves_its_model_and_refuses_another_tokenizer(corpu
   config.data.tokenizer = 'byte'
   with pytest.raises(UserError, match='different model'):
     loop.train(config, str(tmp_path / 'run'))
+
+
+def test_a_run_saved_before_a_config_key_existed_loads_with_that_key_s_default(tmp_path):
+  saved = base.get_config().to_dict()
+  del saved['model']['norm_eps'], saved['train']['microbatches']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = workdir_lib.load_config(tmp_path)
+  assert config.model.norm_eps == 1e-6 and config.train.microbatches == 1
+  assert config.model.width == saved['model']['width']

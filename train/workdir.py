@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 import optax
 
+from configs import base
 from configs.errors import UserError
 from data import tokenizer as tokenizer_lib
 from model.transformer import ModelConfig, Transformer
@@ -30,7 +31,10 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
     raise UserError(f'{workdir} holds no flaxlm run (no config.json): pass the --workdir of a training run.')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  saved = json.loads(path.read_text())
+  defaults = base.get_config().to_dict()  # Keys added since the run was saved keep the behaviour it had.
+  return ml_collections.ConfigDict({section: {**defaults.get(section, {}), **values} if isinstance(values, dict)
+                                    else values for section, values in saved.items()})
 
 
 def load_tokenizer(workdir: str | pathlib.Path) -> tokenizer_lib.Tokenizer:
