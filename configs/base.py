@@ -52,6 +52,8 @@ def train_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500  # steps between checkpoints (and at the last step).
   c.keep_checkpoints = 3  # how many recent checkpoints the workdir keeps (plus the best by val_loss).
   c.seed = 0  # seeds parameters, dropout and the order of training batches.
+  c.init_from = ''  # fine-tuning: start from a flaxlm-export directory or a run's workdir (its latest checkpoint)
+  # with a fresh optimizer and this config's schedule; the run then uses that model's tokenizer.
   c.nonfinite = 'stop'  # a step whose loss or gradients are not finite: 'stop' the run, or 'skip' its update.
   return c
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import base, tiny
+from conftest import make_corpus
 from configs.errors import UserError
 from data import sources, tokenizer as tokenizer_lib
 from train import loop, metrics, workdir as workdir_lib
@@ -103,3 +104,20 @@ def test_a_run_saved_before_a_config_key_existed_loads_with_that_key_s_default(t
   config = workdir_lib.load_config(tmp_path)
   assert config.model.norm_eps == 1e-6 and config.train.microbatches == 1
   assert config.model.width == saved['model']['width']
+
+
+def test_fine_tuning_starts_from_the_pretrained_params_with_a_fresh_optimizer(corpus, tmp_path):
+  pretrained = loop.train(tiny_config(corpus, 20), str(tmp_path / 'base'))
+  other_text = make_corpus(tmp_path / 'other.txt', seed=1)
+  config = tiny_config(other_text, 1)
+  config.train.init_from = str(tmp_path / 'base')
+  config.train.learning_rate = config.train.min_learning_rate = 0.0  # One step that changes nothing.
+  tuned = loop.train(config, str(tmp_path / 'tuned'))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(tuned.params), jax.device_get(pretrained.params))
+  assert int(tuned.step) == 1 and int(tuned.opt_state[1][0].count) == 1  # A fresh optimizer: one update.
+  assert (tmp_path / 'tuned' / 'tokenizer.json').read_text() == (tmp_path / 'base' / 'tokenizer.json').read_text()
+  config.model.width = 64
+  with pytest.raises(UserError, match=r"init_from=.*: parameter \['embed'\]\['embedding'\] is \(\d+, 32\) there and "
+                                      r"\(\d+, 64\) here"):
+    loop.train(config, str(tmp_path / 'wider'))
+  assert not (tmp_path / 'wider').exists()

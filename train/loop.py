@@ -46,9 +46,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   check_train_config(config.train)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
   attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
-  d = config.data
+  d, init_from = config.data, config.train.init_from
+  if init_from:
+    workdir_lib.load_config(init_from)  # Refuses a path that holds no run or export before reading any text.
   corpus = sources.load_corpus(d.path, d.text_field, d.val_fraction, d.tfds_dir, d.max_documents)
-  tokenizer = tokenizer_lib.for_corpus(d.tokenizer, ''.join(corpus.train + corpus.validation))
+  tokenizer = (workdir_lib.load_tokenizer(init_from) if init_from else
+               tokenizer_lib.for_corpus(d.tokenizer, ''.join(corpus.train + corpus.validation)))
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
   workdir_lib.check_compatible(workdir, resolved, tokenizer)
   model = Transformer(ModelConfig.from_config(resolved.model, tokenizer.vocab_size))
@@ -61,6 +64,19 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
                       f'fewer than one batch of {config.train.batch_size}: use a longer text, or a smaller '
                       '--config.train.batch_size or --config.model.max_length.')
   return Setup(resolved, tokenizer, train_examples, val_examples, model, sharding.make_mesh(config))
+
+
+def pretrained_params(path: str, abstract_params):
+  """Returns the params of the export or run at `path`, laid out as `abstract_params`; raises UserError naming the
+  first parameter whose shape differs from this config's model."""
+  _, params, _ = workdir_lib.load_pretrained(path)
+  found = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  for key, leaf in jax.tree_util.tree_leaves_with_path(abstract_params):
+    name = jax.tree_util.keystr(key)
+    if found.get(name) != leaf.shape:
+      raise UserError(f'train.init_from={path}: parameter {name} is {found.get(name, "missing")} there and '
+                      f'{leaf.shape} here: set the model section to the pretrained model\'s (its config.json).')
+  return jax.device_put(params, jax.tree.map(lambda x: x.sharding, abstract_params))
 
 
 def evaluate(eval_fn, params, val_batches: list[dict[str, jax.Array]]) -> float:
@@ -88,16 +104,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   c = setup.config.train
   tx, abstract, train_fn, eval_fn = build_steps(setup)
   lead = jax.process_index() == 0  # Only the first process writes files and prints.
-  if lead:
-    workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
                                  sharding.process_rows(setup.mesh, c.batch_size))
   restored = checkpoint.restore_latest(workdir, abstract)
+  pretrained = pretrained_params(c.init_from, abstract.params) if c.init_from and not restored else None
+  if lead:
+    workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   if restored:
     state, data_state = restored
     data.set_state(data_state)
   else:
     state = state_lib.init_state(setup.model, tx, c.seed, abstract)
+    state = state if pretrained is None else state.replace(params=pretrained)
   start = int(state.step)
   if lead:
     metrics.drop_after(workdir, start)

@@ -94,6 +94,12 @@ def load_exported(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer
   return model, export.read_params(path, abstract), tokenizer
 
 
+def load_pretrained(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
+  """Returns (model, params, tokenizer) of a flaxlm-export directory or of a run's workdir (latest checkpoint)."""
+  load_config(path)  # Refuses, naming the path, what is neither.
+  return load_exported(path) if (pathlib.Path(path) / export.PARAMS_DIR).is_dir() else load_trained(path)
+
+
 def load_model(workdir: str | None, params: str | None) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
   """Returns (model, params, tokenizer) from a run's latest checkpoint or from an export: exactly one of the two."""
   if bool(workdir) == bool(params):
