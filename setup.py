@@ -39,6 +39,7 @@ setuptools.setup(
             'flaxlm-info=train.info_main:main',
             'flaxlm-score=train.score_main:main',
             'flaxlm-convert=train.convert_main:main',
+            'flaxlm-data=train.data_main:main',
         ],
     },
 )

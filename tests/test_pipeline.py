@@ -109,3 +109,30 @@ def test_validation_batches_are_fixed_and_finite():
   for a, b in zip(first, again):
     np.testing.assert_array_equal(a['inputs'], b['inputs'])
   assert len(pipeline.eval_batches(examples, 4, 1000)) == len(examples) // 4
+
+
+def masked_epoch(docs: list[np.ndarray], trained: list[np.ndarray] | None) -> pipeline.Example:
+  """Returns one epoch of the length-8 examples of `docs`, whose tokens `trained` marks carry loss."""
+  examples = pipeline.PackedExamples(pipeline.TokenStream.from_documents(docs, EOS, trained), 8, PAD)
+  return examples.gather(np.arange(len(examples)))
+
+
+def test_changing_a_prompt_tokens_target_changes_no_loss_term():
+  docs = documents(count=9)
+  trained = [np.arange(len(doc)) >= len(doc) // 2 for doc in docs]  # the first half of each is its prompt.
+  epoch = masked_epoch(docs, trained)
+  stream_trained = np.concatenate([np.append(mask, True) for mask in trained])  # each EOS is trained.
+  weights = epoch['weights'].ravel()
+  np.testing.assert_array_equal(weights[:len(stream_trained) - 1], stream_trained[1:])  # target j is token j + 1.
+  assert not weights[len(stream_trained) - 1:].any()  # padding.
+  altered = masked_epoch([np.where(mask, doc, 49 - doc) for doc, mask in zip(docs, trained)], trained)
+  assert (altered['targets'] != epoch['targets']).any()  # every prompt token changed ...
+  np.testing.assert_array_equal(altered['weights'], epoch['weights'])  # ... and no weighted target did.
+  np.testing.assert_array_equal(altered['targets'] * altered['weights'], epoch['targets'] * epoch['weights'])
+
+
+def test_a_stream_without_masks_trains_every_real_target():
+  assert pipeline.TokenStream.from_documents(documents(), EOS).trained is None
+  all_trained = [np.ones(len(doc), bool) for doc in documents()]
+  np.testing.assert_array_equal(masked_epoch(documents(), all_trained)['weights'],
+                                masked_epoch(documents(), None)['weights'])

@@ -1,0 +1,92 @@
+"""`flaxlm-data check`: what a fine-tuning JSONL file holds, and what is wrong with it, before training on it.
+
+  flaxlm-data check examples.jsonl --tokenizer=tok.model --max_length=1024
+
+prints the example count, the distribution of tokens per example (template and EOS included), how many
+examples max_length would truncate, the examples with an empty prompt or response, the duplicates, and
+every malformed line; it exits non-zero if any line is malformed. --tokenizer takes what
+--config.data.tokenizer does: 'byte', 'char' (built from the file's text) or a SentencePiece .model file.
+
+Shape key: E examples.
+"""
+
+import pathlib
+
+import numpy as np
+from absl import flags
+
+from configs.errors import UserError
+from data import examples as examples_lib, tokenizer as tokenizer_lib
+from train import cli
+
+TOKENIZER = flags.DEFINE_string('tokenizer', None, "'byte', 'char' (from the file's text) or a .model file.")
+MAX_LENGTH = flags.DEFINE_integer('max_length', None, 'Sequence length T: examples over T + 1 tokens are truncated.')
+SHOWN = 10  # Places listed per finding; the rest are counted.
+
+
+def finding(name: str, places: list) -> str:
+  """Returns a report line: how many examples have a finding, and the first SHOWN places it is found."""
+  shown = ', '.join(map(str, places[:SHOWN])) + (', ...' if len(places) > SHOWN else '')
+  return f'{name}: {len(places)}' + (f' ({shown})' if places else '')
+
+
+def duplicates(examples: list[examples_lib.Example]) -> list[str]:
+  """Returns 'line L repeats line F' for each example that repeats an earlier one, F being the earliest."""
+  first = {}
+  repeats = []
+  for example in examples:
+    original = first.setdefault(example.pieces, example.line)
+    if original != example.line:
+      repeats.append(f'line {example.line} repeats line {original}')
+  return repeats
+
+
+def length_report(lengths_E: np.ndarray, max_length: int) -> list[str]:
+  """Returns the report lines on the examples' token lengths: their distribution, and how many are truncated."""
+  low, median, p90, high = np.percentile(lengths_E, [0, 50, 90, 100], method='nearest')
+  truncated = int((lengths_E > max_length + 1).sum())
+  return [f'tokens per example: min {low}, median {median}, p90 {p90}, max {high}',
+          f'truncated at max_length={max_length} (over {max_length + 1} tokens): {truncated}']
+
+
+def report(examples: list[examples_lib.Example], errors: list[UserError], tokenizer: tokenizer_lib.Tokenizer,
+           max_length: int) -> list[str]:
+  """Returns the lines of the check's report on a file's examples and malformed lines."""
+  lines = [f'examples: {len(examples)}']
+  if examples:
+    lengths_E = np.asarray([len(examples_lib.tokenize(example, tokenizer)[0]) for example in examples])
+    lines += length_report(lengths_E, max_length)
+  lines.append(finding('empty prompts', [f'line {e.line}' for e in examples if not e.text('prompt').strip()]))
+  lines.append(finding('empty responses', [f'line {e.line}' for e in examples if not e.text('response').strip()]))
+  lines.append(finding('duplicates', duplicates(examples)))
+  lines.append(f'malformed lines: {len(errors)}')
+  return lines + [f'  {error}' for error in errors]
+
+
+def check_command(files: list[str]) -> None:
+  """Prints the report on one JSONL file; raises UserError after it if any line is malformed."""
+  if len(files) != 1:
+    raise UserError('name one file: flaxlm-data check FILE.jsonl --tokenizer=SPEC --max_length=T.')
+  spec = cli.required(TOKENIZER, "pass --tokenizer=byte, char or FILE.model, as the training config's.")
+  max_length = cli.required(MAX_LENGTH, "pass --max_length=T, as the training config's.")
+  path = pathlib.Path(files[0])
+  examples, errors = examples_lib.scan(path)
+  text = ''.join(text for example in examples for _, text in example.pieces)
+  print('\n'.join(report(examples, errors, tokenizer_lib.for_corpus(spec, text), max_length)))
+  if errors:
+    raise UserError(f'{len(errors)} malformed line(s) in {path}: fix or remove them (listed above).')
+
+
+COMMANDS = {'check': check_command}
+
+
+def dispatch(args: list[str]) -> None:
+  """Runs the subcommand named by the first positional argument on the rest."""
+  if not args or args[0] not in COMMANDS:
+    raise UserError(f'name one command of {", ".join(COMMANDS)}: flaxlm-data COMMAND FILE --flags.')
+  COMMANDS[args[0]](args[1:])
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Entry point of flaxlm-data."""
+  cli.run(dispatch, argv, takes_args=True)
