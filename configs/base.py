@@ -62,6 +62,8 @@ def data_config() -> ml_collections.ConfigDict:
   """Returns where the training text comes from and how it becomes tokens (read by `train.loop`)."""
   c = ml_collections.ConfigDict()
   c.path = ''  # local UTF-8 text or JSONL files (comma-separated, globs allowed), or tfds:NAME[/CONFIG].
+  c.format = 'text'  # 'text': learn every token; 'examples': one JSONL file of prompt/response (or chat messages)
+  # examples, learning the responses only (see data/examples.py).
   c.text_field = 'text'  # the text field of JSONL records and TFDS examples.
   c.tfds_dir = ''  # where TFDS datasets are prepared; '' is TFDS's default (~/tensorflow_datasets).
   c.max_documents = 0  # read at most this many documents per TFDS split; 0 reads them all.

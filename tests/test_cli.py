@@ -38,6 +38,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
     (['--config.mesh.cpu_devices=2', '--config.mesh.tensor=2', '--config.model.vocab_size=36',
       '--config.model.num_kv_heads=1'], 'make model.num_kv_heads a multiple of 2'),
     (['--config.model.attention=cudnn'], "model.attention='cudnn' needs an NVIDIA GPU, and this platform (cpu) has: xla"),
+    (['--config.data.format=csv'], "data.format='csv' is not one of ('text', 'examples')"),
+    (['--config.train.init_from=/nonexistent'], '/nonexistent holds no flaxlm run'),
 ])
 def test_bad_input_gets_one_line_and_writes_nothing(corpus, tmp_path, overrides, fragment):
   workdir = tmp_path / 'run'

@@ -121,3 +121,21 @@ def test_fine_tuning_starts_from_the_pretrained_params_with_a_fresh_optimizer(co
                                       r"\(\d+, 64\) here"):
     loop.train(config, str(tmp_path / 'wider'))
   assert not (tmp_path / 'wider').exists()
+
+
+def test_fine_tuning_on_examples_learns_the_responses(corpus, tmp_path):
+  loop.train(tiny_config(corpus, 20), str(tmp_path / 'base'))
+  pairs = [('the king', ' and queen of the north'), ('spring', ' would come early'), ('ROMEO:', ' JULIET:')]
+  lines = [json.dumps({'prompt': p, 'response': r}) for _ in range(40) for p, r in pairs]
+  (tmp_path / 'examples.jsonl').write_text('\n'.join(lines) + '\n')
+
+  def tune(steps: int, learning_rate: float, name: str) -> float:
+    config = tiny_config(tmp_path / 'examples.jsonl', steps)
+    config.data.format, config.train.init_from = 'examples', str(tmp_path / 'base')
+    config.train.learning_rate = config.train.min_learning_rate = learning_rate
+    config.train.eval_every = steps
+    loop.train(config, str(tmp_path / name))
+    return metrics.read_metrics(tmp_path / name)[-1]['val_loss']
+
+  base_loss = tune(1, 0.0, 'untouched')  # The pretrained model's loss on the responses.
+  assert tune(80, 1e-2, 'tuned') < 0.3 * base_loss

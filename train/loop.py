@@ -4,13 +4,14 @@ The loop dispatches step s+1 before it pulls step s's metrics to the host, so lo
 """
 
 import dataclasses
+import pathlib
 
 import jax
 import ml_collections
 import numpy as np
 
 from configs.errors import UserError
-from data import pipeline, sources, tokenizer as tokenizer_lib
+from data import examples as examples_lib, pipeline, sources, tokenizer as tokenizer_lib
 from model import attention, flops
 from model.transformer import ModelConfig, Transformer, count_params
 from train import (checkpoint, metrics, optimizer, preemption, sharding, state as state_lib, step as step_lib,
@@ -41,23 +42,48 @@ def check_train_config(c: ml_collections.ConfigDict) -> None:
                     'set --config.train.nonfinite.')
 
 
+def run_tokenizer(config: ml_collections.ConfigDict, text: str) -> tokenizer_lib.Tokenizer:
+  """Returns the pretrained model's tokenizer with `train.init_from`, else the one `data.tokenizer` names."""
+  if config.train.init_from:
+    return workdir_lib.load_tokenizer(config.train.init_from)
+  return tokenizer_lib.for_corpus(config.data.tokenizer, text)
+
+
+def text_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.Tokenizer, list[pipeline.TokenStream]]:
+  """Returns the tokenizer and the (train, validation) token streams of `data.path`'s documents, all tokens learned."""
+  d = config.data
+  corpus = sources.load_corpus(d.path, d.text_field, d.val_fraction, d.tfds_dir, d.max_documents)
+  tokenizer = run_tokenizer(config, ''.join(corpus.train + corpus.validation))
+  return tokenizer, [pipeline.TokenStream.from_documents([tokenizer.encode(doc) for doc in docs], tokenizer.eos_id)
+                     for docs in (corpus.train, corpus.validation)]
+
+
+def example_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.Tokenizer, list[pipeline.TokenStream]]:
+  """Returns the tokenizer and the (train, validation) streams of `data.path`'s examples, responses learned."""
+  split = examples_lib.split(examples_lib.read(pathlib.Path(config.data.path)), config.data.val_fraction)
+  text = ''.join(text for example in split.train + split.validation for _, text in example.pieces)
+  tokenizer = run_tokenizer(config, text)
+  return tokenizer, [examples_lib.token_stream(part, tokenizer) for part in (split.train, split.validation)]
+
+
+FORMATS = {'text': text_streams, 'examples': example_streams}
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
   check_train_config(config.train)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
   attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
-  d, init_from = config.data, config.train.init_from
-  if init_from:
-    workdir_lib.load_config(init_from)  # Refuses a path that holds no run or export before reading any text.
-  corpus = sources.load_corpus(d.path, d.text_field, d.val_fraction, d.tfds_dir, d.max_documents)
-  tokenizer = (workdir_lib.load_tokenizer(init_from) if init_from else
-               tokenizer_lib.for_corpus(d.tokenizer, ''.join(corpus.train + corpus.validation)))
+  if config.data.format not in FORMATS:
+    raise UserError(f'data.format={config.data.format!r} is not one of {tuple(FORMATS)}: set --config.data.format.')
+  if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
+    workdir_lib.load_config(config.train.init_from)
+  tokenizer, streams = FORMATS[config.data.format](config)
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
   workdir_lib.check_compatible(workdir, resolved, tokenizer)
   model = Transformer(ModelConfig.from_config(resolved.model, tokenizer.vocab_size))
-  train_examples, val_examples = (pipeline.PackedExamples(
-      pipeline.TokenStream.from_documents([tokenizer.encode(doc) for doc in docs], tokenizer.eos_id),
-      config.model.max_length, tokenizer.pad_id or 0) for docs in (corpus.train, corpus.validation))
+  train_examples, val_examples = (pipeline.PackedExamples(stream, config.model.max_length, tokenizer.pad_id or 0)
+                                  for stream in streams)
   for name, examples in (('training', train_examples), ('validation', val_examples)):
     if len(examples) < config.train.batch_size:
       raise UserError(f'the {name} split holds {len(examples)} sequences of {config.model.max_length} tokens, '

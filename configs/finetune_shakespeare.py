@@ -1,0 +1,27 @@
+"""Fine-tuning the Shakespeare character model on prompt/response examples: only the responses are learned.
+
+  flaxlm-train --config=configs/shakespeare_char.py --config.data.path=tinyshakespeare.txt --workdir=/tmp/run
+  flaxlm-data check examples.jsonl --tokenizer=char --max_length=64
+  flaxlm-train --config=configs/finetune_shakespeare.py --config.data.path=examples.jsonl \
+      --config.train.init_from=/tmp/run --workdir=/tmp/tuned
+
+Each line of examples.jsonl is {"prompt": "...", "response": "..."} or {"messages": [...]} (data/examples.py);
+their characters must be ones the pretrained model's tokenizer knows.
+"""
+
+import ml_collections
+
+from configs import shakespeare_char
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the Shakespeare model's shape, 300 steps at a tenth of pre-training's learning rate, on examples."""
+  config = shakespeare_char.get_config()
+  config.data.format = 'examples'
+  config.train.steps = 300
+  config.train.learning_rate = 1e-4
+  config.train.min_learning_rate = 1e-5
+  config.train.warmup_steps = 20
+  config.train.eval_every = 50
+  config.train.checkpoint_every = 100
+  return config
