@@ -11,13 +11,11 @@ HF's rotary embedding rotates halves of each head (rotate_half), as `model.trans
 import dataclasses
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from configs.errors import UserError
-from model.transformer import ModelConfig, Transformer
+from model.transformer import ModelConfig, param_shapes, shape_differences
 
 QKV = ('query', 'key', 'value')
 Tensors = dict[str, np.ndarray]
@@ -228,12 +226,6 @@ def hf_config(c: ModelConfig) -> dict:
   return {'architectures': [family.architecture], 'model_type': model_type, 'dtype': 'float32', **family.hf_config(c)}
 
 
-def abstract_params(c: ModelConfig) -> Tree:
-  """Returns the params of Transformer(c) as shape structs, without allocating them."""
-  init = lambda: nn.unbox(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
-  return jax.eval_shape(init)
-
-
 def within(t: Tensors, prefix: str) -> Tensors:
   """Returns the tensors whose names start with `prefix`, with the prefix removed."""
   return {name[len(prefix):]: x for name, x in t.items() if name.startswith(prefix)}
@@ -241,11 +233,9 @@ def within(t: Tensors, prefix: str) -> Tensors:
 
 def check_shapes(params: Tree, c: ModelConfig) -> None:
   """Raises UserError if `params` does not have the names and shapes of Transformer(c)'s params."""
-  want = {jax.tree_util.keystr(k): x.shape for k, x in jax.tree_util.tree_leaves_with_path(abstract_params(c))}
-  have = {jax.tree_util.keystr(k): x.shape for k, x in jax.tree_util.tree_leaves_with_path(params)}
-  wrong = [f'{name} is {have.get(name)}, not {shape}' for name, shape in want.items() if have.get(name) != shape]
-  if wrong or have.keys() != want.keys():
-    raise UserError(f'the tensors do not fit config.json ({"; ".join(wrong) or "extra parameters"}): '
+  wrong = [f'{name} is {have}, not {want}' for name, have, want in shape_differences(params, param_shapes(c))]
+  if wrong:
+    raise UserError(f'the tensors do not fit config.json ({"; ".join(wrong)}): '
                     'pass a folder whose weights were saved with its config.json.')
 
 

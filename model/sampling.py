@@ -111,16 +111,18 @@ def decode_chunk(model: Transformer, params, prompts_BxP: jax.Array, lengths_B: 
     emitted_B = active(s)
     rows, write_B = jnp.arange(batch), jnp.minimum(s.positions_B, context - 1)
     tokens_BxT = s.tokens_BxT.at[rows, write_B].set(jnp.where(emitted_B, token_B, s.tokens_BxT[rows, write_B]))
-    top_probs_BxC, top_ids_BxC = jax.lax.top_k(jax.nn.softmax(s.logits_BxV), max(settings.candidates, 1))
-    top_probs_BxC, top_ids_BxC = top_probs_BxC[:, :settings.candidates], top_ids_BxC[:, :settings.candidates]
     if stream is not None:
       io_callback(stream, None, token_B, emitted_B, ordered=True)
     stopped_B = token_B == settings.eos_id if settings.eos_id is not None else jnp.zeros_like(emitted_B)
     left_B = jnp.where(emitted_B, jnp.where(stopped_B, 0, s.left_B - 1), s.left_B)
+    top_ids_BxTxC, top_probs_BxTxC = s.top_ids_BxTxC, s.top_probs_BxTxC
+    if settings.candidates:
+      top_probs_BxC, top_ids_BxC = jax.lax.top_k(jax.nn.softmax(s.logits_BxV), settings.candidates)
+      top_ids_BxTxC = top_ids_BxTxC.at[rows, write_B].set(top_ids_BxC)
+      top_probs_BxTxC = top_probs_BxTxC.at[rows, write_B].set(top_probs_BxC)
     logits_Bx1xV, cache = forward(model, params, s.cache, token_B[:, None], write_B[:, None])
-    return Loop(tokens_BxT, s.positions_B + emitted_B, left_B, logits_Bx1xV[:, 0], cache, rng,
-                s.top_ids_BxTxC.at[rows, write_B].set(top_ids_BxC),
-                s.top_probs_BxTxC.at[rows, write_B].set(top_probs_BxC))
+    return Loop(tokens_BxT, s.positions_B + emitted_B, left_B, logits_Bx1xV[:, 0], cache, rng, top_ids_BxTxC,
+                top_probs_BxTxC)
 
   return jax.lax.while_loop(lambda s: jnp.any(active(s)), step, state)
 
@@ -157,8 +159,9 @@ def generate(model: Transformer, params, prompts: list[np.ndarray], max_new_toke
     for row, window in enumerate(windows):
       prompts_BxP[row, :len(window)] = window
     rng, chunk_rng = jax.random.split(rng)
-    result = jax.device_get(decode_chunk(model, params, jnp.asarray(prompts_BxP), jnp.asarray(lengths),
-                                         jnp.asarray(left), chunk_rng, settings, stream))
+    chunk = decode_chunk(model, params, jnp.asarray(prompts_BxP), jnp.asarray(lengths), jnp.asarray(left),
+                         chunk_rng, settings, stream)
+    result = jax.device_get(dataclasses.replace(chunk, cache=None, logits_BxV=None))  # Not the cache: it stays.
     for row, sample in enumerate(samples):
       new = slice(lengths[row], result.positions_B[row])
       sample.tokens += result.tokens_BxT[row, new].tolist()

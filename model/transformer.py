@@ -281,6 +281,19 @@ class Transformer(nn.Module):
     return constrain(logits_BxTxV, ('batch', 'length', 'vocab')).astype(jnp.float32)
 
 
+def param_shapes(c: ModelConfig) -> Any:
+  """Returns the params of Transformer(c) as shape structs (no logical-axis boxes), without allocating them."""
+  init = lambda: nn.unbox(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
+  return jax.eval_shape(init)
+
+
+def shape_differences(params: Any, expected: Any) -> list[tuple[str, tuple | None, tuple | None]]:
+  """Returns (name, shape in `params`, shape in `expected`) for each parameter where the two trees differ."""
+  shapes = lambda tree: {jax.tree_util.keystr(k): x.shape for k, x in jax.tree_util.tree_leaves_with_path(tree)}
+  have, want = shapes(params), shapes(expected)
+  return [(name, have.get(name), want.get(name)) for name in {**want, **have} if have.get(name) != want.get(name)]
+
+
 def count_params(params: Any) -> int:
   """Returns the exact number of scalars in a params pytree (arrays or shape structs)."""
   return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

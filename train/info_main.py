@@ -8,16 +8,13 @@ Nothing is allocated: the parameter shapes come from `jax.eval_shape`, so a 7B m
 
 import pathlib
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
 from configs.errors import UserError
 from data import tokenizer as tokenizer_lib
 from model import flops, quantize
-from model.transformer import ModelConfig, Transformer, count_params
+from model.transformer import ModelConfig, count_params, param_shapes
 from train import cli
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/llama2_7b.py.', lock_config=True)
@@ -35,12 +32,6 @@ def vocab_size(config: ml_collections.ConfigDict) -> int:
     raise UserError(f'data.tokenizer={kind} does not exist yet: pass --config.model.vocab_size=N, or train it '
                     'with flaxlm-tokenizer train.')
   return tokenizer_lib.for_corpus(kind, '').vocab_size
-
-
-def param_shapes(c: ModelConfig):
-  """Returns the model's params as shape structs, without allocating them."""
-  init = lambda: nn.unbox(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
-  return jax.eval_shape(init)
 
 
 def memory_bytes(params: int) -> dict[str, int]:

@@ -13,7 +13,7 @@ import numpy as np
 from configs.errors import UserError
 from data import examples as examples_lib, pipeline, sources, tokenizer as tokenizer_lib
 from model import attention, flops
-from model.transformer import ModelConfig, Transformer, count_params
+from model.transformer import ModelConfig, Transformer, count_params, shape_differences
 from train import (checkpoint, metrics, optimizer, preemption, sharding, state as state_lib, step as step_lib,
                    throughput, workdir as workdir_lib)
 
@@ -96,12 +96,11 @@ def pretrained_params(path: str, abstract_params):
   """Returns the params of the export or run at `path`, laid out as `abstract_params`; raises UserError naming the
   first parameter whose shape differs from this config's model."""
   _, params, _ = workdir_lib.load_pretrained(path)
-  found = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
-  for key, leaf in jax.tree_util.tree_leaves_with_path(abstract_params):
-    name = jax.tree_util.keystr(key)
-    if found.get(name) != leaf.shape:
-      raise UserError(f'train.init_from={path}: parameter {name} is {found.get(name, "missing")} there and '
-                      f'{leaf.shape} here: set the model section to the pretrained model\'s (its config.json).')
+  differences = shape_differences(params, abstract_params)
+  if differences:
+    name, there, here = differences[0]
+    raise UserError(f'train.init_from={path}: parameter {name} is {there or "missing"} there and {here or "missing"} '
+                    'here: set the model section to the pretrained model\'s (its config.json).')
   return jax.device_put(params, jax.tree.map(lambda x: x.sharding, abstract_params))
 
 

@@ -16,10 +16,15 @@ from train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
-def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
-  """Returns the weighted mean over tokens of -log p(target): how surprised the model is by the true next token."""
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
+                  total_weight: jax.Array | None = None) -> jax.Array:
+  """Returns the weighted mean over tokens of -log p(target): how surprised the model is by the true next token.
+
+  The weighted sum is divided by `total_weight` when given (a microbatch's share of its whole batch's mean).
+  """
   losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  return (losses_BxT * weights_BxT).sum() / jnp.maximum(weights_BxT.sum(), 1)
+  total_weight = jnp.maximum(weights_BxT.sum(), 1) if total_weight is None else total_weight
+  return (losses_BxT * weights_BxT).sum() / total_weight
 
 
 def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
@@ -32,10 +37,7 @@ def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | Non
   logits_BxTxV = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
                              deterministic=dropout_rng is None,
                              rngs={'dropout': dropout_rng} if dropout_rng is not None else None)
-  if total_weight is None:
-    return cross_entropy(logits_BxTxV, batch['targets'], batch['weights'])
-  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch['targets'])
-  return (losses_BxT * batch['weights']).sum() / total_weight
+  return cross_entropy(logits_BxTxV, batch['targets'], batch['weights'], total_weight)
 
 
 def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
