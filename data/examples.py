@@ -17,13 +17,12 @@ Shape key: N tokens of one example.
 """
 
 import dataclasses
-import json
 import pathlib
 
 import numpy as np
 
 from configs.errors import UserError
-from data import pipeline, tokenizer as tokenizer_lib
+from data import pipeline, sources, tokenizer as tokenizer_lib
 
 TEMPLATE = '<|{role}|>\n{content}\n'
 ROLES = ('system', 'user', 'assistant')
@@ -64,10 +63,7 @@ def is_message(message: object) -> bool:
 
 def parse(line: str, path: pathlib.Path, number: int) -> Example:
   """Returns the example on line `number` of `path`; raises UserError naming the line if it is not one."""
-  try:
-    record = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise UserError(f'{path}:{number} is not valid JSON ({e.msg}): fix or remove that line.') from None
+  record = sources.json_record(line, path, number)
   fields = record if isinstance(record, dict) else {}
   if isinstance(fields.get('prompt'), str) and isinstance(fields.get('response'), str):
     return Example(number, (('prompt', fields['prompt']), ('response', fields['response'])))

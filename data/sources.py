@@ -42,16 +42,21 @@ def expand(patterns: str) -> list[pathlib.Path]:
   return paths
 
 
+def json_record(line: str, path: pathlib.Path, number: int) -> object:
+  """Returns the JSON value on line `number` of `path`; raises UserError naming the line if it is not JSON."""
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError as e:
+    raise UserError(f'{path}:{number} is not valid JSON ({e.msg}): fix or remove that line.') from None
+
+
 def jsonl_documents(path: pathlib.Path, field: str) -> Iterator[str]:
   """Yields the `field` of each JSON object in a JSONL file; raises UserError naming a bad line's number."""
   with path.open(encoding='utf-8') as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f'{path}:{number} is not valid JSON ({e.msg}): fix or remove that line.') from None
+      record = json_record(line, path, number)
       if not isinstance(record, dict) or not isinstance(record.get(field), str):
         raise UserError(f'{path}:{number} has no text field {field!r}: set the field name with --jsonl_field.')
       yield record[field]
