@@ -30,6 +30,11 @@ def model_config() -> ml_collections.ConfigDict:
   # 'save_dots' (keep the weight matmuls' outputs, recompute the rest): less memory, more FLOPs.
   c.attention = 'auto'  # 'xla' (any platform), 'cudnn' (NVIDIA flash attention, bfloat16), 'splash' (TPU
   # Pallas kernel), or 'auto': the fastest the platform supports.
+  c.lora_rank = 0  # LoRA fine-tuning (model/lora.py): rank r of the adapters; 0 turns LoRA off. With r > 0 the
+  # pretrained weights (train.init_from, required) stay frozen and only the adapters are trained and checkpointed.
+  c.lora_alpha = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank.
+  c.lora_targets = 'query,value'  # comma-separated matrices that get adapters: query, key, value, out (attention),
+  # gate, up, down (MLP; gate only with swiglu).
   return c
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from configs.errors import UserError
-from model import attention
+from model import attention, lora
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_POLICIES = {'full': jax.checkpoint_policies.nothing_saveable,
@@ -49,6 +49,14 @@ class ModelConfig:
   scan_layers: bool
   remat: str
   attention: str
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: str = 'query,value'
+
+  @property
+  def adapted(self) -> tuple[str, ...]:
+    """Returns the names of the matrices that carry LoRA adapters (none when lora_rank is 0)."""
+    return lora.parse_targets(self.lora_targets) if self.lora_rank else ()
 
   @property
   def head_dim(self) -> int:
@@ -84,6 +92,9 @@ def check_shape(c: ml_collections.ConfigDict) -> None:
   if c.positions == 'rotary' and (c.width // c.num_heads) % 2:
     raise UserError(f'rotary positions need an even head dimension, not {c.width // c.num_heads}: '
                     'change model.width or model.num_heads, or set --config.model.positions=learned.')
+  lora_problem = lora.problem(c.lora_rank, c.lora_alpha, c.lora_targets, c.mlp)
+  if lora_problem:
+    raise UserError(lora_problem)
 
 
 def default_mlp_width(width: int, mlp: str) -> int:
@@ -101,6 +112,16 @@ def param_init(std: float, axes: tuple[str | None, ...]) -> nn.initializers.Init
 def zeros_init(axes: tuple[str | None, ...]) -> nn.initializers.Initializer:
   """Returns a zeros initializer (biases, an untied head) whose parameters carry the logical axis names `axes`."""
   return nn.with_logical_partitioning(nn.initializers.zeros, axes)
+
+
+def with_adapter(c: ModelConfig, name: str, x: jax.Array, y: jax.Array, in_axes: tuple[str, ...],
+                 out_axes: tuple[str, ...]) -> jax.Array:
+  """Returns y = x W, plus the LoRA update of x when `model.lora_targets` names matrix `name` (see model/lora.py)."""
+  if name not in c.adapted:
+    return y
+  adapter = lora.LowRank(y.shape[-len(out_axes):], in_axes, out_axes, c.lora_rank, c.lora_alpha, DTYPES[c.dtype],
+                         name=name + lora.SUFFIX)
+  return y + adapter(x)
 
 
 def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
@@ -149,6 +170,7 @@ class Attention(nn.Module):
     x_BxTxHxK = nn.Einsum((c.width, heads, c.head_dim), 'BTD,DHK->BTHK', use_bias=c.use_bias, dtype=DTYPES[c.dtype],
                           kernel_init=param_init(c.width ** -0.5, ('embed', axis, 'head_dim')),
                           bias_init=zeros_init((axis, 'head_dim')), name=name)(x_BxTxD)
+    x_BxTxHxK = with_adapter(c, name, x_BxTxD, x_BxTxHxK, ('embed',), (axis, 'head_dim'))
     return constrain(x_BxTxHxK, ('batch', 'length', axis, 'head_dim'))
 
   @nn.compact
@@ -170,6 +192,7 @@ class Attention(nn.Module):
     out_BxTxD = nn.Einsum((c.num_heads, c.head_dim, c.width), 'BTHK,HKD->BTD', use_bias=c.use_bias,
                           dtype=DTYPES[c.dtype], kernel_init=out_init, bias_init=zeros_init(('embed',)),
                           name='out')(out_BxTxHxK)
+    out_BxTxD = with_adapter(c, 'out', out_BxTxHxK, out_BxTxD, ('heads', 'head_dim'), ('embed',))
     return nn.Dropout(c.dropout)(out_BxTxD, deterministic=deterministic)
 
 
@@ -191,10 +214,11 @@ class Mlp(nn.Module):
   config: ModelConfig
 
   def dense(self, x: jax.Array, features: int, std: float, axes: tuple[str, str], name: str) -> jax.Array:
-    """Returns x times a `features`-wide kernel (plus a bias with `model.use_bias`)."""
+    """Returns x times a `features`-wide kernel (plus a bias with `model.use_bias`, and a LoRA adapter if targeted)."""
     c = self.config
-    return nn.Dense(features, use_bias=c.use_bias, dtype=DTYPES[c.dtype], kernel_init=param_init(std, axes),
-                    bias_init=zeros_init(axes[1:]), name=name)(x)
+    y = nn.Dense(features, use_bias=c.use_bias, dtype=DTYPES[c.dtype], kernel_init=param_init(std, axes),
+                 bias_init=zeros_init(axes[1:]), name=name)(x)
+    return with_adapter(c, name, x, y, axes[:1], axes[1:])
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
@@ -238,7 +262,8 @@ class Stack(nn.Module):
     if c.remat != 'none' and not self.decode:  # Decoding takes no gradients: nothing to recompute.
       block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
     if c.scan_layers:
-      layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0}, split_rngs={'params': True, 'dropout': True},
+      layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+                       split_rngs={'params': True, 'dropout': True},
                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
       x_BxTxD, _ = layers(c, self.decode, name='layers')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)

@@ -20,7 +20,9 @@ def export_run() -> None:
   output = cli.required(OUTPUT, 'pass --output=PATH, a directory to create.')
   export.check_writable(output, DTYPE.value)  # Before the restore, which may take minutes for a large model.
   _, params, tokenizer = workdir_lib.load_trained(workdir)
-  path = export.write(output, params, workdir_lib.load_config(workdir), tokenizer, DTYPE.value)
+  config = workdir_lib.load_config(workdir)
+  config.model.lora_rank = 0  # A LoRA run exports its adapters merged into the base: a plain model.
+  path = export.write(output, params, config, tokenizer, DTYPE.value)
   print(f'wrote {path}: {count_params(params):,} parameters in {DTYPE.value}')
 
 

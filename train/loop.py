@@ -76,6 +76,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
   if config.data.format not in FORMATS:
     raise UserError(f'data.format={config.data.format!r} is not one of {tuple(FORMATS)}: set --config.data.format.')
+  if config.model.lora_rank and not config.train.init_from:
+    raise UserError(f'model.lora_rank={config.model.lora_rank} trains adapters on a pretrained model: set '
+                    '--config.train.init_from to a flaxlm-export directory or a run\'s workdir.')
   if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
     workdir_lib.load_config(config.train.init_from)
   tokenizer, streams = FORMATS[config.data.format](config)
@@ -109,14 +112,31 @@ def evaluate(eval_fn, params, val_batches: list[dict[str, jax.Array]]) -> float:
   return float(np.mean([eval_fn(params, batch) for batch in val_batches]))
 
 
-def build_steps(setup: Setup):
-  """Returns (optimizer, abstract state, train_fn, eval_fn) for a checked setup."""
+def build_steps(setup: Setup, frozen=None):
+  """Returns (optimizer, abstract state, train_fn, eval_fn) for a checked setup (with LoRA, on `frozen` params)."""
   c = setup.config.train
   tx = optimizer.make_optimizer(c)
   abstract = state_lib.abstract_state(setup.model, tx, setup.mesh)
   train_fn, eval_fn = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh,
-                                               c.microbatches)
+                                               c.microbatches, frozen)
   return tx, abstract, train_fn, eval_fn
+
+
+def frozen_params(setup: Setup):
+  """Returns a LoRA run's pretrained params (from train.init_from, on their devices), or None without LoRA."""
+  if not setup.model.config.lora_rank:
+    return None
+  return pretrained_params(setup.config.train.init_from, state_lib.abstract_frozen(setup.model, setup.mesh))
+
+
+def describe_params(params, frozen) -> str:
+  """Returns '1,234 parameters', or for LoRA how many of them are trained: '1,234 parameters, 56 trained (4.54%)'."""
+  trained = count_params(params)
+  if not frozen:
+    return f'{trained:,} parameters'
+  total = trained + count_params(frozen)
+  return f'{total:,} parameters, {trained:,} trained (LoRA adapters: {trained / total:.2%})'
+
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
@@ -127,12 +147,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   sharding.configure_cpu_devices(config)
   setup = prepare(config, workdir)
   c = setup.config.train
-  tx, abstract, train_fn, eval_fn = build_steps(setup)
+  frozen = frozen_params(setup)
+  tx, abstract, train_fn, eval_fn = build_steps(setup, frozen)
   lead = jax.process_index() == 0  # Only the first process writes files and prints.
   data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
                                  sharding.process_rows(setup.mesh, c.batch_size))
   restored = checkpoint.restore_latest(workdir, abstract)
-  pretrained = pretrained_params(c.init_from, abstract.params) if c.init_from and not restored else None
+  pretrained = (pretrained_params(c.init_from, abstract.params)
+                if c.init_from and not restored and frozen is None else None)
   if lead:
     workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   if restored:
@@ -144,7 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   start = int(state.step)
   if lead:
     metrics.drop_after(workdir, start)
-    print(f'model: {count_params(state.params):,} parameters; mesh {dict(setup.mesh.shape)}; '
+    print(f'model: {describe_params(state.params, frozen)}; mesh {dict(setup.mesh.shape)}; '
           f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} '
           f'padding); {"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
   manager, log = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints), metrics.MetricsLog(workdir)

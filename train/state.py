@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from model import lora
 from train import sharding
 
 
@@ -20,17 +21,38 @@ class TrainState:
   opt_state: Any
 
 
+def boxed_params(model: nn.Module, rng: jax.Array) -> Any:
+  """Returns fresh params of `model` that still carry logical axis names."""
+  return model.init(rng, jnp.zeros((1, 1), jnp.int32))['params']
+
+
 def boxed_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  """Returns a fresh state whose parameters (and their optimizer moments) still carry logical axis names."""
-  params = model.init(rng, jnp.zeros((1, 1), jnp.int32))['params']
+  """Returns a fresh state whose trained parameters (and their optimizer moments) still carry logical axis names.
+
+  With LoRA (model.lora_rank > 0) the state holds the adapters only: the pretrained params stay outside it.
+  """
+  params = boxed_params(model, rng)
+  if model.config.lora_rank:
+    params = lora.split(params)[1]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def placed(boxed: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Returns shape structs of a boxed abstract tree, each with the sharding its logical axis names give on `mesh`."""
+  shardings = sharding.logical_shardings(boxed, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings)
 
 
 def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
   """Returns the state's shapes, dtypes and shardings, without allocating it."""
-  boxed = jax.eval_shape(functools.partial(boxed_state, model, tx), jax.random.key(0))
-  shardings = sharding.logical_shardings(boxed, mesh)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings)
+  return placed(jax.eval_shape(functools.partial(boxed_state, model, tx), jax.random.key(0)), mesh)
+
+
+def abstract_frozen(model: nn.Module, mesh: jax.sharding.Mesh) -> Any:
+  """Returns the shapes and shardings of a LoRA model's frozen pretrained params ({} for a model without LoRA)."""
+  if not model.config.lora_rank:
+    return {}
+  return placed(lora.split(jax.eval_shape(functools.partial(boxed_params, model), jax.random.key(0)))[0], mesh)
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int, abstract: TrainState) -> TrainState:

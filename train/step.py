@@ -4,12 +4,14 @@ Shape key: B batch, T sequence length, V vocabulary.
 """
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from model import lora
 from train import sharding
 from train.state import TrainState
 
@@ -28,13 +30,14 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: 
 
 
 def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
-            total_weight: jax.Array | None = None) -> jax.Array:
+            total_weight: jax.Array | None = None, frozen: Any = None) -> jax.Array:
   """Returns the next-token loss of `params` on `batch` (dropout on when `dropout_rng` is given).
 
   The weighted token losses are summed and divided by `total_weight` (default: this batch's weights), so the
   losses of a batch's microbatches, each divided by the whole batch's weight, add up to the batch's loss.
+  With LoRA, `params` are the adapters and `frozen` the pretrained params they are added to.
   """
-  logits_BxTxV = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
+  logits_BxTxV = model.apply({'params': lora.combine(frozen, params)}, batch['inputs'], batch['positions'], batch['segment_ids'],
                              deterministic=dropout_rng is None,
                              rngs={'dropout': dropout_rng} if dropout_rng is not None else None)
   return cross_entropy(logits_BxTxV, batch['targets'], batch['weights'], total_weight)
@@ -46,22 +49,23 @@ def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
   return nn.with_logical_constraint(x_BMxMxT.swapaxes(0, 1), (None, 'batch', 'length'))
 
 
-def gradients(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array,
-              microbatches: int) -> tuple[jax.Array, object]:
+def gradients(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array, microbatches: int,
+              frozen: Any = None) -> tuple[jax.Array, object]:
   """Returns (loss, gradients) on `batch`, computed over `microbatches` pieces in turn to bound activation memory.
 
   The gradients of the pieces are summed (Optax's MultiSteps instead averages whole optimizer calls, one per
-  microbatch), so the result equals the whole batch's up to float rounding, padding included.
+  microbatch), so the result equals the whole batch's up to float rounding, padding included. Only `params` get
+  gradients: `frozen` (LoRA's pretrained params) takes part in the loss as a constant.
   """
   if microbatches == 1:
-    return jax.value_and_grad(loss_fn)(params, batch, model, dropout_rng)
+    return jax.value_and_grad(loss_fn)(params, batch, model, dropout_rng, frozen=frozen)
   total_weight = jnp.maximum(batch['weights'].sum(), 1)
   micro_batches = jax.tree.map(lambda x: split_microbatches(x, microbatches), batch)
 
   def accumulate(totals, micro_and_index):
     micro, index = micro_and_index
     loss_and_grads = jax.value_and_grad(loss_fn)(params, micro, model, jax.random.fold_in(dropout_rng, index),
-                                                 total_weight)
+                                                 total_weight, frozen)
     return jax.tree.map(jnp.add, totals, loss_and_grads), None
 
   zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
@@ -69,11 +73,11 @@ def gradients(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array,
   return loss, grads
 
 
-def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.GradientTransformation,
+def train_step(state: TrainState, batch: Batch, frozen: Any, *, model: nn.Module, tx: optax.GradientTransformation,
                schedule: optax.Schedule, seed: int, microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
-  """Returns the state after one update on `batch`, and the step's metrics."""
+  """Returns the state after one update on `batch`, and the step's metrics (`frozen`: LoRA's base, else {})."""
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
-  loss, grads = gradients(state.params, batch, model, dropout_rng, microbatches)  # predict, loss, backprop
+  loss, grads = gradients(state.params, batch, model, dropout_rng, microbatches, frozen)  # predict, loss, backprop
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)  # update
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
@@ -82,24 +86,29 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.G
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: Batch, *, model: nn.Module) -> jax.Array:
-  """Returns the loss of `params` on `batch`, without dropout."""
-  return loss_fn(params, batch, model, None)
+def eval_step(params, batch: Batch, frozen: Any = None, *, model: nn.Module) -> jax.Array:
+  """Returns the loss of `params` (with LoRA, the adapters on `frozen`) on `batch`, without dropout."""
+  return loss_fn(params, batch, model, None, frozen=frozen)
 
 
 def compile_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
-                  abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1):
-  """Returns (train_step, eval_step) jitted with explicit shardings; train_step donates the state it is given."""
+                  abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1, frozen: Any = None):
+  """Returns (train_step(state, batch), eval_step(params, batch)) jitted with explicit shardings; train_step
+  donates the state it is given. With LoRA, `frozen` (the pretrained params, on their devices) is passed to both.
+  """
+  frozen = {} if frozen is None else frozen
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
   batch_shardings = sharding.batch_sharding(mesh)  # Every array of the batch is B x T.
   scalar = sharding.replicated(mesh)
   train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, seed=seed,
                                     microbatches=microbatches),
-                  in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, scalar),
-                  donate_argnums=0)
+                  in_shardings=(state_shardings, batch_shardings, frozen_shardings),
+                  out_shardings=(state_shardings, scalar), donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, model=model),
-                     in_shardings=(state_shardings.params, batch_shardings), out_shardings=scalar)
-  return with_mesh(train, mesh), with_mesh(evaluate, mesh)
+                     in_shardings=(state_shardings.params, batch_shardings, frozen_shardings), out_shardings=scalar)
+  return (with_mesh(lambda state, batch: train(state, batch, frozen), mesh),
+          with_mesh(lambda params, batch: evaluate(params, batch, frozen), mesh))
 
 
 def with_mesh(fn, mesh: jax.sharding.Mesh):

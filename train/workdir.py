@@ -14,6 +14,7 @@ import optax
 from configs import base
 from configs.errors import UserError
 from data import tokenizer as tokenizer_lib
+from model import lora
 from model.transformer import ModelConfig, Transformer
 from train import checkpoint, export, optimizer, sharding, state
 
@@ -71,14 +72,23 @@ def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDi
 
 
 def load_trained(workdir: str | pathlib.Path):
-  """Returns (model, params, tokenizer) from the latest checkpoint in `workdir`, on one device."""
+  """Returns (model, params, tokenizer) from the latest checkpoint in `workdir`, on one device.
+
+  A LoRA run's checkpoint holds its adapters only: they are merged into the pretrained params it was trained on
+  (its train.init_from), and the model returned is the plain one, without adapters.
+  """
   config, tokenizer = load_config(workdir), load_tokenizer(workdir)
   model = Transformer(ModelConfig.from_config(config.model, tokenizer.vocab_size))
   abstract = state.abstract_state(model, optimizer.make_optimizer(config.train), sharding.single_device_mesh())
   restored = checkpoint.restore_latest(workdir, abstract, move_failures=False)
   if restored is None:
     raise UserError(f'{workdir} has no checkpoint yet: train it first with flaxlm-train --workdir={workdir}.')
-  return model, restored[0].params, tokenizer
+  params, c = restored[0].params, model.config
+  if not c.lora_rank:
+    return model, params, tokenizer
+  _, base, _ = load_pretrained(config.train.init_from)
+  merged = lora.merge(lora.combine(base, params), c.lora_alpha, c.lora_rank)
+  return Transformer(dataclasses.replace(c, lora_rank=0)), merged, tokenizer
 
 
 def load_exported(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:

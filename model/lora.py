@@ -1,0 +1,108 @@
+"""LoRA: fine-tune a frozen pretrained model by learning a low-rank change to some of its matrices.
+
+A targeted weight W (inputs x outputs) is left as it was, and its layer adds (alpha / r) * x A B, where A is
+inputs x r and B is r x outputs, for a rank r far below both. B starts at zero, so a fresh adapter leaves the model
+exactly as it was. Training updates A and B only: r * (inputs + outputs) numbers per matrix instead of
+inputs * outputs. `merge` folds an adapter into its weight, W + (alpha / r) A B, so a fine-tuned model samples at
+the base model's cost.
+
+In the params tree the adapter of a matrix sits beside it: `attention/query/kernel` gets
+`attention/query_lora/{lora_a, lora_b}` (with the layers axis first when layers are scanned).
+
+Shape key: B batch, T sequence length, R rank; `...I` the matrix's input axes, `...O` its output axes.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+TARGETS = ('query', 'key', 'value', 'out', 'gate', 'up', 'down')  # every matrix an adapter can change.
+SUFFIX = '_lora'  # the adapter of matrix `query` is the module `query_lora`.
+
+
+def matrices(mlp: str) -> tuple[str, ...]:
+  """Returns the names of the matrices a model with this MLP kind has (GELU has no gate)."""
+  return tuple(t for t in TARGETS if not (t == 'gate' and mlp != 'swiglu'))
+
+
+def parse_targets(targets: str) -> tuple[str, ...]:
+  """Returns the matrix names of a comma-separated `model.lora_targets`, such as 'query,value'."""
+  return tuple(name.strip() for name in targets.split(',') if name.strip())
+
+
+def problem(rank: int, alpha: float, targets: str, mlp: str) -> str | None:
+  """Returns what is wrong with a LoRA setting (one line naming the key to change), or None if it can be built."""
+  if rank < 0 or (rank and alpha <= 0):
+    return f'model.lora_rank={rank} and model.lora_alpha={alpha} must be positive (rank 0 turns LoRA off).'
+  known = matrices(mlp)
+  unknown = [name for name in parse_targets(targets) if name not in known]
+  if rank and (unknown or not parse_targets(targets)):
+    return (f'model.lora_targets={targets!r} names no matrix {unknown[0]!r} in this model' if unknown else
+            'model.lora_targets is empty') + f': set --config.model.lora_targets to some of {",".join(known)}.'
+  return None
+
+
+class LowRank(nn.Module):
+  """The adapter's update of one matrix: (alpha / rank) * x A B, with B zero at the start."""
+  features: tuple[int, ...]  # the matrix's output shape, e.g. (H, K) for query.
+  in_axes: tuple[str, ...]  # logical names of the matrix's input axes (the last axes of x).
+  out_axes: tuple[str, ...]  # logical names of its output axes.
+  rank: int
+  alpha: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxTxI: jax.Array) -> jax.Array:
+    inputs = x_BxTxI.shape[-len(self.in_axes):]
+    a_init = nn.initializers.normal(math.prod(inputs) ** -0.5)
+    a_IxR = self.param('lora_a', nn.with_logical_partitioning(a_init, (*self.in_axes, None)), (*inputs, self.rank))
+    b_RxO = self.param('lora_b', nn.with_logical_partitioning(nn.initializers.zeros, (None, *self.out_axes)),
+                       (self.rank, *self.features))
+    x_BxTxI, a_IxR, b_RxO = (t.astype(self.dtype) for t in (x_BxTxI, a_IxR, b_RxO))
+    h_BxTxR = jnp.tensordot(x_BxTxI, a_IxR, axes=len(self.in_axes))
+    return jnp.tensordot(h_BxTxR, b_RxO, axes=1) * (self.alpha / self.rank)
+
+
+def is_adapter(path: tuple[str, ...]) -> bool:
+  """Returns whether a flattened params path belongs to an adapter."""
+  return any(name.endswith(SUFFIX) for name in path)
+
+
+def split(params: Any) -> tuple[dict, dict]:
+  """Returns (base, adapters): the params of the pretrained model and those of its adapters, as two trees."""
+  flat = traverse_util.flatten_dict(params)
+  part = lambda adapters: traverse_util.unflatten_dict({k: v for k, v in flat.items() if is_adapter(k) == adapters})
+  return part(False), part(True)
+
+
+def combine(base: Any, adapters: Any) -> Any:
+  """Returns the full params of a LoRA model from its frozen base and its adapters (just `adapters` if no base)."""
+  if not base:
+    return adapters
+  return traverse_util.unflatten_dict({**traverse_util.flatten_dict(base), **traverse_util.flatten_dict(adapters)})
+
+
+def delta(a: jax.Array, b: jax.Array, kernel_ndim: int, scale: float) -> jax.Array:
+  """Returns scale * A B shaped as the kernel: (...I, ...O), per layer when the kernel has a leading layers axis."""
+  product = lambda a_IxR, b_RxO: jnp.tensordot(a_IxR, b_RxO, axes=1) * scale
+  if kernel_ndim == a.ndim + b.ndim - 3:  # Both carry the layers axis, the kernel once.
+    return jax.vmap(product)(a, b)
+  return product(a, b)
+
+
+def merge(params: Any, alpha: float, rank: int) -> dict:
+  """Returns the base params with every adapter folded into its matrix: W + (alpha / rank) A B, in W's dtype."""
+  base, adapters = split(params)
+  flat_base, flat_adapters = traverse_util.flatten_dict(base), traverse_util.flatten_dict(adapters)
+  for path in flat_adapters:
+    if path[-1] != 'lora_a':
+      continue
+    kernel_path = (*path[:-2], path[-2].removesuffix(SUFFIX), 'kernel')
+    kernel = flat_base[kernel_path]
+    change = delta(flat_adapters[path], flat_adapters[(*path[:-1], 'lora_b')], kernel.ndim, alpha / rank)
+    flat_base[kernel_path] = (kernel + change).astype(kernel.dtype)
+  return traverse_util.unflatten_dict(flat_base)

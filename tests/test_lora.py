@@ -1,0 +1,127 @@
+"""Tests of LoRA (model/lora.py): the adapters' size, their merge, and a LoRA fine-tune through the training loop."""
+
+import dataclasses
+import json
+
+import flax.linen as nn
+from flax import traverse_util
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from configs.errors import UserError
+from model import lora
+from model.transformer import ModelConfig, Transformer, count_params
+from train import loop, metrics, optimizer, sharding, state as state_lib, workdir as workdir_lib
+
+ALL = 'query,key,value,out,gate,up,down'
+
+
+def model_config(rank: int, targets: str = ALL, **changes) -> ModelConfig:
+  """Returns the tiny preset's model (vocabulary 50) with LoRA adapters of `rank` on `targets`."""
+  c = tiny.get_config().model
+  c.update(lora_rank=rank, lora_targets=targets, **changes)
+  return ModelConfig.from_config(c, 50)
+
+
+def expected_trained(c: ModelConfig, targets: str) -> int:
+  """Returns r * (inputs + outputs) summed over the targeted matrices of all layers: LoRA's trained count."""
+  D, F, H, G, K = c.width, c.mlp_width, c.num_heads, c.num_kv_heads, c.head_dim
+  sizes = {'query': (D, H * K), 'key': (D, G * K), 'value': (D, G * K), 'out': (H * K, D), 'gate': (D, F),
+           'up': (D, F), 'down': (F, D)}
+  return c.num_layers * sum(c.lora_rank * sum(sizes[name]) for name in targets.split(','))
+
+
+@pytest.mark.parametrize('rank,targets', [(1, 'query,value'), (4, ALL), (8, 'out,down')])
+def test_the_state_trains_exactly_the_adapters_the_formula_counts(rank, targets):
+  c = model_config(rank, targets)
+  tx = optimizer.make_optimizer(tiny.get_config().train)
+  abstract = state_lib.abstract_state(Transformer(c), tx, sharding.single_device_mesh())
+  assert count_params(abstract.params) == expected_trained(c, targets)
+  moments = [leaf for leaf in jax.tree.leaves(abstract.opt_state) if leaf.ndim]  # Adam's mu and nu, per adapter.
+  assert count_params(moments) == 2 * expected_trained(c, targets)
+  frozen = state_lib.abstract_frozen(Transformer(c), sharding.single_device_mesh())
+  plain = state_lib.abstract_state(Transformer(dataclasses.replace(c, lora_rank=0)), tx,
+                                   sharding.single_device_mesh()).params
+  assert jax.tree.map(lambda x: x.shape, frozen) == jax.tree.map(lambda x: x.shape, plain)
+
+
+@pytest.mark.parametrize('scan_layers', [True, False])
+def test_merged_params_give_the_logits_of_base_plus_adapters(scan_layers):
+  c = model_config(4, scan_layers=scan_layers)
+  tokens_BxT = jax.random.randint(jax.random.key(0), (2, 16), 0, 50)
+  base, adapters = lora.split(nn.unbox(Transformer(c).init(jax.random.key(1), tokens_BxT)['params']))
+  noise = lambda tree, seed: jax.tree.map(lambda x: 0.1 * jax.random.normal(jax.random.key(seed), x.shape), tree)
+  base = jax.tree.map(jax.numpy.add, base, noise(base, 2))  # The head starts at zero: make every matrix count.
+  adapters = noise(adapters, 3)
+  with_adapters = Transformer(c).apply({'params': lora.combine(base, adapters)}, tokens_BxT)
+  merged = Transformer(dataclasses.replace(c, lora_rank=0)).apply(
+      {'params': lora.merge(lora.combine(base, adapters), c.lora_alpha, c.lora_rank)}, tokens_BxT)
+  without = Transformer(dataclasses.replace(c, lora_rank=0)).apply({'params': base}, tokens_BxT)
+  np.testing.assert_allclose(merged, with_adapters, atol=1e-5)
+  assert np.abs(np.asarray(with_adapters - without)).max() > 0.1  # The adapters do change the logits.
+
+
+def test_fresh_adapters_leave_the_model_unchanged():
+  c = model_config(2)
+  params = nn.unbox(Transformer(c).init(jax.random.key(1), np.zeros((1, 4), np.int32))['params'])
+  base, _ = lora.split(params)
+  jax.tree.map(np.testing.assert_array_equal, lora.merge(params, c.lora_alpha, c.lora_rank), base)
+
+
+@pytest.mark.parametrize('targets,mlp,message', [
+    ('query,qkv', 'swiglu', r"names no matrix 'qkv'.*query,key,value,out,gate,up,down"),
+    ('gate', 'gelu', r"names no matrix 'gate'.*query,key,value,out,up,down"),
+    (' , ', 'swiglu', 'lora_targets is empty'),
+])
+def test_a_lora_target_that_names_no_matrix_is_refused(targets, mlp, message):
+  with pytest.raises(UserError, match=message):
+    model_config(4, targets, mlp=mlp)
+
+
+def tiny_config(path, steps: int):
+  """Returns the tiny preset on `path`, trained for `steps`, evaluated and saved at the end."""
+  config = tiny.get_config()
+  config.data.path = str(path)
+  config.train.steps = config.train.eval_every = config.train.checkpoint_every = steps
+  return config
+
+
+def test_lora_needs_a_pretrained_model(corpus, tmp_path):
+  config = tiny_config(corpus, 1)
+  config.model.lora_rank = 4
+  with pytest.raises(UserError, match='lora_rank=4 trains adapters on a pretrained model: set --config.train.init_from'):
+    loop.train(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_lora_fine_tune_learns_with_the_base_frozen_and_checkpoints_only_adapters(corpus, tmp_path):
+  pretraining = tiny_config(corpus, 20)
+  pretraining.train.learning_rate = 1e-2  # Enough for the output head to learn: adapters do not reach it.
+  loop.train(pretraining, str(tmp_path / 'base'))
+  pairs = [('the king', ' and queen of the north'), ('spring', ' would come early'), ('ROMEO:', ' JULIET:')]
+  lines = [json.dumps({'prompt': p, 'response': r}) for _ in range(40) for p, r in pairs]
+  (tmp_path / 'examples.jsonl').write_text('\n'.join(lines) + '\n')
+
+  def tune(steps: int, learning_rate: float, name: str):
+    config = tiny_config(tmp_path / 'examples.jsonl', steps)
+    config.data.format, config.train.init_from = 'examples', str(tmp_path / 'base')
+    config.model.update(lora_rank=4, lora_targets='query,value,out,up,down')
+    config.train.learning_rate, config.train.min_learning_rate = learning_rate, learning_rate / 10
+    return loop.train(config, str(tmp_path / name)), metrics.read_metrics(tmp_path / name)[-1]['val_loss']
+
+  _, base_loss = tune(1, 0.0, 'untouched')  # Fresh adapters: the pretrained model's loss on the responses.
+  state, tuned_loss = tune(60, 3e-2, 'lora')
+  assert tuned_loss < 0.85 * base_loss  # A tiny base trained for seconds: adapters alone cannot go far.
+  assert all(lora.is_adapter(path) for path in traverse_util.flatten_dict(state.params))  # What is checkpointed.
+  resumed, _ = tune(60, 3e-2, 'lora')  # Restores the adapters and reads the base again from init_from.
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(state.params))
+  _, base, _ = workdir_lib.load_trained(tmp_path / 'base')
+  model, merged, _ = workdir_lib.load_trained(tmp_path / 'lora')  # The adapters merged into the base.
+  assert model.config.lora_rank == 0
+  flat_base, flat_merged = traverse_util.flatten_dict(base), traverse_util.flatten_dict(merged)
+  changed = {'/'.join(path) for path in flat_base if not np.array_equal(flat_base[path], flat_merged[path])}
+  assert changed == {f'stack/layers/{module}/{name}/kernel' for module, name in
+                     [('attention', 'query'), ('attention', 'value'), ('attention', 'out'), ('mlp', 'up'),
+                      ('mlp', 'down')]}  # All else bitwise the base.
