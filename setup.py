@@ -24,9 +24,10 @@ setuptools.setup(
         'numpy',
         'tensorboardX',
         'safetensors',  # Hugging Face checkpoints (flaxlm-convert), read and written as numpy arrays.
+        'matplotlib',  # flaxlm-plot and the notebooks' figures.
     ],
     extras_require={
-        'test': ['pytest', 'pytest-timeout', 'nbclient', 'nbformat', 'ipykernel', 'matplotlib'],
+        'test': ['pytest', 'pytest-timeout', 'nbclient', 'nbformat', 'ipykernel'],
         'gpu': ['jax[cuda12]'],
         'tpu': ['jax[tpu]'],
     },
@@ -40,6 +41,8 @@ setuptools.setup(
             'flaxlm-score=train.score_main:main',
             'flaxlm-convert=train.convert_main:main',
             'flaxlm-data=train.data_main:main',
+            'flaxlm-estimate=train.estimate_main:main',
+            'flaxlm-plot=train.plot_main:main',
         ],
     },
 )

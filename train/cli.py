@@ -14,6 +14,9 @@ def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bo
   With `takes_args`, `main` receives the positional arguments; otherwise any positional argument is an error.
   """
   argv = sys.argv if argv is None else argv
+  if {'--help', '-h', '--helpfull'} & set(argv[1:]):
+    print_help(sys.modules[main.__module__])
+    sys.exit(0)
   logging.set_verbosity(logging.ERROR)  # Libraries' notices would bury the command's own lines.
   try:
     args = flags.FLAGS(argv)[1:]
@@ -31,6 +34,12 @@ def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bo
     exit_with(str(e), 1)
   except KeyboardInterrupt:
     exit_with('interrupted.', 130)
+
+
+def print_help(module) -> None:
+  """Prints a command's module docstring (its usage) and the flags its module defines, with their help."""
+  print((module.__doc__ or '').strip() + '\n')
+  print(flags.FLAGS.module_help(module))
 
 
 def exit_with(message: str, code: int) -> None:

@@ -1,0 +1,114 @@
+"""`flaxlm-estimate`: the FLOPs, device-hours, days and memory of a training run, before it starts.
+
+  flaxlm-estimate --params=175e9 --tokens=300e9 --device=a100 --chips=1024 --mfu=0.4
+  flaxlm-estimate --config=configs/llama_1b.py --dataset_tokens=100e9 --epochs=3 --device=tpu-v5e --chips=256 \
+      --workdir=/tmp/llama_1b
+  flaxlm-estimate --presets_table
+
+The model is a parameter count (--params) or a config file (--config, whose shape adds the attention FLOPs); the
+MFU is given (--mfu) or taken from what a run measured (--workdir). Nothing is allocated.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from configs.errors import UserError
+from model.transformer import ModelConfig, count_params, param_shapes
+from train import cli, estimate
+
+PARAMS = flags.DEFINE_float('params', None, 'The parameter count N, e.g. 175e9 (or --config).')
+CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. configs/llama_1b.py: its exact N and '
+                                         'attention FLOPs (or --params).', lock_config=True)
+TOKENS = flags.DEFINE_float('tokens', None, 'Training tokens D, e.g. 300e9 (or --dataset_tokens).')
+DATASET_TOKENS = flags.DEFINE_float('dataset_tokens', None, 'Tokens in the dataset, read --epochs times (or --tokens).')
+EPOCHS = flags.DEFINE_float('epochs', 1.0, 'Passes over --dataset_tokens.')
+DEVICE = flags.DEFINE_string('device', None, f'The chip: one of {", ".join(estimate.DEVICES)}.')
+CHIPS = flags.DEFINE_integer('chips', 1, 'How many chips train together.')
+MFU = flags.DEFINE_float('mfu', None, 'The fraction of peak FLOP/s the run uses, e.g. 0.4 (or --workdir).')
+WORKDIR = flags.DEFINE_string('workdir', None, 'A run whose measured MFU to use: the median of its metrics.jsonl '
+                              'mfu records after the first (or --mfu).')
+PRESETS_TABLE = flags.DEFINE_bool('presets_table', False, "Print the README's table of the presets and stop.")
+
+
+def exactly_one(first: flags.FlagHolder, second: flags.FlagHolder) -> None:
+  """Raises UserError unless exactly one of the two flags was given."""
+  if (first.value is None) == (second.value is None):
+    raise UserError(f'pass exactly one of --{first.name} and --{second.name}.')
+
+
+def model() -> tuple[float, ModelConfig | None]:
+  """Returns N and, with --config, the model's shape (None with --params)."""
+  exactly_one(PARAMS, CONFIG)
+  if PARAMS.value is not None:
+    return estimate.check_positive('params', PARAMS.value), None
+  shape = estimate.model_config(cli.config(CONFIG))
+  return count_params(param_shapes(shape)), shape
+
+
+def tokens() -> float:
+  """Returns D: --tokens, or --dataset_tokens x --epochs."""
+  exactly_one(TOKENS, DATASET_TOKENS)
+  if TOKENS.value is not None:
+    if EPOCHS.present:
+      raise UserError('--epochs multiplies --dataset_tokens; --tokens is already the total: pass one of the two.')
+    return estimate.check_positive('tokens', TOKENS.value)
+  dataset = estimate.check_positive('dataset_tokens', DATASET_TOKENS.value)
+  return dataset * estimate.check_positive('epochs', EPOCHS.value)
+
+
+def mfu() -> tuple[float, str]:
+  """Returns the MFU and where it came from: --mfu, or the run in --workdir."""
+  exactly_one(MFU, WORKDIR)
+  if MFU.value is not None:
+    return estimate.check_mfu(MFU.value), '--mfu'
+  return estimate.measured_mfu(WORKDIR.value), f'measured in {WORKDIR.value}'
+
+
+def flops_lines(params: float, shape: ModelConfig | None, total_tokens: float) -> tuple[float, list[str]]:
+  """Returns the FLOPs the time is computed from, and the lines that count them: 6ND, attention, their total."""
+  six_nd = estimate.six_nd(params, total_tokens)
+  lines = ['training FLOPs', f'  {"6ND":<30}{six_nd:>16.3e}']
+  if shape is None:
+    return six_nd, lines + [f'  {"attention matmuls":<30}{"unknown":>16}  (they grow with the layers, width and '
+                            'context: pass --config); the time below is from 6ND']
+  total = estimate.model_flops(shape, total_tokens)
+  return total, lines + [
+      f'  {"attention matmuls":<30}{estimate.attention_flops(shape, total_tokens):>16.3e}  (6 x context x heads x '
+      'head size x layers per token)',
+      f'  {"6 x matmul weights + attention":<30}{total:>16.3e}  (as MFU is counted; the time below is from this)',
+  ]
+
+
+def report() -> list[str]:
+  """Returns the lines flaxlm-estimate prints for the flags given."""
+  params, shape = model()
+  total_tokens = tokens()
+  device = cli.required(DEVICE, f'pass one of {", ".join(estimate.DEVICES)}.')
+  peak, chips = estimate.device_peak(device), estimate.check_positive('chips', CHIPS.value)
+  utilization, source = mfu()
+  total, flops = flops_lines(params, shape, total_tokens)
+  hours = estimate.device_hours(total, peak, utilization)
+  return [
+      f'{"model":<32}' + (estimate.describe(shape) if shape else 'a parameter count (--params): shape unknown'),
+      f'{"parameters N":<32}{params:>16,.0f}',
+      f'{"training tokens D":<32}{total_tokens:>16.3e}',
+      *flops,
+      f'{"chips":<32}{chips:>16,}  x {device}, {peak / 1e12:,.0f} TFLOP/s peak (bfloat16) each',
+      f'{"MFU":<32}{utilization:>16.1%}  ({source})',
+      f'{"device-hours":<32}{hours:>16.4g}',
+      f'{"wall-clock days":<32}{estimate.wall_clock_days(total, peak, utilization, chips):>16.4g}',
+      *estimate.memory_lines(int(params), chips),
+      '  assumed: AdamW in float32, 16 bytes per parameter (weights 4, gradients 4, moments 8)',
+      f'  per device: split evenly over the {chips:,} chips, as FSDP splits it; data parallelism keeps the total on '
+      'every chip',
+  ]
+
+
+def print_estimate() -> None:
+  """Prints the estimate for the flags given, or with --presets_table the README's table of the presets."""
+  print('\n'.join(estimate.presets_table() if PRESETS_TABLE.value else report()))
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Entry point of flaxlm-estimate."""
+  cli.run(print_estimate, argv)

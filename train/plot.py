@@ -1,0 +1,47 @@
+"""A run's training curves as a matplotlib Figure: the losses against steps and tokens, and the learning rate.
+
+The Figure is made without pyplot, so nothing is shown or kept open: a notebook displays it, and flaxlm-plot
+writes it as a PNG.
+"""
+
+import pathlib
+
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+from configs.errors import UserError
+from train import metrics, workdir as workdir_lib
+
+
+def loss_figure(records: list[dict], tokens_per_step: int, title: str) -> Figure:
+  """Returns a Figure of training and validation loss over steps (tokens on the top axis), with the learning rate below.
+
+  `records` are metrics.jsonl's records; `tokens_per_step` is batch_size x max_length, the tokens one step trains on.
+  """
+  figure = Figure(figsize=(8, 6), layout='constrained')
+  loss_ax, rate_ax = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  evals = [r for r in records if 'val_loss' in r]
+  loss_ax.plot([r['step'] for r in records], [r['loss'] for r in records], label='training loss')
+  loss_ax.plot([r['step'] for r in evals], [r['val_loss'] for r in evals], 'o-', label='validation loss')
+  loss_ax.set_ylabel('loss (nats per token)')
+  loss_ax.legend()
+  loss_ax.grid(alpha=0.3)
+  tokens_ax = loss_ax.secondary_xaxis('top', functions=(lambda s: s * tokens_per_step, lambda t: t / tokens_per_step))
+  tokens_ax.set_xlabel(f'tokens ({tokens_per_step:,} a step)')
+  tokens_ax.xaxis.set_major_formatter(ticker.EngFormatter())
+  rate_ax.plot([r['step'] for r in records], [r['learning_rate'] for r in records], color='tab:green')
+  rate_ax.set_ylabel('learning rate')
+  rate_ax.set_xlabel('step')
+  rate_ax.grid(alpha=0.3)
+  figure.suptitle(title)
+  return figure
+
+
+def run_figure(workdir: str | pathlib.Path) -> Figure:
+  """Returns `loss_figure` of the run in `workdir`, titled with its name; raises UserError if it has logged nothing."""
+  config = workdir_lib.load_config(workdir)
+  records = metrics.read_metrics(workdir)
+  if not records:
+    raise UserError(f'{workdir} has no metrics.jsonl records yet: plot a run that has logged a step.')
+  name = pathlib.Path(workdir).resolve().name
+  return loss_figure(records, config.train.batch_size * config.model.max_length, name)
