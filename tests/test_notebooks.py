@@ -65,6 +65,11 @@ def stdout_of(notebook: nbformat.NotebookNode) -> list[str]:
           for cell in code_cells(notebook)]
 
 
+def images_of(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+  """Returns the outputs of the notebook's code cells that are PNG images (its plots)."""
+  return [o for cell in code_cells(notebook) for o in cell.outputs if 'image/png' in o.get('data', {})]
+
+
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_saved_clean(path):
   notebook = nbformat.read(path, as_version=4)
@@ -80,8 +85,9 @@ def test_notebook_runs_every_cell_without_error(path, execute):
   assert not [o for cell in cells for o in cell.outputs if o.output_type == 'error']
 
 
-def test_quickstart_loss_falls(execute):
-  run = execute(REPO / 'notebooks' / 'quickstart.ipynb')
+@pytest.mark.parametrize('name', ['quickstart', 'training_loop', 'attention_and_sampling'])
+def test_notebook_training_run_loss_falls(name, execute):
+  run = execute(REPO / 'notebooks' / f'{name}.ipynb')
   records = metrics.read_metrics(run.workdir)
   assert records[0]['loss'] > records[-1]['loss']
   assert [r['step'] for r in records] == sorted({r['step'] for r in records})
@@ -91,8 +97,7 @@ def test_quickstart_loss_falls(execute):
 
 def test_quickstart_plots_the_loss(execute):
   notebook = execute(REPO / 'notebooks' / 'quickstart.ipynb').notebook
-  images = [o for cell in code_cells(notebook) for o in cell.outputs if 'image/png' in o.get('data', {})]
-  assert len(images) == 1
+  assert len(images_of(notebook)) == 1
 
 
 def test_quickstart_samples_text_continuing_the_prompt(execute):
@@ -102,3 +107,28 @@ def test_quickstart_samples_text_continuing_the_prompt(execute):
   generated = samples[0][len(PROMPT):].removesuffix('\n')
   assert len(generated) == 100  # max_new_tokens characters of the corpus's alphabet.
   assert set(generated) <= set(run.corpus)
+
+
+def test_training_loop_updates_by_hand_as_optax_does(execute):
+  run = execute(REPO / 'notebooks' / 'training_loop.ipynb')
+  printed = ''.join(stdout_of(run.notebook))
+  assert '0.5 - 0.01 x 0.2 = 0.498\n' in printed
+  assert 'optax.sgd: [0.498]' in printed
+  assert 'SGD by hand equals optax.sgd' in printed and 'AdamW by hand matches optax.adamw' in printed
+  records = metrics.read_metrics(run.workdir)
+  assert f"at step {records[-1]['step']}: {records[-1]['loss']:.3f}" in printed
+  assert len(images_of(run.notebook)) == 4  # the first prediction, -ln p, the loss curve, the last prediction.
+
+
+def test_attention_and_sampling_draws_and_tabulates(execute):
+  run = execute(REPO / 'notebooks' / 'attention_and_sampling.ipynb')
+  printed = stdout_of(run.notebook)
+  assert any('every row sums to 1: True' in text for text in printed)
+  assert len(images_of(run.notebook)) == 3  # the attention maps, the next character, temperature and top-k.
+  table = next(text for text in printed if text.startswith('weights'))
+  rows = {name: (float(kib), float(perplexity)) for name, kib, perplexity in map(str.split, table.splitlines()[1:])}
+  assert list(rows) == ['float32', 'int8', 'int4']
+  assert rows['float32'][0] > 3 * rows['int8'][0] and rows['int8'][0] > rows['int4'][0]
+  assert rows['float32'][1] < len(set(run.corpus))  # Trained: better than a uniform guess among its characters.
+  assert rows['int8'][1] == pytest.approx(rows['float32'][1], rel=0.01)
+  assert rows['int4'][1] == pytest.approx(rows['float32'][1], rel=0.1)
