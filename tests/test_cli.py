@@ -99,3 +99,10 @@ def test_sampling_a_workdir_without_a_run_is_refused(tmp_path):
   result = run(command('flaxlm-sample'), f'--workdir={tmp_path}', '--prompt=a')
   assert_one_line_error(result, 'holds no flaxlm run')
   assert list(tmp_path.iterdir()) == []
+
+
+def test_help_prints_the_usage_and_the_command_s_flags():
+  result = run(command('flaxlm-sample'), '--help')
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('`flaxlm-sample --workdir=DIR --prompt=TEXT`')
+  assert '--temperature: Below 1: safer choices' in result.stdout and '--show_probs' in result.stdout
