@@ -124,7 +124,33 @@ def tokenize(example: Example, tokenizer: tokenizer_lib.Tokenizer) -> tuple[np.n
   return np.concatenate(ids).astype(np.int32), np.concatenate(trained).astype(bool)
 
 
-def token_stream(examples: list[Example], tokenizer: tokenizer_lib.Tokenizer) -> pipeline.TokenStream:
-  """Returns the examples as one stream, each with its EOS, whose untrained tokens carry no loss as targets."""
-  ids, trained = zip(*(tokenize(example, tokenizer) for example in examples))
-  return pipeline.TokenStream.from_documents(list(ids), None, list(trained))
+def window_aligned(ids: list[np.ndarray], trained: list[np.ndarray], length: int,
+                   pad_id: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Returns the examples with untrained padding put before each one that would straddle two windows of `length`.
+
+  The pipeline cuts the stream into windows of `length` inputs; an example cut in two would have the end of its
+  response trained without its prompt in view. An example longer than a window is cut however it is placed.
+  """
+  aligned_ids, aligned_trained, position = [], [], 0
+  for example_ids, example_trained in zip(ids, trained):
+    room = length - position % length
+    if room < len(example_ids) <= length:
+      aligned_ids.append(np.full(room, pad_id, np.int32))
+      aligned_trained.append(np.zeros(room, bool))
+      position += room
+    aligned_ids.append(example_ids)
+    aligned_trained.append(example_trained)
+    position += len(example_ids)
+  return aligned_ids, aligned_trained
+
+
+def token_stream(examples: list[Example], tokenizer: tokenizer_lib.Tokenizer,
+                 length: int | None = None) -> pipeline.TokenStream:
+  """Returns the examples as one stream, each with its EOS, whose untrained tokens carry no loss as targets.
+
+  With `length` (the model's context), no example that fits in a window straddles two (see `window_aligned`).
+  """
+  ids, trained = (list(part) for part in zip(*(tokenize(example, tokenizer) for example in examples)))
+  if length:
+    ids, trained = window_aligned(ids, trained, length, tokenizer.pad_id or 0)
+  return pipeline.TokenStream.from_documents(ids, None, trained)

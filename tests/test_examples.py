@@ -1,5 +1,6 @@
 """Tests of data/examples.py: only response tokens are trained, the chat template, bad lines named, a fixed split."""
 
+import collections
 import json
 
 import numpy as np
@@ -91,3 +92,19 @@ def test_packed_examples_weigh_only_response_targets_across_example_boundaries(t
   is_response = (epoch['targets'] == BYTES.encode('r')[0]) | (epoch['targets'] == BYTES.eos_id)
   np.testing.assert_array_equal(epoch['weights'], is_response.astype(np.float32))
   assert epoch['weights'].sum() == sum(2 + i % 3 + 1 for i in range(9))
+
+
+def test_with_the_context_length_no_example_straddles_two_windows(tmp_path):
+  path = tmp_path / 'a.jsonl'
+  write(path, *({'prompt': 'p' * (1 + i % 3), 'response': 'r' * (1 + i % 2)} for i in range(12)))
+  plain = examples.token_stream(examples.read(path), BYTES)
+  packed = pipeline.PackedExamples(examples.token_stream(examples.read(path), BYTES, 8), 8, BYTES.pad_id)
+  epoch = packed.gather(np.arange(len(packed)))
+  is_response = (epoch['targets'] == BYTES.encode('r')[0]) | (epoch['targets'] == BYTES.eos_id)
+  np.testing.assert_array_equal(epoch['weights'], is_response.astype(np.float32))
+  assert epoch['weights'].sum() == plain.trained.sum()  # Every response token is still learned once.
+  windows_of = lambda batch: collections.Counter(segment for segments_T in batch['segment_ids']
+                                                 for segment in set(segments_T) - {-1})
+  assert set(windows_of(epoch).values()) == {1}  # Each example lies in one window, its prompt in view.
+  unaligned = pipeline.PackedExamples(plain, 8, BYTES.pad_id)
+  assert max(windows_of(unaligned.gather(np.arange(len(unaligned)))).values()) == 2  # Without it, some straddle.

@@ -63,7 +63,8 @@ def example_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.To
   split = examples_lib.split(examples_lib.read(pathlib.Path(config.data.path)), config.data.val_fraction)
   text = ''.join(text for example in split.train + split.validation for _, text in example.pieces)
   tokenizer = run_tokenizer(config, text)
-  return tokenizer, [examples_lib.token_stream(part, tokenizer) for part in (split.train, split.validation)]
+  return tokenizer, [examples_lib.token_stream(part, tokenizer, config.model.max_length)
+                     for part in (split.train, split.validation)]
 
 
 FORMATS = {'text': text_streams, 'examples': example_streams}
