@@ -27,7 +27,7 @@ setuptools.setup(
         'matplotlib',  # flaxlm-plot and the notebooks' figures.
     ],
     extras_require={
-        'test': ['pytest', 'pytest-timeout', 'nbclient', 'nbformat', 'ipykernel'],
+        'test': ['pytest', 'pytest-timeout', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel'],
         'gpu': ['jax[cuda12]'],
         'tpu': ['jax[tpu]'],
     },
