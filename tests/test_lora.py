@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import subprocess
 
 import flax.linen as nn
 from flax import traverse_util
@@ -11,6 +12,7 @@ import pytest
 
 from configs import tiny
 from configs.errors import UserError
+from conftest import command
 from model import lora
 from model.transformer import ModelConfig, Transformer, count_params
 from train import loop, metrics, optimizer, sharding, state as state_lib, workdir as workdir_lib
@@ -125,3 +127,7 @@ def test_a_lora_fine_tune_learns_with_the_base_frozen_and_checkpoints_only_adapt
   assert changed == {f'stack/layers/{module}/{name}/kernel' for module, name in
                      [('attention', 'query'), ('attention', 'value'), ('attention', 'out'), ('mlp', 'up'),
                       ('mlp', 'down')]}  # All else bitwise the base.
+  exported = subprocess.run([command('flaxlm-export'), f'--workdir={tmp_path / "lora"}', f'--output={tmp_path / "out"}'],
+                            capture_output=True, text=True, timeout=300)
+  assert exported.returncode == 0, exported.stderr
+  assert json.loads((tmp_path / 'out' / 'config.json').read_text())['model']['lora_rank'] == 0  # Merged: plain.

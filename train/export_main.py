@@ -19,9 +19,8 @@ def export_run() -> None:
   workdir = cli.required(WORKDIR, 'pass the --workdir of a run.')
   output = cli.required(OUTPUT, 'pass --output=PATH, a directory to create.')
   export.check_writable(output, DTYPE.value)  # Before the restore, which may take minutes for a large model.
-  _, params, tokenizer = workdir_lib.load_trained(workdir)
-  config = workdir_lib.load_config(workdir)
-  config.model.lora_rank = 0  # A LoRA run exports its adapters merged into the base: a plain model.
+  model, params, tokenizer = workdir_lib.load_trained(workdir)
+  config = workdir_lib.with_model(workdir_lib.load_config(workdir), model.config)  # A LoRA run's: merged, plain.
   path = export.write(output, params, config, tokenizer, DTYPE.value)
   print(f'wrote {path}: {count_params(params):,} parameters in {DTYPE.value}')
 

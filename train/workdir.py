@@ -19,12 +19,16 @@ from model.transformer import ModelConfig, Transformer
 from train import checkpoint, export, optimizer, sharding, state
 
 
+def with_model(config: ml_collections.ConfigDict, model: ModelConfig) -> ml_collections.ConfigDict:
+  """Returns a copy of `config` whose model section states every field of `model`."""
+  described = ml_collections.ConfigDict(config.to_dict())
+  described.model.update({k: v for k, v in dataclasses.asdict(model).items() if k in described.model})
+  return described
+
+
 def resolve(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
   """Returns a copy of `config` whose model section states every derived value (vocab, kv heads, MLP width)."""
-  resolved = ml_collections.ConfigDict(config.to_dict())
-  model = ModelConfig.from_config(config.model, vocab_size)
-  resolved.model.update({k: v for k, v in dataclasses.asdict(model).items() if k in resolved.model})
-  return resolved
+  return with_model(config, ModelConfig.from_config(config.model, vocab_size))
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
