@@ -2,13 +2,18 @@
 
 import setuptools
 
+FOLDERS = ('model', 'data', 'train', 'configs')
+
 setuptools.setup(
     name='flaxlm',
     version='0.1.0',
     description='A JAX/Flax research codebase for training and using language models.',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    packages=setuptools.find_packages(include=['model', 'data', 'train', 'configs']),
+    # The repository's top-level folders install as one package, flaxlm: model/ is flaxlm.model, and so on.
+    packages=[f'flaxlm.{name}' for name in FOLDERS] + ['flaxlm.train.commands'],
+    package_dir={f'flaxlm.{name}': name for name in FOLDERS},
+    package_data={'flaxlm.data': ['corpus/*.txt.gz']},
     python_requires='>=3.12',
     install_requires=[
         'jax>=0.11.2',
@@ -33,16 +38,16 @@ setuptools.setup(
     },
     entry_points={
         'console_scripts': [
-            'flaxlm-train=train.main:main',
-            'flaxlm-sample=train.sample_main:main',
-            'flaxlm-export=train.export_main:main',
-            'flaxlm-tokenizer=train.tokenizer_main:main',
-            'flaxlm-info=train.info_main:main',
-            'flaxlm-score=train.score_main:main',
-            'flaxlm-convert=train.convert_main:main',
-            'flaxlm-data=train.data_main:main',
-            'flaxlm-estimate=train.estimate_main:main',
-            'flaxlm-plot=train.plot_main:main',
+            'flaxlm-train=flaxlm.train.commands.train:main',
+            'flaxlm-sample=flaxlm.train.commands.sample:main',
+            'flaxlm-export=flaxlm.train.commands.export:main',
+            'flaxlm-tokenizer=flaxlm.train.commands.tokenizer:main',
+            'flaxlm-info=flaxlm.train.commands.info:main',
+            'flaxlm-score=flaxlm.train.commands.score:main',
+            'flaxlm-convert=flaxlm.train.commands.convert:main',
+            'flaxlm-data=flaxlm.train.commands.data:main',
+            'flaxlm-estimate=flaxlm.train.commands.estimate:main',
+            'flaxlm-plot=flaxlm.train.commands.plot:main',
         ],
     },
 )

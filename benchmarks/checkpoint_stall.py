@@ -16,8 +16,9 @@ import jax
 import ml_collections
 
 import mfu  # benchmarks/mfu.py: its flags (--presets, --batch_size, --max_length, --steps), presets and batches.
-from model.transformer import ModelConfig, Transformer, count_params
-from train import checkpoint, cli, optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.train import checkpoint, optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.train.commands import cli
 
 
 def timed_step(train_fn, state, batch, save=None) -> tuple[state_lib.TrainState, float, float]:

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from configs import base
-from model.transformer import ModelConfig, Transformer
-from train import cli, optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.configs import base
+from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.train import optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.train.commands import cli
 
 DEPTHS = (2, 24)
 WIDTH = flags.DEFINE_integer('width', 64, 'Model width D (4 heads).')

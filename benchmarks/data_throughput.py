@@ -9,8 +9,8 @@ import time
 
 from absl import flags
 
-from data import pipeline, sources, text, tokenizer as tokenizer_lib
-from train import cli
+from flaxlm.data import pipeline, sources, text, tokenizer as tokenizer_lib
+from flaxlm.train.commands import cli
 
 INPUT = flags.DEFINE_string('input', None, 'A UTF-8 text file.')
 TOKENIZER = flags.DEFINE_string('tokenizer', None, 'A tokenizer file; default: train SentencePiece BPE on the input.')

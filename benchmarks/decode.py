@@ -1,8 +1,8 @@
 """Prints decoding speed with the key/value cache against full recomputation (nanoGPT's way), batch 1 and 8.
 
-  python benchmarks/decode.py --config=configs/shakespeare_char.py --config.model.max_length=272 \
+  python benchmarks/decode.py --config=shakespeare_char --config.model.max_length=272 \
       --config.model.vocab_size=65
-  python benchmarks/decode.py --config=configs/llama_1b.py --batches=1 --recompute=False   # on a GPU
+  python benchmarks/decode.py --config=llama_1b --batches=1 --recompute=False   # on a GPU
 
 The model has random weights (speed does not depend on them). Both ways are compiled once, then timed on a
 second call; each generates --new_tokens tokens after a --prompt_length token prompt, inside the context.
@@ -22,10 +22,11 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from configs.errors import UserError
-from model import sampling
-from model.transformer import ModelConfig, Transformer
-from train import cli, hardware
+from flaxlm.configs.errors import UserError
+from flaxlm.model import sampling
+from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.train import hardware
+from flaxlm.train.commands import cli
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file of the model to decode with.', lock_config=True)
 NEW_TOKENS = flags.DEFINE_integer('new_tokens', 256, 'Tokens to generate.')

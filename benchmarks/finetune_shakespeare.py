@@ -1,6 +1,6 @@
 """Fine-tunes the Shakespeare character model to shout, and prints how well it learned, before and after.
 
-  flaxlm-train --config=configs/shakespeare_char.py --config.data.path=tinyshakespeare.txt --workdir=/tmp/run
+  flaxlm-train --config=shakespeare_char --config.data.path=tinyshakespeare.txt --workdir=/tmp/run
   python benchmarks/finetune_shakespeare.py --pretrained=/tmp/run --output=/tmp/shout
   python benchmarks/finetune_shakespeare.py --pretrained=/tmp/run --output=/tmp/shout_lora --lora_rank=8
 
@@ -20,9 +20,10 @@ import random
 import numpy as np
 from absl import flags
 
-from configs import finetune_shakespeare
-from model import sampling
-from train import cli, loop, metrics, workdir as workdir_lib
+from flaxlm.configs import finetune_shakespeare
+from flaxlm.model import sampling
+from flaxlm.train import loop, metrics, pretrained
+from flaxlm.train.commands import cli
 
 PRETRAINED = flags.DEFINE_string('pretrained', None, 'Workdir (or export) of the pretrained Shakespeare model.')
 OUTPUT = flags.DEFINE_string('output', None, 'New directory for the examples and the fine-tuning runs.')
@@ -87,7 +88,7 @@ def tune(examples: pathlib.Path, workdir: pathlib.Path, steps: int, learning_rat
 
 def answers(workdir: pathlib.Path, phrases: list[str]) -> list[str]:
   """Returns the model's greedy answer to each phrase's prompt, as long as the expected answer."""
-  model, params, tokenizer = workdir_lib.load_trained(workdir)
+  model, params, tokenizer = pretrained.load(workdir)
   settings = sampling.Settings(temperature=0.0)
   samples = [sampling.generate(model, params, [tokenizer.encode(prompt(p))], len(shout(p)), settings=settings)[0]
              for p in phrases]

@@ -9,8 +9,6 @@ MFU = training FLOPs per token (model/flops.py) x tokens per second per device /
 (train/hardware.py); it is 'n/a' where the peak is not known, as on a CPU.
 """
 
-import importlib
-import pathlib
 import time
 
 import jax
@@ -18,12 +16,14 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from configs.errors import UserError
-from model import flops
-from model.transformer import ModelConfig, Transformer, count_params
-from train import cli, hardware, optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm import configs
+from flaxlm.configs.errors import UserError
+from flaxlm.model import flops
+from flaxlm.model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.train import hardware, optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.train.commands import cli
 
-PRESETS = flags.DEFINE_list('presets', ['gpt2_124m', 'llama_1b'], 'Presets from configs/, comma-separated.')
+PRESETS = flags.DEFINE_list('presets', ['gpt2_124m', 'llama_1b'], 'Preset names, comma-separated.')
 STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps, after one untimed step that compiles.')
 BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'Sequences per step, across all devices; 0 keeps the preset\'s.')
 MAX_LENGTH = flags.DEFINE_integer('max_length', 0, 'Sequence length T; 0 keeps the preset\'s.')
@@ -32,11 +32,9 @@ COLUMNS = ('preset', 'device', 'devices', 'params', 'ms/step', 'tokens/s', 'toke
 
 def preset_config(name: str) -> ml_collections.ConfigDict:
   """Returns the preset's config with --batch_size and --max_length applied; raises UserError if it cannot run."""
-  if not (pathlib.Path(__file__).parents[1] / 'configs' / f'{name}.py').is_file():
-    raise UserError(f'there is no preset configs/{name}.py: name files of configs/ in --presets.')
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = configs.load(name)
   if not config.model.vocab_size:
-    raise UserError(f'configs/{name}.py takes its vocabulary from a tokenizer: name a preset that sets '
+    raise UserError(f'preset {name} takes its vocabulary from a tokenizer: name a preset that sets '
                     'model.vocab_size.')
   config.train.batch_size = BATCH_SIZE.value or config.train.batch_size
   config.model.max_length = MAX_LENGTH.value or config.model.max_length

@@ -14,9 +14,10 @@ import jax
 import numpy as np
 from absl import flags
 
-from data import pipeline
-from model import quantize
-from train import cli, loop, step as step_lib, workdir as workdir_lib
+from flaxlm.data import pipeline
+from flaxlm.model import quantize
+from flaxlm.train import loop, pretrained, step as step_lib, workdir as workdir_lib
+from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir of a training run, holding a checkpoint.')
 EVAL_BATCHES = flags.DEFINE_integer('eval_batches', 0, 'Validation batches to evaluate; 0 takes the run\'s '
@@ -58,7 +59,7 @@ def rows(model, params, batches: list[pipeline.Example]) -> list[tuple[str, ...]
 def benchmark() -> None:
   """Prints the quality table and the memory table of --workdir's model."""
   workdir = cli.required(WORKDIR, 'pass the --workdir of a training run.')
-  model, params, _ = workdir_lib.load_trained(workdir)
+  model, params, _ = pretrained.load(workdir)
   batches = validation_batches(workdir, EVAL_BATCHES.value)
   tokens = int(sum(batch['weights'].sum() for batch in batches))
   print(f'{workdir}: {len(batches)} validation batches, {tokens:,} target tokens; jax {jax.__version__}, '

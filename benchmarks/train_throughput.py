@@ -1,6 +1,6 @@
 """Trains a config for N steps and prints training tokens per second (compilation excluded) and peak memory.
 
-  python benchmarks/train_throughput.py --config=configs/shakespeare_char.py \
+  python benchmarks/train_throughput.py --config=shakespeare_char \
       --config.data.path=tinyshakespeare.txt --steps=200
 """
 
@@ -17,8 +17,9 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from data import pipeline
-from train import cli, loop, sharding, state as state_lib
+from flaxlm.data import pipeline
+from flaxlm.train import loop, sharding, state as state_lib
+from flaxlm.train.commands import cli
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file to benchmark.', lock_config=True)
 STEPS = flags.DEFINE_integer('steps', 200, 'Timed steps, after one untimed step that compiles.')

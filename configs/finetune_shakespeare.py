@@ -1,8 +1,8 @@
 """Fine-tuning the Shakespeare character model on prompt/response examples: only the responses are learned.
 
-  flaxlm-train --config=configs/shakespeare_char.py --config.data.path=tinyshakespeare.txt --workdir=/tmp/run
+  flaxlm-train --config=shakespeare_char --config.data.path=tinyshakespeare.txt --workdir=/tmp/run
   flaxlm-data check examples.jsonl --tokenizer=char --max_length=64
-  flaxlm-train --config=configs/finetune_shakespeare.py --config.data.path=examples.jsonl \
+  flaxlm-train --config=finetune_shakespeare --config.data.path=examples.jsonl \
       --config.train.init_from=/tmp/run --workdir=/tmp/tuned
 
 Each line of examples.jsonl is {"prompt": "...", "response": "..."} or {"messages": [...]} (data/examples.py);
@@ -11,7 +11,7 @@ their characters must be ones the pretrained model's tokenizer knows.
 
 import ml_collections
 
-from configs import shakespeare_char
+from flaxlm.configs import shakespeare_char
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -5,7 +5,7 @@ token embedding; 124,439,808 parameters. GPT-2's own BPE is not a SentencePiece 
 BPE tokenizer of the same size on the corpus first (the model's vocabulary stays 50,257 either way):
 
   flaxlm-tokenizer train --input=openwebtext/*.jsonl --vocab_size=50257 --model_type=bpe --output=gpt2_bpe.model
-  flaxlm-train --config=configs/gpt2_124m.py --config.data.path=openwebtext/*.jsonl --workdir=/tmp/gpt2
+  flaxlm-train --config=gpt2_124m --config.data.path=openwebtext/*.jsonl --workdir=/tmp/gpt2
 
 nanoGPT reaches its 480 sequences a step by accumulating gradients: 5 pieces of 12 sequences on each of 8 GPUs.
 Here the 480 are split across the data-parallel devices; --config.train.microbatches=5 on 8 devices is nanoGPT's.
@@ -13,7 +13,7 @@ Here the 480 are split across the data-parallel devices; --config.train.microbat
 
 import ml_collections
 
-from configs import base
+from flaxlm.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -2,13 +2,13 @@
 
 Llama 2's tokenizer is a SentencePiece BPE model of 32,000 pieces, so Meta's `tokenizer.model` loads as it is:
 
-  flaxlm-train --config=configs/llama2_7b.py --config.data.tokenizer=tokenizer.model \
+  flaxlm-train --config=llama2_7b --config.data.tokenizer=tokenizer.model \
       --config.data.path=corpus/*.jsonl --workdir=/tmp/llama2_7b
 """
 
 import ml_collections
 
-from configs import base
+from flaxlm.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:

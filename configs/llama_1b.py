@@ -11,12 +11,12 @@ its score matrices (T x T per head) a sixteenth of the size. Set --config.model.
 Llama 3's tokenizer is tiktoken BPE, not SentencePiece; train a SentencePiece BPE model of the same size:
 
   flaxlm-tokenizer train --input=corpus/*.jsonl --vocab_size=128256 --model_type=bpe --output=llama_bpe.model
-  flaxlm-train --config=configs/llama_1b.py --config.data.path=corpus/*.jsonl --workdir=/tmp/llama_1b
+  flaxlm-train --config=llama_1b --config.data.path=corpus/*.jsonl --workdir=/tmp/llama_1b
 """
 
 import ml_collections
 
-from configs import llama2_7b
+from flaxlm.configs import llama2_7b
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -3,14 +3,14 @@
 Train its tokenizer first (where the machine can download lm1b):
 
   flaxlm-tokenizer train --input=tfds:lm1b --vocab_size=32000 --model_type=bpe --output=lm1b.model
-  flaxlm-train --config=configs/lm1b.py --workdir=/tmp/lm1b
+  flaxlm-train --config=lm1b --workdir=/tmp/lm1b
 
 lm1b's sentences are short, so many are packed into each 128-token example (separated by EOS).
 """
 
 import ml_collections
 
-from configs import base
+from flaxlm.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:

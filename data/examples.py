@@ -21,8 +21,8 @@ import pathlib
 
 import numpy as np
 
-from configs.errors import UserError
-from data import pipeline, sources, tokenizer as tokenizer_lib
+from flaxlm.configs.errors import UserError
+from flaxlm.data import pipeline, sources, tokenizer as tokenizer_lib
 
 TEMPLATE = '<|{role}|>\n{content}\n'
 ROLES = ('system', 'user', 'assistant')

@@ -1,14 +1,19 @@
-"""Where text comes from: local text files, globs of them, JSONL files with a named text field, and TFDS.
+"""Where text comes from: local text files, globs of them, JSONL files with a named text field, TFDS, and the
+corpus flaxlm ships.
 
 `load_corpus` returns a corpus's training and validation documents:
 - `tfds:NAME` (or `tfds:NAME/CONFIG`): a TFDS dataset, prepared as ArrayRecord and read with
   `tfds.data_source`, without TensorFlow; its `validation` split (else `test`) is held out.
-- Local files: one text file is one document, whose last `val_fraction` is held out; several documents
+- `flaxlm:tinyshakespeare`: the 1.1 MB tiny Shakespeare text (public domain) installed with flaxlm, so the
+  quickstart runs offline; it reads as a local file.
+- Local files (plain or gzip-compressed, `.gz`): one text file is one document, whose last `val_fraction` is held out; several documents
   (several files, or JSONL records) hold out their last `val_fraction` of documents.
 """
 
 import dataclasses
 import glob
+import gzip
+import importlib.resources
 import json
 import pathlib
 import socket
@@ -16,10 +21,12 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
-from configs.errors import UserError
+from flaxlm.configs.errors import UserError
 
 TFDS_PREFIX = 'tfds:'
 TFDS_HOST = ('storage.googleapis.com', 443)  # Where TFDS fetches prepared data and most sources from.
+SHIPPED_PREFIX = 'flaxlm:'
+SHIPPED = {'tinyshakespeare': 'tinyshakespeare.txt.gz'}  # name: file in data/corpus/, installed as package data.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +36,21 @@ class Corpus:
   validation: list[str]
 
 
+def shipped(name: str) -> pathlib.Path:
+  """Returns the installed file of the corpus flaxlm ships as `name`; raises UserError naming those there are."""
+  if name not in SHIPPED:
+    raise UserError(f'flaxlm ships no corpus {name!r}: use one of {", ".join(SHIPPED_PREFIX + n for n in SHIPPED)}.')
+  return pathlib.Path(str(importlib.resources.files('flaxlm.data') / 'corpus' / SHIPPED[name]))
+
+
 def expand(patterns: str) -> list[pathlib.Path]:
-  """Returns the files matched by comma-separated paths or globs; raises UserError if one matches nothing."""
+  """Returns the files matched by comma-separated paths, globs or `flaxlm:NAME`; raises UserError if one matches
+  nothing."""
   paths = []
   for pattern in filter(None, (p.strip() for p in patterns.split(','))):
+    if pattern.startswith(SHIPPED_PREFIX):
+      paths.append(shipped(pattern[len(SHIPPED_PREFIX):]))
+      continue
     matches = sorted(glob.glob(pattern)) or ([pattern] if pathlib.Path(pattern).is_file() else [])
     if not matches:
       raise UserError(f'no file matches {pattern}: check the path or glob (it must name an existing file).')
@@ -50,25 +68,33 @@ def json_record(line: str, path: pathlib.Path, number: int) -> object:
     raise UserError(f'{path}:{number} is not valid JSON ({e.msg}): fix or remove that line.') from None
 
 
+def open_text(path: pathlib.Path):
+  """Returns `path` opened as UTF-8 text, decompressed on the fly if its name ends in .gz."""
+  return gzip.open(path, 'rt', encoding='utf-8') if path.suffix == '.gz' else path.open(encoding='utf-8')
+
+
 def jsonl_documents(path: pathlib.Path, field: str) -> Iterator[str]:
   """Yields the `field` of each JSON object in a JSONL file; raises UserError naming a bad line's number."""
-  with path.open(encoding='utf-8') as f:
+  with open_text(path) as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
       record = json_record(line, path, number)
       if not isinstance(record, dict) or not isinstance(record.get(field), str):
-        raise UserError(f'{path}:{number} has no text field {field!r}: set the field name with --jsonl_field.')
+        raise UserError(f'{path}:{number} has no text field {field!r}: set the field name (--config.data.text_field in flaxlm-train, --jsonl_field in flaxlm-tokenizer).')
       yield record[field]
 
 
 def documents_of(path: pathlib.Path, field: str) -> Iterator[str]:
   """Yields a file's documents: each JSONL record's text, or the whole of a plain text file."""
   try:
-    if path.suffix == '.jsonl':
+    if path.name.removesuffix('.gz').endswith('.jsonl'):
       yield from jsonl_documents(path, field)
     else:
-      yield path.read_text(encoding='utf-8')
+      with open_text(path) as f:
+        yield f.read()
+  except (gzip.BadGzipFile, EOFError) as e:
+    raise UserError(f'{path} is not a complete gzip file ({e}): decompress it, or compress it again.') from None
   except UnicodeDecodeError as e:
     raise UserError(f'{path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8.') from None
 

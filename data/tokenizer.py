@@ -17,7 +17,7 @@ from typing import Iterable, Protocol
 import numpy as np
 import sentencepiece as spm
 
-from configs.errors import UserError
+from flaxlm.configs.errors import UserError
 
 
 class Tokenizer(Protocol):

@@ -16,7 +16,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import PartitionSpec as P
 
-from configs.errors import UserError
+from flaxlm.configs.errors import UserError
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'splash')
 PLATFORMS = {'cpu': ('xla',), 'gpu': ('xla', 'cudnn'), 'cuda': ('xla', 'cudnn'), 'tpu': ('xla', 'splash')}

@@ -1,7 +1,7 @@
 """Hugging Face interop: GPT-2 and Llama configs and tensors, mapped to and from flaxlm's model options and params.
 
 Pure: config.json dicts and {name: array} dicts of numpy arrays in and out; reading and writing the files is
-train/convert_main.py's job. One `Family` per supported HF model type says how its names and shapes map.
+train/commands/convert.py's job. One `Family` per supported HF model type says how its names and shapes map.
 
 Shape key: D width, H query heads, G key/value heads, K head dimension, F MLP width, V vocabulary, P positions.
 GPT-2's Conv1D weights are stored (in, out) like flax kernels; Llama's nn.Linear weights (out, in), transposed.
@@ -14,8 +14,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from configs.errors import UserError
-from model.transformer import ModelConfig, param_shapes, shape_differences
+from flaxlm.configs.errors import UserError
+from flaxlm.model.transformer import ModelConfig, param_shapes, shape_differences
 
 QKV = ('query', 'key', 'value')
 Tensors = dict[str, np.ndarray]

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from model.transformer import Attention, Transformer, rotate
+from flaxlm.model.transformer import Attention, Transformer, rotate
 
 
 def is_projection(module: nn.Module, method_name: str) -> bool:

@@ -29,7 +29,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from configs.errors import UserError
+from flaxlm.configs.errors import UserError
 
 MODES = ('none', 'int8', 'int4')
 STORAGE = {'int8': (jnp.int8, 127), 'int4': (jnp.int4, 7)}  # mode: (integer dtype, largest magnitude stored)

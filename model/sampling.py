@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from model import quantize
-from model.transformer import Transformer
+from flaxlm.model import quantize
+from flaxlm.model.transformer import Transformer
 
 
 @dataclasses.dataclass(frozen=True)

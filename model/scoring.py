@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.errors import UserError
+from flaxlm.configs.errors import UserError
 
 
 def stride(length: int) -> int:

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from configs.errors import UserError
-from model import attention, lora
+from flaxlm.configs.errors import UserError
+from flaxlm.model import attention, lora
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_POLICIES = {'full': jax.checkpoint_policies.nothing_saveable,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType
 
-from configs.errors import UserError
-from model import attention
-from train import sharding
+from flaxlm.configs.errors import UserError
+from flaxlm.model import attention
+from flaxlm.train import sharding
 
 
 def qkv(batch: int, length: int, heads: int, kv_heads: int, head_dim: int = 16, seed: int = 0):

@@ -9,11 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import tiny
-from configs.errors import UserError
-from model.transformer import ModelConfig, Transformer
-from train import checkpoint, optimizer, sharding, state as state_lib
-from train.state import TrainState
+from flaxlm.configs import tiny
+from flaxlm.configs.errors import UserError
+from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.train import checkpoint, optimizer, sharding, state as state_lib
+from flaxlm.train.state import TrainState
 
 
 def make_state(step: int) -> TrainState:

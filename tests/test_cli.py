@@ -1,4 +1,4 @@
-"""Tests of the command-line tools as a user runs them: flaxlm-train, python -m train and flaxlm-sample."""
+"""Tests of the command-line tools as a user runs them: flaxlm-train, python -m flaxlm.train and flaxlm-sample."""
 
 import concurrent.futures
 import subprocess
@@ -16,7 +16,7 @@ def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def train_args(corpus, workdir, *overrides: str) -> list[str]:
   """Returns flaxlm-train's arguments for a short tiny run."""
-  return [f'--config={REPO}/configs/tiny.py', f'--workdir={workdir}', f'--config.data.path={corpus}',
+  return ['--config=tiny', f'--workdir={workdir}', f'--config.data.path={corpus}',
           '--config.train.steps=10', *overrides]
 
 
@@ -51,7 +51,7 @@ def test_an_empty_data_file_is_refused_through_python_dash_m(tmp_path):
   empty = tmp_path / 'empty.txt'
   empty.write_text('')
   workdir = tmp_path / 'run'
-  assert_one_line_error(run(sys.executable, '-m', 'train', *train_args(empty, workdir)), 'is empty')
+  assert_one_line_error(run(sys.executable, '-m', 'flaxlm.train', *train_args(empty, workdir)), 'is empty')
   assert not workdir.exists()
 
 

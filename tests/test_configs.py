@@ -1,18 +1,15 @@
 """Tests of configs/: every preset builds a model, and the keys scripts rely on exist."""
 
-import importlib
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import lm1b
-from model.transformer import ModelConfig, Transformer, count_params
+from flaxlm import configs
+from flaxlm.configs import lm1b
+from flaxlm.model.transformer import ModelConfig, Transformer, count_params
 
-PRESETS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
-                 if p.stem not in ('__init__', 'base', 'errors'))
+PRESETS = configs.presets()
 CONTRACT = ['data.path', 'train.steps', 'train.batch_size', 'train.eval_every', 'train.checkpoint_every',
             'train.seed', 'model.num_layers', 'model.num_heads', 'model.num_kv_heads', 'model.width',
             'model.max_length']
@@ -20,7 +17,7 @@ CONTRACT = ['data.path', 'train.steps', 'train.batch_size', 'train.eval_every', 
 
 @pytest.mark.parametrize('name', PRESETS)
 def test_presets_hold_the_contract_keys_and_build_a_model(name):
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = configs.load(name)
   for key in CONTRACT:
     section, field = key.split('.')
     assert field in config[section], key
@@ -51,7 +48,7 @@ def test_lm1b_preset_size():
     ('llama2_7b', 262_144_000 + 32 * (67_108_864 + 135_266_304 + 8_192) + 4_096, 6_738_415_616),
 ])
 def test_scale_presets_have_their_published_parameter_counts(name, hand_count, published):
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = configs.load(name)
   model = Transformer(ModelConfig.from_config(config.model, 32_000))
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
   assert count_params(shapes) == hand_count == published

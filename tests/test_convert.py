@@ -15,11 +15,11 @@ import safetensors.numpy
 
 from conftest import command
 from test_cli import assert_one_line_error, run
-from configs import base
-from configs.errors import UserError
-from model import hf
-from model.transformer import ModelConfig, Transformer
-from train import workdir as workdir_lib
+from flaxlm.configs import base
+from flaxlm.configs.errors import UserError
+from flaxlm.model import hf
+from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.train import pretrained, workdir as workdir_lib
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 TOLERANCE = 1e-4  # float32 logits of a different program (XLA, not torch) computing the same function
@@ -157,7 +157,7 @@ def converted(tmp_path_factory) -> pathlib.Path:
 
 
 def test_convert_a_llama_folder_to_an_export_and_back(converted, tmp_path):
-  model, params, tokenizer = workdir_lib.load_exported(converted)
+  model, params, tokenizer = pretrained.load(converted)
   assert model.config.scan_layers and model.config.num_kv_heads == 2
   assert_logits_match('hf_llama', model, params)
   assert tokenizer.serialized() == (FIXTURES / 'hf_llama' / 'tokenizer.model').read_bytes()

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO, command
 from test_cli import assert_one_line_error, run, train_args
-from train import metrics
+from flaxlm.train import metrics
 
 
 def free_port() -> int:

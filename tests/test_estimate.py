@@ -7,17 +7,17 @@ import sys
 import pytest
 
 from conftest import REPO, command
-from configs.errors import UserError
+from flaxlm.configs.errors import UserError
 from test_cli import run
-from train import estimate, hardware
+from flaxlm.train import estimate, hardware
 
-# Runs flaxlm-estimate's main once per argv in one interpreter (in-process, as tests/test_info_main.py runs
+# Runs flaxlm-estimate's main once per argv in one interpreter (in-process, as tests/test_info_command.py runs
 # flaxlm-info) and prints [exit code, stdout, stderr] of each as JSON. It is a separate interpreter because
 # flaxlm-estimate and flaxlm-info both define --config, and one process cannot hold both.
 RUNNER = """
 import contextlib, io, json, sys
 from absl import flags
-from train import estimate_main
+from flaxlm.train.commands import estimate as estimate_command
 results = []
 for argv in json.loads(sys.argv[1]):
   sys.argv = argv  # ml_collections finds --config.KEY overrides in sys.argv.
@@ -25,7 +25,7 @@ for argv in json.loads(sys.argv[1]):
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     try:
-      estimate_main.main(argv)
+      estimate_command.main(argv)
       code = 0
     except SystemExit as e:
       code = e.code
@@ -33,8 +33,8 @@ for argv in json.loads(sys.argv[1]):
 print(json.dumps(results))
 """
 GPT3 = ['--params=175e9', '--tokens=300e9', '--device=a100', '--chips=1024', '--mfu=0.4']
-LLAMA = [f'--config={REPO}/configs/llama2_7b.py', '--device=tpu-v5p', '--chips=512', '--mfu=0.5']
-TINY = f'--config={REPO}/configs/tiny.py'
+LLAMA = ['--config=llama2_7b', '--device=tpu-v5p', '--chips=512', '--mfu=0.5']
+TINY = '--config=tiny'
 RUNS = {  # Workdirs the estimates read ({runs} in the arguments): one that measured its MFU on a chip, one on a CPU.
     'chip_run': [{'step': s, 'loss': 2.0, 'mfu': m} for s, m in ((10, 0.05), (20, 0.31), (30, 0.33))],
     'cpu_run': [{'step': 10, 'loss': 2.0}],  # A CPU logs no mfu.
@@ -143,7 +143,7 @@ def test_the_installed_command_prints_the_readme_table():
   table = result.stdout
   assert result.returncode == 0 and table in (REPO / 'README.md').read_text(), f'paste into README.md:\n{table}'
   llama = next(line for line in table.splitlines() if '`llama2_7b`' in line).split(' | ')
-  # 42,863,689,728 FLOPs per token (tests/test_info_main.py) x 1e12 tokens over 256 x 197e12 x 0.4 FLOP/s.
+  # 42,863,689,728 FLOPs per token (tests/test_info_command.py) x 1e12 tokens over 256 x 197e12 x 0.4 FLOP/s.
   assert llama[1:3] == ['6,738,415,616', '25.1 GiB'] and float(llama[6]) == pytest.approx(
       42_863_689_728e12 / (256 * 197e12 * 0.4) / 86400, rel=1e-3)
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from configs.errors import UserError
-from data import examples, pipeline, tokenizer as tokenizer_lib
+from flaxlm.configs.errors import UserError
+from flaxlm.data import examples, pipeline, tokenizer as tokenizer_lib
 
 BYTES = tokenizer_lib.ByteTokenizer()
 

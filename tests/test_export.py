@@ -1,4 +1,4 @@
-"""Tests of train/export.py, workdir.load_exported, flaxlm-export and flaxlm-sample --params."""
+"""Tests of train/export.py, train/pretrained.py, flaxlm-export and flaxlm-sample --params."""
 
 import pathlib
 import shutil
@@ -12,9 +12,9 @@ import pytest
 from conftest import command, make_corpus
 from test_cli import assert_one_line_error, run
 from test_loop import tiny_config
-from data import tokenizer as tokenizer_lib
-from model.transformer import count_params
-from train import export, loop, workdir as workdir_lib
+from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.model.transformer import count_params
+from flaxlm.train import export, loop, pretrained, workdir as workdir_lib
 
 
 def size(path: pathlib.Path) -> int:
@@ -41,7 +41,7 @@ def trained(tmp_path_factory) -> pathlib.Path:
   """A tiny run of 10 steps in `run/`, exported to `float32/` by flaxlm-export and to `bfloat16/` by export.write."""
   root = tmp_path_factory.mktemp('export')
   loop.train(tiny_config(make_corpus(root / 'corpus.txt'), 10), str(root / 'run'))
-  _, params, tokenizer = workdir_lib.load_trained(root / 'run')
+  _, params, tokenizer = pretrained.load(root / 'run')
   result = run(command('flaxlm-export'), f'--workdir={root / "run"}', f'--output={root / "float32"}')
   assert result.returncode == 0, result.stderr
   assert result.stdout == f'wrote {root / "float32"}: {count_params(params):,} parameters in float32\n'
@@ -50,8 +50,8 @@ def trained(tmp_path_factory) -> pathlib.Path:
 
 
 def test_a_float32_export_holds_the_latest_params_alone(trained):
-  model, params, tokenizer = workdir_lib.load_trained(trained / 'run')
-  loaded_model, loaded, loaded_tokenizer = workdir_lib.load_exported(trained / 'float32')
+  model, params, tokenizer = pretrained.load(trained / 'run')
+  loaded_model, loaded, loaded_tokenizer = pretrained.load(trained / 'float32')
   assert_trees_equal(jax.device_get(loaded), jax.device_get(params))
   assert loaded_model.config == model.config and loaded_tokenizer.serialized() == tokenizer.serialized()
   assert (trained / 'float32' / 'config.json').read_text() == (trained / 'run' / 'config.json').read_text()
@@ -60,10 +60,10 @@ def test_a_float32_export_holds_the_latest_params_alone(trained):
 
 
 def test_a_bfloat16_export_stores_the_params_cast_at_half_the_size(trained):
-  _, params, _ = workdir_lib.load_trained(trained / 'run')
+  _, params, _ = pretrained.load(trained / 'run')
   as_bfloat16 = jax.device_get(jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
   assert_trees_equal(stored_params(trained / 'bfloat16'), as_bfloat16)
-  _, loaded, _ = workdir_lib.load_exported(trained / 'bfloat16')  # Loaded back as float32, exactly.
+  _, loaded, _ = pretrained.load(trained / 'bfloat16')  # Loaded back as float32, exactly.
   assert_trees_equal(jax.device_get(loaded), jax.tree.map(lambda x: x.astype(np.float32), as_bfloat16))
   assert size(trained / 'bfloat16' / 'params') < 0.55 * size(trained / 'float32' / 'params')
 
@@ -96,7 +96,7 @@ def test_bad_exports_get_one_line_and_leave_nothing(trained, tmp_path):
 
 
 def test_an_interrupted_export_leaves_nothing(trained, tmp_path, monkeypatch):
-  _, params, tokenizer = workdir_lib.load_trained(trained / 'run')
+  _, params, tokenizer = pretrained.load(trained / 'run')
   def interrupt(*args) -> None:
     raise KeyboardInterrupt
   monkeypatch.setattr(tokenizer_lib, 'save', interrupt)  # After the params are written, before the rename.
@@ -109,7 +109,16 @@ def test_sampling_needs_exactly_one_run_or_export(trained):
   cases = [  # (where the model comes from, what the error says)
       ((), 'pass exactly one of --workdir'),
       ((f'--workdir={trained / "run"}', f'--params={trained / "float32"}'), 'pass exactly one of --workdir'),
-      ((f'--params={trained / "run"}',), 'is not a flaxlm export'),
+      ((f'--params={trained}',), 'holds no flaxlm run'),  # Neither a run nor an export.
   ]
   for sources, fragment in cases:
     assert_one_line_error(run(command('flaxlm-sample'), *sources, '--prompt=a'), fragment)
+
+
+def test_either_flag_loads_either_kind_of_directory(trained):
+  """A run and its float32 export give the same sample, whichever flag names which (one loading function)."""
+  sample = lambda flag: run(command('flaxlm-sample'), flag, '--prompt=a', '--max_new_tokens=8', '--temperature=0')
+  outputs = [sample(flag) for flag in (f'--workdir={trained / "run"}', f'--params={trained / "run"}',
+                                       f'--workdir={trained / "float32"}', f'--params={trained / "float32"}')]
+  assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
+  assert len({o.stdout for o in outputs}) == 1 and len(outputs[0].stdout) > len('a')

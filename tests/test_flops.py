@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import base, gpt2_124m
-from model import flops
-from model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.configs import base, gpt2_124m
+from flaxlm.model import flops
+from flaxlm.model.transformer import ModelConfig, Transformer, count_params
 
 
 def small_config() -> ModelConfig:

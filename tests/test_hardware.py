@@ -2,7 +2,7 @@
 
 import pytest
 
-from train import hardware
+from flaxlm.train import hardware
 
 
 @pytest.mark.parametrize('device_kind, peak', [

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
-from model import inspect
-from model.transformer import ModelConfig, Transformer
+from flaxlm.configs import tiny
+from flaxlm.model import inspect
+from flaxlm.model.transformer import ModelConfig, Transformer
 
 VOCAB = 20
 VARIANTS = {'scanned, rotary, grouped-query': dict(),

@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base, tiny
+from flaxlm.configs import base, tiny
 from conftest import make_corpus
-from configs.errors import UserError
-from data import sources, tokenizer as tokenizer_lib
-from train import loop, metrics, workdir as workdir_lib
+from flaxlm.configs.errors import UserError
+from flaxlm.data import sources, tokenizer as tokenizer_lib
+from flaxlm.train import loop, metrics, workdir as workdir_lib
 
 
 def tiny_config(corpus, steps: int = 20):

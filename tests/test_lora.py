@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
-from configs.errors import UserError
+from flaxlm.configs import tiny
+from flaxlm.configs.errors import UserError
 from conftest import command
-from model import lora
-from model.transformer import ModelConfig, Transformer, count_params
-from train import loop, metrics, optimizer, sharding, state as state_lib, workdir as workdir_lib
+from flaxlm.model import lora
+from flaxlm.model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.train import loop, metrics, optimizer, pretrained, sharding, state as state_lib
 
 ALL = 'query,key,value,out,gate,up,down'
 
@@ -119,8 +119,8 @@ def test_a_lora_fine_tune_learns_with_the_base_frozen_and_checkpoints_only_adapt
   assert all(lora.is_adapter(path) for path in traverse_util.flatten_dict(state.params))  # What is checkpointed.
   resumed, _ = tune(60, 3e-2, 'lora')  # Restores the adapters and reads the base again from init_from.
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(state.params))
-  _, base, _ = workdir_lib.load_trained(tmp_path / 'base')
-  model, merged, _ = workdir_lib.load_trained(tmp_path / 'lora')  # The adapters merged into the base.
+  _, base, _ = pretrained.load(tmp_path / 'base')
+  model, merged, _ = pretrained.load(tmp_path / 'lora')  # The adapters merged into the base.
   assert model.config.lora_rank == 0
   flat_base, flat_merged = traverse_util.flatten_dict(base), traverse_util.flatten_dict(merged)
   changed = {'/'.join(path) for path in flat_base if not np.array_equal(flat_base[path], flat_merged[path])}

@@ -12,7 +12,7 @@ from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 from conftest import make_corpus
-from train import metrics
+from flaxlm.train import metrics
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / 'notebooks').glob('*.ipynb'))

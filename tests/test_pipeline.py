@@ -5,7 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from data import pipeline
+from flaxlm.data import pipeline
 
 EOS, PAD = 1, 0
 

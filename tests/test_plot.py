@@ -8,10 +8,11 @@ import pytest
 from absl import flags
 
 from conftest import command
-from configs import tiny
-from configs.errors import UserError
+from flaxlm.configs import tiny
+from flaxlm.configs.errors import UserError
 from test_cli import run
-from train import plot, plot_main
+from flaxlm.train import plot
+from flaxlm.train.commands import plot as plot_command
 
 TOKENS_PER_STEP = 8 * 16  # tiny: batch_size x max_length.
 
@@ -81,7 +82,7 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(monkeypatch, capsys, tmp_pat
   monkeypatch.setattr(sys, 'argv', argv)
   flags.FLAGS.unparse_flags()  # Forget the previous test's flags.
   with pytest.raises(SystemExit) as exit:
-    plot_main.main(argv)
+    plot_command.main(argv)
   out, err = capsys.readouterr()
   assert exit.value.code != 0 and out == '' and len(err.strip().splitlines()) == 1 and fragment in err
   assert not (tmp_path / 'run' / 'loss.png').exists()

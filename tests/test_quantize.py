@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import llama2_7b, tiny
-from configs.errors import UserError
-from model import quantize
-from model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.configs import llama2_7b, tiny
+from flaxlm.configs.errors import UserError
+from flaxlm.model import quantize
+from flaxlm.model.transformer import ModelConfig, Transformer, count_params
 
 LARGEST = {'int8': 127, 'int4': 7}
 CASES = [  # module, parameter, shape, mode, group_size, the shape grouped as (..., N, G, ...), the axis of G in it.

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO, command
 from test_cli import assert_one_line_error, run
-from train import checkpoint, metrics, workdir as workdir_lib
+from flaxlm.train import checkpoint, metrics, pretrained
 
 STEPS = 20
 KILL_STEPS = sorted(random.Random(5).sample(range(2, STEPS), 2))  # Two steps, fixed so failures replay.
@@ -23,7 +23,7 @@ KILL_STEPS = sorted(random.Random(5).sample(range(2, STEPS), 2))  # Two steps, f
 
 def args(corpus, workdir, *overrides: str) -> list[str]:
   """Returns flaxlm-train's arguments for a 20-step tiny run that logs every step and saves every 3."""
-  return [command('flaxlm-train'), f'--config={REPO}/configs/tiny.py', f'--workdir={workdir}',
+  return [command('flaxlm-train'), '--config=tiny', f'--workdir={workdir}',
           f'--config.data.path={corpus}', f'--config.train.steps={STEPS}', '--config.train.log_every=1',
           '--config.train.checkpoint_every=3', '--config.mesh.cpu_devices=1', *overrides]
 
@@ -46,7 +46,7 @@ def losses(workdir) -> list[tuple]:
 
 def final_params(workdir):
   """Returns the params of `workdir`'s latest checkpoint, on the host."""
-  return jax.device_get(workdir_lib.load_trained(workdir)[1])
+  return jax.device_get(pretrained.load(workdir)[1])
 
 
 @pytest.fixture(scope='module')

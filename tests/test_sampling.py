@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
-from model import sampling
-from model.transformer import ModelConfig, Transformer
-from train import sharding
+from flaxlm.configs import tiny
+from flaxlm.model import sampling
+from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.train import sharding
 
 VOCAB = 12
 GREEDY = sampling.Settings(temperature=0.0)

@@ -14,8 +14,8 @@ from conftest import command, make_corpus
 from test_cli import assert_one_line_error, run
 from test_loop import tiny_config
 from test_transformer import VOCAB, forward, init, make_model, random_params
-from model import scoring
-from train import loop, workdir as workdir_lib
+from flaxlm.model import scoring
+from flaxlm.train import loop, pretrained
 
 T = 16  # The context length of make_model.
 
@@ -116,7 +116,7 @@ def test_the_cli_prints_a_row_per_token_and_the_perplexity(trained):
   mean, ppl, count = float(match[1]), float(match[2]), int(match[3])
   assert count == len(text) - 1 and mean == pytest.approx(losses.mean(), abs=1e-4)
   assert ppl == pytest.approx(math.exp(mean), rel=1e-3)
-  model, params, tokenizer = workdir_lib.load_trained(trained / 'run')
+  model, params, tokenizer = pretrained.load(trained / 'run')
   log_probs_M, _, _ = scoring.token_log_probs(model, params, tokenizer.encode(text))
   assert mean == pytest.approx(scoring.mean_loss(log_probs_M), abs=1e-4)
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import tiny
-from configs.errors import UserError
-from model.transformer import ModelConfig, Transformer
-from train import sharding
+from flaxlm.configs import tiny
+from flaxlm.configs.errors import UserError
+from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.train import sharding
 
 
 def mesh_config(data=-1, fsdp=1, tensor=1, batch_size=8):
@@ -84,8 +84,8 @@ MESHES = [(1, 1, 1), (2, 1, 1), (2, 2, 2), (1, 4, 2)]
 
 def step_on_mesh(sizes: tuple[int, int, int]) -> tuple[float, dict, object]:
   """Returns (loss, params) after two train steps of the tiny model on a mesh of `sizes`, and the state."""
-  from data import pipeline
-  from train import optimizer, state as state_lib, step as step_lib
+  from flaxlm.data import pipeline
+  from flaxlm.train import optimizer, state as state_lib, step as step_lib
   config = mesh_config(*sizes)
   mesh = sharding.make_mesh(config, jax.devices()[:math.prod(sizes)])
   model = Transformer(ModelConfig.from_config(config.model, 20))

@@ -5,8 +5,8 @@ import json
 import pytest
 import tensorflow_datasets as tfds
 
-from configs.errors import UserError
-from data import sources
+from flaxlm.configs.errors import UserError
+from flaxlm.data import sources
 
 
 def test_text_files_and_globs_yield_their_non_empty_lines(tmp_path):

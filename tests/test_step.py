@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
-from data import pipeline
-from model.transformer import ModelConfig, Transformer
-from train import optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.configs import tiny
+from flaxlm.data import pipeline
+from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.train import optimizer, sharding, state as state_lib, step as step_lib
 
 
 def test_cross_entropy_is_minus_log_probability_of_the_target():

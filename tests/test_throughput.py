@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import pytest
 
-from train.throughput import Throughput
+from flaxlm.train.throughput import Throughput
 
 
 def test_speed_divides_by_devices_and_gives_mfu_against_the_peak():

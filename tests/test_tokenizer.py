@@ -5,9 +5,9 @@ import random
 import numpy as np
 import pytest
 
-from configs.errors import UserError
-from data import tokenizer as tokenizer_lib
-from data.tokenizer import ByteTokenizer, CharTokenizer
+from flaxlm.configs.errors import UserError
+from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.data.tokenizer import ByteTokenizer, CharTokenizer
 
 TRICKY = 'Héllo wörld,\n\tindented  twice  \n\n😀 emoji, 日本語のテキスト, naïve café 2026\n  trailing  '
 

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
-from configs.errors import UserError
-from model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.configs import base
+from flaxlm.configs.errors import UserError
+from flaxlm.model.transformer import ModelConfig, Transformer, count_params
 
 VOCAB = 50
 

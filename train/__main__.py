@@ -1,5 +1,5 @@
-"""`python -m train` does what `flaxlm-train` does."""
+"""`python -m flaxlm.train` does what `flaxlm-train` does."""
 
-from train.main import main
+from flaxlm.train.commands.train import main
 
 main()

@@ -17,8 +17,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from configs.errors import UserError
-from train.state import TrainState
+from flaxlm.configs.errors import UserError
+from flaxlm.train.state import TrainState
 
 CORRUPT_DIR = 'corrupt_checkpoints'
 

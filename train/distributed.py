@@ -7,7 +7,7 @@ processes and its own index.
 
 import jax
 
-from configs.errors import UserError
+from flaxlm.configs.errors import UserError
 
 
 def initialize(multihost: bool, coordinator_address: str | None, num_processes: int | None,

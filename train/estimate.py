@@ -16,17 +16,17 @@ parameter; activations come on top.
 """
 
 import dataclasses
-import importlib
 import pathlib
 import statistics
 
 import ml_collections
 
-from configs.errors import UserError
-from data import tokenizer as tokenizer_lib
-from model import flops, quantize
-from model.transformer import ModelConfig, count_params, param_shapes
-from train import hardware, metrics
+from flaxlm import configs
+from flaxlm.configs.errors import UserError
+from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.model import flops, quantize
+from flaxlm.model.transformer import ModelConfig, count_params, param_shapes
+from flaxlm.train import hardware, metrics
 
 DEVICES = {  # --device names, and the device kind JAX reports for each (train/hardware.py keys its table on those).
     'tpu-v4': 'TPU v4',
@@ -161,7 +161,7 @@ class Preset:
 
 def load_preset(name: str) -> Preset:
   """Returns the preset configs/NAME.py counted from its shapes alone (nothing is allocated)."""
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = configs.load(name)
   config.model.vocab_size = config.model.vocab_size or PRESET_VOCAB[name]
   model = model_config(config)
   shapes = param_shapes(model)

@@ -18,9 +18,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from configs.errors import UserError
-from data import tokenizer as tokenizer_lib
-from model.transformer import DTYPES
+from flaxlm.configs.errors import UserError
+from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.model.transformer import DTYPES
 
 PARAMS_DIR = 'params'
 

@@ -10,12 +10,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs.errors import UserError
-from data import examples as examples_lib, pipeline, sources, tokenizer as tokenizer_lib
-from model import attention, flops
-from model.transformer import ModelConfig, Transformer, count_params, shape_differences
-from train import (checkpoint, metrics, optimizer, preemption, sharding, state as state_lib, step as step_lib,
-                   throughput, workdir as workdir_lib)
+from flaxlm.configs.errors import UserError
+from flaxlm.data import examples as examples_lib, pipeline, sources, tokenizer as tokenizer_lib
+from flaxlm.model import attention, flops
+from flaxlm.model.transformer import ModelConfig, Transformer, count_params, shape_differences
+from flaxlm.train import (checkpoint, metrics, optimizer, preemption, sharding, state as state_lib, step as step_lib,
+                   pretrained, throughput, workdir as workdir_lib)
 
 POSITIVE_TRAIN_KEYS = ('steps', 'batch_size', 'microbatches', 'eval_every', 'eval_batches', 'log_every',
                        'checkpoint_every', 'keep_checkpoints')
@@ -96,10 +96,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   return Setup(resolved, tokenizer, train_examples, val_examples, model, sharding.make_mesh(config))
 
 
-def pretrained_params(path: str, abstract_params):
+def init_params(path: str, abstract_params):
   """Returns the params of the export or run at `path`, laid out as `abstract_params`; raises UserError naming the
   first parameter whose shape differs from this config's model."""
-  _, params, _ = workdir_lib.load_pretrained(path)
+  _, params, _ = pretrained.load(path)
   differences = shape_differences(params, abstract_params)
   if differences:
     name, there, here = differences[0]
@@ -127,7 +127,7 @@ def frozen_params(setup: Setup):
   """Returns a LoRA run's pretrained params (from train.init_from, on their devices), or None without LoRA."""
   if not setup.model.config.lora_rank:
     return None
-  return pretrained_params(setup.config.train.init_from, state_lib.abstract_frozen(setup.model, setup.mesh))
+  return init_params(setup.config.train.init_from, state_lib.abstract_frozen(setup.model, setup.mesh))
 
 
 def describe_params(params, frozen) -> str:
@@ -154,8 +154,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
                                  sharding.process_rows(setup.mesh, c.batch_size))
   restored = checkpoint.restore_latest(workdir, abstract)
-  pretrained = (pretrained_params(c.init_from, abstract.params)
-                if c.init_from and not restored and frozen is None else None)
+  initial = (init_params(c.init_from, abstract.params)
+             if c.init_from and not restored and frozen is None else None)
   if lead:
     workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   if restored:
@@ -163,7 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     data.set_state(data_state)
   else:
     state = state_lib.init_state(setup.model, tx, c.seed, abstract)
-    state = state if pretrained is None else state.replace(params=pretrained)
+    state = state if initial is None else state.replace(params=initial)
   start = int(state.step)
   if lead:
     metrics.drop_after(workdir, start)

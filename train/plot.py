@@ -9,8 +9,8 @@ import pathlib
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from configs.errors import UserError
-from train import metrics, workdir as workdir_lib
+from flaxlm.configs.errors import UserError
+from flaxlm.train import metrics, workdir as workdir_lib
 
 
 def loss_figure(records: list[dict], tokens_per_step: int, title: str) -> Figure:

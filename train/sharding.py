@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from configs.errors import UserError
+from flaxlm.configs.errors import UserError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 RULES = (

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from model import lora
-from train import sharding
+from flaxlm.model import lora
+from flaxlm.train import sharding
 
 
 @flax.struct.dataclass

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from model import lora
-from train import sharding
-from train.state import TrainState
+from flaxlm.model import lora
+from flaxlm.train import sharding
+from flaxlm.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 

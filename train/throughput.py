@@ -5,7 +5,7 @@ import time
 
 import jax
 
-from train import hardware
+from flaxlm.train import hardware
 
 
 class Throughput:

@@ -1,22 +1,15 @@
-"""A run's workdir: `config.json` (the resolved config), the tokenizer's file, and the checks that keep runs apart.
-
-Also loads a trained model to use: from a workdir's latest checkpoint, or from an export of its parameters.
-"""
+"""A run's workdir: `config.json` (the resolved config), the tokenizer's file, and the checks that keep runs apart."""
 
 import dataclasses
 import json
 import pathlib
-from typing import Any
 
 import ml_collections
-import optax
 
-from configs import base
-from configs.errors import UserError
-from data import tokenizer as tokenizer_lib
-from model import lora
-from model.transformer import ModelConfig, Transformer
-from train import checkpoint, export, optimizer, sharding, state
+from flaxlm.configs import base
+from flaxlm.configs.errors import UserError
+from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.model.transformer import ModelConfig
 
 
 def with_model(config: ml_collections.ConfigDict, model: ModelConfig) -> ml_collections.ConfigDict:
@@ -73,49 +66,3 @@ def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDi
   partial = path / 'config.json.tmp'
   partial.write_text(config.to_json(indent=2))
   partial.replace(path / 'config.json')
-
-
-def load_trained(workdir: str | pathlib.Path):
-  """Returns (model, params, tokenizer) from the latest checkpoint in `workdir`, on one device.
-
-  A LoRA run's checkpoint holds its adapters only: they are merged into the pretrained params it was trained on
-  (its train.init_from), and the model returned is the plain one, without adapters.
-  """
-  config, tokenizer = load_config(workdir), load_tokenizer(workdir)
-  model = Transformer(ModelConfig.from_config(config.model, tokenizer.vocab_size))
-  abstract = state.abstract_state(model, optimizer.make_optimizer(config.train), sharding.single_device_mesh())
-  restored = checkpoint.restore_latest(workdir, abstract, move_failures=False)
-  if restored is None:
-    raise UserError(f'{workdir} has no checkpoint yet: train it first with flaxlm-train --workdir={workdir}.')
-  params, c = restored[0].params, model.config
-  if not c.lora_rank:
-    return model, params, tokenizer
-  _, base, _ = load_pretrained(config.train.init_from)
-  merged = lora.merge(lora.combine(base, params), c.lora_alpha, c.lora_rank)
-  return Transformer(dataclasses.replace(c, lora_rank=0)), merged, tokenizer
-
-
-def load_exported(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
-  """Returns (model, params, tokenizer) from an export written by flaxlm-export, the params float32 on one device.
-
-  Params stored in bfloat16 are cast back to float32, exactly: the model then holds its params as training and
-  `load_trained` do (float32, as a fine-tune needs them), and computes in its config's model.dtype either way.
-  """
-  export.check_is_export(path)
-  config, tokenizer = load_config(path), load_tokenizer(path)
-  model = Transformer(ModelConfig.from_config(config.model, tokenizer.vocab_size))
-  abstract = state.abstract_state(model, optax.identity(), sharding.single_device_mesh()).params
-  return model, export.read_params(path, abstract), tokenizer
-
-
-def load_pretrained(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
-  """Returns (model, params, tokenizer) of a flaxlm-export directory or of a run's workdir (latest checkpoint)."""
-  load_config(path)  # Refuses, naming the path, what is neither.
-  return load_exported(path) if (pathlib.Path(path) / export.PARAMS_DIR).is_dir() else load_trained(path)
-
-
-def load_model(workdir: str | None, params: str | None) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
-  """Returns (model, params, tokenizer) from a run's latest checkpoint or from an export: exactly one of the two."""
-  if bool(workdir) == bool(params):
-    raise UserError('pass exactly one of --workdir=DIR (a training run) and --params=PATH (a flaxlm-export).')
-  return load_trained(workdir) if workdir else load_exported(params)

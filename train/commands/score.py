@@ -14,10 +14,11 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from configs.errors import UserError
-from data.tokenizer import Tokenizer
-from model import scoring
-from train import cli, workdir as workdir_lib
+from flaxlm.configs.errors import UserError
+from flaxlm.data.tokenizer import Tokenizer
+from flaxlm.model import scoring
+from flaxlm.train import pretrained
+from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is used).')
 PARAMS = flags.DEFINE_string('params', None, 'Directory written by flaxlm-export (instead of --workdir).')
@@ -70,7 +71,7 @@ def windows_note(num_tokens: int, length: int) -> str:
 def score() -> None:
   """Prints the text's per-token table, then its mean loss and perplexity."""
   text = read_text()
-  model, params, tokenizer = workdir_lib.load_model(WORKDIR.value, PARAMS.value)
+  model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS))
   tokens_N = tokenizer.encode(text)
   log_probs_M, top_ids_M, top_log_probs_M = scoring.token_log_probs(model, params, tokens_N)
   if len(tokens_N) - 1 > model.config.max_length:

@@ -19,12 +19,13 @@ import jax
 import safetensors.numpy
 from absl import flags
 
-from configs import base
-from configs.errors import UserError
-from data import tokenizer as tokenizer_lib
-from model import hf
-from model.transformer import ModelConfig, count_params
-from train import cli, export, workdir as workdir_lib
+from flaxlm.configs import base
+from flaxlm.configs.errors import UserError
+from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.model import hf
+from flaxlm.model.transformer import ModelConfig, count_params
+from flaxlm.train import export, pretrained, workdir as workdir_lib
+from flaxlm.train.commands import cli
 
 FROM_HF = flags.DEFINE_string('from_hf', None, 'An HF model folder (config.json, *.safetensors) to convert.')
 OUTPUT = flags.DEFINE_string('output', None, 'With --from_hf: the flaxlm export directory to create.')
@@ -96,7 +97,7 @@ def to_hf(output: str, params_path: str) -> list[str]:
   export.check_is_export(params_path)
   c = ModelConfig.from_config(workdir_lib.load_config(params_path).model, 0)
   hf_config = hf.hf_config(c)  # Refuses a model HF cannot express before its params are read.
-  _, params, tokenizer = workdir_lib.load_exported(params_path)
+  _, params, tokenizer = pretrained.load(params_path)
   path = write_hf(output, hf_config, hf.params_to_hf(jax.device_get(params), c), tokenizer)
   lines = [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in float32']
   if not isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):

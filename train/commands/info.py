@@ -1,7 +1,7 @@
 """`flaxlm-info --config=FILE [--config.KEY=VALUE ...]`: a model's size, training FLOPs and memory, before a run.
 
-  flaxlm-info --config=configs/llama2_7b.py
-  flaxlm-info --config=configs/shakespeare_char.py --config.model.vocab_size=65
+  flaxlm-info --config=llama2_7b
+  flaxlm-info --config=shakespeare_char --config.model.vocab_size=65
 
 Nothing is allocated: the parameter shapes come from `jax.eval_shape`, so a 7B model is counted on a laptop.
 """
@@ -9,11 +9,12 @@ Nothing is allocated: the parameter shapes come from `jax.eval_shape`, so a 7B m
 import ml_collections
 from ml_collections import config_flags
 
-from model import flops, quantize
-from model.transformer import count_params, param_shapes
-from train import cli, estimate
+from flaxlm.model import flops, quantize
+from flaxlm.model.transformer import count_params, param_shapes
+from flaxlm.train import estimate
+from flaxlm.train.commands import cli
 
-CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/llama2_7b.py.', lock_config=True)
+CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. llama2_7b) or a config file.', lock_config=True)
 
 
 def parameter_shards(mesh: ml_collections.ConfigDict) -> int | None:

@@ -9,8 +9,9 @@ import pathlib
 from absl import flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from configs.errors import UserError
-from train import cli, plot
+from flaxlm.configs.errors import UserError
+from flaxlm.train import plot
+from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its metrics.jsonl and config.json).')
 OUTPUT = flags.DEFINE_string('output', None, 'Where to write the PNG; default WORKDIR/loss.png.')

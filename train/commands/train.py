@@ -7,9 +7,10 @@ Multi-host: every host runs the same command, adding `--multihost` on Cloud TPU 
 from absl import flags
 from ml_collections import config_flags
 
-from train import cli, distributed, loop
+from flaxlm.train import distributed, loop
+from flaxlm.train.commands import cli
 
-CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/shakespeare_char.py.',
+CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. shakespeare_char) or a config file.',
                                          lock_config=True)
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the run: config, tokenizer, checkpoints, metrics.')
 MULTIHOST = flags.DEFINE_bool('multihost', False, 'Join the other hosts of a Cloud TPU slice (or SLURM job), '
@@ -30,5 +31,5 @@ def train() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  """Entry point of flaxlm-train and `python -m train`."""
+  """Entry point of flaxlm-train and `python -m flaxlm.train`."""
   cli.run(train, argv)

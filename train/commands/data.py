@@ -15,9 +15,9 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from configs.errors import UserError
-from data import examples as examples_lib, tokenizer as tokenizer_lib
-from train import cli
+from flaxlm.configs.errors import UserError
+from flaxlm.data import examples as examples_lib, tokenizer as tokenizer_lib
+from flaxlm.train.commands import cli
 
 TOKENIZER = flags.DEFINE_string('tokenizer', None, "'byte', 'char' (from the file's text) or a .model file.")
 MAX_LENGTH = flags.DEFINE_integer('max_length', None, 'Sequence length T: examples over T + 1 tokens are truncated.')

@@ -5,9 +5,9 @@ import sys
 import pytest
 from absl import flags
 
-from conftest import REPO, command
+from conftest import command
 from test_cli import assert_one_line_error, run
-from train import info_main
+from flaxlm.train.commands import info as info_command
 
 
 def info(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -16,7 +16,7 @@ def info(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
   monkeypatch.setattr(sys, 'argv', argv)  # ml_collections finds --config.KEY overrides in sys.argv.
   flags.FLAGS.unparse_flags()  # Forget the previous test's flags.
   try:
-    info_main.main(argv)
+    info_command.main(argv)
     code = 0
   except SystemExit as e:
     code = e.code
@@ -31,7 +31,7 @@ def row(out: str, label: str) -> list[str]:
 
 
 def test_llama2_7b_counts_flops_and_memory(monkeypatch, capsys):
-  code, out, _ = info(monkeypatch, capsys, f'--config={REPO}/configs/llama2_7b.py')
+  code, out, _ = info(monkeypatch, capsys, '--config=llama2_7b')
   assert code == 0
   assert row(out, 'parameters') == ['6,738,415,616']
   # 6 * matmul weights (32 * (4*4096*4096 + 3*4096*11008) + 32000*4096 = 6,607,077,376) = 39,642,464,256,
@@ -43,7 +43,7 @@ def test_llama2_7b_counts_flops_and_memory(monkeypatch, capsys):
 
 
 def test_explicit_mesh_sizes_give_memory_per_device(monkeypatch, capsys):
-  code, out, _ = info(monkeypatch, capsys, f'--config={REPO}/configs/llama2_7b.py', '--config.mesh.fsdp=8',
+  code, out, _ = info(monkeypatch, capsys, '--config=llama2_7b', '--config.mesh.fsdp=8',
                       '--config.mesh.tensor=2')
   assert code == 0
   total, per_device = row(out, 'weights (float32)')
@@ -51,17 +51,17 @@ def test_explicit_mesh_sizes_give_memory_per_device(monkeypatch, capsys):
 
 
 def test_a_char_tokenizer_needs_the_vocabulary_size(monkeypatch, capsys):
-  code, out, err = info(monkeypatch, capsys, f'--config={REPO}/configs/tiny.py')
+  code, out, err = info(monkeypatch, capsys, '--config=tiny')
   assert code == 1 and out == ''
   assert len(err.strip().splitlines()) == 1 and '--config.model.vocab_size=N' in err
-  code, out, _ = info(monkeypatch, capsys, f'--config={REPO}/configs/tiny.py', '--config.model.vocab_size=65')
+  code, out, _ = info(monkeypatch, capsys, '--config=tiny', '--config.model.vocab_size=65')
   # 65*32 embed and head (untied) + 2 layers of [attention 32*8*(4+2+2+4), SwiGLU 3*32*128, 2*32] + 32.
   assert code == 0 and row(out, 'parameters') == [f'{2 * 65 * 32 + 2 * (3_072 + 12_288 + 64) + 32:,}']
 
 
 @pytest.mark.parametrize('args, fragment', [
     ([], '--config is required'),
-    ([f'--config={REPO}/configs/tiny.py', '--config.model.no_such_key=1'], 'no_such_key'),
+    (['--config=tiny', '--config.model.no_such_key=1'], 'no_such_key'),
 ])
 def test_bad_input_gets_one_line_and_a_nonzero_exit(monkeypatch, capsys, args, fragment):
   code, out, err = info(monkeypatch, capsys, *args)
@@ -71,5 +71,5 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(monkeypatch, capsys, args, f
 
 def test_the_installed_command(tmp_path):
   assert_one_line_error(run(command('flaxlm-info'), f'--config={tmp_path}/none.py'), 'does not load')
-  result = run(command('flaxlm-info'), f'--config={REPO}/configs/gpt2_124m.py')
+  result = run(command('flaxlm-info'), '--config=gpt2_124m')
   assert result.returncode == 0 and '124,439,808' in result.stdout

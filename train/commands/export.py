@@ -6,8 +6,9 @@
 
 from absl import flags
 
-from model.transformer import count_params
-from train import cli, export, workdir as workdir_lib
+from flaxlm.model.transformer import count_params
+from flaxlm.train import export, pretrained, workdir as workdir_lib
+from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is exported).')
 OUTPUT = flags.DEFINE_string('output', None, 'Directory to create for the export; it must not exist yet.')
@@ -19,7 +20,7 @@ def export_run() -> None:
   workdir = cli.required(WORKDIR, 'pass the --workdir of a run.')
   output = cli.required(OUTPUT, 'pass --output=PATH, a directory to create.')
   export.check_writable(output, DTYPE.value)  # Before the restore, which may take minutes for a large model.
-  model, params, tokenizer = workdir_lib.load_trained(workdir)
+  model, params, tokenizer = pretrained.load(workdir)
   config = workdir_lib.with_model(workdir_lib.load_config(workdir), model.config)  # A LoRA run's: merged, plain.
   path = export.write(output, params, config, tokenizer, DTYPE.value)
   print(f'wrote {path}: {count_params(params):,} parameters in {DTYPE.value}')

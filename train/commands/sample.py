@@ -11,11 +11,12 @@ import sys
 import numpy as np
 from absl import flags
 
-from configs.errors import UserError
-from data.tokenizer import Tokenizer
-from model import quantize, sampling
-from model.transformer import Transformer
-from train import cli, workdir as workdir_lib
+from flaxlm.configs.errors import UserError
+from flaxlm.data.tokenizer import Tokenizer
+from flaxlm.model import quantize, sampling
+from flaxlm.model.transformer import Transformer
+from flaxlm.train import pretrained
+from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is used).')
 PARAMS = flags.DEFINE_string('params', None, 'Directory written by flaxlm-export (instead of --workdir).')
@@ -91,7 +92,7 @@ def sample() -> None:
   """Prints each sample, the prompt followed by its continuation (streamed when there is one)."""
   check_flags()
   text = prompt_text()
-  model, params, tokenizer = workdir_lib.load_model(WORKDIR.value, PARAMS.value)
+  model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS))
   prompt = encode_prompt(text, tokenizer, model)
   if QUANTIZE.value != 'none':
     print('\n'.join(quantize.memory_table(params)), file=sys.stderr)

@@ -5,7 +5,8 @@ from typing import Callable
 
 from absl import flags, logging
 
-from configs.errors import UserError
+from flaxlm import configs
+from flaxlm.configs.errors import UserError
 
 
 def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bool = False) -> None:
@@ -19,7 +20,9 @@ def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bo
     sys.exit(0)
   logging.set_verbosity(logging.ERROR)  # Libraries' notices would bury the command's own lines.
   try:
-    args = flags.FLAGS(argv)[1:]
+    args = flags.FLAGS(with_config_files(argv))[1:]
+  except UserError as e:
+    exit_with(str(e), 2)
   except flags.Error as e:
     exit_with(f'{e}: see --help for the flags.', 2)
   except (AttributeError, KeyError) as e:  # How ml_collections reports an override of a key it lacks.
@@ -34,6 +37,17 @@ def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bo
     exit_with(str(e), 1)
   except KeyboardInterrupt:
     exit_with('interrupted.', 130)
+
+
+def with_config_files(argv: list[str]) -> list[str]:
+  """Returns `argv` with a preset name given to --config (`--config=tiny` or `--config tiny`) replaced by its file."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith('--config='):
+      out[i] = '--config=' + configs.config_file(arg.removeprefix('--config='))
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = configs.config_file(out[i + 1])
+  return out
 
 
 def print_help(module) -> None:
@@ -56,12 +70,20 @@ def required(flag: flags.FlagHolder, hint: str):
   return flag.value
 
 
+def model_path(workdir: flags.FlagHolder, params: flags.FlagHolder) -> str:
+  """Returns the path of the model to use: --workdir (a training run) or --params (an export), exactly one given."""
+  if bool(workdir.value) == bool(params.value):
+    raise UserError(f'pass exactly one of --{workdir.name}=DIR (a training run) and --{params.name}=PATH (a '
+                    'flaxlm-export).')
+  return workdir.value or params.value
+
+
 def config(flag: flags.FlagHolder):
   """Returns the ConfigDict of a config-file flag; raises UserError if it is missing or does not load."""
-  value = required(flag, f'pass --{flag.name}=configs/FILE.py.')
+  value = required(flag, f'pass --{flag.name}=PRESET (one of {", ".join(configs.presets())}) or a config file.')
   try:
     value.to_dict()  # config_flags loads the file lazily and reports a failure on first use.
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
-    raise UserError(f'the --{flag.name} file does not load ({reason}): pass a file from configs/.') from None
+    raise UserError(f'the --{flag.name} file does not load ({reason}): fix the file, or pass a preset.') from None
   return value

@@ -10,9 +10,9 @@ import pathlib
 
 from absl import flags
 
-from configs.errors import UserError
-from data import sources, tokenizer as tokenizer_lib
-from train import cli
+from flaxlm.configs.errors import UserError
+from flaxlm.data import sources, tokenizer as tokenizer_lib
+from flaxlm.train.commands import cli
 
 INPUT = flags.DEFINE_string('input', None, 'Text or JSONL files, comma-separated, globs allowed; or tfds:NAME.')
 TFDS_DIR = flags.DEFINE_string('tfds_dir', None, 'Where TFDS datasets are prepared (default: TFDS\'s own).')

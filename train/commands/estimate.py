@@ -1,7 +1,7 @@
 """`flaxlm-estimate`: the FLOPs, device-hours, days and memory of a training run, before it starts.
 
   flaxlm-estimate --params=175e9 --tokens=300e9 --device=a100 --chips=1024 --mfu=0.4
-  flaxlm-estimate --config=configs/llama_1b.py --dataset_tokens=100e9 --epochs=3 --device=tpu-v5e --chips=256 \
+  flaxlm-estimate --config=llama_1b --dataset_tokens=100e9 --epochs=3 --device=tpu-v5e --chips=256 \
       --workdir=/tmp/llama_1b
   flaxlm-estimate --presets_table
 
@@ -12,12 +12,13 @@ MFU is given (--mfu) or taken from what a run measured (--workdir). Nothing is a
 from absl import flags
 from ml_collections import config_flags
 
-from configs.errors import UserError
-from model.transformer import ModelConfig, count_params, param_shapes
-from train import cli, estimate
+from flaxlm.configs.errors import UserError
+from flaxlm.model.transformer import ModelConfig, count_params, param_shapes
+from flaxlm.train import estimate
+from flaxlm.train.commands import cli
 
 PARAMS = flags.DEFINE_float('params', None, 'The parameter count N, e.g. 175e9 (or --config).')
-CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. configs/llama_1b.py: its exact N and '
+CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. llama_1b) or config file: its exact N and '
                                          'attention FLOPs (or --params).', lock_config=True)
 TOKENS = flags.DEFINE_float('tokens', None, 'Training tokens D, e.g. 300e9 (or --dataset_tokens).')
 DATASET_TOKENS = flags.DEFINE_float('dataset_tokens', None, 'Tokens in the dataset, read --epochs times (or --tokens).')
