@@ -3,7 +3,7 @@
 import json
 
 from conftest import command
-from test_cli import run
+from test_cli import assert_one_line_error, run
 
 
 def test_check_reports_lengths_empties_duplicates_and_every_malformed_line(tmp_path):
@@ -36,3 +36,14 @@ def test_a_clean_file_passes(tmp_path):
   result = run(command('flaxlm-data'), 'check', str(path), '--tokenizer=char', '--max_length=8')
   assert result.returncode == 0, result.stderr
   assert 'examples: 3' in result.stdout and 'malformed lines: 0' in result.stdout
+
+
+def test_defaults_are_a_training_runs_and_bad_settings_are_refused(tmp_path):
+  path = tmp_path / 'data.jsonl'
+  path.write_text(json.dumps({'prompt': 'p' * 70, 'response': 'r'}) + '\n')  # 70 + 1 chars and EOS: over T + 1 = 65.
+  result = run(command('flaxlm-data'), 'check', str(path))
+  assert result.returncode == 0, result.stderr
+  assert 'truncated at max_length=64 (over 65 tokens): 1' in result.stdout
+  assert_one_line_error(run(command('flaxlm-data'), 'check', str(path), '--max_length=0'), '--max_length=0 must be')
+  (tmp_path / 'empty.jsonl').write_text('')
+  assert_one_line_error(run(command('flaxlm-data'), 'check', str(tmp_path / 'empty.jsonl')), 'holds no example')

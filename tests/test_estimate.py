@@ -44,6 +44,7 @@ GOOD = {
     'llama2_7b': LLAMA + ['--tokens=2e12'],
     'llama2_7b_two_epochs': LLAMA + ['--dataset_tokens=1e12', '--epochs=2'],
     'measured': GPT3[:4] + ['--workdir={runs}/chip_run'],
+    'no_device': GPT3[:2],
 }
 BAD = {  # name: (arguments, what the error line says)
     'unknown_device': (GPT3[:2] + ['--device=tpu-v9', '--mfu=0.4'],
@@ -65,7 +66,8 @@ BAD = {  # name: (arguments, what the error line says)
     'no_tokens': (GPT3[:1] + GPT3[2:], 'pass exactly one of --tokens and --dataset_tokens'),
     'epochs_with_tokens': (GPT3 + ['--epochs=2'], '--epochs multiplies --dataset_tokens'),
     'char_vocabulary_unknown': ([TINY] + GPT3[1:], '--config.model.vocab_size=N'),
-    'no_device': (GPT3[:2] + ['--mfu=0.4'], '--device is required'),
+    'mfu_without_device': (GPT3[:2] + ['--mfu=0.4'], 'time the run on a device: pass --device too'),
+    'chips_without_device': (GPT3[:2] + ['--chips=8'], 'time the run on a device: pass --device too'),
 }
 
 
@@ -159,6 +161,13 @@ def test_the_cli_prints_flops_time_and_memory(cli):
   assert row(out, '6 x matmul weights + attention')[0] == f'{42_863_689_728 * 2e12:.3e}'
   assert row(out, 'wall-clock days') == [f'{42_863_689_728 * 2e12 / (512 * 459e12 * 0.5) / 86400:.4g}']
   assert cli['llama2_7b_two_epochs'] == cli['llama2_7b']  # 1e12 tokens read twice are 2e12 tokens.
+
+
+def test_without_a_device_the_cli_prints_flops_and_memory_only(cli):
+  code, out, _ = cli['no_device']
+  assert code == 0 and row(out, '6ND') == ['3.150e+23'] and row(out, 'time')[:2] == ['pass', '--device']
+  assert row(out, 'training total') == [f'{16 * 175e9 / 2**30:,.2f}']  # No per-device column: no chips given.
+  assert 'wall-clock days' not in out and 'MFU' not in out
 
 
 def test_the_cli_takes_the_mfu_a_run_measured(cli):

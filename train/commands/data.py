@@ -1,11 +1,13 @@
 """`flaxlm-data check`: what a fine-tuning JSONL file holds, and what is wrong with it, before training on it.
 
+  flaxlm-data check examples.jsonl                  # the defaults of a training run: char tokens, T = 64
   flaxlm-data check examples.jsonl --tokenizer=tok.model --max_length=1024
 
 prints the example count, the distribution of tokens per example (template and EOS included), how many
 examples max_length would truncate, the examples with an empty prompt or response, the duplicates, and
-every malformed line; it exits non-zero if any line is malformed. --tokenizer takes what
---config.data.tokenizer does: 'byte', 'char' (built from the file's text) or a SentencePiece .model file.
+every malformed line; it exits non-zero if any line is malformed or there is no example. --tokenizer takes what
+--config.data.tokenizer does: 'byte', 'char' (built from the file's text) or a SentencePiece .model file; it and
+--max_length default to a training run's defaults (configs/base.py): set them as your training config does.
 
 Shape key: E examples.
 """
@@ -15,12 +17,16 @@ import pathlib
 import numpy as np
 from absl import flags
 
+from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.data import examples as examples_lib, tokenizer as tokenizer_lib
 from flaxlm.train.commands import cli
 
-TOKENIZER = flags.DEFINE_string('tokenizer', None, "'byte', 'char' (from the file's text) or a .model file.")
-MAX_LENGTH = flags.DEFINE_integer('max_length', None, 'Sequence length T: examples over T + 1 tokens are truncated.')
+DEFAULTS = base.get_config()
+TOKENIZER = flags.DEFINE_string('tokenizer', DEFAULTS.data.tokenizer, "'byte', 'char' (from the file's text) or a "
+                                '.model file, as the training config\'s data.tokenizer.')
+MAX_LENGTH = flags.DEFINE_integer('max_length', DEFAULTS.model.max_length, 'Sequence length T, as the training '
+                                  'config\'s model.max_length: examples over T + 1 tokens are truncated.')
 SHOWN = 10  # Places listed per finding; the rest are counted.
 
 
@@ -66,15 +72,18 @@ def report(examples: list[examples_lib.Example], errors: list[UserError], tokeni
 def check_command(files: list[str]) -> None:
   """Prints the report on one JSONL file; raises UserError after it if any line is malformed."""
   if len(files) != 1:
-    raise UserError('name one file: flaxlm-data check FILE.jsonl --tokenizer=SPEC --max_length=T.')
-  spec = cli.required(TOKENIZER, "pass --tokenizer=byte, char or FILE.model, as the training config's.")
-  max_length = cli.required(MAX_LENGTH, "pass --max_length=T, as the training config's.")
+    raise UserError('name one file: flaxlm-data check FILE.jsonl [--tokenizer=SPEC] [--max_length=T].')
+  if MAX_LENGTH.value <= 0:
+    raise UserError(f'--max_length={MAX_LENGTH.value} must be positive: pass the training config\'s '
+                    'model.max_length.')
   path = pathlib.Path(files[0])
   examples, errors = examples_lib.scan(path)
   text = ''.join(text for example in examples for _, text in example.pieces)
-  print('\n'.join(report(examples, errors, tokenizer_lib.for_corpus(spec, text), max_length)))
+  print('\n'.join(report(examples, errors, tokenizer_lib.for_corpus(TOKENIZER.value, text), MAX_LENGTH.value)))
   if errors:
     raise UserError(f'{len(errors)} malformed line(s) in {path}: fix or remove them (listed above).')
+  if not examples:
+    raise UserError(f'{path} holds no example: give it one JSON object per line (prompt/response or messages).')
 
 
 COMMANDS = {'check': check_command}

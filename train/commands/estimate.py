@@ -3,6 +3,7 @@
   flaxlm-estimate --params=175e9 --tokens=300e9 --device=a100 --chips=1024 --mfu=0.4
   flaxlm-estimate --config=llama_1b --dataset_tokens=100e9 --epochs=3 --device=tpu-v5e --chips=256 \
       --workdir=/tmp/llama_1b
+  flaxlm-estimate --params=175e9 --tokens=300e9          # FLOPs and memory only: no device given
   flaxlm-estimate --presets_table
 
 The model is a parameter count (--params) or a config file (--config, whose shape adds the attention FLOPs); the
@@ -23,7 +24,8 @@ CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. llama_1
 TOKENS = flags.DEFINE_float('tokens', None, 'Training tokens D, e.g. 300e9 (or --dataset_tokens).')
 DATASET_TOKENS = flags.DEFINE_float('dataset_tokens', None, 'Tokens in the dataset, read --epochs times (or --tokens).')
 EPOCHS = flags.DEFINE_float('epochs', 1.0, 'Passes over --dataset_tokens.')
-DEVICE = flags.DEFINE_string('device', None, f'The chip: one of {", ".join(estimate.DEVICES)}.')
+DEVICE = flags.DEFINE_string('device', None, f'The chip, for the time: one of {", ".join(estimate.DEVICES)}; '
+                              'without it, only the FLOPs and memory are printed.')
 CHIPS = flags.DEFINE_integer('chips', 1, 'How many chips train together.')
 MFU = flags.DEFINE_float('mfu', None, 'The fraction of peak FLOP/s the run uses, e.g. 0.4 (or --workdir).')
 WORKDIR = flags.DEFINE_string('workdir', None, 'A run whose measured MFU to use: the median of its metrics.jsonl '
@@ -81,27 +83,42 @@ def flops_lines(params: float, shape: ModelConfig | None, total_tokens: float) -
 
 
 def report() -> list[str]:
-  """Returns the lines flaxlm-estimate prints for the flags given."""
+  """Returns the lines flaxlm-estimate prints for the flags given: FLOPs and memory, and with --device the time."""
   params, shape = model()
   total_tokens = tokens()
-  device = cli.required(DEVICE, f'pass one of {", ".join(estimate.DEVICES)}.')
-  peak, chips = estimate.device_peak(device), estimate.check_positive('chips', CHIPS.value)
-  utilization, source = mfu()
   total, flops = flops_lines(params, shape, total_tokens)
-  hours = estimate.device_hours(total, peak, utilization)
-  return [
+  head = [
       f'{"model":<32}' + (estimate.describe(shape) if shape else 'a parameter count (--params): shape unknown'),
       f'{"parameters N":<32}{params:>16,.0f}',
       f'{"training tokens D":<32}{total_tokens:>16.3e}',
       *flops,
+  ]
+  if DEVICE.value is None:
+    if CHIPS.present or MFU.value is not None or WORKDIR.value is not None:
+      raise UserError('--chips, --mfu and --workdir time the run on a device: pass --device too, one of '
+                      f'{", ".join(estimate.DEVICES)}.')
+    return head + [f'{"time":<32}{"pass --device":>16}  (and --chips, --mfu) for device-hours and days',
+                   *estimate.memory_lines(int(params), None), ADAMW_NOTE]
+  return head + time_lines(total) + [
+      *estimate.memory_lines(int(params), CHIPS.value), ADAMW_NOTE,
+      f'  per device: split evenly over the {CHIPS.value:,} chips, as FSDP splits it; data parallelism keeps the '
+      'total on every chip',
+  ]
+
+
+ADAMW_NOTE = '  assumed: AdamW in float32, 16 bytes per parameter (weights 4, gradients 4, moments 8)'
+
+
+def time_lines(total: float) -> list[str]:
+  """Returns the lines of the chips, the MFU, and the device-hours and days `total` FLOPs take on them."""
+  device = DEVICE.value
+  peak, chips = estimate.device_peak(device), estimate.check_positive('chips', CHIPS.value)
+  utilization, source = mfu()
+  return [
       f'{"chips":<32}{chips:>16,}  x {device}, {peak / 1e12:,.0f} TFLOP/s peak (bfloat16) each',
       f'{"MFU":<32}{utilization:>16.1%}  ({source})',
-      f'{"device-hours":<32}{hours:>16.4g}',
+      f'{"device-hours":<32}{estimate.device_hours(total, peak, utilization):>16.4g}',
       f'{"wall-clock days":<32}{estimate.wall_clock_days(total, peak, utilization, chips):>16.4g}',
-      *estimate.memory_lines(int(params), chips),
-      '  assumed: AdamW in float32, 16 bytes per parameter (weights 4, gradients 4, moments 8)',
-      f'  per device: split evenly over the {chips:,} chips, as FSDP splits it; data parallelism keeps the total on '
-      'every chip',
   ]
 
 
