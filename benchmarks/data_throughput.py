@@ -1,6 +1,6 @@
 """Prints the input pipeline's tokens per second: tokenizing a corpus once, then packing, shuffling and batching.
 
-  python benchmarks/data_throughput.py --input=tinyshakespeare.txt --tokenizer=tok.model
+  python benchmarks/data_throughput.py --input=flaxlm:tinyshakespeare --tokenizer=tok.model
 
 Without --tokenizer, a SentencePiece BPE model of --vocab_size is trained on the input first (and timed).
 """

@@ -1,6 +1,6 @@
 """Fine-tunes the Shakespeare character model to shout, and prints how well it learned, before and after.
 
-  flaxlm-train --config=shakespeare_char --config.data.path=tinyshakespeare.txt --workdir=/tmp/run
+  flaxlm-train --config=shakespeare_char --workdir=/tmp/run
   python benchmarks/finetune_shakespeare.py --pretrained=/tmp/run --output=/tmp/shout
   python benchmarks/finetune_shakespeare.py --pretrained=/tmp/run --output=/tmp/shout_lora --lora_rank=8
 

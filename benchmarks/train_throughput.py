@@ -1,7 +1,6 @@
 """Trains a config for N steps and prints training tokens per second (compilation excluded) and peak memory.
 
-  python benchmarks/train_throughput.py --config=shakespeare_char \
-      --config.data.path=tinyshakespeare.txt --steps=200
+  python benchmarks/train_throughput.py --config=shakespeare_char --steps=200
 """
 
 import collections

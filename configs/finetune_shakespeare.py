@@ -1,6 +1,6 @@
 """Fine-tuning the Shakespeare character model on prompt/response examples: only the responses are learned.
 
-  flaxlm-train --config=shakespeare_char --config.data.path=tinyshakespeare.txt --workdir=/tmp/run
+  flaxlm-train --config=shakespeare_char --workdir=/tmp/run
   flaxlm-data check examples.jsonl --tokenizer=char --max_length=64
   flaxlm-train --config=finetune_shakespeare --config.data.path=examples.jsonl \
       --config.train.init_from=/tmp/run --workdir=/tmp/tuned

@@ -99,6 +99,14 @@ def documents_of(path: pathlib.Path, field: str) -> Iterator[str]:
     raise UserError(f'{path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8.') from None
 
 
+def read_text(path: str) -> str:
+  """Returns the whole text of one local file (plain or .gz) or of a shipped corpus, `flaxlm:NAME`."""
+  files = expand(path)
+  if len(files) != 1:
+    raise UserError(f'{path} names {len(files)} files: name one.')
+  return ''.join(documents_of(files[0], 'text'))
+
+
 def lines(patterns: str, field: str = 'text', tfds_dir: str | None = None, max_documents: int = 0) -> Iterator[str]:
   """Yields the non-empty lines of every document in the files matched by `patterns`, or of a TFDS train split."""
   if patterns.startswith(TFDS_PREFIX):

@@ -70,6 +70,6 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(monkeypatch, capsys, args, f
 
 
 def test_the_installed_command(tmp_path):
-  assert_one_line_error(run(command('flaxlm-info'), f'--config={tmp_path}/none.py'), 'does not load')
+  assert_one_line_error(run(command('flaxlm-info'), f'--config={tmp_path}/none.py'), 'does not exist')
   result = run(command('flaxlm-info'), '--config=gpt2_124m')
   assert result.returncode == 0 and '124,439,808' in result.stdout

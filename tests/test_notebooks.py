@@ -1,4 +1,4 @@
-"""Executes every notebook in notebooks/ offline, on a small generated corpus, and checks what it produced."""
+"""Executes every notebook in notebooks/ offline, on the corpus flaxlm ships, and checks what it produced."""
 
 import dataclasses
 import os
@@ -11,7 +11,7 @@ from ipykernel import kernelspec
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from conftest import make_corpus
+from flaxlm.data import sources
 from flaxlm.train import metrics
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ PROMPT = 'ROMEO:'
 
 @dataclasses.dataclass
 class Executed:
-  """A notebook after execution, with the text and workdir it was given."""
+  """A notebook after execution, with the text it trained on and its workdir."""
   notebook: nbformat.NotebookNode
   corpus: str
   workdir: pathlib.Path
@@ -41,14 +41,12 @@ def execute(tmp_path_factory):
   def run(path: pathlib.Path) -> Executed:
     if path not in done:
       tmp = tmp_path_factory.mktemp(path.stem)
-      corpus = make_corpus(tmp / 'corpus.txt', num_words=1000).read_text()  # It holds 'ROMEO:'.
-      env = {**os.environ, 'FLAXLM_TEXT': str(tmp / 'corpus.txt'), 'FLAXLM_WORKDIR': str(tmp / 'workdir'),
-             'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))}
+      env = {**os.environ, 'FLAXLM_WORKDIR': str(tmp / 'workdir')}
       notebook = nbformat.read(path, as_version=4)
       client = nbclient.NotebookClient(notebook, km=kernel_manager(tmp / 'kernels'), timeout=300,
                                        resources={'metadata': {'path': str(REPO)}})
       client.execute(env=env)
-      done[path] = Executed(notebook, corpus, tmp / 'workdir')
+      done[path] = Executed(notebook, sources.read_text('flaxlm:tinyshakespeare'), tmp / 'workdir')
     return done[path]
 
   return run
