@@ -1,1 +1,2 @@
-"""Training: the train step, the loop, sharding, checkpoints, metrics and the command-line entry points."""
+"""Training: the train step, the loop, sharding, checkpoints, metrics, loading a trained model; commands/ holds the
+flaxlm-* commands."""
