@@ -37,3 +37,23 @@ def corpus(tmp_path: pathlib.Path) -> pathlib.Path:
 def command(name: str) -> str:
   """Returns the path of an installed console script of this environment, such as flaxlm-train."""
   return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def adamw_params_differ(got, want, learning_rates: list[float], stray: float = 1e-3) -> str:
+  """Returns '' when two runs' params after a few AdamW steps from the same start differ as float reassociation
+  alone can make them (other meshes, processes, microbatches), else what is out of bounds.
+
+  Error model: reassociation moves each gradient component by ~1e-6 of the sum of its terms' sizes. Adam divides each
+  component by its own scale, so a component whose terms cancel to within that noise can flip its update's sign: its
+  parameter may then differ by up to 2 * 1.01 * lr per step (|m/sqrt(v)| <= 1.01 in the first five steps with
+  beta1 0.9 and beta2 0.99, by Cauchy-Schwarz). Only such strays (observed: a handful in 32k) leave rtol 1e-5,
+  atol 1e-6, so at most a fraction `stray` may; a lost shard or microbatch changes the update of far more.
+  """
+  import numpy as np
+  a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)]) for tree in (got, want))
+  beyond, largest = float(np.mean(~np.isclose(a, b, rtol=1e-5, atol=1e-6))), float(np.max(np.abs(a - b)))
+  bound = 2 * 1.01 * sum(learning_rates)
+  if beyond > stray or largest > bound:
+    return f'{beyond:.2%} of params beyond rtol 1e-5, atol 1e-6 (at most {stray:.2%}); largest gap {largest:.3g} ' \
+           f'(at most 2 * 1.01 * sum(lr) = {bound:.3g})'
+  return ''

@@ -82,8 +82,10 @@ def test_cpu_device_count_is_one_per_core_dividing_the_batch(monkeypatch, batch_
 MESHES = [(1, 1, 1), (2, 1, 1), (2, 2, 2), (1, 4, 2)]
 
 
-def step_on_mesh(sizes: tuple[int, int, int]) -> tuple[float, dict, object]:
-  """Returns (loss, params) after two train steps of the tiny model on a mesh of `sizes`, and the state."""
+def step_on_mesh(sizes: tuple[int, int, int]) -> tuple[list[dict], dict, object]:
+  """Returns (each step's metrics, params) after three train steps of the tiny model on a mesh of `sizes`, and the
+  state. Three: step 0's learning rate is 0 and the untied head starts at zero, so only the third moves every
+  parameter by its gradient."""
   from flaxlm.data import pipeline
   from flaxlm.train import optimizer, state as state_lib, step as step_lib
   config = mesh_config(*sizes)
@@ -96,22 +98,26 @@ def step_on_mesh(sizes: tuple[int, int, int]) -> tuple[float, dict, object]:
   tokens = np.random.default_rng(0).integers(0, 20, 4000).astype(np.int32)
   data = pipeline.train_iterator(pipeline.PackedExamples(pipeline.TokenStream.from_documents([tokens], None), 16, 0),
                                  8, seed=0, threads=0)
-  for _ in range(2):
+  steps = []
+  for _ in range(3):
     state, metrics = train_fn(state, sharding.global_batch(next(data), mesh))
-  return float(metrics['loss']), jax.device_get(state.params), state
+    steps.append({k: float(v) for k, v in metrics.items()})
+  return steps, jax.device_get(state.params), state
 
 
 def compare_meshes() -> None:
-  """Prints, as JSON, how far each mesh's loss and params are from one device's, and how params are laid out."""
+  """Prints, as JSON, how far each mesh's losses, gradient norms and params are from one device's, and how params
+  are laid out."""
+  from conftest import adamw_params_differ
   jax.config.update('jax_num_cpu_devices', 8)
-  reference_loss, reference_params, _ = step_on_mesh(MESHES[0])
+  reference, reference_params, _ = step_on_mesh(MESHES[0])
   report = {}
   for sizes in MESHES[1:]:
-    loss, params, state = step_on_mesh(sizes)
-    relative = jax.tree.leaves(jax.tree.map(
-        lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)), params, reference_params))
+    steps, params, state = step_on_mesh(sizes)
+    gap = lambda key: max(abs(a[key] - b[key]) / b[key] for a, b in zip(steps, reference))
     up = state.params['stack']['layers']['mlp']['up']['kernel']
-    report[str(sizes)] = {'loss': abs(loss - reference_loss) / reference_loss, 'params': max(relative),
+    report[str(sizes)] = {'loss': gap('loss'), 'grad_norm': gap('grad_norm'),
+                          'params': adamw_params_differ(params, reference_params, [m['learning_rate'] for m in steps]),
                           'up_spec': str(up.sharding.spec), 'up_shard': list(up.addressable_shards[0].data.shape)}
   print(json.dumps(report))
 
@@ -125,7 +131,8 @@ def test_data_fsdp_tensor_and_mixed_meshes_match_one_device():
   report = json.loads(out.strip().splitlines()[-1])
   assert set(report) == {str(sizes) for sizes in MESHES[1:]}
   for sizes, result in report.items():
-    assert result['loss'] < 1e-5 and result['params'] < 1e-5, (sizes, result)
+    # The same sums split over other devices: reassociation alone (~1e-6 relative), and Adam's strays (conftest).
+    assert result['loss'] < 1e-5 and result['grad_norm'] < 1e-5 and not result['params'], (sizes, result)
   # The MLP's up kernel (layers, embed, mlp) is split over fsdp (embed) and tensor (mlp), as the rules say.
   assert report['(2, 2, 2)']['up_spec'] == str(P(None, 'fsdp', 'tensor'))
   assert report['(2, 2, 2)']['up_shard'] == [2, 16, 64]
