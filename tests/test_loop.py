@@ -11,7 +11,7 @@ from flaxlm.configs import base, tiny
 from conftest import make_corpus
 from flaxlm.configs.errors import UserError
 from flaxlm.data import sources, tokenizer as tokenizer_lib
-from flaxlm.train import loop, metrics, workdir as workdir_lib
+from flaxlm.train import loop, metrics, sharding, state as state_lib, step as step_lib, workdir as workdir_lib
 
 
 def tiny_config(corpus, steps: int = 20):
@@ -139,3 +139,21 @@ def test_fine_tuning_on_examples_learns_the_responses(corpus, tmp_path):
 
   base_loss = tune(1, 0.0, 'untouched')  # The pretrained model's loss on the responses.
   assert tune(80, 1e-2, 'tuned') < 0.3 * base_loss
+
+
+def test_validation_loss_is_the_mean_over_the_trained_tokens_of_all_batches(corpus, tmp_path):
+  setup = loop.prepare(tiny_config(corpus), str(tmp_path / 'run'))
+  tx, abstract, _, eval_fn = loop.build_steps(setup)
+  rng = np.random.default_rng(0)  # Noise on the params: the head starts at zero, which makes every loss log V.
+  host_params = jax.tree.map(lambda x: x + 0.3 * rng.standard_normal(x.shape, np.float32),
+                             jax.device_get(state_lib.init_state(setup.model, tx, 0, abstract).params))
+  params = jax.device_put(host_params, jax.tree.map(lambda x: x.sharding, abstract.params))
+  full, sparse = (jax.device_get(b) for b in loop.validation_batches(setup)[:2])
+  sparse['weights'] = np.zeros_like(sparse['weights'])
+  sparse['weights'][0, :3] = 1  # 3 trained tokens against the full batch's hundreds, as fine-tuning examples do.
+  whole = {k: np.concatenate([full[k], sparse[k]]) for k in full}  # One batch holding both: its mean per token.
+  expected = float(step_lib.loss_fn(host_params, whole, setup.model, None))
+  mean_of_means = np.mean([float(step_lib.loss_fn(host_params, b, setup.model, None)) for b in (full, sparse)])
+  assert abs(mean_of_means - expected) > 0.05  # The two means differ here, by far more than the tolerance below.
+  got = loop.evaluate(eval_fn, params, [sharding.global_batch(b, setup.mesh) for b in (full, sparse)])
+  assert got == pytest.approx(expected, rel=1e-5)

@@ -108,9 +108,22 @@ def init_params(path: str, abstract_params):
   return jax.device_put(params, jax.tree.map(lambda x: x.sharding, abstract_params))
 
 
+def validation_batches(setup: Setup) -> list[dict[str, jax.Array]]:
+  """Returns the fixed validation batches (`train.eval_batches` of them, B x T each), on their devices."""
+  c = setup.config.train
+  return [sharding.global_batch(b, setup.mesh)
+          for b in pipeline.eval_batches(setup.val_examples, c.batch_size, c.eval_batches,
+                                         sharding.process_rows(setup.mesh, c.batch_size))]
+
+
 def evaluate(eval_fn, params, val_batches: list[dict[str, jax.Array]]) -> float:
-  """Returns the mean validation loss over the fixed validation batches."""
-  return float(np.mean([eval_fn(params, batch) for batch in val_batches]))
+  """Returns the validation loss: the mean loss per trained token over all `val_batches`, fetched in one wait.
+
+  `eval_fn(params, batch)` returns the batch's (sum of token losses, sum of weights), so batches that train
+  different counts of tokens (fine-tuning examples) weigh by those counts.
+  """
+  sums = np.asarray(jax.device_get([eval_fn(params, batch) for batch in val_batches]), np.float64)
+  return float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1))
 
 
 def build_steps(setup: Setup, frozen=None):
@@ -184,9 +197,7 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
               preempted) -> state_lib.TrainState:
   """Runs the steps from `state.step` to the end (or a preemption), logging, evaluating and checkpointing."""
   c, length = setup.config.train, setup.config.model.max_length
-  val_batches = [sharding.global_batch(b, setup.mesh)
-                 for b in pipeline.eval_batches(setup.val_examples, c.batch_size, c.eval_batches,
-                                                sharding.process_rows(setup.mesh, c.batch_size))]
+  val_batches = validation_batches(setup)
   timer = throughput.Throughput(c.batch_size * length, flops.training_flops_per_token(setup.model.config),
                                 setup.mesh.size, setup.mesh.devices.flat[0].device_kind)
   first, pending, unchecked, stop = int(state.step), None, None, False

@@ -11,23 +11,25 @@ class MetricsLog:
   """Appends metrics to the workdir's JSONL file and TensorBoard events; only process 0 writes."""
 
   def __init__(self, workdir: str | pathlib.Path):
-    self.path = pathlib.Path(workdir) / 'metrics.jsonl'
     self.active = jax.process_index() == 0
-    self.tensorboard = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard')) if self.active else None
+    if self.active:
+      self.file = (pathlib.Path(workdir) / 'metrics.jsonl').open('a')
+      self.tensorboard = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
-    """Records `metrics` for `step` and prints them as one line."""
+    """Records `metrics` for `step` and prints them as one line; the JSONL line is on disk before it is printed."""
     if not self.active:
       return
-    with self.path.open('a') as f:
-      f.write(json.dumps({'step': step, **metrics}) + '\n')
+    self.file.write(json.dumps({'step': step, **metrics}) + '\n')
+    self.file.flush()  # A run killed after printing a step keeps that step's record.
     for name, value in metrics.items():
       self.tensorboard.add_scalar(name, value, step)
     print(format_line(step, metrics), flush=True)
 
   def close(self) -> None:
-    """Flushes the TensorBoard events."""
+    """Closes the JSONL file and flushes the TensorBoard events."""
     if self.active:
+      self.file.close()
       self.tensorboard.close()
 
 

@@ -86,9 +86,11 @@ def train_step(state: TrainState, batch: Batch, frozen: Any, *, model: nn.Module
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: Batch, frozen: Any = None, *, model: nn.Module) -> jax.Array:
-  """Returns the loss of `params` (with LoRA, the adapters on `frozen`) on `batch`, without dropout."""
-  return loss_fn(params, batch, model, None, frozen=frozen)
+def eval_step(params, batch: Batch, frozen: Any = None, *, model: nn.Module) -> tuple[jax.Array, jax.Array]:
+  """Returns (the sum of the weighted token losses, the sum of the weights) of `params` (with LoRA, the adapters on
+  `frozen`) on `batch`, without dropout: summed over batches, their quotient is the mean loss per trained token."""
+  loss_sum = loss_fn(params, batch, model, None, total_weight=jnp.ones(()), frozen=frozen)  # Divided by 1.
+  return loss_sum, batch['weights'].sum()
 
 
 def compile_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
