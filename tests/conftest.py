@@ -10,6 +10,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 2)
@@ -49,7 +50,6 @@ def adamw_params_differ(got, want, learning_rates: list[float], stray: float = 1
   beta1 0.9 and beta2 0.99, by Cauchy-Schwarz). Only such strays (observed: a handful in 32k) leave rtol 1e-5,
   atol 1e-6, so at most a fraction `stray` may; a lost shard or microbatch changes the update of far more.
   """
-  import numpy as np
   a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)]) for tree in (got, want))
   beyond, largest = float(np.mean(~np.isclose(a, b, rtol=1e-5, atol=1e-6))), float(np.max(np.abs(a - b)))
   bound = 2 * 1.01 * sum(learning_rates)
