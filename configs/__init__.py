@@ -4,6 +4,7 @@ Commands take a preset by name (`--config=shakespeare_char`) or the path of a co
 """
 
 import importlib
+import importlib.util
 import pathlib
 
 import ml_collections
@@ -33,7 +34,29 @@ def config_file(value: str) -> str:
   elif not pathlib.Path(path).is_file():
     raise UserError(f'config file {path} does not exist: pass a preset ({", ".join(presets())}) or the path of '
                     'an existing config file.')
+  else:
+    check_loads(path, argument)
   return path + (f':{argument}' if argument else '')
+
+
+def check_loads(path: str, argument: str) -> None:
+  """Raises UserError unless the user's config file runs and its get_config returns an ml_collections.ConfigDict."""
+  spec = importlib.util.spec_from_file_location('flaxlm_user_config', path)
+  try:
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    get_config = getattr(module, 'get_config', None)
+    if not callable(get_config):
+      raise UserError(f'config file {path} defines no get_config(): add one returning an ml_collections.ConfigDict, '
+                      'e.g. a preset\'s (from flaxlm.configs import tiny; config = tiny.get_config()).')
+    config = get_config(*([argument] if argument else []))
+  except UserError:
+    raise
+  except Exception as e:  # A config file is the user's Python: it may fail in any way.
+    raise UserError(f'config file {path} failed to run ({type(e).__name__}: {e}): fix the file.') from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f'get_config() in {path} returned {type(config).__name__}, not an ml_collections.ConfigDict: '
+                    'return the config.')
 
 
 def load(name: str) -> ml_collections.ConfigDict:

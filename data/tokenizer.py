@@ -18,6 +18,7 @@ import numpy as np
 import sentencepiece as spm
 
 from flaxlm.configs.errors import UserError
+from flaxlm.data import files
 
 
 class Tokenizer(Protocol):
@@ -185,9 +186,7 @@ def load_sentencepiece(data: bytes, path: str | pathlib.Path) -> SentencePieceTo
 
 def save(tokenizer: Tokenizer, directory: str | pathlib.Path) -> pathlib.Path:
   """Writes the tokenizer into `directory` under its kind's filename and returns the path."""
-  path = pathlib.Path(directory) / tokenizer.filename
-  path.write_bytes(tokenizer.serialized())
-  return path
+  return files.replace(pathlib.Path(directory) / tokenizer.filename, tokenizer.serialized())
 
 
 def for_corpus(kind: str, text: str) -> Tokenizer:

@@ -28,15 +28,20 @@ def args(corpus, workdir, *overrides: str) -> list[str]:
           '--config.train.checkpoint_every=3', '--config.mesh.cpu_devices=1', *overrides]
 
 
-def stop_at(step: int, sig: int, argv: list[str]) -> tuple[int, str]:
-  """Runs `argv`, sends `sig` once it has logged `step`, and returns its exit code and what it printed after."""
+def stop_at(step: int, sig: int, argv: list[str], again_on: str | None = None) -> tuple[int, str]:
+  """Runs `argv`, sends `sig` once it has logged `step` (and again when it prints a line starting `again_on`, if
+  given), and returns its exit code and what it printed after the first signal."""
   process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   for line in process.stdout:
     if line.startswith(f'step {step} |'):
       process.send_signal(sig)
       break
-  rest = process.stdout.read()
-  return process.wait(timeout=120), rest
+  rest = []
+  for line in process.stdout:
+    rest.append(line)
+    if again_on and line.startswith(again_on):
+      process.send_signal(sig)
+  return process.wait(timeout=120), ''.join(rest)
 
 
 def losses(workdir) -> list[tuple]:
@@ -87,6 +92,19 @@ def test_sigterm_saves_the_step_in_flight_exits_0_and_resumes_to_the_same_result
   assert 7 < stopped_at < STEPS and (checkpoint.directory(tmp_path / 'run') / str(stopped_at)).is_dir()
   assert run(*args(corpus, tmp_path / 'run')).returncode == 0
   assert_same_run(tmp_path / 'run', reference)
+
+
+@pytest.mark.timeout(300)
+def test_the_stop_message_is_printed_only_once_the_save_is_complete(straight, tmp_path):
+  corpus, _ = straight  # A model wide enough (13M params, 150 MiB of state) that its save takes a while.
+  wide = args(corpus, tmp_path / 'run', '--config.model.width=512', '--config.model.num_heads=8')
+  _, printed = stop_at(7, signal.SIGTERM, wide, again_on='stopped at step')  # SIGTERM again once it says saved.
+  stopped_at = int(re.search(r'stopped at step (\d+) on SIGTERM', printed).group(1))
+  saved = [p.name for p in checkpoint.directory(tmp_path / 'run').iterdir()]
+  assert max(int(name) for name in saved if name.isdigit()) == stopped_at  # The save it announced is complete,
+  assert not [name for name in saved if 'tmp' in name]  # and none was left half-written.
+  resumed = run(*wide[:-1], '--config.train.steps=' + str(stopped_at + 1), wide[-1])
+  assert resumed.returncode == 0 and f'resuming at step {stopped_at} ' in resumed.stdout, resumed.stderr
 
 
 @pytest.mark.timeout(300)

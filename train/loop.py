@@ -184,13 +184,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
           f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} '
           f'padding); {"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
   manager, log = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints), metrics.MetricsLog(workdir)
-  try:
-    with preemption.watch(manager) as preempted:
+  with preemption.watch(manager) as preempted:  # Until the last save is written: a SIGTERM then waits for it.
+    try:
       return run_steps(setup, state, data, train_fn, eval_fn, manager, log, preempted)
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-    log.close()
+    finally:
+      manager.wait_until_finished()
+      manager.close()
+      log.close()
 
 
 def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn, manager, log: metrics.MetricsLog,
@@ -230,9 +230,11 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
       break
   if pending:
     log.write(*timer.finish(*pending))
-  if stop and jax.process_index() == 0:
-    print(f'stopped at step {int(state.step)} on SIGTERM, with a checkpoint saved: run the same command to resume.',
-          flush=True)
+  if stop:
+    manager.wait_until_finished()  # The message below is true only once the save is written.
+    if jax.process_index() == 0:
+      print(f'stopped at step {int(state.step)} on SIGTERM, with a checkpoint saved: run the same command to resume.',
+            flush=True)
   return state
 
 

@@ -6,6 +6,8 @@ import pathlib
 import jax
 import tensorboardX
 
+from flaxlm.data import files
+
 
 class MetricsLog:
   """Appends metrics to the workdir's JSONL file and TensorBoard events; only process 0 writes."""
@@ -46,25 +48,28 @@ def format_line(step: int, metrics: dict[str, float]) -> str:
   return ' | '.join(parts)
 
 
+def decoded(line: str) -> dict | None:
+  """Returns the record on a metrics line, or None for a line cut short (a run killed while appending one)."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError:
+    return None
+  return record if isinstance(record, dict) and 'step' in record else None
+
+
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
-  """Returns the records of a workdir's metrics.jsonl, oldest first (empty if there is none)."""
+  """Returns the records of a workdir's metrics.jsonl, oldest first (empty if there is none); lines cut short by a
+  kill are left out."""
   path = pathlib.Path(workdir) / 'metrics.jsonl'
   if not path.exists():
     return []
-  lines = [line for line in path.read_text().splitlines() if line.strip()]
-  records = [json.loads(line) for line in lines[:-1]]
-  try:
-    return records + [json.loads(line) for line in lines[-1:]]
-  except json.JSONDecodeError:  # A run killed while appending leaves a partial last line.
-    return records
+  return [r for r in map(decoded, path.read_text(errors='replace').splitlines()) if r is not None]
 
 
 def drop_after(workdir: str | pathlib.Path, step: int) -> None:
-  """Removes records past `step` (logged after the checkpoint a resumed run starts from), so none repeat."""
+  """Rewrites metrics.jsonl (atomically) to its whole records up to `step`, the checkpoint a resumed run starts from:
+  records logged after it would repeat, and a line cut short by a kill would glue onto the next one appended."""
   path = pathlib.Path(workdir) / 'metrics.jsonl'
-  records = read_metrics(workdir)
-  kept = [r for r in records if r['step'] <= step]
-  if len(kept) < len(records):
-    tmp = path.with_suffix('.jsonl.tmp')
-    tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
-    tmp.replace(path)
+  content = ''.join(json.dumps(r) + '\n' for r in read_metrics(workdir) if r['step'] <= step)
+  if (path.read_text(errors='replace') if path.exists() else '') != content:
+    files.replace(path, content)

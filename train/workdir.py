@@ -8,7 +8,7 @@ import ml_collections
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model.transformer import ModelConfig
 
 
@@ -63,6 +63,4 @@ def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDi
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   tokenizer_lib.save(tokenizer, path)
-  partial = path / 'config.json.tmp'
-  partial.write_text(config.to_json(indent=2))
-  partial.replace(path / 'config.json')
+  files.replace(path / 'config.json', config.to_json(indent=2))

@@ -4,28 +4,30 @@
   flaxlm-plot --workdir=/tmp/run --output=/tmp/run.png
 """
 
+import io
 import pathlib
 
 from absl import flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from flaxlm.configs.errors import UserError
+from flaxlm.data import files
 from flaxlm.train import plot
 from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its metrics.jsonl and config.json).')
-OUTPUT = flags.DEFINE_string('output', None, 'Where to write the PNG; default WORKDIR/loss.png.')
+OUTPUT = flags.DEFINE_string('output', None, 'Where to write the PNG, a new file; default WORKDIR/loss.png, which '
+                              'each plot of the run redraws.')
+OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
 
 
 def write_plot() -> None:
   """Draws the run in --workdir with Agg (no display needed) into --output, and prints where it went."""
   workdir = pathlib.Path(cli.required(WORKDIR, 'pass the --workdir of a training run.'))
-  output = pathlib.Path(OUTPUT.value or workdir / 'loss.png')
-  figure = plot.run_figure(workdir)
-  try:
-    FigureCanvasAgg(figure).print_png(output)
-  except OSError as e:
-    raise UserError(f'cannot write --output={output} ({e.strerror}): pass a path in a directory that exists.') from None
+  figure, png = plot.run_figure(workdir), io.BytesIO()
+  FigureCanvasAgg(figure).print_png(png)
+  own = OUTPUT.value is None  # The default, WORKDIR/loss.png, is this command's own file: redrawn each time.
+  output = files.write_output(workdir / 'loss.png' if own else OUTPUT.value, png.getvalue(), 'output',
+                              own or OVERWRITE.value)
   print(f'wrote {output}')
 
 

@@ -5,13 +5,12 @@
   flaxlm-tokenizer count --tokenizer=tok.model --input=corpus.txt
 """
 
-import os
 import pathlib
 
 from absl import flags
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import sources, tokenizer as tokenizer_lib
+from flaxlm.data import files, sources, tokenizer as tokenizer_lib
 from flaxlm.train.commands import cli
 
 INPUT = flags.DEFINE_string('input', None, 'Text or JSONL files, comma-separated, globs allowed; or tfds:NAME.')
@@ -20,20 +19,28 @@ JSONL_FIELD = flags.DEFINE_string('jsonl_field', 'text', 'The field holding the 
 VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 8000, 'Number of tokens, special and byte tokens included.')
 MODEL_TYPE = flags.DEFINE_string('model_type', 'bpe', 'bpe or unigram.')
 MAX_SENTENCES = flags.DEFINE_integer('max_sentences', 1_000_000, 'Lines sampled from a larger corpus for training.')
-OUTPUT = flags.DEFINE_string('output', None, 'Where to write the trained model, e.g. tok.model.')
+OUTPUT = flags.DEFINE_string('output', None, 'Where to write the trained model, e.g. tok.model (a new file).')
+OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists (never one of the --input files).')
 TOKENIZER = flags.DEFINE_string('tokenizer', None, 'A tokenizer file: a SentencePiece .model or a flaxlm JSON.')
 TEXT = flags.DEFINE_string('text', None, 'Text to encode or count.')
 
 
+def check_output(output: str, inputs: str) -> None:
+  """Raises UserError if --output exists (without --overwrite) or is one of the --input files."""
+  if not OVERWRITE.value:
+    files.check_new(output, 'output')
+  elif not inputs.startswith(sources.TFDS_PREFIX) and any(
+      path.resolve() == pathlib.Path(output).resolve() for path in sources.expand(inputs)):
+    raise UserError(f'--output={output} is one of the --input files: write the model to a new path.')
+
+
 def train_command() -> None:
   """Trains SentencePiece on --input and writes --output, never leaving a partial file behind."""
-  output = pathlib.Path(cli.required(OUTPUT, 'pass --output=FILE.model.'))
-  lines = sources.lines(cli.required(INPUT, 'pass --input=FILES.'), JSONL_FIELD.value, TFDS_DIR.value,
-                        MAX_SENTENCES.value)
+  output, inputs = cli.required(OUTPUT, 'pass --output=FILE.model.'), cli.required(INPUT, 'pass --input=FILES.')
+  check_output(output, inputs)  # Before training, which may take minutes.
+  lines = sources.lines(inputs, JSONL_FIELD.value, TFDS_DIR.value, MAX_SENTENCES.value)
   tokenizer = tokenizer_lib.train_sentencepiece(lines, VOCAB_SIZE.value, MODEL_TYPE.value, MAX_SENTENCES.value)
-  tmp = output.with_name(output.name + '.tmp')
-  tmp.write_bytes(tokenizer.serialized())
-  os.replace(tmp, output)
+  files.write_output(output, tokenizer.serialized(), 'output', OVERWRITE.value)
   print(f'wrote {output}: {tokenizer.vocab_size:,} tokens ({MODEL_TYPE.value})')
 
 
