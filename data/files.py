@@ -24,6 +24,14 @@ def replace(path: str | pathlib.Path, data: bytes | str) -> pathlib.Path:
   return path
 
 
+def update(path: str | pathlib.Path, data: bytes | str) -> None:
+  """Replaces `path` with `data` (atomically) unless it already holds exactly that: a resume writes nothing."""
+  data = data.encode('utf-8') if isinstance(data, str) else data
+  path = pathlib.Path(path)
+  if not (path.is_file() and not path.is_symlink() and path.read_bytes() == data):
+    replace(path, data)
+
+
 def check_new(path: str | pathlib.Path, flag: str) -> pathlib.Path:
   """Returns `path`; raises UserError if something exists there, or its directory does not, naming `flag`."""
   path = pathlib.Path(path)

@@ -6,8 +6,8 @@ corpus flaxlm ships.
   `tfds.data_source`, without TensorFlow; its `validation` split (else `test`) is held out.
 - `flaxlm:tinyshakespeare`: the 1.1 MB tiny Shakespeare text (public domain) installed with flaxlm, so the
   quickstart runs offline; it reads as a local file.
-- Local files (plain or gzip-compressed, `.gz`): one text file is one document, whose last `val_fraction` is held out; several documents
-  (several files, or JSONL records) hold out their last `val_fraction` of documents.
+- Local files (plain or gzip-compressed, `.gz`): one text file is one document, whose last `val_fraction` is held
+  out; several documents (several files, or JSONL records) hold out their last `val_fraction` of documents.
 """
 
 import dataclasses
@@ -51,7 +51,10 @@ def expand(patterns: str) -> list[pathlib.Path]:
     if pattern.startswith(SHIPPED_PREFIX):
       paths.append(shipped(pattern[len(SHIPPED_PREFIX):]))
       continue
-    matches = sorted(glob.glob(pattern)) or ([pattern] if pathlib.Path(pattern).is_file() else [])
+    if pathlib.Path(pattern).is_dir():
+      raise UserError(f'{pattern} is a directory: pass its files, e.g. \'{pattern.rstrip("/")}/*.txt\'.')
+    matches = [m for m in sorted(glob.glob(pattern)) if not pathlib.Path(m).is_dir()] or (
+        [pattern] if pathlib.Path(pattern).is_file() else [])
     if not matches:
       raise UserError(f'no file matches {pattern}: check the path or glob (it must name an existing file).')
     paths += [pathlib.Path(m) for m in matches]
@@ -81,7 +84,8 @@ def jsonl_documents(path: pathlib.Path, field: str) -> Iterator[str]:
         continue
       record = json_record(line, path, number)
       if not isinstance(record, dict) or not isinstance(record.get(field), str):
-        raise UserError(f'{path}:{number} has no text field {field!r}: set the field name (--config.data.text_field in flaxlm-train, --jsonl_field in flaxlm-tokenizer).')
+        raise UserError(f'{path}:{number} has no text field {field!r}: set the field name (--config.data.text_field '
+                        'in flaxlm-train, --jsonl_field in flaxlm-tokenizer).')
       yield record[field]
 
 
@@ -95,6 +99,10 @@ def documents_of(path: pathlib.Path, field: str) -> Iterator[str]:
         yield f.read()
   except (gzip.BadGzipFile, EOFError) as e:
     raise UserError(f'{path} is not a complete gzip file ({e}): decompress it, or compress it again.') from None
+  except IsADirectoryError:
+    raise UserError(f'{path} is a directory: pass the files in it.') from None
+  except OSError as e:
+    raise UserError(f'{path} cannot be read ({e.strerror or e}): check the file and its permissions.') from None
   except UnicodeDecodeError as e:
     raise UserError(f'{path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8.') from None
 

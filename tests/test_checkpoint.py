@@ -74,6 +74,26 @@ def test_a_damaged_checkpoint_is_named_moved_aside_and_the_one_before_restored(t
   assert saved_steps(tmp_path) == [1, 2] and (tmp_path / checkpoint.CORRUPT_DIR / '3').is_dir()
 
 
+def test_a_step_damaged_twice_is_set_aside_beside_the_first(tmp_path):
+  save_steps(tmp_path, 3, {}, range(1, 4))
+  (tmp_path / checkpoint.CORRUPT_DIR / '3').mkdir(parents=True)  # Step 3 was set aside once already.
+  damaged = largest_file(checkpoint.directory(tmp_path) / '3' / 'state')
+  damaged.write_bytes(damaged.read_bytes()[:10])
+  state, _ = checkpoint.restore_latest(tmp_path, jax.eval_shape(lambda: make_state(0)))
+  assert int(state.step) == 2 and sorted(p.name for p in (tmp_path / checkpoint.CORRUPT_DIR).iterdir()) == ['3', '3-2']
+
+
+def test_a_checkpoint_that_fails_the_callers_check_counts_as_damaged(tmp_path, capsys):
+  save_steps(tmp_path, 3, {}, range(1, 4))
+
+  def check(restored):  # As the loop's data iterator refuses a state it cannot take.
+    if restored[1]['index'] == 3:
+      raise ValueError('garbled iterator state')
+  state, data = checkpoint.restore_latest(tmp_path, jax.eval_shape(lambda: make_state(0)), check=check)
+  assert int(state.step) == 2 and data == {'index': 2}
+  assert 'does not restore (garbled iterator state)' in capsys.readouterr().err
+
+
 def test_when_no_checkpoint_restores_the_run_refuses_and_moves_nothing(tmp_path):
   save_steps(tmp_path, 3, {}, range(1, 3))
   for step in (1, 2):

@@ -1,5 +1,6 @@
 """Tests of data/sources.py: local text and JSONL corpora, globs, and the errors that name the bad line."""
 
+import gzip
 import json
 
 import pytest
@@ -105,3 +106,18 @@ def test_tokenizer_training_lines_come_from_a_tfds_train_split(tmp_path, monkeyp
   monkeypatch.setattr(sources, 'check_online', lambda name: None)
   lines = list(sources.lines('tfds:flaxlm_test_text', 'text', str(tmp_path), max_documents=4))
   assert len(lines) == 4 and all(line.startswith('document ') for line in lines)
+
+
+def test_a_directory_is_refused_with_the_glob_to_use(tmp_path):
+  (tmp_path / 'texts').mkdir()
+  with pytest.raises(UserError, match="is a directory: pass its files, e.g. '.*texts/\\*.txt'"):
+    sources.expand(str(tmp_path / 'texts'))
+
+
+def test_gzip_text_is_read_and_a_truncated_gzip_is_refused(tmp_path):
+  good = tmp_path / 'a.txt.gz'
+  good.write_bytes(gzip.compress('hello\nworld\n'.encode()))
+  assert sources.read_text(str(good)) == 'hello\nworld\n'
+  (tmp_path / 'b.txt.gz').write_bytes(good.read_bytes()[:12])
+  with pytest.raises(UserError, match='is not a complete gzip file'):
+    sources.read_text(str(tmp_path / 'b.txt.gz'))

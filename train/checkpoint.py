@@ -8,8 +8,11 @@ checkpoint that fails to restore is moved to `WORKDIR/corrupt_checkpoints/` (nev
 earlier one has restored.
 """
 
+import itertools
+import os
 import pathlib
 import sys
+from typing import Callable
 
 import jax
 import ml_collections
@@ -60,9 +63,12 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState) -> 
   return restored.state, restored.data
 
 
-def restore_latest(workdir: str | pathlib.Path, abstract: TrainState,
-                   move_failures: bool = True) -> tuple[TrainState, dict] | None:
+def restore_latest(workdir: str | pathlib.Path, abstract: TrainState, move_failures: bool = True,
+                   check: Callable[[tuple[TrainState, dict]], None] | None = None) -> tuple[TrainState, dict] | None:
   """Returns the newest checkpoint that restores (state, data state), or None if `workdir` has none.
+
+  `check(restored)`, if given, is part of restoring: a checkpoint for which it raises (a data iterator state the
+  pipeline cannot take, say) counts as damaged like one whose files do not read.
 
   Newer checkpoints that fail are reported on stderr by name and (with `move_failures`, as training does before
   it saves again) moved aside; if none restores, raises UserError and moves nothing, so a run never silently
@@ -76,6 +82,8 @@ def restore_latest(workdir: str | pathlib.Path, abstract: TrainState,
     for step in sorted(manager.all_steps(), reverse=True):
       try:
         restored = restore(manager, step, abstract)
+        if check:
+          check(restored)
       except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
         failures.append((step, first_line(e)))
         continue
@@ -89,6 +97,12 @@ def restore_latest(workdir: str | pathlib.Path, abstract: TrainState,
   return None
 
 
+def unused_path(path: pathlib.Path) -> pathlib.Path:
+  """Returns `path`, or if it exists the first of PATH-2, PATH-3, ... that does not (a step damaged twice)."""
+  return next(p for p in (path.with_name(f'{path.name}-{n}') if n > 1 else path for n in itertools.count(1))
+              if not os.path.lexists(p))
+
+
 def first_line(error: Exception) -> str:
   """Returns the first line of an exception's message (its type's name if it has none)."""
   text = str(error).strip()
@@ -98,7 +112,8 @@ def first_line(error: Exception) -> str:
 def report_failures(workdir: str | pathlib.Path, failures: list[tuple[int, str]], move: bool) -> None:
   """Reports on stderr each checkpoint that failed to restore, moving it to WORKDIR/corrupt_checkpoints/ if `move`."""
   for step, reason in failures:
-    source, target = directory(workdir) / str(step), pathlib.Path(workdir).absolute() / CORRUPT_DIR / str(step)
+    source = directory(workdir) / str(step)
+    target = unused_path(pathlib.Path(workdir).absolute() / CORRUPT_DIR / str(step))
     if jax.process_index() == 0:
       if move:
         target.parent.mkdir(exist_ok=True)

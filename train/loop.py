@@ -4,6 +4,7 @@ The loop dispatches step s+1 before it pulls step s's metrics to the host, so lo
 """
 
 import dataclasses
+import os
 import pathlib
 
 import jax
@@ -72,6 +73,8 @@ FORMATS = {'text': text_streams, 'examples': example_streams}
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'--workdir={workdir} is a file: pass a directory (new, or a run\'s to resume it).')
   check_train_config(config.train)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
   attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
@@ -166,14 +169,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   lead = jax.process_index() == 0  # Only the first process writes files and prints.
   data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
                                  sharding.process_rows(setup.mesh, c.batch_size))
-  restored = checkpoint.restore_latest(workdir, abstract)
+  restored = checkpoint.restore_latest(workdir, abstract, check=lambda restored: data.set_state(restored[1]))
   initial = (init_params(c.init_from, abstract.params)
              if c.init_from and not restored and frozen is None else None)
   if lead:
     workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   if restored:
-    state, data_state = restored
-    data.set_state(data_state)
+    state = restored[0]  # The data iterator took the checkpoint's position in restore_latest's check.
   else:
     state = state_lib.init_state(setup.model, tx, c.seed, abstract)
     state = state if initial is None else state.replace(params=initial)

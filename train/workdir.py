@@ -20,7 +20,14 @@ def with_model(config: ml_collections.ConfigDict, model: ModelConfig) -> ml_coll
 
 
 def resolve(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collections.ConfigDict:
-  """Returns a copy of `config` whose model section states every derived value (vocab, kv heads, MLP width)."""
+  """Returns a copy of `config` whose model section states every derived value (vocab, kv heads, MLP width).
+
+  Raises UserError if model.vocab_size is set below `vocab_size`, the tokenizer's: its ids would index past the
+  embedding (the loss becomes NaN).
+  """
+  if 0 < config.model.vocab_size < vocab_size:
+    raise UserError(f'model.vocab_size={config.model.vocab_size} is smaller than the tokenizer\'s {vocab_size} ids: '
+                    f'set --config.model.vocab_size={vocab_size} or more (0 takes the tokenizer\'s).')
   return with_model(config, ModelConfig.from_config(config.model, vocab_size))
 
 
@@ -29,7 +36,13 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
     raise UserError(f'{workdir} holds no flaxlm run (no config.json): pass the --workdir of a training run.')
-  saved = json.loads(path.read_text())
+  try:
+    saved = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f'{path} is not valid JSON ({e}): restore it from a checkpoint\'s config (checkpoints/STEP/'
+                    'config), or train in a new --workdir.') from None
+  if not isinstance(saved, dict) or not isinstance(saved.get('model'), dict):
+    raise UserError(f'{path} holds no flaxlm config (no model section): restore it, or train in a new --workdir.')
   defaults = base.get_config().to_dict()  # Keys added since the run was saved keep the behaviour it had.
   return ml_collections.ConfigDict({section: {**defaults.get(section, {}), **values} if isinstance(values, dict)
                                     else values for section, values in saved.items()})
@@ -62,5 +75,5 @@ def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDi
   """Creates `workdir` and writes the tokenizer's file, then config.json (atomically: a reader sees both or neither)."""
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  tokenizer_lib.save(tokenizer, path)
-  files.replace(path / 'config.json', config.to_json(indent=2))
+  files.update(path / tokenizer.filename, tokenizer.serialized())  # Unchanged on a resume: nothing is written.
+  files.update(path / 'config.json', config.to_json(indent=2))

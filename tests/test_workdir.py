@@ -1,0 +1,56 @@
+"""Tests of train/workdir.py through flaxlm-train: a workdir's files are checked, and a resume rewrites none."""
+
+import pathlib
+
+import pytest
+
+from conftest import command, make_corpus
+from test_cli import assert_one_line_error, run, train_args
+from test_files import digest
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+  """A finished 10-step tiny run, and its corpus."""
+  root = tmp_path_factory.mktemp('trained')
+  corpus = make_corpus(root / 'corpus.txt')
+  result = run(command('flaxlm-train'), *train_args(corpus, root / 'run'))
+  assert result.returncode == 0, result.stderr
+  return root / 'run', corpus
+
+
+def test_a_finished_run_started_again_rewrites_no_file(trained):
+  workdir, corpus = trained
+  before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir() if p.is_file()}
+  again = run(command('flaxlm-train'), *train_args(corpus, workdir))
+  assert again.returncode == 0, again.stderr
+  after = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir() if p.is_file()}
+  assert {k: after[k] for k in ('config.json', 'tokenizer.json')} == {k: before[k] for k in ('config.json',
+                                                                                            'tokenizer.json')}
+
+
+def test_a_garbled_config_json_gets_one_line_and_stays_as_it_is(trained, tmp_path):
+  workdir, corpus = trained
+  copy = tmp_path / 'run'
+  copy.mkdir()
+  (copy / 'config.json').write_text('{"model": {"width": 3')
+  before = digest(copy)
+  for result in (run(command('flaxlm-train'), *train_args(corpus, copy)),
+                 run(command('flaxlm-sample'), f'--workdir={copy}', '--prompt=a')):
+    assert_one_line_error(result, 'config.json is not valid JSON')
+  assert digest(copy) == before
+
+
+@pytest.mark.parametrize('make, overrides, fragment', [
+    (lambda root, corpus: (root / 'file').write_text('x') and root / 'file', (), 'is a file: pass a directory'),
+    (lambda root, corpus: root / 'new', ('--config.model.vocab_size=5',),
+     'model.vocab_size=5 is smaller than the tokenizer'),
+    (lambda root, corpus: root / 'new', (), 'is a directory: pass its files'),
+], ids=['workdir_is_a_file', 'vocabulary_too_small', 'data_is_a_directory'])
+def test_bad_run_settings_get_one_line_before_anything_is_written(trained, tmp_path, make, overrides, fragment):
+  _, corpus = trained
+  workdir = make(tmp_path, corpus)
+  data = tmp_path if fragment.startswith('is a directory') else corpus
+  before = digest(tmp_path)
+  assert_one_line_error(run(command('flaxlm-train'), *train_args(data, workdir, *overrides)), fragment)
+  assert digest(tmp_path) == before and not (tmp_path / 'new').exists()
