@@ -105,7 +105,7 @@ def unused_path(path: pathlib.Path) -> pathlib.Path:
 
 def first_line(error: Exception) -> str:
   """Returns the first line of an exception's message (its type's name if it has none)."""
-  text = str(error).strip()
+  text = str(error).strip().split('. See full TensorStore details')[0]  # The rest is a spec dump of the array.
   return text.splitlines()[0] if text else type(error).__name__
 
 
