@@ -35,8 +35,13 @@ class Settings:
 
 
 def filter_logits(logits_BxV: jax.Array, settings: Settings) -> jax.Array:
-  """Returns logits / temperature with tokens outside the top k, and outside the top-p nucleus, set to -inf."""
-  logits_BxV = logits_BxV / settings.temperature
+  """Returns (logits - their max) / temperature, tokens outside the top k and the top-p nucleus set to -inf.
+
+  The max is subtracted first (the distribution is unchanged) and the temperature is at least float32's smallest normal
+  number, so a tiny temperature gives 0 for the most likely token and -inf for the rest, never inf - inf or 0 / 0.
+  """
+  temperature = max(settings.temperature, float(np.finfo(np.float32).tiny))
+  logits_BxV = (logits_BxV - jnp.max(logits_BxV, axis=-1, keepdims=True)) / temperature
   if 0 < settings.top_k < logits_BxV.shape[-1]:
     kth_Bx1 = jax.lax.top_k(logits_BxV, settings.top_k)[0][:, -1:]
     logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)

@@ -66,6 +66,7 @@ class ModelConfig:
   @classmethod
   def from_config(cls, c: ml_collections.ConfigDict, vocab_size: int) -> 'ModelConfig':
     """Returns the checked model config for `c` (the `model` section), with zeros replaced by defaults."""
+    check_ranges(c, vocab_size)
     check_shape(c)
     fields = {f.name: c[f.name] for f in dataclasses.fields(cls) if f.name in c}
     fields['vocab_size'] = c.vocab_size or vocab_size
@@ -86,7 +87,7 @@ def check_shape(c: ml_collections.ConfigDict) -> None:
     raise UserError(f'model.num_heads={c.num_heads} does not divide model.width={c.width}: '
                     'choose a width that is a multiple of num_heads.')
   kv_heads = c.num_kv_heads or c.num_heads
-  if kv_heads < 0 or c.num_heads % kv_heads:
+  if c.num_heads % kv_heads:
     raise UserError(f'model.num_kv_heads={c.num_kv_heads} does not divide model.num_heads={c.num_heads}: '
                     'choose num_kv_heads among the divisors of num_heads.')
   if c.positions == 'rotary' and (c.width // c.num_heads) % 2:
@@ -95,6 +96,23 @@ def check_shape(c: ml_collections.ConfigDict) -> None:
   lora_problem = lora.problem(c.lora_rank, c.lora_alpha, c.lora_targets, c.mlp)
   if lora_problem:
     raise UserError(lora_problem)
+
+
+def check_ranges(c: ml_collections.ConfigDict, vocab_size: int) -> None:
+  """Raises UserError if a size, rate or constant of the model section is outside the range it has meaning in."""
+  for key, default in (('vocab_size', "the tokenizer's"), ('mlp_width', 'the default'), ('num_kv_heads', 'num_heads')):
+    if c[key] < 0:
+      raise UserError(f'model.{key}={c[key]} must not be negative (0 takes {default}): set --config.model.{key}.')
+  if (c.vocab_size or vocab_size) <= 0:
+    raise UserError(f'the vocabulary has {c.vocab_size or vocab_size} tokens: set --config.model.vocab_size to a '
+                    'positive size (0 takes the tokenizer\'s).')
+  if not 0 <= c.dropout < 1:  # Also refuses nan, which fails every comparison.
+    raise UserError(f'model.dropout={c.dropout} must be in [0, 1): it is the fraction of activations dropped; '
+                    'set --config.model.dropout (0 turns dropout off).')
+  for key, usual in (('norm_eps', '1e-6 to 1e-5'), ('rope_theta', '10000')):
+    if not 0 < c[key] < math.inf:
+      raise UserError(f'model.{key}={c[key]} must be a positive finite number: set --config.model.{key} '
+                      f'(usually {usual}).')
 
 
 def default_mlp_width(width: int, mlp: str) -> int:

@@ -118,6 +118,21 @@ def test_temperature_sharpens_and_flattens_the_distribution():
   assert cold[0] > 0.6 > hot[0]
 
 
+@pytest.mark.parametrize('temperature', [1e-30, 1e-40, 1e-300])
+def test_a_tiny_temperature_is_greedy_never_nan(temperature):
+  logits = jnp.array([[1.0, 3.0, 2.0, -1.0, 0.0], [30.0, -5.0, 31.0, 0.0, 29.0]])  # float32: 31 / 1e-38 overflows.
+  settings = sampling.Settings(temperature=temperature)
+  assert not np.isnan(sampling.filter_logits(logits, settings)).any()
+  draws = {tuple(sampling.next_token(logits, jax.random.key(i), settings).tolist()) for i in range(20)}
+  assert draws == {(1, 2)}
+
+
+def test_a_huge_temperature_draws_uniformly():
+  logits = jnp.log(jnp.array([[0.6, 0.25, 0.15]]))
+  probs = jax.nn.softmax(sampling.filter_logits(logits, sampling.Settings(temperature=1e300)))[0]
+  np.testing.assert_allclose(probs, [1 / 3] * 3, rtol=1e-6)
+
+
 def test_the_same_seed_gives_the_same_samples_and_candidates_are_the_model_s_top_tokens():
   model, params = trained_like_model()
   prompts = [np.array([1, 2, 3], np.int32)] * 3

@@ -152,10 +152,33 @@ def test_parameters_are_float32_with_bfloat16_compute():
     ({'attention': 'flash'}, 'model.attention'),
     ({'num_layers': 0}, 'model.num_layers'),
     ({'width': 36, 'num_heads': 4}, 'even head dimension'),
+    ({'dropout': 1.5}, r'model.dropout=1.5 must be in \[0, 1\)'),
+    ({'dropout': 1.0}, r'model.dropout=1.0 must be in \[0, 1\)'),
+    ({'dropout': -0.1}, r'model.dropout=-0.1 must be in \[0, 1\)'),
+    ({'dropout': float('nan')}, r'model.dropout=nan must be in \[0, 1\)'),
+    ({'norm_eps': 0.0}, 'model.norm_eps=0.0 must be a positive finite number'),
+    ({'norm_eps': float('inf')}, 'model.norm_eps=inf must be a positive finite number'),
+    ({'rope_theta': -1.0}, 'model.rope_theta=-1.0 must be a positive finite number'),
+    ({'rope_theta': float('nan')}, 'model.rope_theta=nan must be a positive finite number'),
+    ({'vocab_size': -3}, r'model.vocab_size=-3 must not be negative \(0 takes the tokenizer'),
+    ({'mlp_width': -64}, 'model.mlp_width=-64 must not be negative'),
+    ({'num_kv_heads': -1}, 'model.num_kv_heads=-1 must not be negative'),
+    ({'width': -32}, 'model.width=-32 must be positive'),
+    ({'max_length': 0}, 'model.max_length=0 must be positive'),
 ])
 def test_impossible_shapes_are_refused_with_the_fix(overrides, message):
   with pytest.raises(UserError, match=message):
     make_model(**overrides)
+
+
+def test_a_vocabulary_of_no_tokens_is_refused_and_edge_values_in_range_are_kept():
+  c = base.get_config().model
+  with pytest.raises(UserError, match='the vocabulary has 0 tokens'):
+    ModelConfig.from_config(c, 0)
+  c.update(dropout=0.0, norm_eps=1e-30, rope_theta=1.0)
+  assert ModelConfig.from_config(c, VOCAB).dropout == 0.0
+  c.dropout = 0.999
+  assert ModelConfig.from_config(c, VOCAB).dropout == 0.999
 
 
 def test_swiglu_width_matches_gelu_parameter_count():

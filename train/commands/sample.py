@@ -5,6 +5,7 @@ to the terminal as it is produced; `--show_probs=N` prints, at every step, the N
 likely and their probabilities.
 """
 
+import math
 import pathlib
 import sys
 
@@ -22,27 +23,45 @@ WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its
 PARAMS = flags.DEFINE_string('params', None, 'Directory written by flaxlm-export (instead of --workdir).')
 PROMPT = flags.DEFINE_string('prompt', '\n', 'Text the samples continue.')
 PROMPT_FILE = flags.DEFINE_string('prompt_file', None, 'A UTF-8 file whose text is the prompt (instead of --prompt).')
-MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate after the prompt.')
+MAX_NEW_TOKENS_LIMIT = 1_000_000  # Each token is one decode step: a million is hours of streaming, not a typo's 10^9.
+NUM_SAMPLES_LIMIT = 1_000  # The samples decode as one batch, whose cache grows with their number.
+MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate after the prompt, at most '
+                                      f'{MAX_NEW_TOKENS_LIMIT:,}.')
 TEMPERATURE = flags.DEFINE_float('temperature', 0.8, 'Below 1: safer choices; above 1: more varied; 0: greedy.')
-TOP_K = flags.DEFINE_integer('top_k', 40, 'Draw only among the k most likely tokens; 0 keeps all.')
+TOP_K = flags.DEFINE_integer('top_k', 40, 'Draw only among the k most likely tokens; 0 keeps all (so does the default '
+                             'on a smaller vocabulary); given, at most the vocabulary size.')
 TOP_P = flags.DEFINE_float('top_p', 1.0, 'Draw only among the most likely tokens whose probabilities reach p; 1 keeps '
                            'all.')
-SEED = flags.DEFINE_integer('seed', 0, 'The same seed gives the same text.')
-NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'How many continuations to draw.')
+SEED = flags.DEFINE_integer('seed', 0, 'The same seed gives the same text (any 64-bit signed integer).')
+NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, f'How many continuations to draw, at most {NUM_SAMPLES_LIMIT:,}.')
 SHOW_PROBS = flags.DEFINE_integer('show_probs', 0, 'Print the N most likely next tokens and their probabilities at '
-                                  'each step.')
+                                  'each step (N at most the vocabulary size).')
 QUANTIZE = flags.DEFINE_enum('quantize', 'none', quantize.MODES, 'Hold the weights as int8 or int4 (weight-only).')
 
 
 def check_flags() -> None:
-  """Raises UserError for sampling settings that cannot work."""
-  for flag in (MAX_NEW_TOKENS, NUM_SAMPLES):
-    if flag.value <= 0:
-      raise UserError(f'--{flag.name}={flag.value} must be positive.')
-  if TEMPERATURE.value < 0 or TOP_K.value < 0 or SHOW_PROBS.value < 0:
-    raise UserError('--temperature, --top_k and --show_probs must not be negative.')
+  """Raises UserError for sampling settings that cannot work, before the model is loaded."""
+  for flag, limit in ((MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT), (NUM_SAMPLES, NUM_SAMPLES_LIMIT)):
+    if not 0 < flag.value <= limit:
+      raise UserError(f'--{flag.name}={flag.value} must be between 1 and {limit:,}: pass a number in that range.')
+  if not 0 <= TEMPERATURE.value < math.inf:  # Also refuses nan, which fails every comparison.
+    raise UserError(f'--temperature={TEMPERATURE.value} must be finite and must not be negative: 0 takes the most '
+                    'likely token, 1 draws from the model\'s distribution.')
+  for flag in (TOP_K, SHOW_PROBS):
+    if flag.value < 0:
+      raise UserError(f'--{flag.name}={flag.value} must not be negative: 0 turns it off.')
   if not 0 < TOP_P.value <= 1:
     raise UserError(f'--top_p={TOP_P.value} must be in (0, 1]: 1 keeps every token, 0.9 the most likely 90%.')
+  if not -2**63 <= SEED.value < 2**63:
+    raise UserError(f'--seed={SEED.value} does not fit in 64 bits: pass a seed between -2**63 and 2**63 - 1.')
+
+
+def check_vocabulary(vocab_size: int) -> None:
+  """Raises UserError if --top_k (when given) or --show_probs asks for more tokens than the model has."""
+  for flag in (TOP_K, SHOW_PROBS):
+    if flag.present and flag.value > vocab_size:  # The default top_k keeps all of a smaller vocabulary.
+      raise UserError(f'--{flag.name}={flag.value} is more than the model\'s vocabulary of {vocab_size:,} tokens: '
+                      f'pass at most {vocab_size:,}.')
 
 
 def prompt_text() -> str:
@@ -93,6 +112,7 @@ def sample() -> None:
   check_flags()
   text = prompt_text()
   model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS))
+  check_vocabulary(model.config.vocab_size)
   prompt = encode_prompt(text, tokenizer, model)
   if QUANTIZE.value != 'none':
     print('\n'.join(quantize.memory_table(params)), file=sys.stderr)
