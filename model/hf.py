@@ -9,13 +9,14 @@ HF's rotary embedding rotates halves of each head (rotate_half), as `model.trans
 """
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model.transformer import ModelConfig, param_shapes, shape_differences
+from flaxlm.model.transformer import ModelConfig, param_shapes
 
 QKV = ('query', 'key', 'value')
 Tensors = dict[str, np.ndarray]
@@ -36,6 +37,7 @@ class Family:
   outer_to_hf: Callable[[Tree], Tensors]
   layer_from_hf: Callable[[Tensors, ModelConfig], Tree]  # one layer; names without the layer prefix
   layer_to_hf: Callable[[Tree, ModelConfig], Tensors]
+  buffers: tuple[str, ...]  # per-layer tensors older transformers saved that are not weights (flaxlm computes them)
 
 
 def require(hf: dict, key: str, allowed: tuple, default: Any) -> None:
@@ -46,15 +48,52 @@ def require(hf: dict, key: str, allowed: tuple, default: Any) -> None:
                     f'{allowed}.')
 
 
+def setting(hf: dict, key: str, default: Any) -> Any:
+  """Returns config.json's `key`, or `default` if it is absent or null; raises KeyError if both are missing."""
+  found = default if hf.get(key) is None else hf[key]
+  if found is None:
+    raise KeyError(key)
+  return found
+
+
+def integer(hf: dict, key: str, default: int | None = None) -> int:
+  """Returns config.json's `key` (or `default`); raises UserError unless it is a positive integer."""
+  found = setting(hf, key, default)
+  if type(found) is not int or found <= 0:
+    raise UserError(f'config.json has {key}={found!r}, which is not a positive integer: fix the value, or pass the '
+                    'folder\'s own config.json.')
+  return found
+
+
+def number(hf: dict, key: str, default: float | None = None) -> float:
+  """Returns config.json's `key` (or `default`) as a float; raises UserError unless it is a positive finite number."""
+  found = setting(hf, key, default)
+  if type(found) not in (int, float) or not 0 < found < math.inf:
+    raise UserError(f'config.json has {key}={found!r}, which is not a positive number: fix the value, or pass the '
+                    'folder\'s own config.json.')
+  return float(found)
+
+
+def boolean(hf: dict, key: str, default: bool) -> bool:
+  """Returns config.json's `key` (or `default`); raises UserError unless it is true or false."""
+  found = setting(hf, key, default)
+  if type(found) is not bool:
+    raise UserError(f'config.json has {key}={found!r}, which is not true or false: fix the value, or pass the '
+                    'folder\'s own config.json.')
+  return found
+
+
 def gpt2_model_config(hf: dict) -> dict:
   """Returns flaxlm's model section for a GPT-2 config.json: learned positions, LayerNorm, GELU (tanh), biases."""
   require(hf, 'activation_function', ('gelu_new', 'gelu_pytorch_tanh'), 'gelu_new')
   require(hf, 'scale_attn_weights', (True,), True)
   require(hf, 'scale_attn_by_inverse_layer_idx', (False,), False)
-  return dict(vocab_size=hf['vocab_size'], num_layers=hf['n_layer'], num_heads=hf['n_head'],
-              num_kv_heads=hf['n_head'], width=hf['n_embd'], mlp_width=hf.get('n_inner') or 4 * hf['n_embd'],
-              max_length=hf['n_positions'], tie_embeddings=hf.get('tie_word_embeddings', True),
-              norm_eps=hf.get('layer_norm_epsilon', 1e-5), **GPT2.options)
+  width = integer(hf, 'n_embd')
+  return dict(vocab_size=integer(hf, 'vocab_size'), num_layers=integer(hf, 'n_layer'),
+              num_heads=integer(hf, 'n_head'), num_kv_heads=integer(hf, 'n_head'), width=width,
+              mlp_width=integer(hf, 'n_inner', 4 * width), max_length=integer(hf, 'n_positions'),
+              tie_embeddings=boolean(hf, 'tie_word_embeddings', True),
+              norm_eps=number(hf, 'layer_norm_epsilon', 1e-5), **GPT2.options)
 
 
 def gpt2_hf_config(c: ModelConfig) -> dict:
@@ -69,6 +108,10 @@ def gpt2_hf_config(c: ModelConfig) -> dict:
 
 def rope(hf: dict) -> dict:
   """Returns config.json's rotary settings: `rope_parameters` (transformers 5), else the older top-level keys."""
+  for key in ('rope_scaling', 'rope_parameters'):
+    if not isinstance(hf.get(key) or {}, dict):
+      raise UserError(f'config.json has {key}={hf[key]!r}, which is not an object of rotary settings: fix the '
+                      'value, or pass the folder\'s own config.json.')
   legacy = hf.get('rope_scaling') or {'rope_type': 'default'}
   return hf.get('rope_parameters') or {'rope_theta': hf.get('rope_theta', 10_000.0), **legacy}
 
@@ -79,12 +122,13 @@ def llama_model_config(hf: dict) -> dict:
   require(hf, 'attention_bias', (False,), False)
   require(hf, 'mlp_bias', (False,), False)
   require(rope(hf), 'rope_type', ('default',), 'default')
-  require(hf, 'head_dim', (hf['hidden_size'] // hf['num_attention_heads'], None), None)
-  return dict(vocab_size=hf['vocab_size'], num_layers=hf['num_hidden_layers'], num_heads=hf['num_attention_heads'],
-              num_kv_heads=hf.get('num_key_value_heads') or hf['num_attention_heads'], width=hf['hidden_size'],
-              mlp_width=hf['intermediate_size'], max_length=hf['max_position_embeddings'],
-              rope_theta=float(rope(hf)['rope_theta']), tie_embeddings=hf.get('tie_word_embeddings', False),
-              norm_eps=hf.get('rms_norm_eps', 1e-6), **LLAMA.options)
+  width, heads = integer(hf, 'hidden_size'), integer(hf, 'num_attention_heads')
+  require(hf, 'head_dim', (width // heads, None), None)
+  return dict(vocab_size=integer(hf, 'vocab_size'), num_layers=integer(hf, 'num_hidden_layers'), num_heads=heads,
+              num_kv_heads=integer(hf, 'num_key_value_heads', heads), width=width,
+              mlp_width=integer(hf, 'intermediate_size'), max_length=integer(hf, 'max_position_embeddings'),
+              rope_theta=number(rope(hf), 'rope_theta'), tie_embeddings=boolean(hf, 'tie_word_embeddings', False),
+              norm_eps=number(hf, 'rms_norm_eps', 1e-6), **LLAMA.options)
 
 
 def llama_hf_config(c: ModelConfig) -> dict:
@@ -183,18 +227,18 @@ def llama_outer_to_hf(p: Tree) -> Tensors:
 GPT2 = Family('GPT2LMHeadModel', 'transformer.', 'h', 'layer_norm_epsilon',
               dict(positions='learned', norm='layernorm', mlp='gelu', use_bias=True),
               gpt2_model_config, gpt2_hf_config, gpt2_outer_from_hf, gpt2_outer_to_hf, gpt2_layer_from_hf,
-              gpt2_layer_to_hf)
+              gpt2_layer_to_hf, buffers=('attn.bias', 'attn.masked_bias'))  # the causal mask
 LLAMA = Family('LlamaForCausalLM', 'model.', 'layers', 'rms_norm_eps',
                dict(positions='rotary', norm='rmsnorm', mlp='swiglu', use_bias=False),
                llama_model_config, llama_hf_config, llama_outer_from_hf, llama_outer_to_hf, llama_layer_from_hf,
-               llama_layer_to_hf)
+               llama_layer_to_hf, buffers=('self_attn.rotary_emb.inv_freq',))  # the rotary frequencies
 FAMILIES = {'gpt2': GPT2, 'llama': LLAMA}
 
 
 def family_of_hf(hf: dict) -> Family:
   """Returns the Family of a config.json; raises UserError naming the supported model types for any other."""
   model_type = hf.get('model_type')
-  if model_type not in FAMILIES:
+  if not isinstance(model_type, str) or model_type not in FAMILIES:
     raise UserError(f'config.json has model_type={model_type!r}: flaxlm converts only {", ".join(FAMILIES)}.')
   return FAMILIES[model_type]
 
@@ -231,29 +275,64 @@ def within(t: Tensors, prefix: str) -> Tensors:
   return {name[len(prefix):]: x for name, x in t.items() if name.startswith(prefix)}
 
 
-def check_shapes(params: Tree, c: ModelConfig) -> None:
-  """Raises UserError if `params` does not have the names and shapes of Transformer(c)'s params."""
-  wrong = [f'{name} is {have}, not {want}' for name, have, want in shape_differences(params, param_shapes(c))]
+def hf_shapes(c: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:
+  """Returns {name: shape} of model `c`'s HF tensors as `params_to_hf` names them, the body's under `prefix`."""
+  _, family = family_of(c)
+  views = jax.tree.map(lambda s: np.broadcast_to(np.float32(0), s.shape), param_shapes(c))  # Nothing is allocated.
+  layer = {name: x.shape for name, x in family.layer_to_hf(unstack(views['stack'], c)[0], c).items()}
+  shapes = {f'{prefix}{name}': x.shape for name, x in family.outer_to_hf(views).items()}
+  shapes.update({f'{prefix}{family.layers}.{i}.{name}': s for i in range(c.num_layers) for name, s in layer.items()})
+  if not c.tie_embeddings:
+    shapes['lm_head.weight'] = views['head']['kernel'].T.shape
+  return shapes
+
+
+def first(names: list[str], most: int = 3) -> str:
+  """Returns the first `most` of `names`, comma-separated, with the count of the rest."""
+  return ', '.join(names[:most]) + (f' and {len(names) - most} more' if len(names) > most else '')
+
+
+def check_tensors(tensors: Tensors, shapes: dict[str, tuple[int, ...]], ignored: set[str], model_type: str) -> None:
+  """Raises UserError naming tensors that are missing, unknown (less `ignored`), misshapen, not float or not finite."""
+  missing = [name for name in shapes if name not in tensors]
+  if missing:
+    raise UserError(f'the safetensors files lack the tensor {missing[0]!r} of a {model_type} model '
+                    f'({len(missing)} missing): pass a folder with the complete checkpoint.')
+  extra = [name for name in tensors if name not in shapes and name not in ignored]
+  if extra:
+    raise UserError(f'the safetensors files hold tensors a {model_type} model does not have '
+                    f'({first(extra)}): the checkpoint is probably of another architecture; pass a {model_type} one.')
+  wrong = [f'{name} is {tensors[name].shape}, not {shape}' for name, shape in shapes.items()
+           if tensors[name].shape != shape]
   if wrong:
-    raise UserError(f'the tensors do not fit config.json ({"; ".join(wrong)}): '
+    raise UserError(f'the tensors do not fit config.json ({first(wrong)}): '
                     'pass a folder whose weights were saved with its config.json.')
+  for name in shapes:
+    if not jax.numpy.issubdtype(tensors[name].dtype, jax.numpy.floating):
+      raise UserError(f'the tensor {name} holds {tensors[name].dtype}, not floating-point weights: pass a checkpoint '
+                      'of float32, bfloat16 or float16 weights (flaxlm does not convert quantized ones).')
+    if not np.isfinite(tensors[name]).all():
+      raise UserError(f'the tensor {name} holds NaN or infinite values: the checkpoint is broken (a diverged run, or '
+                      'a damaged file); pass a sound one.')
 
 
 def params_from_hf(tensors: Tensors, c: ModelConfig) -> Tree:
-  """Returns the flaxlm params of model `c` (from `model_config`) from its HF tensors, as float32 numpy arrays."""
+  """Returns the flaxlm params of model `c` (from `model_config`) from its HF tensors, as float32 numpy arrays.
+
+  Raises UserError if the tensors are not exactly model `c`'s (names, shapes, floating point and finite), less the
+  non-weights older transformers saved: the family's buffers, and a tied output head.
+  """
   model_type, family = family_of(c)
-  body = within(tensors, family.prefix) or tensors  # Some checkpoints (GPT-2's own) drop the prefix.
-  try:
-    layers = [family.layer_from_hf(within(body, f'{family.layers}.{i}.'), c) for i in range(c.num_layers)]
-    params = {**family.outer_from_hf(body), 'stack': stack(layers, c.scan_layers)}
-    if not c.tie_embeddings:
-      params['head'] = {'kernel': tensors['lm_head.weight'].T}
-  except KeyError as e:
-    raise UserError(f'the safetensors files lack the tensor {e.args[0]!r} of a {model_type} model: '
-                    'pass a folder with the complete checkpoint.') from None
-  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  check_shapes(params, c)
-  return params
+  prefix = family.prefix if any(name.startswith(family.prefix) for name in tensors) else ''  # GPT-2's own lacks it.
+  ignored = {f'{prefix}{family.layers}.{i}.{name}' for i in range(c.num_layers) for name in family.buffers}
+  check_tensors(tensors, hf_shapes(c, prefix), ignored | ({'lm_head.weight'} if c.tie_embeddings else set()),
+                model_type)
+  body = within(tensors, prefix)
+  layers = [family.layer_from_hf(within(body, f'{family.layers}.{i}.'), c) for i in range(c.num_layers)]
+  params = {**family.outer_from_hf(body), 'stack': stack(layers, c.scan_layers)}
+  if not c.tie_embeddings:
+    params['head'] = {'kernel': tensors['lm_head.weight'].T}
+  return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
 
 
 def params_to_hf(params: Tree, c: ModelConfig) -> Tensors:

@@ -68,6 +68,20 @@ BAD = {  # name: (arguments, what the error line says)
     'char_vocabulary_unknown': ([TINY] + GPT3[1:], '--config.model.vocab_size=N'),
     'mfu_without_device': (GPT3[:2] + ['--mfu=0.4'], 'time the run on a device: pass --device too'),
     'chips_without_device': (GPT3[:2] + ['--chips=8'], 'time the run on a device: pass --device too'),
+    **{f'{value}_{flag}': (GPT3[:1] + [f'--{flag}={value}'] + GPT3[2:], f'--{flag}={value} must be positive and finite')
+       for flag in ('tokens', 'dataset_tokens') for value in ('inf', 'nan')},
+    **{f'{value}_params': ([f'--params={value}'] + GPT3[1:], f'--params={value} must be positive and finite')
+       for value in ('inf', 'nan', '-inf')},
+    **{f'{value}_epochs': (GPT3[:1] + ['--dataset_tokens=1e9', f'--epochs={value}'] + GPT3[2:],
+                           f'--epochs={value} must be positive and finite') for value in ('inf', 'nan')},
+    **{f'{value}_mfu': (GPT3[:4] + [f'--mfu={value}'], f'--mfu={value} must be in (0, 1]') for value in ('inf', 'nan')},
+    'negative_vocabulary': ([TINY, '--config.model.vocab_size=-5'] + GPT3[1:], 'model.vocab_size=-5'),
+    **{f'presets_table_with_{"_".join(given)}': (['--presets_table'] + [f'--{flag}=1e9' for flag in given],
+                                                 f'takes no other flag: drop {", ".join("--" + f for f in given)}, '
+                                                 'or drop --presets_table')
+       for given in (('params',), ('tokens',), ('params', 'tokens'), ('dataset_tokens', 'epochs'), ('mfu',))},
+    'presets_table_with_config': (['--presets_table', TINY], 'takes no other flag: drop --config, or drop'),
+    'presets_table_with_device': (['--presets_table', '--device=h100', '--chips=8'], 'drop --device, --chips'),
 }
 
 
@@ -131,6 +145,7 @@ def test_the_measured_mfu_is_the_median_after_the_first_record(tmp_path):
 @pytest.mark.parametrize('check, fragment', [
     (lambda: estimate.check_positive('tokens', 0), '--tokens=0 must be positive'),
     (lambda: estimate.check_positive('params', float('nan')), '--params=nan must be positive'),
+    (lambda: estimate.check_positive('tokens', float('inf')), '--tokens=inf must be positive and finite'),
     (lambda: estimate.check_mfu(0.0), '--mfu=0 must be in (0, 1]'),
     (lambda: estimate.device_peak('cpu'), 'unknown --device=cpu: pass one of tpu-v4, tpu-v5e'),
 ])

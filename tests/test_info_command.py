@@ -14,7 +14,9 @@ def info(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
   """Runs flaxlm-info with `args` and returns (exit code, stdout, stderr)."""
   argv = ['flaxlm-info', *args]
   monkeypatch.setattr(sys, 'argv', argv)  # ml_collections finds --config.KEY overrides in sys.argv.
-  flags.FLAGS.unparse_flags()  # Forget the previous test's flags.
+  flags.FLAGS.unparse_flags()  # Forget the previous test's flags,
+  for name in [name for name in flags.FLAGS if name.startswith('config.')]:
+    delattr(flags.FLAGS, name)  # and the --config.KEY overrides ml_collections defined for them.
   try:
     info_command.main(argv)
     code = 0
@@ -62,6 +64,12 @@ def test_a_char_tokenizer_needs_the_vocabulary_size(monkeypatch, capsys):
 @pytest.mark.parametrize('args, fragment', [
     ([], '--config is required'),
     (['--config=tiny', '--config.model.no_such_key=1'], 'no_such_key'),
+    (['--config=tiny', '--config.model.vocab_size=-5'], 'model.vocab_size=-5'),
+    (['--config=gpt2_124m', '--config.model.vocab_size=-1'], 'set --config.model.vocab_size'),
+    *[(['--config=tiny', '--config.model.vocab_size=65', f'--config.{key}={size}'], f'{key}={size}')
+      for key, size in (('model.mlp_width', -3), ('model.num_kv_heads', -1), ('model.width', 0),
+                        ('model.num_layers', -2), ('model.max_length', 0), ('train.batch_size', 0),
+                        ('train.batch_size', -4), ('mesh.fsdp', 0), ('mesh.tensor', -3))],
 ])
 def test_bad_input_gets_one_line_and_a_nonzero_exit(monkeypatch, capsys, args, fragment):
   code, out, err = info(monkeypatch, capsys, *args)
@@ -71,5 +79,7 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(monkeypatch, capsys, args, f
 
 def test_the_installed_command(tmp_path):
   assert_one_line_error(run(command('flaxlm-info'), f'--config={tmp_path}/none.py'), 'does not exist')
+  assert_one_line_error(run(command('flaxlm-info'), '--config=gpt2_124m', '--config.model.vocab_size=-5'),
+                        '--config.model.vocab_size')
   result = run(command('flaxlm-info'), '--config=gpt2_124m')
   assert result.returncode == 0 and '124,439,808' in result.stdout

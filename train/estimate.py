@@ -16,6 +16,7 @@ parameter; activations come on top.
 """
 
 import dataclasses
+import math
 import pathlib
 import statistics
 
@@ -104,9 +105,9 @@ def wall_clock_days(total_flops: float, peak: float, mfu: float, chips: int) -> 
 
 
 def check_positive(name: str, value: float) -> float:
-  """Returns `value`; raises UserError naming --`name` unless it is a positive number."""
-  if not value > 0:  # NaN fails too.
-    raise UserError(f'--{name}={value:g} must be positive.')
+  """Returns `value`; raises UserError naming --`name` unless it is a positive finite number."""
+  if not 0 < value < math.inf:  # NaN fails too.
+    raise UserError(f'--{name}={value:g} must be positive and finite.')
   return value
 
 

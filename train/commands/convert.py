@@ -41,7 +41,14 @@ def read_hf_config(directory: str) -> dict:
   path = pathlib.Path(directory) / 'config.json'
   if not path.is_file():
     raise UserError(f'{directory} has no config.json: pass --from_hf=DIR, a Hugging Face model folder.')
-  return json.loads(path.read_text())
+  try:
+    config = json.loads(path.read_text())
+  except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8.
+    raise UserError(f'{path} does not read as JSON ({e}): pass the folder\'s own config.json.') from None
+  if not isinstance(config, dict):
+    raise UserError(f'{path} holds a JSON {type(config).__name__}, not an object of settings: pass the folder\'s '
+                    'own config.json.')
+  return config
 
 
 def read_tensors(directory: str) -> hf.Tensors:
@@ -50,7 +57,19 @@ def read_tensors(directory: str) -> hf.Tensors:
   if not files:
     raise UserError(f'{directory} has no *.safetensors weights: save the model with save_pretrained('
                     'safe_serialization=True).')
-  return {name: x for file in files for name, x in safetensors.numpy.load_file(file).items()}
+  tensors = {}
+  for file in files:
+    try:
+      shard = safetensors.numpy.load_file(file)
+    except (safetensors.SafetensorError, OSError) as e:
+      raise UserError(f'{file} does not read as safetensors ({e}): it is cut short or damaged; download it '
+                      'again.') from None
+    twice = sorted(tensors.keys() & shard.keys())
+    if twice:
+      raise UserError(f'{file} holds the tensor {twice[0]}, which an earlier shard holds too: pass a folder with '
+                      'one checkpoint.')
+    tensors.update(shard)
+  return tensors
 
 
 def hf_tokenizer(directory: str, kind: str | None, vocab_size: int) -> tokenizer_lib.Tokenizer:
@@ -67,16 +86,34 @@ def hf_tokenizer(directory: str, kind: str | None, vocab_size: int) -> tokenizer
   return tokenizer
 
 
+def unwritable(output: str, error: OSError) -> UserError:
+  """Returns the error to raise when writing `output` failed with `error` (a full disk, a read-only folder)."""
+  return UserError(f'could not write {output} ({error.strerror or error}): free some space, or pass a path you can '
+                   'write to.')
+
+
+def check_parent(output: str, flag: str) -> None:
+  """Raises UserError unless the directory `output` is to be created in exists."""
+  parent = pathlib.Path(output).absolute().parent
+  if not parent.is_dir():
+    raise UserError(f'--{flag}={output} is in {parent}, which is not a directory: create it first, or pass a path '
+                    'in an existing one.')
+
+
 def from_hf(directory: str, output: str, tokenizer_kind: str | None, dtype: str) -> list[str]:
   """Writes the flaxlm export of the HF model folder `directory` at `output`; returns the lines to print."""
   export.check_writable(output, dtype)
+  check_parent(output, 'output')
   hf_config = read_hf_config(directory)
   config = base.get_config()
   config.model.update(hf.model_config(hf_config))
   tokenizer = hf_tokenizer(directory, tokenizer_kind, config.model.vocab_size)
   config.data.tokenizer = tokenizer_kind or str(pathlib.Path(directory).absolute() / tokenizer.filename)
   params = hf.params_from_hf(read_tensors(directory), ModelConfig.from_config(config.model, tokenizer.vocab_size))
-  path = export.write(output, params, config, tokenizer, dtype)
+  try:
+    path = export.write(output, params, config, tokenizer, dtype)
+  except OSError as e:
+    raise unwritable(output, e) from None
   return [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in {dtype}']
 
 
@@ -94,11 +131,15 @@ def to_hf(output: str, params_path: str) -> list[str]:
   """Writes the HF model folder of the flaxlm export `params_path` at `output`; returns the lines to print."""
   if os.path.lexists(output):
     raise UserError(f'{output} already exists: pass a new --to_hf path (a conversion never overwrites one).')
+  check_parent(output, 'to_hf')
   export.check_is_export(params_path)
   c = ModelConfig.from_config(workdir_lib.load_config(params_path).model, 0)
   hf_config = hf.hf_config(c)  # Refuses a model HF cannot express before its params are read.
   _, params, tokenizer = pretrained.load(params_path)
-  path = write_hf(output, hf_config, hf.params_to_hf(jax.device_get(params), c), tokenizer)
+  try:
+    path = write_hf(output, hf_config, hf.params_to_hf(jax.device_get(params), c), tokenizer)
+  except OSError as e:
+    raise unwritable(output, e) from None
   lines = [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in float32']
   if not isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):
     lines.append('note: the export\'s tokenizer is flaxlm\'s byte or char one, which HF has no file for: not written.')

@@ -122,9 +122,19 @@ def time_lines(total: float) -> list[str]:
   ]
 
 
+def presets_table() -> list[str]:
+  """Returns the README's table of the presets; raises UserError if a flag of a single estimate was given too."""
+  given = [f'--{flag.name}' for flag in (PARAMS, CONFIG, TOKENS, DATASET_TOKENS, EPOCHS, DEVICE, CHIPS, MFU, WORKDIR)
+           if flag.present]
+  if given:
+    raise UserError(f'--presets_table prints a fixed table (1e12 tokens at 40% MFU) and takes no other flag: drop '
+                    f'{", ".join(given)}, or drop --presets_table for an estimate of your own.')
+  return estimate.presets_table()
+
+
 def print_estimate() -> None:
   """Prints the estimate for the flags given, or with --presets_table the README's table of the presets."""
-  print('\n'.join(estimate.presets_table() if PRESETS_TABLE.value else report()))
+  print('\n'.join(presets_table() if PRESETS_TABLE.value else report()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ Nothing is allocated: the parameter shapes come from `jax.eval_shape`, so a 7B m
 import ml_collections
 from ml_collections import config_flags
 
+from flaxlm.configs.errors import UserError
 from flaxlm.model import flops, quantize
 from flaxlm.model.transformer import count_params, param_shapes
 from flaxlm.train import estimate
@@ -19,6 +20,10 @@ CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. llama2_
 
 def parameter_shards(mesh: ml_collections.ConfigDict) -> int | None:
   """Returns the devices each parameter is split over (mesh.fsdp x mesh.tensor); None if one is -1 (all left)."""
+  for axis in ('fsdp', 'tensor'):
+    if mesh[axis] == 0 or mesh[axis] < -1:
+      raise UserError(f'mesh.{axis}={mesh[axis]} must be positive, or -1 for the devices the other axes leave: set '
+                      f'--config.mesh.{axis}.')
   if mesh.fsdp > 0 and mesh.tensor > 0:
     return mesh.fsdp * mesh.tensor
   return None
@@ -27,6 +32,8 @@ def parameter_shards(mesh: ml_collections.ConfigDict) -> int | None:
 def report(config: ml_collections.ConfigDict) -> list[str]:
   """Returns the lines flaxlm-info prints for `config`."""
   c = estimate.model_config(config)
+  if config.train.batch_size <= 0:
+    raise UserError(f'train.batch_size={config.train.batch_size} must be positive: set --config.train.batch_size.')
   shapes = param_shapes(c)
   params = count_params(shapes)
   per_token = flops.training_flops_per_token(c)
