@@ -31,6 +31,9 @@ def check_writable(output: str | pathlib.Path, dtype: str) -> None:
     raise UserError(f'--dtype={dtype} is not one of {", ".join(DTYPES)}: pick one of them.')
   if os.path.lexists(output):
     raise UserError(f'{output} already exists: pass a new --output path (an export never overwrites one).')
+  if not pathlib.Path(output).absolute().parent.is_dir():
+    raise UserError(f'{pathlib.Path(output).absolute().parent} is not a directory: create it first, or pass an '
+                    '--output path in a directory that exists.')
 
 
 def cast(params: Any, dtype: str) -> Any:
@@ -43,7 +46,7 @@ def new_directory(output: str | pathlib.Path) -> Iterator[pathlib.Path]:
   """Yields a hidden sibling directory to fill, renamed to `output` once the block completes, removed if it fails."""
   path = pathlib.Path(output).absolute()
   partial = path.with_name(f'.{path.name}.partial-{os.getpid()}')
-  partial.mkdir(parents=True)
+  partial.mkdir()
   try:
     yield partial
     partial.rename(path)
