@@ -46,7 +46,8 @@ def test_a_garbled_config_json_gets_one_line_and_stays_as_it_is(trained, tmp_pat
     (lambda root, corpus: root / 'new', ('--config.model.vocab_size=5',),
      'model.vocab_size=5 is smaller than the tokenizer'),
     (lambda root, corpus: root / 'new', (), 'is a directory: pass its files'),
-], ids=['workdir_is_a_file', 'vocabulary_too_small', 'data_is_a_directory'])
+    (lambda root, corpus: root / 'new', ('--config.model.width=200000',), 'the train state needs 9,835.5 GiB'),
+], ids=['workdir_is_a_file', 'vocabulary_too_small', 'data_is_a_directory', 'state_larger_than_memory'])
 def test_bad_run_settings_get_one_line_before_anything_is_written(trained, tmp_path, make, overrides, fragment):
   _, corpus = trained
   workdir = make(tmp_path, corpus)

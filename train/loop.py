@@ -166,6 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   c = setup.config.train
   frozen = frozen_params(setup)
   tx, abstract, train_fn, eval_fn = build_steps(setup, frozen)
+  state_lib.check_fits(abstract)
   lead = jax.process_index() == 0  # Only the first process writes files and prints.
   data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
                                  sharding.process_rows(setup.mesh, c.batch_size))

@@ -1,6 +1,9 @@
 """The train state (step, params, optimizer state), created directly in its shardings on the mesh."""
 
+import collections
 import functools
+import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -9,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flaxlm.configs.errors import UserError
 from flaxlm.model import lora
 from flaxlm.train import sharding
 
@@ -61,3 +65,35 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int, ab
   shardings = jax.tree.map(lambda x: x.sharding, abstract)
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
+
+
+def bytes_per_device(abstract: Any) -> dict[jax.Device, int]:
+  """Returns the bytes of `abstract` (shape structs with shardings) that each device holds: its shards' sizes."""
+  held = collections.Counter()
+  for x in jax.tree.leaves(abstract):
+    shard_bytes = math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+    for device in x.sharding.device_set:
+      held[device] += shard_bytes
+  return dict(held)
+
+
+def device_capacity(device: jax.Device) -> int | None:
+  """Returns the bytes of memory `device` offers: its allocator's limit on accelerators; on a CPU, the host's memory
+  shared by its CPU devices; None where neither is known."""
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and 'bytes_limit' in stats:
+    return stats['bytes_limit']
+  if device.platform == 'cpu':
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // len(jax.local_devices(backend='cpu'))
+  return None
+
+
+def check_fits(abstract: TrainState) -> None:
+  """Raises UserError if the train state alone (params and optimizer moments) exceeds a device's memory, before
+  anything is allocated: such a run could only fail, or stall for minutes trying."""
+  for device, size in bytes_per_device(abstract).items():
+    capacity = device_capacity(device)
+    if capacity is not None and size > capacity:
+      raise UserError(f'the train state needs {size / 2**30:,.1f} GiB on each device, more than the '
+                      f'{capacity / 2**30:,.1f} GiB a {device.platform} device has: shrink the model (model.width, '
+                      'model.num_layers), or split it over more devices (mesh.fsdp, mesh.tensor).')
