@@ -32,13 +32,20 @@ def update(path: str | pathlib.Path, data: bytes | str) -> None:
     replace(path, data)
 
 
+def check_parent(path: str | pathlib.Path, flag: str) -> None:
+  """Raises UserError, naming `flag`, if the directory `path` would be written in does not exist."""
+  parent = pathlib.Path(path).absolute().parent
+  if not parent.is_dir():
+    raise UserError(f'--{flag}={path} is in {parent}, which is not a directory: create it first, or pass a path in '
+                    'a directory that exists.')
+
+
 def check_new(path: str | pathlib.Path, flag: str) -> pathlib.Path:
   """Returns `path`; raises UserError if something exists there, or its directory does not, naming `flag`."""
   path = pathlib.Path(path)
   if os.path.lexists(path):
     raise UserError(f'{path} already exists: pass a new --{flag} path, or add --overwrite to replace it.')
-  if not path.parent.is_dir():
-    raise UserError(f'{path.parent} is not a directory: pass a --{flag} path in a directory that exists.')
+  check_parent(path, flag)
   return path
 
 

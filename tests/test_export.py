@@ -86,7 +86,7 @@ def test_bad_exports_get_one_line_and_leave_nothing(trained, tmp_path):
       (trained / 'run', tmp_path / 'existing', 'float32', 'existing already exists'),
       (tmp_path / 'empty', tmp_path / 'b', 'float32', 'holds no flaxlm run'),
       (tmp_path / 'untrained', tmp_path / 'c', 'float32', 'has no checkpoint yet'),
-      (trained / 'run', tmp_path / 'missing' / 'd', 'float32', 'missing is not a directory: create it first'),
+      (trained / 'run', tmp_path / 'missing' / 'd', 'float32', 'which is not a directory: create it first'),
   ]
   before = sorted(tmp_path.rglob('*'))
   for workdir, output, dtype, fragment in cases:

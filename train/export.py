@@ -19,7 +19,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model.transformer import DTYPES
 
 PARAMS_DIR = 'params'
@@ -31,9 +31,7 @@ def check_writable(output: str | pathlib.Path, dtype: str) -> None:
     raise UserError(f'--dtype={dtype} is not one of {", ".join(DTYPES)}: pick one of them.')
   if os.path.lexists(output):
     raise UserError(f'{output} already exists: pass a new --output path (an export never overwrites one).')
-  if not pathlib.Path(output).absolute().parent.is_dir():
-    raise UserError(f'{pathlib.Path(output).absolute().parent} is not a directory: create it first, or pass an '
-                    '--output path in a directory that exists.')
+  files.check_parent(output, 'output')
 
 
 def cast(params: Any, dtype: str) -> Any:

@@ -21,7 +21,7 @@ from absl import flags
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model import hf
 from flaxlm.model.transformer import ModelConfig, count_params
 from flaxlm.train import export, pretrained, workdir as workdir_lib
@@ -92,18 +92,9 @@ def unwritable(output: str, error: OSError) -> UserError:
                    'write to.')
 
 
-def check_parent(output: str, flag: str) -> None:
-  """Raises UserError unless the directory `output` is to be created in exists."""
-  parent = pathlib.Path(output).absolute().parent
-  if not parent.is_dir():
-    raise UserError(f'--{flag}={output} is in {parent}, which is not a directory: create it first, or pass a path '
-                    'in an existing one.')
-
-
 def from_hf(directory: str, output: str, tokenizer_kind: str | None, dtype: str) -> list[str]:
   """Writes the flaxlm export of the HF model folder `directory` at `output`; returns the lines to print."""
   export.check_writable(output, dtype)
-  check_parent(output, 'output')
   hf_config = read_hf_config(directory)
   config = base.get_config()
   config.model.update(hf.model_config(hf_config))
@@ -131,7 +122,7 @@ def to_hf(output: str, params_path: str) -> list[str]:
   """Writes the HF model folder of the flaxlm export `params_path` at `output`; returns the lines to print."""
   if os.path.lexists(output):
     raise UserError(f'{output} already exists: pass a new --to_hf path (a conversion never overwrites one).')
-  check_parent(output, 'to_hf')
+  files.check_parent(output, 'to_hf')
   export.check_is_export(params_path)
   c = ModelConfig.from_config(workdir_lib.load_config(params_path).model, 0)
   hf_config = hf.hf_config(c)  # Refuses a model HF cannot express before its params are read.
