@@ -66,13 +66,14 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int, ab
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
-
 def bytes_per_device(abstract: Any) -> dict[jax.Device, int]:
-  """Returns the bytes of `abstract` (shape structs with shardings) that each device holds: its shards' sizes."""
+  """Returns the bytes of `abstract` (shape structs with shardings) that each of this process's devices holds: its
+  shards' sizes. Other hosts' devices are left out: their memory cannot be asked about from here, and each host
+  checks its own."""
   held = collections.Counter()
   for x in jax.tree.leaves(abstract):
     shard_bytes = math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-    for device in x.sharding.device_set:
+    for device in x.sharding.addressable_devices:
       held[device] += shard_bytes
   return dict(held)
 
