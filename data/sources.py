@@ -68,7 +68,8 @@ def json_record(line: str, path: pathlib.Path, number: int) -> object:
   try:
     return json.loads(line)
   except json.JSONDecodeError as e:
-    raise UserError(f'{path}:{number} is not valid JSON ({e.msg}): fix or remove that line.') from None
+    raise UserError(f'{path}:{number} is not valid JSON ({e.msg}): a .jsonl file holds one JSON object per line; fix or '
+                    'remove that line.') from None
 
 
 def open_text(path: pathlib.Path):

@@ -195,4 +195,7 @@ def for_corpus(kind: str, text: str) -> Tokenizer:
     return CharTokenizer.from_text(text)
   if kind == 'byte':
     return ByteTokenizer()
+  if not pathlib.Path(kind).is_file():
+    raise UserError(f'data.tokenizer={kind!r} is neither char, byte nor a tokenizer file that exists: set '
+                    '--config.data.tokenizer (a .model file comes from `flaxlm-tokenizer train`).')
   return load(kind)

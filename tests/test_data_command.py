@@ -24,7 +24,8 @@ def test_check_reports_lengths_empties_duplicates_and_every_malformed_line(tmp_p
       'empty responses: 1 (line 5)',
       'duplicates: 1 (line 4 repeats line 1)',
       'malformed lines: 2',
-      f'  {path}:3 is not valid JSON (Expecting value): fix or remove that line.',
+      f'  {path}:3 is not valid JSON (Expecting value): a .jsonl file holds one JSON object per line; fix or remove '
+      'that line.',
       f'  {path}:6 is not an example: give it string fields "prompt" and "response", or "messages", a non-empty list '
       'of {"role": one of system, user, assistant, "content": string}.',
   ]

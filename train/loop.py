@@ -4,7 +4,7 @@ The loop dispatches step s+1 before it pulls step s's metrics to the host, so lo
 """
 
 import dataclasses
-import os
+import math
 import pathlib
 
 import jax
@@ -31,6 +31,31 @@ class Setup:
   val_examples: pipeline.PackedExamples
   model: Transformer
   mesh: jax.sharding.Mesh
+
+
+# Each number's allowed interval as (low, high, what it means), for `section.key`; `(` excludes an end, `[` includes it.
+RANGES = {
+    'train.learning_rate': ('(0', 'inf)', 'the peak step size, 1e-3 say'),
+    'train.min_learning_rate': ('[0', 'inf)', 'where the decay ends; 0 decays to nothing'),
+    'train.warmup_steps': ('[0', 'inf)', 'steps of linear warmup; 0 starts at the peak'),
+    'train.beta1': ('[0', '1)', "Adam's first-moment decay, 0.9 say"),
+    'train.beta2': ('[0', '1)', "Adam's second-moment decay, 0.99 say"),
+    'train.weight_decay': ('[0', 'inf)', '0 turns it off'),
+    'train.grad_clip': ('[0', 'inf)', 'the largest gradient norm; 0 turns clipping off'),
+    'data.val_fraction': ('(0', '1)', 'the share of the text held out for validation, 0.1 say'),
+    'data.read_threads': ('[0', 'inf)', '0 prepares batches in the training thread'),
+}
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first number of RANGES outside its interval (or not finite: nan fails them all)."""
+  for name, (low, high, meaning) in RANGES.items():
+    section, key = name.split('.')
+    value, lo, hi = config[section][key], float(low[1:]), float(high[:-1])
+    above = value > lo if low[0] == '(' else value >= lo
+    below = value < hi if high[-1] == ')' else value <= hi
+    if not (above and below and math.isfinite(value)):
+      raise UserError(f'{name}={value} must be in {low}, {high}: {meaning}; set --config.{name}.')
 
 
 def check_train_config(c: ml_collections.ConfigDict) -> None:
@@ -73,9 +98,9 @@ FORMATS = {'text': text_streams, 'examples': example_streams}
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UserError(f'--workdir={workdir} is a file: pass a directory (new, or a run\'s to resume it).')
+  workdir_lib.check_usable(workdir)
   check_train_config(config.train)
+  check_ranges(config)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
   attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
   if config.data.format not in FORMATS:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import pathlib
 
 import ml_collections
@@ -29,6 +30,28 @@ def resolve(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collection
     raise UserError(f'model.vocab_size={config.model.vocab_size} is smaller than the tokenizer\'s {vocab_size} ids: '
                     f'set --config.model.vocab_size={vocab_size} or more (0 takes the tokenizer\'s).')
   return with_model(config, ModelConfig.from_config(config.model, vocab_size))
+
+
+FILES = ('config.json', 'metrics.jsonl', 'tokenizer.json', 'tokenizer.model')  # What a run writes: files,
+FOLDERS = ('checkpoints', 'corrupt_checkpoints', 'tensorboard')  # and folders.
+
+
+def check_usable(workdir: str | pathlib.Path) -> None:
+  """Raises UserError unless `workdir` is new, or a folder this process may write whose run entries are what a run
+  makes (files and folders by name): a resume must not fail halfway through its first save."""
+  path = pathlib.Path(workdir)
+  if not path.exists():
+    return
+  if not path.is_dir():
+    raise UserError(f'--workdir={workdir} is a file: pass a directory (new, or a run\'s to resume it).')
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise UserError(f'--workdir={workdir} is not writable: give yourself write permission on it, or pass a new '
+                    '--workdir.')
+  for names, is_kind, kind in ((FILES, pathlib.Path.is_file, 'a file'), (FOLDERS, pathlib.Path.is_dir, 'a folder')):
+    for name in names:
+      entry = path / name
+      if os.path.lexists(entry) and not is_kind(entry):
+        raise UserError(f'{entry} should be {kind}: move it out of the workdir, or pass a new --workdir.')
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
