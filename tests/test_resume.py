@@ -8,6 +8,8 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
+import time
 
 import jax
 import numpy as np
@@ -28,20 +30,28 @@ def args(corpus, workdir, *overrides: str) -> list[str]:
           '--config.train.checkpoint_every=3', '--config.mesh.cpu_devices=1', *overrides]
 
 
-def stop_at(step: int, sig: int, argv: list[str], again_on: str | None = None) -> tuple[int, str]:
+def stop_at(step: int, sig: int, argv: list[str], again_on: str | None = None,
+            then: tuple[int, float] | None = None) -> tuple[int, str]:
   """Runs `argv`, sends `sig` once it has logged `step` (and again when it prints a line starting `again_on`, if
-  given), and returns its exit code and what it printed after the first signal."""
-  process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  given; or `then` = (signal, seconds): that signal so long after the first), and returns its exit code and what it
+  printed after the first signal (stdout, then stderr)."""
+  errors = tempfile.TemporaryFile('w+')  # A file, not a pipe: a full pipe would block the run.
+  process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=errors, text=True)
   for line in process.stdout:
     if line.startswith(f'step {step} |'):
       process.send_signal(sig)
+      if then:
+        time.sleep(then[1])
+        process.send_signal(then[0])
       break
   rest = []
   for line in process.stdout:
     rest.append(line)
     if again_on and line.startswith(again_on):
       process.send_signal(sig)
-  return process.wait(timeout=120), ''.join(rest)
+  code = process.wait(timeout=120)
+  errors.seek(0)
+  return code, ''.join(rest) + errors.read()
 
 
 def losses(workdir) -> list[tuple]:
@@ -94,17 +104,72 @@ def test_sigterm_saves_the_step_in_flight_exits_0_and_resumes_to_the_same_result
   assert_same_run(tmp_path / 'run', reference)
 
 
+def wide(corpus, workdir) -> list[str]:
+  """Returns the arguments of a run wide enough (13M params, 150 MiB of state) that its save takes a while."""
+  return args(corpus, workdir, '--config.model.width=512', '--config.model.num_heads=8')
+
+
+def assert_resumes_from_the_last_complete_save(argv: list[str], workdir, step: int | None = None) -> str:
+  """Checks that running `argv` again resumes from `workdir`'s newest complete checkpoint (`step` if given), having
+  named and set aside any save left unfinished; returns what it printed on stderr."""
+  saved, unfinished = checkpoint.saved_steps(workdir), sorted(checkpoint.directory(workdir).glob('*tmp*'))
+  assert step is None or saved[-1] == step
+  resumed = run(*argv[:-1], f'--config.train.steps={saved[-1] + 1}', argv[-1])
+  assert resumed.returncode == 0 and f'resuming at step {saved[-1]} ' in resumed.stdout, resumed.stderr
+  for path in unfinished:
+    assert f'{path} is a save that never finished' in resumed.stderr
+    assert not path.exists() and (workdir / 'corrupt_checkpoints' / path.name).is_dir()
+  return resumed.stderr
+
+
 @pytest.mark.timeout(300)
 def test_the_stop_message_is_printed_only_once_the_save_is_complete(straight, tmp_path):
-  corpus, _ = straight  # A model wide enough (13M params, 150 MiB of state) that its save takes a while.
-  wide = args(corpus, tmp_path / 'run', '--config.model.width=512', '--config.model.num_heads=8')
-  _, printed = stop_at(7, signal.SIGTERM, wide, again_on='stopped at step')  # SIGTERM again once it says saved.
+  argv = wide(straight[0], tmp_path / 'run')
+  _, printed = stop_at(7, signal.SIGTERM, argv, again_on='stopped at step')  # SIGTERM again once it says saved.
   stopped_at = int(re.search(r'stopped at step (\d+) on SIGTERM', printed).group(1))
-  saved = [p.name for p in checkpoint.directory(tmp_path / 'run').iterdir()]
-  assert max(int(name) for name in saved if name.isdigit()) == stopped_at  # The save it announced is complete,
-  assert not [name for name in saved if 'tmp' in name]  # and none was left half-written.
-  resumed = run(*wide[:-1], '--config.train.steps=' + str(stopped_at + 1), wide[-1])
-  assert resumed.returncode == 0 and f'resuming at step {stopped_at} ' in resumed.stdout, resumed.stderr
+  assert not list(checkpoint.directory(tmp_path / 'run').glob('*tmp*'))  # None was left half-written,
+  assert_resumes_from_the_last_complete_save(argv, tmp_path / 'run', stopped_at)  # and the one announced is whole.
+
+
+@pytest.mark.timeout(300)
+def test_two_sigterms_50_ms_apart_stop_once_with_the_save_complete(straight, tmp_path):
+  argv = wide(straight[0], tmp_path / 'run')
+  code, printed = stop_at(7, signal.SIGTERM, argv, then=(signal.SIGTERM, 0.05))
+  stopped_at = int(re.search(r'stopped at step (\d+) on SIGTERM, with a checkpoint saved', printed).group(1))
+  assert code == 0 and printed.count('stopped at step') == 1
+  assert not list(checkpoint.directory(tmp_path / 'run').glob('*tmp*'))
+  assert_resumes_from_the_last_complete_save(argv, tmp_path / 'run', stopped_at)
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_names_the_last_checkpoint_saved_and_the_run_resumes_from_it(straight, tmp_path):
+  argv = args(straight[0], tmp_path / 'run')
+  code, printed = stop_at(7, signal.SIGINT, argv)
+  assert code == 130 and printed.strip().splitlines()[-1] == (
+      'flaxlm-train: error: interrupted: the last checkpoint saved is step 6 (later steps are lost): run the same '
+      'command to resume from it.')
+  assert_resumes_from_the_last_complete_save(argv, tmp_path / 'run', 6)
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_during_a_save_waits_for_it_and_says_which_step_was_saved(straight, tmp_path):
+  argv = wide(straight[0], tmp_path / 'run')
+  code, printed = stop_at(7, signal.SIGTERM, argv, then=(signal.SIGINT, 0.05))  # SIGTERM starts a save.
+  said = re.search(r'(stopped at step|the last checkpoint saved is step) (\d+)', printed)
+  assert code in (0, 130) and said, printed
+  assert 'Traceback' not in printed
+  assert_resumes_from_the_last_complete_save(argv, tmp_path / 'run', int(said.group(2)))
+
+
+@pytest.mark.timeout(300)
+def test_a_kill_during_a_save_leaves_a_save_that_is_named_once_and_set_aside(straight, tmp_path):
+  workdir, argv = tmp_path / 'run', wide(straight[0], tmp_path / 'run')
+  stop_at(7, signal.SIGTERM, argv, then=(signal.SIGKILL, 0.05))  # Killed while (or just after) it saves.
+  checkpoint.directory(workdir).joinpath('6.orbax-checkpoint-tmp-1').mkdir(exist_ok=True)  # Left for sure.
+  said = assert_resumes_from_the_last_complete_save(argv, workdir)
+  assert 'never finished' not in run(*argv[:-1], f'--config.train.steps={checkpoint.saved_steps(workdir)[-1]}',
+                                     argv[-1]).stderr  # Named once: it is gone.
+  assert said.count('never finished') >= 1
 
 
 @pytest.mark.timeout(300)

@@ -76,6 +76,8 @@ def restore_latest(workdir: str | pathlib.Path, abstract: TrainState, move_failu
   """
   if not directory(workdir).is_dir():
     return None
+  if move_failures:
+    set_aside_unfinished(workdir)
   manager = checkpoint_manager(workdir, 1, read_only=True)
   failures = []
   try:
@@ -95,6 +97,31 @@ def restore_latest(workdir: str | pathlib.Path, abstract: TrainState, move_failu
     raise UserError(f'no checkpoint in {directory(workdir)} restores (step {failures[0][0]}: {failures[0][1]}): '
                     'move the damaged ones out of it, or train in a new --workdir.')
   return None
+
+
+def saved_steps(workdir: str | pathlib.Path) -> list[int]:
+  """Returns the steps of `workdir`'s complete checkpoints, oldest first (Orbax names one by its step only once the
+  save is whole)."""
+  folder = directory(workdir)
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def set_aside_unfinished(workdir: str | pathlib.Path) -> None:
+  """Moves the temporary folders of saves that never finished (a kill during a save leaves one, which Orbax ignores
+  forever) to WORKDIR/corrupt_checkpoints/, naming each on stderr: once, since it is then gone."""
+  leftovers = sorted(directory(workdir).glob('*.orbax-checkpoint-tmp*'))
+  if jax.process_count() > 1:  # Every host has looked before the first moves anything.
+    multihost_utils.sync_global_devices('flaxlm: looked for unfinished saves')
+  if leftovers and jax.process_index() == 0:
+    corrupt = pathlib.Path(workdir).absolute() / CORRUPT_DIR
+    corrupt.mkdir(exist_ok=True)
+    for source in leftovers:
+      target = unused_path(corrupt / source.name)
+      source.rename(target)
+      print(f'{source} is a save that never finished (stopped during it): moved to {target}.', file=sys.stderr,
+            flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('flaxlm: unfinished saves set aside')
 
 
 def unused_path(path: pathlib.Path) -> pathlib.Path:

@@ -215,10 +215,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   with preemption.watch(manager) as preempted:  # Until the last save is written: a SIGTERM then waits for it.
     try:
       return run_steps(setup, state, data, train_fn, eval_fn, manager, log, preempted)
+    except KeyboardInterrupt:
+      with preemption.sigint_held(reraise=False):
+        manager.wait_until_finished()  # The save in flight, if any, then counts: the message below is true.
+      raise KeyboardInterrupt(last_saved(workdir)) from None
     finally:
-      manager.wait_until_finished()
-      manager.close()
+      with preemption.sigint_held(reraise=False):
+        manager.wait_until_finished()
+        manager.close()
       log.close()
+
+
+def last_saved(workdir: str) -> str:
+  """Returns what an interrupted run says: the step it resumes from, or that nothing was saved."""
+  steps = checkpoint.saved_steps(workdir)
+  if not steps:
+    return 'no checkpoint was saved: run the same command to start again.'
+  return (f'the last checkpoint saved is step {steps[-1]} (later steps are lost): run the same command to resume '
+          'from it.')
 
 
 def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn, manager, log: metrics.MetricsLog,
@@ -252,14 +266,15 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
       with timer.paused():
         pending[2]['val_loss'] = evaluate(eval_fn, state.params, val_batches)
     if due(c.checkpoint_every) or stop:
-      with timer.paused():
+      with timer.paused(), preemption.sigint_held():  # A Ctrl-C stops the run once this save is under way whole.
         checkpoint.save(manager, state, data.get_state(), setup.config, pending and pending[2].get('val_loss'))
     if stop:
       break
   if pending:
     log.write(*timer.finish(*pending))
   if stop:
-    manager.wait_until_finished()  # The message below is true only once the save is written.
+    with preemption.sigint_held():
+      manager.wait_until_finished()  # The message below is true only once the save is written.
     if jax.process_index() == 0:
       print(f'stopped at step {int(state.step)} on SIGTERM, with a checkpoint saved: run the same command to resume.',
             flush=True)

@@ -1,5 +1,5 @@
 """Stopping cleanly when the scheduler asks: SIGTERM (what Cloud TPU and most schedulers send) ends a run after
-the step in flight, with a checkpoint saved.
+the step in flight, with a checkpoint saved. Ctrl-C (SIGINT) stops at once, but a save in flight is finished first.
 
 One process notices the signal itself. On multi-host runs JAX's distributed runtime catches it and agrees with
 every host on the step at which all of them save, through Orbax (`reached_preemption`).
@@ -28,3 +28,20 @@ def watch(manager: ocp.CheckpointManager) -> Iterator[Callable[[int], bool]]:
   finally:
     if in_main_thread:
       signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def sigint_held(reraise: bool = True) -> Iterator[None]:
+  """Holds Ctrl-C (SIGINT) off while the block runs (a save, which an interrupt would leave half made, or leave
+  running unseen); if one came, raises it as KeyboardInterrupt when the block is done, when `reraise`."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  came = threading.Event()
+  previous = signal.signal(signal.SIGINT, lambda *_: came.set())
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if came.is_set() and reraise:
+    raise KeyboardInterrupt

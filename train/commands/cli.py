@@ -35,8 +35,8 @@ def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bo
     main(args) if takes_args else main()
   except UserError as e:
     exit_with(str(e), 1)
-  except KeyboardInterrupt:
-    exit_with('interrupted.', 130)
+  except KeyboardInterrupt as e:  # A command may say what the interruption left (a run: its last checkpoint).
+    exit_with(f'interrupted: {e}' if str(e) else 'interrupted.', 130)
 
 
 def with_config_files(argv: list[str]) -> list[str]:
