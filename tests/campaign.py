@@ -164,9 +164,10 @@ def main(spec_path: str) -> None:
   root, scratch = pathlib.Path(spec['root']), pathlib.Path(tempfile.mkdtemp())  # Outside the sandbox.
   results = {}
   for job in spec['jobs']:
-    before = digest(root)
+    before, start = digest(root), time.monotonic()
     code, stderr = run_one(job, scratch)
-    results[job['id']] = {'code': code, 'stderr': stderr, 'changed': changes(before, digest(root))}
+    results[job['id']] = {'code': code, 'stderr': stderr, 'changed': changes(before, digest(root)),
+                          'seconds': round(time.monotonic() - start, 2)}
   print(json.dumps(results))
 
 

@@ -1,5 +1,6 @@
 """Tests of train/workdir.py through flaxlm-train: a workdir's files are checked, and a resume rewrites none."""
 
+import os
 import pathlib
 
 import pytest
@@ -7,6 +8,8 @@ import pytest
 from conftest import command, make_corpus
 from test_cli import assert_one_line_error, run, train_args
 from test_files import digest
+from flaxlm.configs.errors import UserError
+from flaxlm.train import workdir as workdir_lib
 
 
 @pytest.fixture(scope='module')
@@ -55,3 +58,18 @@ def test_bad_run_settings_get_one_line_before_anything_is_written(trained, tmp_p
   before = digest(tmp_path)
   assert_one_line_error(run(command('flaxlm-train'), *train_args(data, workdir, *overrides)), fragment)
   assert digest(tmp_path) == before and not (tmp_path / 'new').exists()
+
+
+def test_a_workdir_this_process_cannot_write_is_refused_before_the_run(tmp_path, monkeypatch):
+  # The campaign's read-only case cannot fail for root, who writes anywhere: here the permission check says no.
+  monkeypatch.setattr(os, 'access', lambda path, mode: False)
+  with pytest.raises(UserError, match='is not writable: give yourself write permission'):
+    workdir_lib.check_usable(tmp_path)
+
+
+@pytest.mark.parametrize('name, make, kind', [('metrics.jsonl', pathlib.Path.mkdir, 'a file'),
+                                              ('checkpoints', pathlib.Path.touch, 'a folder')])
+def test_a_workdir_entry_of_the_wrong_kind_is_refused_before_the_run(tmp_path, name, make, kind):
+  make(tmp_path / name)
+  with pytest.raises(UserError, match=f'{name} should be {kind}: move it out'):
+    workdir_lib.check_usable(tmp_path)
