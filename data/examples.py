@@ -77,10 +77,8 @@ def parse(line: str, path: pathlib.Path, number: int) -> Example:
 def scan(path: pathlib.Path) -> tuple[list[Example], list[UserError]]:
   """Returns the examples of every well-formed line of a JSONL file, and an error for each malformed line."""
   examples, errors = [], []
-  try:
+  with sources.reading(sources.check_regular(path)):
     data = path.read_bytes()
-  except OSError as e:
-    raise UserError(f'cannot read {path} ({e.strerror}): check the path.') from None
   for number, raw in enumerate(data.splitlines(), 1):
     try:
       line = raw.decode('utf-8')

@@ -10,6 +10,7 @@ corpus flaxlm ships.
   out; several documents (several files, or JSONL records) hold out their last `val_fraction` of documents.
 """
 
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -57,7 +58,7 @@ def expand(patterns: str) -> list[pathlib.Path]:
         [pattern] if pathlib.Path(pattern).is_file() else [])
     if not matches:
       raise UserError(f'no file matches {pattern}: check the path or glob (it must name an existing file).')
-    paths += [pathlib.Path(m) for m in matches]
+    paths += [check_regular(pathlib.Path(m)) for m in matches]
   if not paths:
     raise UserError('no input given: pass one or more files, comma-separated (globs allowed).')
   return paths
@@ -90,14 +91,19 @@ def jsonl_documents(path: pathlib.Path, field: str) -> Iterator[str]:
       yield record[field]
 
 
-def documents_of(path: pathlib.Path, field: str) -> Iterator[str]:
-  """Yields a file's documents: each JSONL record's text, or the whole of a plain text file."""
+def check_regular(path: pathlib.Path) -> pathlib.Path:
+  """Returns `path`; raises UserError if it exists but is neither a regular file nor a directory: a pipe or a
+  device, whose reading could wait for a writer or never end."""
+  if path.exists() and not path.is_file() and not path.is_dir():
+    raise UserError(f'{path} is not a regular file (a pipe or a device, which could be read forever): pass a file.')
+  return path
+
+
+@contextlib.contextmanager
+def reading(path: pathlib.Path) -> Iterator[None]:
+  """Turns the errors of reading the file `path` inside the block into UserErrors naming it and the fix."""
   try:
-    if path.name.removesuffix('.gz').endswith('.jsonl'):
-      yield from jsonl_documents(path, field)
-    else:
-      with open_text(path) as f:
-        yield f.read()
+    yield
   except (gzip.BadGzipFile, EOFError) as e:
     raise UserError(f'{path} is not a complete gzip file ({e}): decompress it, or compress it again.') from None
   except IsADirectoryError:
@@ -106,6 +112,16 @@ def documents_of(path: pathlib.Path, field: str) -> Iterator[str]:
     raise UserError(f'{path} cannot be read ({e.strerror or e}): check the file and its permissions.') from None
   except UnicodeDecodeError as e:
     raise UserError(f'{path} is not UTF-8 text ({e.reason} at byte {e.start}): convert it to UTF-8.') from None
+
+
+def documents_of(path: pathlib.Path, field: str) -> Iterator[str]:
+  """Yields a file's documents: each JSONL record's text, or the whole of a plain text file."""
+  with reading(path):
+    if path.name.removesuffix('.gz').endswith('.jsonl'):
+      yield from jsonl_documents(path, field)
+    else:
+      with open_text(path) as f:
+        yield f.read()
 
 
 def read_text(path: str) -> str:

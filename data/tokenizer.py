@@ -10,8 +10,10 @@ its file, which also identify it) and `filename` (the name it is saved under in 
 """
 
 import io
+import itertools
 import json
 import pathlib
+import re
 from typing import Iterable, Protocol
 
 import numpy as np
@@ -137,43 +139,101 @@ def special_id(value: int) -> int | None:
   return None if value < 0 else value
 
 
+SPECIAL_AND_BYTE_TOKENS = 4 + 256  # unk, bos, eos, pad, and one token per byte for byte fallback.
+VOCABULARY_LIMITS = (  # SentencePiece's own words for a --vocab_size the text cannot fill, and what to tell the user.
+    (re.compile(r'Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)'),
+     '--vocab_size={} is more than this text can fill: pass --vocab_size={} or less, or train on more text.'),
+    (re.compile(r'Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)'),
+     '--vocab_size={} leaves no room for the special, byte and character tokens of this text: pass --vocab_size={} '
+     'or more.'),
+)
+
+
+def check_training(vocab_size: int, model_type: str, max_sentences: int) -> None:
+  """Raises UserError, naming flaxlm-tokenizer's flag, if a setting of `train_sentencepiece` is out of its range."""
+  if model_type not in ('bpe', 'unigram'):
+    raise UserError(f'--model_type={model_type!r} is not one of bpe, unigram: pass --model_type=bpe or '
+                    '--model_type=unigram.')
+  if vocab_size <= SPECIAL_AND_BYTE_TOKENS:
+    raise UserError(f'--vocab_size={vocab_size} leaves no room beyond the {SPECIAL_AND_BYTE_TOKENS} special and byte '
+                    'tokens: pass a larger --vocab_size, e.g. 8000.')
+  if max_sentences < 0:
+    raise UserError(f'--max_sentences={max_sentences} must not be negative: pass a line count (0 reads every line).')
+
+
+def training_error(error: RuntimeError) -> UserError:
+  """Returns SentencePiece's training error as a UserError, in flaxlm-tokenizer's terms where it has them."""
+  reason = str(error).split('] ')[-1].strip()
+  for pattern, message in VOCABULARY_LIMITS:
+    found = pattern.search(reason)
+    if found:
+      return UserError(message.format(*found.groups()))
+  return UserError(f'SentencePiece could not train on this corpus: {reason}')
+
+
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str = 'bpe',
                         max_sentences: int = 1_000_000, seed_sentencepiece_size: int = 1_000_000) -> SentencePieceTokenizer:
   """Returns a SentencePiece model trained on `texts` (at most `max_sentences` of them, sampled).
 
   Text is kept as it is (no normalization, whitespace and newlines preserved), digits are split, and
   byte fallback maps any character outside the vocabulary to its UTF-8 bytes, so every text round-trips.
+  The settings are checked before the first text is read; raises UserError if there is no text.
   """
-  if model_type not in ('bpe', 'unigram'):
-    raise UserError(f'--model_type={model_type!r} is not one of bpe, unigram.')
+  check_training(vocab_size, model_type, max_sentences)
+  texts = iter(texts)
+  first = next(texts, None)
+  if first is None:
+    raise UserError('the input holds no text: pass files with some text to train on.')
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-        byte_fallback=True, character_coverage=0.9995, normalization_rule_name='identity',
+        sentence_iterator=itertools.chain([first], texts), model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, byte_fallback=True, character_coverage=0.9995, normalization_rule_name='identity',
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
         input_sentence_size=max_sentences, shuffle_input_sentence=True,
         seed_sentencepiece_size=seed_sentencepiece_size, unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2)
   except RuntimeError as e:
-    reason = str(e).split('] ')[-1].strip()
-    raise UserError(f'SentencePiece could not train on this corpus: {reason}') from None
+    raise training_error(e) from None
   return SentencePieceTokenizer(model.getvalue())
 
 
 def load(path: str | pathlib.Path) -> Tokenizer:
   """Returns the tokenizer saved at `path`: a SentencePiece .model file, or a char/byte JSON file."""
-  file = pathlib.Path(path)
-  if not file.is_file():
-    raise UserError(f'tokenizer file {path} does not exist: train one with `flaxlm-tokenizer train`.')
-  data = file.read_bytes()
+  data = read_file(path)
   try:
     spec = json.loads(data)
-  except (UnicodeDecodeError, json.JSONDecodeError):
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    if pathlib.Path(path).suffix == '.json':
+      raise UserError(f'{path} is not valid JSON ({e}): restore it, or pass a tokenizer file flaxlm wrote.') from None
     return load_sentencepiece(data, path)
-  kinds = {'char': lambda: CharTokenizer(spec['chars']), 'byte': ByteTokenizer}
-  if not isinstance(spec, dict) or spec.get('kind') not in kinds:
-    raise UserError(f'{path} is not a flaxlm tokenizer: expected "kind" to be one of {sorted(kinds)}.')
-  return kinds[spec['kind']]()
+  return from_json(spec, path)
+
+
+def read_file(path: str | pathlib.Path) -> bytes:
+  """Returns the bytes of the tokenizer file `path`; raises UserError if it is not a file that can be read."""
+  file = pathlib.Path(path)
+  if file.is_dir():
+    raise UserError(f'tokenizer file {path} is a directory: pass the file in it ({SentencePieceTokenizer.filename} '
+                    f'or {CharTokenizer.filename}).')
+  if not file.is_file():
+    raise UserError(f'tokenizer file {path} does not exist: train one with `flaxlm-tokenizer train`.')
+  try:
+    return file.read_bytes()
+  except OSError as e:
+    raise UserError(f'tokenizer file {path} cannot be read ({e.strerror}): check its permissions.') from None
+
+
+def from_json(spec: object, path: str | pathlib.Path) -> Tokenizer:
+  """Returns the tokenizer a flaxlm tokenizer JSON describes; raises UserError if it describes none."""
+  kind = spec.get('kind') if isinstance(spec, dict) else None
+  if kind == 'byte':
+    return ByteTokenizer()
+  chars = spec.get('chars') if kind == 'char' else None
+  if isinstance(chars, list) and all(isinstance(c, str) and len(c) == 1 for c in chars) and len(set(chars)) == len(
+      chars):
+    return CharTokenizer(chars)
+  raise UserError(f'{path} is not a flaxlm tokenizer: expected {{"kind": "byte"}} or {{"kind": "char", "chars": '
+                  '[each character once]}; restore it, or pass a tokenizer file flaxlm wrote.')
 
 
 def load_sentencepiece(data: bytes, path: str | pathlib.Path) -> SentencePieceTokenizer:
@@ -181,7 +241,8 @@ def load_sentencepiece(data: bytes, path: str | pathlib.Path) -> SentencePieceTo
   try:
     return SentencePieceTokenizer(data)
   except RuntimeError:
-    raise UserError(f'{path} is neither a SentencePiece model nor a flaxlm tokenizer JSON file.') from None
+    raise UserError(f'{path} is not a SentencePiece model, nor a flaxlm tokenizer JSON file: pass the .model file '
+                    '`flaxlm-tokenizer train` wrote.') from None
 
 
 def save(tokenizer: Tokenizer, directory: str | pathlib.Path) -> pathlib.Path:

@@ -66,7 +66,7 @@ def trained_run(tmp_path_factory) -> pathlib.Path:
 def test_plot_refuses_to_overwrite_a_file_it_did_not_make(trained_run):
   before = digest(trained_run)
   assert_one_line_error(run(command('flaxlm-plot'), f'--workdir={trained_run}',
-                            f'--output={trained_run / "metrics.jsonl"}'), 'already exists')
+                            f'--output={trained_run / "metrics.jsonl"}'), 'is part of the run')
   assert digest(trained_run) == before
   for _ in range(2):  # Its own default file, WORKDIR/loss.png, is redrawn.
     drawn = run(command('flaxlm-plot'), f'--workdir={trained_run}')

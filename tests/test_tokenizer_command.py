@@ -34,7 +34,7 @@ def test_train_from_a_jsonl_field(tmp_path):
 def test_bad_input_gets_one_line_and_leaves_no_model(corpus, tmp_path):
   model = tmp_path / 'tok.model'
   too_big = run(command('flaxlm-tokenizer'), 'train', f'--input={corpus}', '--vocab_size=100000', f'--output={model}')
-  assert_one_line_error(too_big, 'Vocabulary size too high')
+  assert_one_line_error(too_big, '--vocab_size=100000 is more than this text can fill')
   missing = run(command('flaxlm-tokenizer'), 'train', f'--input={tmp_path}/none.txt', f'--output={model}')
   assert_one_line_error(missing, 'no file matches')
   assert not model.exists() and not model.with_name('tok.model.tmp').exists()

@@ -17,6 +17,7 @@ parameter; activations come on top.
 
 import dataclasses
 import math
+import os
 import pathlib
 import statistics
 
@@ -44,6 +45,7 @@ PRESETS = ('tiny', 'shakespeare_char', 'lm1b', 'gpt2_124m', 'llama_1b', 'llama2_
 # and the 32,000 pieces configs/lm1b.py tells flaxlm-tokenizer to train.
 PRESET_VOCAB = {'tiny': 65, 'shakespeare_char': 65, 'lm1b': 32_000}
 TABLE_TOKENS, TABLE_MFU, TABLE_SLICES = 1e12, 0.4, (('tpu-v5e', 256), ('h100', 8))
+INT32_SIZES = ('vocab_size', 'max_length')  # Token ids and positions are int32: these sizes must fit one.
 
 
 def vocab_size(config: ml_collections.ConfigDict) -> int:
@@ -54,15 +56,20 @@ def vocab_size(config: ml_collections.ConfigDict) -> int:
   if kind == 'char':
     raise UserError('data.tokenizer=char takes its vocabulary from the training text: '
                     'pass --config.model.vocab_size=N (the number of distinct characters).')
-  if kind != 'byte' and not pathlib.Path(kind).is_file():
+  if kind != 'byte' and not os.path.lexists(kind):
     raise UserError(f'data.tokenizer={kind} does not exist yet: pass --config.model.vocab_size=N, or train it '
                     'with flaxlm-tokenizer train.')
-  return tokenizer_lib.for_corpus(kind, '').vocab_size
+  return (tokenizer_lib.ByteTokenizer() if kind == 'byte' else tokenizer_lib.load(kind)).vocab_size
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   """Returns the checked model shape of a config, its vocabulary size resolved as `vocab_size` does."""
-  return ModelConfig.from_config(config.model, vocab_size(config))
+  model = ModelConfig.from_config(config.model, vocab_size(config))
+  for key in INT32_SIZES:
+    if getattr(model, key) >= 2 ** 31:
+      raise UserError(f'model.{key}={getattr(model, key)} is beyond the int32 ids and positions of the model (at most '
+                      f'{2 ** 31 - 1:,}): set --config.model.{key}.')
+  return model
 
 
 def describe(c: ModelConfig) -> str:
@@ -120,6 +127,8 @@ def check_mfu(mfu: float) -> float:
 
 def measured_mfu(workdir: str | pathlib.Path) -> float:
   """Returns the median MFU a run logged in its metrics.jsonl, the first record (warming up) left out."""
+  if os.path.lexists(workdir) and not pathlib.Path(workdir).is_dir():
+    raise UserError(f'--workdir={workdir} is not a directory: pass the --workdir of a training run, or --mfu=0.4.')
   records = metrics.read_metrics(workdir)
   if not records:
     raise UserError(f'{workdir} has no metrics.jsonl to take the MFU from: pass the --workdir of a training run '
@@ -128,7 +137,11 @@ def measured_mfu(workdir: str | pathlib.Path) -> float:
   if not values:
     raise UserError(f'{workdir}/metrics.jsonl has no mfu records (MFU is logged only on the chips of '
                     'train/hardware.py, never on a CPU): pass --mfu=0.4.')
-  return statistics.median(values[1:] or values)
+  median = statistics.median(values[1:] or values)
+  if not 0 < median <= 1:  # NaN fails too.
+    raise UserError(f'{workdir}/metrics.jsonl gives a median MFU of {median:g}, outside (0, 1]: flaxlm-train did not '
+                    'log it; pass --mfu=0.4.')
+  return median
 
 
 def memory_bytes(params: int) -> dict[str, int]:

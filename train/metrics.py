@@ -1,11 +1,13 @@
 """Where a run's numbers go: `WORKDIR/metrics.jsonl`, TensorBoard events and one terminal line per log step."""
 
 import json
+import os
 import pathlib
 
 import jax
 import tensorboardX
 
+from flaxlm.configs.errors import UserError
 from flaxlm.data import files
 
 
@@ -49,21 +51,41 @@ def format_line(step: int, metrics: dict[str, float]) -> str:
 
 
 def decoded(line: str) -> dict | None:
-  """Returns the record on a metrics line, or None for a line cut short (a run killed while appending one)."""
+  """Returns the record on a metrics line (a JSON object of numbers with an integer "step"), or None if it is none."""
   try:
     record = json.loads(line)
   except json.JSONDecodeError:
     return None
-  return record if isinstance(record, dict) and 'step' in record else None
+  if not isinstance(record, dict) or type(record.get('step')) is not int or not all(
+      type(value) in (int, float) for value in record.values()):
+    return None
+  return record
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
-  """Returns the records of a workdir's metrics.jsonl, oldest first (empty if there is none); lines cut short by a
-  kill are left out."""
+  """Returns the records of a workdir's metrics.jsonl, oldest first (empty if there is none).
+
+  A last line without its newline (a run killed while appending it) is left out; raises UserError for any other
+  line that is not a record, or a metrics.jsonl that is not a file that can be read.
+  """
   path = pathlib.Path(workdir) / 'metrics.jsonl'
-  if not path.exists():
+  if not os.path.lexists(path):
     return []
-  return [r for r in map(decoded, path.read_text(errors='replace').splitlines()) if r is not None]
+  if not path.is_file():
+    raise UserError(f'{path} is not a file: move it out of the run, or pass the --workdir of another run.')
+  try:
+    lines = path.read_text(errors='replace').split('\n')
+  except OSError as e:
+    raise UserError(f'{path} cannot be read ({e.strerror}): check its permissions.') from None
+  records = []
+  for number, line in enumerate(lines, 1):
+    record = decoded(line)
+    if record is not None:
+      records.append(record)
+    elif line.strip() and number < len(lines):
+      raise UserError(f'{path}:{number} is not a metrics record (a JSON object of numbers with an integer "step"): '
+                      'remove that line.')
+  return records
 
 
 def drop_after(workdir: str | pathlib.Path, step: int) -> None:

@@ -37,11 +37,20 @@ def loss_figure(records: list[dict], tokens_per_step: int, title: str) -> Figure
   return figure
 
 
+PLOTTED = ('loss', 'learning_rate')  # What every record must have: training records all do.
+
+
 def run_figure(workdir: str | pathlib.Path) -> Figure:
-  """Returns `loss_figure` of the run in `workdir`, titled with its name; raises UserError if it has logged nothing."""
+  """Returns `loss_figure` of the run in `workdir`, titled with its name; raises UserError if it has logged nothing,
+  or a record lacks what is plotted."""
   config = workdir_lib.load_config(workdir)
   records = metrics.read_metrics(workdir)
   if not records:
     raise UserError(f'{workdir} has no metrics.jsonl records yet: plot a run that has logged a step.')
+  for record in records:
+    missing = [name for name in PLOTTED if name not in record]
+    if missing:
+      raise UserError(f'{workdir}/metrics.jsonl has no "{missing[0]}" at step {record["step"]}: plot a run '
+                      'flaxlm-train logged.')
   name = pathlib.Path(workdir).resolve().name
   return loss_figure(records, config.train.batch_size * config.model.max_length, name)

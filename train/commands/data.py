@@ -69,13 +69,22 @@ def report(examples: list[examples_lib.Example], errors: list[UserError], tokeni
   return lines + [f'  {error}' for error in errors]
 
 
-def check_command(files: list[str]) -> None:
-  """Prints the report on one JSONL file; raises UserError after it if any line is malformed."""
+def check_arguments(files: list[str]) -> None:
+  """Raises UserError unless one file is named and --max_length and --tokenizer are settings a training run takes."""
   if len(files) != 1:
     raise UserError('name one file: flaxlm-data check FILE.jsonl [--tokenizer=SPEC] [--max_length=T].')
   if MAX_LENGTH.value <= 0:
     raise UserError(f'--max_length={MAX_LENGTH.value} must be positive: pass the training config\'s '
                     'model.max_length.')
+  if TOKENIZER.value not in ('char', 'byte') and not pathlib.Path(TOKENIZER.value).is_file():
+    raise UserError(f'--tokenizer={TOKENIZER.value} is neither char, byte nor a tokenizer file that exists: pass '
+                    'one of them, as the training config\'s data.tokenizer (a .model file comes from '
+                    '`flaxlm-tokenizer train`).')
+
+
+def check_command(files: list[str]) -> None:
+  """Prints the report on one JSONL file; raises UserError after it if any line is malformed."""
+  check_arguments(files)
   path = pathlib.Path(files[0])
   examples, errors = examples_lib.scan(path)
   text = ''.join(text for example in examples for _, text in example.pieces)

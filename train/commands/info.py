@@ -12,18 +12,25 @@ from ml_collections import config_flags
 from flaxlm.configs.errors import UserError
 from flaxlm.model import flops, quantize
 from flaxlm.model.transformer import count_params, param_shapes
-from flaxlm.train import estimate
+from flaxlm.train import estimate, sharding
 from flaxlm.train.commands import cli
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. llama2_7b) or a config file.', lock_config=True)
 
 
 def parameter_shards(mesh: ml_collections.ConfigDict) -> int | None:
-  """Returns the devices each parameter is split over (mesh.fsdp x mesh.tensor); None if one is -1 (all left)."""
-  for axis in ('fsdp', 'tensor'):
+  """Returns the devices each parameter is split over (mesh.fsdp x mesh.tensor); None if one is -1 (all left).
+
+  Raises UserError for an axis that is neither positive nor -1, or for more than one -1, as training would.
+  """
+  for axis in sharding.MESH_AXES:
     if mesh[axis] == 0 or mesh[axis] < -1:
       raise UserError(f'mesh.{axis}={mesh[axis]} must be positive, or -1 for the devices the other axes leave: set '
                       f'--config.mesh.{axis}.')
+  free = [f'mesh.{axis}' for axis in sharding.MESH_AXES if mesh[axis] == -1]
+  if len(free) > 1:
+    raise UserError(f'{" and ".join(free)} are -1: at most one axis takes the devices the others leave; set the '
+                    'others\' sizes.')
   if mesh.fsdp > 0 and mesh.tensor > 0:
     return mesh.fsdp * mesh.tensor
   return None

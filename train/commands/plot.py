@@ -10,8 +10,9 @@ import pathlib
 from absl import flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from flaxlm.configs.errors import UserError
 from flaxlm.data import files
-from flaxlm.train import plot
+from flaxlm.train import plot, workdir as workdir_lib
 from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its metrics.jsonl and config.json).')
@@ -20,14 +21,24 @@ OUTPUT = flags.DEFINE_string('output', None, 'Where to write the PNG, a new file
 OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
 
 
+def check_output(output: pathlib.Path, workdir: pathlib.Path) -> None:
+  """Raises UserError if --output is one of the run's files or folders, or inside one: --overwrite would replace it."""
+  resolved = output.resolve()
+  for name in (*workdir_lib.FILES, *workdir_lib.FOLDERS):
+    entry = (workdir / name).resolve()
+    if resolved == entry or entry in resolved.parents:
+      raise UserError(f'--output={output} is part of the run in --workdir ({name}): write the PNG to a new path.')
+
+
 def write_plot() -> None:
   """Draws the run in --workdir with Agg (no display needed) into --output, and prints where it went."""
   workdir = pathlib.Path(cli.required(WORKDIR, 'pass the --workdir of a training run.'))
+  own = OUTPUT.value is None  # The default, WORKDIR/loss.png, is this command's own file: redrawn each time.
+  output = workdir / 'loss.png' if own else pathlib.Path(OUTPUT.value)
+  check_output(output, workdir)
   figure, png = plot.run_figure(workdir), io.BytesIO()
   FigureCanvasAgg(figure).print_png(png)
-  own = OUTPUT.value is None  # The default, WORKDIR/loss.png, is this command's own file: redrawn each time.
-  output = files.write_output(workdir / 'loss.png' if own else OUTPUT.value, png.getvalue(), 'output',
-                              own or OVERWRITE.value)
+  files.write_output(output, png.getvalue(), 'output', own or OVERWRITE.value)
   print(f'wrote {output}')
 
 

@@ -26,10 +26,15 @@ TEXT = flags.DEFINE_string('text', None, 'Text to encode or count.')
 
 
 def check_output(output: str, inputs: str) -> None:
-  """Raises UserError if --output exists (without --overwrite) or is one of the --input files."""
+  """Raises UserError if --output cannot take the model: it exists (without --overwrite), is a directory or one of
+  the --input files, or its directory does not exist."""
   if not OVERWRITE.value:
     files.check_new(output, 'output')
-  elif not inputs.startswith(sources.TFDS_PREFIX) and any(
+    return
+  files.check_parent(output, 'output')
+  if pathlib.Path(output).is_dir():
+    raise UserError(f'--output={output} is a directory: pass the path of a file to write the model to.')
+  if not inputs.startswith(sources.TFDS_PREFIX) and any(
       path.resolve() == pathlib.Path(output).resolve() for path in sources.expand(inputs)):
     raise UserError(f'--output={output} is one of the --input files: write the model to a new path.')
 
@@ -46,6 +51,8 @@ def train_command() -> None:
 
 def text_to_measure() -> str:
   """Returns --text, or the contents of the --input files."""
+  if TEXT.value is not None and INPUT.value is not None:
+    raise UserError('--text and --input both give the text to measure: pass one of them.')
   if TEXT.value is not None:
     return TEXT.value
   paths = sources.expand(cli.required(INPUT, 'pass --text=TEXT or --input=FILES.'))
@@ -67,14 +74,29 @@ def count_command() -> None:
   print(f'{count:,} tokens for {len(text):,} characters ({len(text) / max(count, 1):.2f} characters per token)')
 
 
-COMMANDS = {'train': train_command, 'encode': encode_command, 'count': count_command}
+MEASURE_FLAGS = (TOKENIZER, TEXT, INPUT, JSONL_FIELD)
+COMMANDS = {  # name: the function, and the flags it takes.
+    'train': (train_command, (INPUT, TFDS_DIR, JSONL_FIELD, VOCAB_SIZE, MODEL_TYPE, MAX_SENTENCES, OUTPUT, OVERWRITE)),
+    'encode': (encode_command, MEASURE_FLAGS),
+    'count': (count_command, MEASURE_FLAGS),
+}
+
+
+def check_flags(command: str) -> None:
+  """Raises UserError if a flag of another subcommand was given: `command` would ignore it."""
+  taken = {flag.name for flag in COMMANDS[command][1]}
+  for other, (_, flags_of_other) in COMMANDS.items():
+    for flag in flags_of_other:
+      if flag.present and flag.name not in taken:
+        raise UserError(f'flaxlm-tokenizer {command} takes no --{flag.name} (a flag of {other}): drop it.')
 
 
 def dispatch(commands: list[str]) -> None:
   """Runs the subcommand named by the one positional argument."""
   if len(commands) != 1 or commands[0] not in COMMANDS:
     raise UserError(f'name one command of {", ".join(COMMANDS)}: flaxlm-tokenizer COMMAND --flags.')
-  COMMANDS[commands[0]]()
+  check_flags(commands[0])
+  COMMANDS[commands[0]][0]()
 
 
 def main(argv: list[str] | None = None) -> None:
