@@ -31,9 +31,15 @@ def config_file(value: str) -> str:
       raise UserError(f'there is no preset {path!r}: pass one of {", ".join(presets())}, or the path of a config '
                       'file (.py).')
     path = str(FOLDER / f'{path}.py')
+  elif pathlib.Path(path).is_dir():
+    raise UserError(f'config file {path} is a directory: pass a preset ({", ".join(presets())}) or the path of a '
+                    'config file (.py) in it.')
   elif not pathlib.Path(path).is_file():
     raise UserError(f'config file {path} does not exist: pass a preset ({", ".join(presets())}) or the path of '
                     'an existing config file.')
+  elif not path.endswith('.py'):
+    raise UserError(f'config file {path} is not a Python file: pass a preset ({", ".join(presets())}) or a .py '
+                    'file whose get_config() returns the config (a run\'s config.json is read from its --workdir).')
   else:
     check_loads(path, argument)
   return path + (f':{argument}' if argument else '')

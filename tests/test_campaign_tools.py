@@ -264,15 +264,6 @@ CASES = [
     Case('plot_unknown_metric', 'message', ('flaxlm-plot', '--workdir={run}', '--output={case}/loss.png',
                                             '--metric=perplexity'), 'Unknown command line flag'),
 ]
-ELSEWHERE = {  # Cases whose fix belongs in files others own: what to change, and where.
-    'tok_train_output_empty': 'train/commands/cli.py: required() takes an empty value for given, so --output= '
-                              'reads as ".", which "already exists"; it should say the flag is required',
-    'info_config_a_folder': 'configs/__init__.py: config_file says a folder "does not exist"',
-    'info_config_a_runs_json': "configs/__init__.py: check_loads runs a file that is not .py and reports "
-                               "\"'NoneType' object has no attribute 'loader'\"",
-}
-
-
 @pytest.fixture(scope='module')
 def results(tmp_path_factory) -> dict:
   """Every case's result, from one campaign run in a fresh sandbox."""
@@ -280,9 +271,7 @@ def results(tmp_path_factory) -> dict:
   return run_campaign(CASES, root, build_sandbox(root))
 
 
-@pytest.mark.parametrize('case', [
-    pytest.param(case, id=case.id, marks=[pytest.mark.xfail(strict=True, reason=ELSEWHERE[case.id])]
-                 if case.id in ELSEWHERE else []) for case in CASES])
+@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
 def test_bad_tool_input_is_refused_with_one_line_and_no_damage(results, case):
   assert_refused(case, results[case.id])
 
