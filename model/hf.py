@@ -83,14 +83,23 @@ def boolean(hf: dict, key: str, default: bool) -> bool:
   return found
 
 
+def divides(divisor: tuple[str, int], whole: tuple[str, int]) -> None:
+  """Raises UserError unless config.json's `divisor` (key, value) divides its `whole` (key, value)."""
+  (divisor_key, d), (whole_key, w) = divisor, whole
+  if w % d:
+    raise UserError(f'config.json has {divisor_key}={d}, which does not divide {whole_key}={w}: fix the value, or '
+                    'pass the folder\'s own config.json.')
+
+
 def gpt2_model_config(hf: dict) -> dict:
   """Returns flaxlm's model section for a GPT-2 config.json: learned positions, LayerNorm, GELU (tanh), biases."""
   require(hf, 'activation_function', ('gelu_new', 'gelu_pytorch_tanh'), 'gelu_new')
   require(hf, 'scale_attn_weights', (True,), True)
   require(hf, 'scale_attn_by_inverse_layer_idx', (False,), False)
-  width = integer(hf, 'n_embd')
-  return dict(vocab_size=integer(hf, 'vocab_size'), num_layers=integer(hf, 'n_layer'),
-              num_heads=integer(hf, 'n_head'), num_kv_heads=integer(hf, 'n_head'), width=width,
+  width, heads = integer(hf, 'n_embd'), integer(hf, 'n_head')
+  divides(('n_head', heads), ('n_embd', width))
+  return dict(vocab_size=integer(hf, 'vocab_size'), num_layers=integer(hf, 'n_layer'), num_heads=heads,
+              num_kv_heads=heads, width=width,
               mlp_width=integer(hf, 'n_inner', 4 * width), max_length=integer(hf, 'n_positions'),
               tie_embeddings=boolean(hf, 'tie_word_embeddings', True),
               norm_eps=number(hf, 'layer_norm_epsilon', 1e-5), **GPT2.options)
@@ -123,9 +132,12 @@ def llama_model_config(hf: dict) -> dict:
   require(hf, 'mlp_bias', (False,), False)
   require(rope(hf), 'rope_type', ('default',), 'default')
   width, heads = integer(hf, 'hidden_size'), integer(hf, 'num_attention_heads')
+  kv_heads = integer(hf, 'num_key_value_heads', heads)
+  divides(('num_attention_heads', heads), ('hidden_size', width))
+  divides(('num_key_value_heads', kv_heads), ('num_attention_heads', heads))
   require(hf, 'head_dim', (width // heads, None), None)
   return dict(vocab_size=integer(hf, 'vocab_size'), num_layers=integer(hf, 'num_hidden_layers'), num_heads=heads,
-              num_kv_heads=integer(hf, 'num_key_value_heads', heads), width=width,
+              num_kv_heads=kv_heads, width=width,
               mlp_width=integer(hf, 'intermediate_size'), max_length=integer(hf, 'max_position_embeddings'),
               rope_theta=number(rope(hf), 'rope_theta'), tie_embeddings=boolean(hf, 'tie_word_embeddings', False),
               norm_eps=number(hf, 'rms_norm_eps', 1e-6), **LLAMA.options)

@@ -9,9 +9,12 @@ never leaves a partial one at its path.
 """
 
 import contextlib
+import logging
 import os
 import pathlib
 import shutil
+import sys
+import warnings
 from typing import Any, Iterator
 
 import jax
@@ -21,17 +24,35 @@ import orbax.checkpoint as ocp
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model.transformer import DTYPES
+from flaxlm.train import checkpoint
 
 PARAMS_DIR = 'params'
 
 
 def check_writable(output: str | pathlib.Path, dtype: str) -> None:
-  """Raises UserError if `dtype` is not one params can be stored in, or if `output` already exists."""
+  """Raises UserError if `dtype` is not one params can be stored in, or if `output` is no path for a new export."""
   if dtype not in DTYPES:
     raise UserError(f'--dtype={dtype} is not one of {", ".join(DTYPES)}: pick one of them.')
+  check_new_directory(output, 'output')
+
+
+def check_new_directory(output: str | pathlib.Path, flag: str) -> None:
+  """Raises UserError, naming `flag`, if `output` exists, is in a missing directory, or is inside a model's own
+  folder of checkpoints or params (where a new folder would be taken for part of that model)."""
   if os.path.lexists(output):
-    raise UserError(f'{output} already exists: pass a new --output path (an export never overwrites one).')
-  files.check_parent(output, 'output')
+    raise UserError(f'{output} already exists: pass a new --{flag} path (flaxlm never overwrites one).')
+  files.check_parent(output, flag)
+  for folder in pathlib.Path(output).absolute().parents:
+    model = folder.parent
+    if folder in (checkpoint.directory(model), model / PARAMS_DIR) and (model / 'config.json').is_file():
+      raise UserError(f'--{flag}={output} is inside {folder}, which holds the model in {model} (a folder there is '
+                      'taken for part of it): pass a path outside it.')
+
+
+def unwritable(output: str | pathlib.Path, error: OSError) -> UserError:
+  """Returns the error to raise when writing `output` failed with `error` (a full disk, a read-only folder)."""
+  return UserError(f'could not write {output} ({error.strerror or error}): free some space, or pass a path you can '
+                   'write to.')
 
 
 def cast(params: Any, dtype: str) -> Any:
@@ -41,16 +62,20 @@ def cast(params: Any, dtype: str) -> Any:
 
 @contextlib.contextmanager
 def new_directory(output: str | pathlib.Path) -> Iterator[pathlib.Path]:
-  """Yields a hidden sibling directory to fill, renamed to `output` once the block completes, removed if it fails."""
+  """Yields a hidden sibling directory to fill, renamed to `output` once the block completes, removed if it fails;
+  raises UserError if the directory cannot be written (a full disk, a read-only folder)."""
   path = pathlib.Path(output).absolute()
   partial = path.with_name(f'.{path.name}.partial-{os.getpid()}')
-  partial.mkdir()
   try:
-    yield partial
-    partial.rename(path)
-  except BaseException:
-    shutil.rmtree(partial)
-    raise
+    partial.mkdir()
+    try:
+      yield partial
+      partial.rename(path)
+    except BaseException:
+      shutil.rmtree(partial)
+      raise
+  except OSError as e:
+    raise unwritable(output, e) from None
 
 
 def write(output: str | pathlib.Path, params: Any, config: ml_collections.ConfigDict,
@@ -68,12 +93,47 @@ def write(output: str | pathlib.Path, params: Any, config: ml_collections.Config
 def check_is_export(path: str | pathlib.Path) -> None:
   """Raises UserError if `path` is not a directory written by `write` (it lacks params/ or config.json)."""
   directory = pathlib.Path(path)
-  if not ((directory / PARAMS_DIR).is_dir() and (directory / 'config.json').is_file()):
-    raise UserError(f'{path} is not a flaxlm export (no {PARAMS_DIR}/ or config.json): pass a directory written by '
-                    'flaxlm-export, or a training run\'s --workdir.')
+  if (directory / PARAMS_DIR).is_dir() and (directory / 'config.json').is_file():
+    return
+  if checkpoint.directory(directory).is_dir():
+    raise UserError(f'{path} is a training run, not an export: export it first with flaxlm-export --workdir={path} '
+                    '--output=DIR, and pass DIR.')
+  raise UserError(f'{path} is not a flaxlm export (no {PARAMS_DIR}/ or config.json): pass a directory written by '
+                  'flaxlm-export or flaxlm-convert --from_hf.')
 
 
 def read_params(path: str | pathlib.Path, abstract: Any) -> Any:
-  """Returns the exported params laid out as `abstract` says (shapes, shardings, and the dtype they are cast to)."""
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(pathlib.Path(path).absolute() / PARAMS_DIR, abstract)
+  """Returns the exported params laid out as `abstract` says (shapes, shardings, and the dtype they are cast to);
+  raises UserError if they do not restore (damaged files, or params of another shape than config.json's)."""
+  quiet_abandoned_reads()
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(pathlib.Path(path).absolute() / PARAMS_DIR, abstract)
+  except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
+    reason = checkpoint.first_line(e).split('. Truncating/padding is disabled')[0]  # The rest is Orbax's API.
+    raise UserError(f'the params in {path} do not restore ({reason}): the export is damaged, or its config.json is '
+                    'not the one it was written with; export it again.') from None
+
+
+def quiet_abandoned_reads() -> None:
+  """Keeps the reads a failed Orbax restore abandons from printing its failure again, as tracebacks on stderr.
+
+  Orbax stops at the first array that fails to read and closes its event loop; the reads still in flight then fail
+  in TensorStore's threads (scheduling on the closed loop) and in their coroutines' finalizers, and asyncio logs
+  their tasks and gathering futures, whose exception nobody retrieved, some after the command's own error line.
+  Only those reports are silenced (installed once per process; any other reaches the hook there was). flaxlm has
+  no asyncio code of its own: Orbax's is the only work that can be abandoned so.
+  """
+  if getattr(sys.unraisablehook, 'quiets_orbax', False):
+    return
+  previous = sys.unraisablehook
+
+  def on_unraisable(unraisable) -> None:
+    closed = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'
+    if not closed and 'orbax' not in getattr(getattr(unraisable.object, 'cr_code', None), 'co_filename', ''):
+      previous(unraisable)
+
+  on_unraisable.quiets_orbax = True
+  sys.unraisablehook = on_unraisable
+  logging.getLogger('asyncio').addFilter(lambda record: 'exception was never retrieved' not in record.getMessage())
+  warnings.filterwarnings('ignore', "coroutine '.*' was never awaited", RuntimeWarning)

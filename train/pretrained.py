@@ -2,13 +2,15 @@
 
 It reads either kind of directory flaxlm writes: a training run's workdir (its latest checkpoint) or an export
 written by flaxlm-export (params alone). A LoRA run's checkpoint holds only its adapters: they are merged into the
-pretrained params it was trained on (its train.init_from), so every user of `load` sees a plain model.
+pretrained params it was trained on (its train.init_from), so every user of `load` sees a plain model. The texts a
+model is given from files (a prompt, a text to score) are read here too, with the same care.
 """
 
 import dataclasses
 import pathlib
 from typing import Any
 
+import ml_collections
 import optax
 
 from flaxlm.configs.errors import UserError
@@ -17,14 +19,20 @@ from flaxlm.model import lora
 from flaxlm.model.transformer import ModelConfig, Transformer
 from flaxlm.train import checkpoint, export, optimizer, sharding, state, workdir as workdir_lib
 
+TOKENIZER_FILES = (tokenizer_lib.CharTokenizer.filename, tokenizer_lib.SentencePieceTokenizer.filename)
+
 
 def load(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
   """Returns (model, params, tokenizer) of the run or export at `path`, the params float32 on one device.
 
   Raises UserError if `path` is neither, or is a run without a checkpoint yet.
   """
+  check_source(path)
   config, tokenizer = workdir_lib.load_config(path), workdir_lib.load_tokenizer(path)
-  model = Transformer(ModelConfig.from_config(config.model, tokenizer.vocab_size))
+  model = Transformer(model_config(path, config.model, tokenizer.vocab_size))
+  if tokenizer.vocab_size > model.config.vocab_size:
+    raise UserError(f'the tokenizer in {path} has {tokenizer.vocab_size:,} ids, more than the model\'s vocabulary of '
+                    f'{model.config.vocab_size:,}: restore the tokenizer file the model was trained with.')
   if (pathlib.Path(path) / export.PARAMS_DIR).is_dir():
     return model, exported_params(path, model), tokenizer
   params = checkpoint_params(path, model, config)
@@ -35,6 +43,37 @@ def load(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Toke
   return Transformer(dataclasses.replace(model.config, lora_rank=0)), merged, tokenizer
 
 
+def check_folder(path: str | pathlib.Path, what: str) -> None:
+  """Raises UserError if `path` does not exist or is not a folder; `what` says what to pass instead."""
+  folder = pathlib.Path(path)
+  if not folder.exists():
+    raise UserError(f'{path} does not exist: pass {what}.')
+  if not folder.is_dir():
+    raise UserError(f'{path} is not a folder: pass {what}.')
+
+
+def check_source(path: str | pathlib.Path) -> None:
+  """Raises UserError unless `path` is a folder, not a Hugging Face one, and holds a tokenizer beside config.json."""
+  check_folder(path, 'the folder of a training run or of an export')
+  folder = pathlib.Path(path)
+  if any(folder.glob('*.safetensors')):
+    raise UserError(f'{path} is a Hugging Face model folder, not a flaxlm run or export: convert it first with '
+                    f'flaxlm-convert --from_hf={path} --output=DIR, and pass DIR.')
+  if (folder / 'config.json').is_file() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    raise UserError(f'{path} has no tokenizer ({" or ".join(TOKENIZER_FILES)}): restore the file the model was saved '
+                    'with; no other tokenizer gives its ids the right text.')
+
+
+def model_config(path: str | pathlib.Path, section: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+  """Returns the checked model config of the model section read from `path`'s config.json; raises UserError if a
+  value there has the wrong type (a number that is text, say)."""
+  try:
+    return ModelConfig.from_config(section, vocab_size)
+  except (TypeError, ValueError) as e:
+    raise UserError(f'{pathlib.Path(path) / "config.json"} has a model section flaxlm cannot read ({e}): restore the '
+                    'file the model was saved with.') from None
+
+
 def exported_params(path: str | pathlib.Path, model: Transformer) -> Any:
   """Returns an export's params as float32 (bfloat16 exports are cast back exactly, as fine-tuning needs)."""
   abstract = state.abstract_state(model, optax.identity(), sharding.single_device_mesh()).params
@@ -43,8 +82,33 @@ def exported_params(path: str | pathlib.Path, model: Transformer) -> Any:
 
 def checkpoint_params(workdir: str | pathlib.Path, model: Transformer, config) -> Any:
   """Returns the params of the latest checkpoint of the run in `workdir` that restores."""
+  folder = checkpoint.directory(workdir)
+  if folder.exists() and not folder.is_dir():
+    raise UserError(f'{folder} is not a folder: restore the run\'s folder of checkpoints, which the model is read '
+                    'from.')
   abstract = state.abstract_state(model, optimizer.make_optimizer(config.train), sharding.single_device_mesh())
+  export.quiet_abandoned_reads()  # A damaged checkpoint's failure is reported once, by restore_latest.
   restored = checkpoint.restore_latest(workdir, abstract, move_failures=False)
   if restored is None:
-    raise UserError(f'{workdir} has no checkpoint yet: train it first with flaxlm-train --workdir={workdir}.')
+    raise UserError(f'{workdir} has no checkpoint yet (nor the {export.PARAMS_DIR}/ of an export): train it first '
+                    f'with flaxlm-train --workdir={workdir}, or pass a whole export.')
   return restored[0].params
+
+
+def read_text(path: str, flag: str) -> str:
+  """Returns the UTF-8 text of the file --`flag` names; raises UserError naming what is wrong with the path (a
+  pipe or a device is refused before it is opened)."""
+  file = pathlib.Path(path)
+  if not file.exists():
+    raise UserError(f'--{flag}={path} does not exist: pass the path of a text file.')
+  if file.is_dir():
+    raise UserError(f'--{flag}={path} is a directory: pass the path of a text file.')
+  if not file.is_file():  # data/sources.py's check_regular says the same, but importing it costs TFDS's import.
+    raise UserError(f'--{flag}={path} is not a regular file (a pipe or a device, which could be read forever): pass '
+                    'the path of a text file.')
+  try:
+    return file.read_text(encoding='utf-8')
+  except UnicodeDecodeError:
+    raise UserError(f'--{flag}={path} is not UTF-8 text: save it as UTF-8.') from None
+  except OSError as e:
+    raise UserError(f'--{flag}={path} cannot be read ({e.strerror or e}): check its permissions.') from None

@@ -12,7 +12,6 @@ tokenizer.model; flaxlm's byte and char tokenizers have no HF form and are left 
 """
 
 import json
-import os
 import pathlib
 
 import jax
@@ -21,7 +20,7 @@ from absl import flags
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import files, tokenizer as tokenizer_lib
+from flaxlm.data import tokenizer as tokenizer_lib
 from flaxlm.model import hf
 from flaxlm.model.transformer import ModelConfig, count_params
 from flaxlm.train import export, pretrained, workdir as workdir_lib
@@ -38,6 +37,7 @@ PARAMS = flags.DEFINE_string('params', None, 'With --to_hf: a flaxlm export (wri
 
 def read_hf_config(directory: str) -> dict:
   """Returns the config.json of an HF model folder."""
+  pretrained.check_folder(directory, 'a Hugging Face model folder (config.json and *.safetensors)')
   path = pathlib.Path(directory) / 'config.json'
   if not path.is_file():
     raise UserError(f'{directory} has no config.json: pass --from_hf=DIR, a Hugging Face model folder.')
@@ -59,6 +59,8 @@ def read_tensors(directory: str) -> hf.Tensors:
                     'safe_serialization=True).')
   tensors = {}
   for file in files:
+    if not file.is_file():  # A directory, or a pipe (opening one waits for a writer forever).
+      raise UserError(f'{file} is not a regular file: pass a folder whose weights are *.safetensors files.')
     try:
       shard = safetensors.numpy.load_file(file)
     except (safetensors.SafetensorError, OSError) as e:
@@ -79,17 +81,27 @@ def hf_tokenizer(directory: str, kind: str | None, vocab_size: int) -> tokenizer
     raise UserError(f'{directory} has no SentencePiece tokenizer.model (GPT-2\'s vocab.json and merges.txt, and '
                     'tokenizer.json, are not one): pass --tokenizer=FILE.model, a SentencePiece model with the '
                     'checkpoint\'s ids, or --tokenizer=byte.')
-  tokenizer = tokenizer_lib.ByteTokenizer() if kind == 'byte' else tokenizer_lib.load(kind or path)
+  if kind == 'byte':
+    tokenizer = tokenizer_lib.ByteTokenizer()
+  else:
+    tokenizer = sentencepiece_file(kind) if kind else tokenizer_lib.load(path)
   if tokenizer.vocab_size > vocab_size:
     raise UserError(f'the tokenizer has {tokenizer.vocab_size:,} ids and the model {vocab_size:,}: pass a '
                     '--tokenizer with the checkpoint\'s ids.')
   return tokenizer
 
 
-def unwritable(output: str, error: OSError) -> UserError:
-  """Returns the error to raise when writing `output` failed with `error` (a full disk, a read-only folder)."""
-  return UserError(f'could not write {output} ({error.strerror or error}): free some space, or pass a path you can '
-                   'write to.')
+def sentencepiece_file(path: str) -> tokenizer_lib.Tokenizer:
+  """Returns the SentencePiece model --tokenizer names; raises UserError if it is no file, or a flaxlm char or byte
+  tokenizer's JSON (whose ids are not the checkpoint's)."""
+  if not pathlib.Path(path).is_file():
+    raise UserError(f'--tokenizer={path} is not a file: pass the SentencePiece .model file with the checkpoint\'s ids, '
+                    'or --tokenizer=byte.')
+  tokenizer = tokenizer_lib.load(path)
+  if not isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):
+    raise UserError(f'--tokenizer={path} is a flaxlm {type(tokenizer).__name__}, not a SentencePiece model: its ids '
+                    'are not the checkpoint\'s; pass the .model file the checkpoint was trained with.')
+  return tokenizer
 
 
 def from_hf(directory: str, output: str, tokenizer_kind: str | None, dtype: str) -> list[str]:
@@ -101,10 +113,7 @@ def from_hf(directory: str, output: str, tokenizer_kind: str | None, dtype: str)
   tokenizer = hf_tokenizer(directory, tokenizer_kind, config.model.vocab_size)
   config.data.tokenizer = tokenizer_kind or str(pathlib.Path(directory).absolute() / tokenizer.filename)
   params = hf.params_from_hf(read_tensors(directory), ModelConfig.from_config(config.model, tokenizer.vocab_size))
-  try:
-    path = export.write(output, params, config, tokenizer, dtype)
-  except OSError as e:
-    raise unwritable(output, e) from None
+  path = export.write(output, params, config, tokenizer, dtype)
   return [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in {dtype}']
 
 
@@ -120,27 +129,33 @@ def write_hf(output: str, hf_config: dict, tensors: hf.Tensors, tokenizer: token
 
 def to_hf(output: str, params_path: str) -> list[str]:
   """Writes the HF model folder of the flaxlm export `params_path` at `output`; returns the lines to print."""
-  if os.path.lexists(output):
-    raise UserError(f'{output} already exists: pass a new --to_hf path (a conversion never overwrites one).')
-  files.check_parent(output, 'to_hf')
+  export.check_new_directory(output, 'to_hf')
   export.check_is_export(params_path)
-  c = ModelConfig.from_config(workdir_lib.load_config(params_path).model, 0)
+  c = pretrained.model_config(params_path, workdir_lib.load_config(params_path).model, 0)
   hf_config = hf.hf_config(c)  # Refuses a model HF cannot express before its params are read.
   _, params, tokenizer = pretrained.load(params_path)
-  try:
-    path = write_hf(output, hf_config, hf.params_to_hf(jax.device_get(params), c), tokenizer)
-  except OSError as e:
-    raise unwritable(output, e) from None
+  path = write_hf(output, hf_config, hf.params_to_hf(jax.device_get(params), c), tokenizer)
   lines = [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in float32']
   if not isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):
     lines.append('note: the export\'s tokenizer is flaxlm\'s byte or char one, which HF has no file for: not written.')
   return lines
 
 
+DIRECTIONS = {'from_hf': (OUTPUT, TOKENIZER, DTYPE), 'to_hf': (PARAMS,)}  # The flags each direction takes.
+
+
+def check_direction(other: flags.FlagHolder) -> None:
+  """Raises UserError if a flag of the direction `other` names (not the one taken) is given: it would be ignored."""
+  for flag in DIRECTIONS[other.name]:
+    if flag.present:
+      raise UserError(f'--{flag.name} is used only with --{other.name}, not in this direction: leave it out.')
+
+
 def convert() -> None:
   """Converts --from_hf to the export --output, or the export --params to --to_hf, and prints what it wrote."""
   if bool(FROM_HF.value) == bool(TO_HF.value):
     raise UserError('pass exactly one of --from_hf=DIR (HF to flaxlm) and --to_hf=DIR (flaxlm to HF).')
+  check_direction(TO_HF if FROM_HF.value else FROM_HF)
   if FROM_HF.value:
     output = cli.required(OUTPUT, 'pass --output=PATH, the export directory to create.')
     lines = from_hf(FROM_HF.value, output, TOKENIZER.value, DTYPE.value)

@@ -6,7 +6,6 @@ likely and their probabilities.
 """
 
 import math
-import pathlib
 import sys
 
 import numpy as np
@@ -65,13 +64,11 @@ def check_vocabulary(vocab_size: int) -> None:
 
 
 def prompt_text() -> str:
-  """Returns the prompt from --prompt_file or --prompt; raises UserError if it is empty or unreadable."""
-  text = PROMPT.value
-  if PROMPT_FILE.value:
-    try:
-      text = pathlib.Path(PROMPT_FILE.value).read_text(encoding='utf-8')
-    except (OSError, UnicodeDecodeError) as e:
-      raise UserError(f'--prompt_file={PROMPT_FILE.value} does not read as UTF-8 text ({e}).') from None
+  """Returns the prompt from --prompt_file or --prompt; raises UserError if both are given, or it is empty or
+  unreadable."""
+  if PROMPT_FILE.value is not None and PROMPT.present:
+    raise UserError('pass one of --prompt=TEXT and --prompt_file=PATH, not both.')
+  text = PROMPT.value if PROMPT_FILE.value is None else pretrained.read_text(PROMPT_FILE.value, PROMPT_FILE.name)
   if not text:
     raise UserError('the prompt is empty: give at least one character to continue.')
   return text

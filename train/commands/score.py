@@ -9,7 +9,6 @@ A text longer than the model's context is scored by a sliding window, as model/s
 """
 
 import math
-import pathlib
 
 import numpy as np
 from absl import flags
@@ -31,24 +30,10 @@ def read_text() -> str:
   not empty."""
   if (TEXT.value is None) == (TEXT_FILE.value is None):
     raise UserError('pass exactly one of --text=TEXT and --text_file=PATH.')
-  text = TEXT.value if TEXT.value is not None else read_file(pathlib.Path(TEXT_FILE.value))
+  text = TEXT.value if TEXT.value is not None else pretrained.read_text(TEXT_FILE.value, TEXT_FILE.name)
   if not text:
     raise UserError('the text is empty: give at least 2 tokens, as the first is only context.')
   return text
-
-
-def read_file(path: pathlib.Path) -> str:
-  """Returns the UTF-8 text of --text_file; raises UserError naming what is wrong with the path."""
-  if path.is_dir():
-    raise UserError(f'--text_file={path} is a directory: pass the path of a text file.')
-  if not path.exists():
-    raise UserError(f'--text_file={path} does not exist: pass the path of a text file.')
-  try:
-    return path.read_text(encoding='utf-8')
-  except UnicodeDecodeError:
-    raise UserError(f'--text_file={path} is not UTF-8 text: save it as UTF-8.') from None
-  except OSError as e:
-    raise UserError(f'--text_file={path} cannot be read ({e.strerror or e}): check its permissions.') from None
 
 
 def shown(tokenizer: Tokenizer, token: int) -> str:
