@@ -9,9 +9,11 @@ earlier one has restored.
 """
 
 import itertools
+import logging
 import os
 import pathlib
 import sys
+import warnings
 from typing import Callable
 
 import jax
@@ -24,6 +26,7 @@ from flaxlm.configs.errors import UserError
 from flaxlm.train.state import TrainState
 
 CORRUPT_DIR = 'corrupt_checkpoints'
+SHAPE_MISMATCH = 'is not compatible with the stored shape'  # How Orbax refuses arrays of another shape.
 
 
 def directory(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -78,6 +81,7 @@ def restore_latest(workdir: str | pathlib.Path, abstract: TrainState, move_failu
     return None
   if move_failures:
     set_aside_unfinished(workdir)
+  quiet_abandoned_reads()
   manager = checkpoint_manager(workdir, 1, read_only=True)
   failures = []
   try:
@@ -87,6 +91,10 @@ def restore_latest(workdir: str | pathlib.Path, abstract: TrainState, move_failu
         if check:
           check(restored)
       except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
+        if SHAPE_MISMATCH in str(e):  # Whole arrays of another model: the config is wrong, not the checkpoint.
+          raise UserError(f'checkpoint {directory(workdir) / str(step)} holds another model than {workdir}/config.json '
+                          f'describes ({first_line(e)}): restore config.json from the config saved with it '
+                          f'(checkpoints/{step}/config/metadata), or train in a new --workdir.') from None
         failures.append((step, first_line(e)))
         continue
       report_failures(workdir, failures, move_failures)
@@ -132,7 +140,8 @@ def unused_path(path: pathlib.Path) -> pathlib.Path:
 
 def first_line(error: Exception) -> str:
   """Returns the first line of an exception's message (its type's name if it has none)."""
-  text = str(error).strip().split('. See full TensorStore details')[0]  # The rest is a spec dump of the array.
+  text = str(error).strip().split('. See full TensorStore details')[0]  # The rest is a spec dump of the array,
+  text = text.split('. Truncating/padding is disabled')[0]  # or advice on Orbax's API, not to a user.
   return text.splitlines()[0] if text else type(error).__name__
 
 
@@ -149,3 +158,27 @@ def report_failures(workdir: str | pathlib.Path, failures: list[tuple[int, str]]
             'using the one before.', file=sys.stderr, flush=True)
   if move and failures and jax.process_count() > 1:
     multihost_utils.sync_global_devices('flaxlm: damaged checkpoints set aside')
+
+
+def quiet_abandoned_reads() -> None:
+  """Keeps the reads a failed Orbax restore abandons from printing its failure again, as tracebacks on stderr.
+
+  Orbax stops at the first array that fails to read and closes its event loop; the reads still in flight then fail
+  in TensorStore's threads (scheduling on the closed loop) and in their coroutines' finalizers, and asyncio logs
+  their tasks and gathering futures, whose exception nobody retrieved, some after the command's own error line.
+  Only those reports are silenced (installed once per process; any other reaches the hook there was). flaxlm has
+  no asyncio code of its own: Orbax's is the only work that can be abandoned so.
+  """
+  if getattr(sys.unraisablehook, 'quiets_orbax', False):
+    return
+  previous = sys.unraisablehook
+
+  def on_unraisable(unraisable) -> None:
+    closed = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'
+    if not closed and 'orbax' not in getattr(getattr(unraisable.object, 'cr_code', None), 'co_filename', ''):
+      previous(unraisable)
+
+  on_unraisable.quiets_orbax = True
+  sys.unraisablehook = on_unraisable
+  logging.getLogger('asyncio').addFilter(lambda record: 'exception was never retrieved' not in record.getMessage())
+  warnings.filterwarnings('ignore', "coroutine '.*' was never awaited", RuntimeWarning)

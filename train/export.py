@@ -9,12 +9,9 @@ never leaves a partial one at its path.
 """
 
 import contextlib
-import logging
 import os
 import pathlib
 import shutil
-import sys
-import warnings
 from typing import Any, Iterator
 
 import jax
@@ -105,35 +102,10 @@ def check_is_export(path: str | pathlib.Path) -> None:
 def read_params(path: str | pathlib.Path, abstract: Any) -> Any:
   """Returns the exported params laid out as `abstract` says (shapes, shardings, and the dtype they are cast to);
   raises UserError if they do not restore (damaged files, or params of another shape than config.json's)."""
-  quiet_abandoned_reads()
+  checkpoint.quiet_abandoned_reads()
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       return checkpointer.restore(pathlib.Path(path).absolute() / PARAMS_DIR, abstract)
   except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
-    reason = checkpoint.first_line(e).split('. Truncating/padding is disabled')[0]  # The rest is Orbax's API.
-    raise UserError(f'the params in {path} do not restore ({reason}): the export is damaged, or its config.json is '
+    raise UserError(f'the params in {path} do not restore ({checkpoint.first_line(e)}): the export is damaged, or its config.json is '
                     'not the one it was written with; export it again.') from None
-
-
-def quiet_abandoned_reads() -> None:
-  """Keeps the reads a failed Orbax restore abandons from printing its failure again, as tracebacks on stderr.
-
-  Orbax stops at the first array that fails to read and closes its event loop; the reads still in flight then fail
-  in TensorStore's threads (scheduling on the closed loop) and in their coroutines' finalizers, and asyncio logs
-  their tasks and gathering futures, whose exception nobody retrieved, some after the command's own error line.
-  Only those reports are silenced (installed once per process; any other reaches the hook there was). flaxlm has
-  no asyncio code of its own: Orbax's is the only work that can be abandoned so.
-  """
-  if getattr(sys.unraisablehook, 'quiets_orbax', False):
-    return
-  previous = sys.unraisablehook
-
-  def on_unraisable(unraisable) -> None:
-    closed = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'
-    if not closed and 'orbax' not in getattr(getattr(unraisable.object, 'cr_code', None), 'co_filename', ''):
-      previous(unraisable)
-
-  on_unraisable.quiets_orbax = True
-  sys.unraisablehook = on_unraisable
-  logging.getLogger('asyncio').addFilter(lambda record: 'exception was never retrieved' not in record.getMessage())
-  warnings.filterwarnings('ignore', "coroutine '.*' was never awaited", RuntimeWarning)

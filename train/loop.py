@@ -35,7 +35,7 @@ class Setup:
 
 # Each number's allowed interval as (low, high, what it means), for `section.key`; `(` excludes an end, `[` includes it.
 RANGES = {
-    'train.learning_rate': ('(0', 'inf)', 'the peak step size, 1e-3 say'),
+    'train.learning_rate': ('[0', 'inf)', 'the peak step size, 1e-3 say (0 leaves the params as they are)'),
     'train.min_learning_rate': ('[0', 'inf)', 'where the decay ends; 0 decays to nothing'),
     'train.warmup_steps': ('[0', 'inf)', 'steps of linear warmup; 0 starts at the peak'),
     'train.beta1': ('[0', '1)', "Adam's first-moment decay, 0.9 say"),

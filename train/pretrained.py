@@ -87,7 +87,6 @@ def checkpoint_params(workdir: str | pathlib.Path, model: Transformer, config) -
     raise UserError(f'{folder} is not a folder: restore the run\'s folder of checkpoints, which the model is read '
                     'from.')
   abstract = state.abstract_state(model, optimizer.make_optimizer(config.train), sharding.single_device_mesh())
-  export.quiet_abandoned_reads()  # A damaged checkpoint's failure is reported once, by restore_latest.
   restored = checkpoint.restore_latest(workdir, abstract, move_failures=False)
   if restored is None:
     raise UserError(f'{workdir} has no checkpoint yet (nor the {export.PARAMS_DIR}/ of an export): train it first '

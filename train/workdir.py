@@ -67,6 +67,10 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   if not isinstance(saved, dict) or not isinstance(saved.get('model'), dict):
     raise UserError(f'{path} holds no flaxlm config (no model section): restore it, or train in a new --workdir.')
   defaults = base.get_config().to_dict()  # Keys added since the run was saved keep the behaviour it had.
+  for section, values in saved.items():
+    if section in defaults and not isinstance(values, dict):
+      raise UserError(f'{path}: its {section} section is {json.dumps(values)[:40]}, not a JSON object: restore it '
+                      'from the config saved with a checkpoint (checkpoints/STEP/config/metadata).')
   return ml_collections.ConfigDict({section: {**defaults.get(section, {}), **values} if isinstance(values, dict)
                                     else values for section, values in saved.items()})
 
