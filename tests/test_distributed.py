@@ -18,18 +18,23 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(300)
-def test_two_processes_give_the_same_losses_as_one(corpus, tmp_path):
+@pytest.mark.parametrize('mesh, printed', [
+    (('--config.mesh.dcn_data=2',), "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}"),
+    (('--config.mesh.data=1', '--config.mesh.tensor=2'), "mesh {'data': 1, 'fsdp': 1, 'tensor': 2}"),
+], ids=['data_across_processes', 'tensor_across_processes'])  # The second: each process holds the whole batch.
+def test_two_processes_give_the_same_losses_as_one(corpus, tmp_path, mesh, printed):
   one, two = tmp_path / 'one', tmp_path / 'two'
-  single = run(command('flaxlm-train'), *train_args(corpus, one, '--config.mesh.cpu_devices=1'))
+  splittable = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36')  # 36 tokens split over 2 devices.
+  single = run(command('flaxlm-train'), *train_args(corpus, one, *splittable))
   assert single.returncode == 0, single.stderr
   address = f'127.0.0.1:{free_port()}'
   processes = [subprocess.Popen(
-      [command('flaxlm-train'), *train_args(corpus, two, '--config.mesh.cpu_devices=1', '--config.mesh.dcn_data=2'),
+      [command('flaxlm-train'), *train_args(corpus, two, *splittable, *mesh),
        f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
   outputs = [p.communicate(timeout=240) for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs
-  assert 'mesh {\'data\': 2' in outputs[0][0] and 'step 10' in outputs[0][0]
+  assert printed in outputs[0][0] and 'step 10' in outputs[0][0]
   assert not [line for line in outputs[1][0].splitlines() if line.startswith(('model', 'step'))]  # process 0 logs.
   expected, got = metrics.read_metrics(one), metrics.read_metrics(two)
   assert [r['step'] for r in got] == [r['step'] for r in expected]

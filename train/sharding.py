@@ -153,8 +153,11 @@ def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict[str, jax.Ar
   """
   sharding = batch_sharding(mesh)
 
+  shards = mesh.shape['data'] * mesh.shape['fsdp']  # The batch's row blocks, of which this process holds some.
+  held = len(process_rows(mesh, shards))  # All of them when the processes span only the tensor axis.
+
   def assemble(x_RxT: np.ndarray) -> jax.Array:
-    shape = (x_RxT.shape[0] * jax.process_count(), *x_RxT.shape[1:])
+    shape = (x_RxT.shape[0] * shards // held, *x_RxT.shape[1:])
     rows = process_rows(mesh, shape[0])
     return jax.make_array_from_callback(
         shape, sharding, lambda index: x_RxT[np.searchsorted(rows, np.arange(shape[0])[index[0]])])
