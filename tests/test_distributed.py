@@ -20,8 +20,9 @@ def free_port() -> int:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize('mesh, printed', [
     (('--config.mesh.dcn_data=2',), "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}"),
+    (('--config.mesh.data=1', '--config.mesh.fsdp=2'), "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}"),
     (('--config.mesh.data=1', '--config.mesh.tensor=2'), "mesh {'data': 1, 'fsdp': 1, 'tensor': 2}"),
-], ids=['data_across_processes', 'tensor_across_processes'])  # The second: each process holds the whole batch.
+], ids=['data_across_processes', 'fsdp_across_processes', 'tensor_across_processes'])  # The second: each process holds the whole batch.
 def test_two_processes_give_the_same_losses_as_one(corpus, tmp_path, mesh, printed):
   one, two = tmp_path / 'one', tmp_path / 'two'
   splittable = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36')  # 36 tokens split over 2 devices.
