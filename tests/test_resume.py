@@ -142,13 +142,21 @@ def test_two_sigterms_50_ms_apart_stop_once_with_the_save_complete(straight, tmp
 
 
 @pytest.mark.timeout(300)
-def test_ctrl_c_names_the_last_checkpoint_saved_and_the_run_resumes_from_it(straight, tmp_path):
+def test_ctrl_c_stops_after_the_step_in_flight_with_it_saved(straight, tmp_path):
   argv = args(straight[0], tmp_path / 'run', '--config.train.steps=100000')  # Far from done when interrupted.
   code, printed = stop_at(7, signal.SIGINT, argv)
-  said = re.fullmatch(r'flaxlm-train: error: interrupted: the last checkpoint saved is step (\d+) \(later steps are '
-                      r'lost\): run the same command to resume from it\.', printed.strip().splitlines()[-1])
-  assert code == 130 and said and int(said.group(1)) >= 6, printed
-  assert_resumes_from_the_last_complete_save(argv, tmp_path / 'run', int(said.group(1)))
+  stopped_at = int(re.search(r'stopped at step (\d+) on Ctrl-C, with a checkpoint saved', printed).group(1))
+  assert code == 0 and 'Traceback' not in printed
+  assert_resumes_from_the_last_complete_save(argv, tmp_path / 'run', stopped_at)
+
+
+@pytest.mark.timeout(300)
+def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint_saved(straight, tmp_path):
+  argv = wide(straight[0], tmp_path / 'run')
+  code, printed = stop_at(7, signal.SIGINT, argv, then=(signal.SIGINT, 0.05))
+  said = re.search(r'(stopped at step|the last checkpoint saved is step) (\d+)', printed)
+  assert code in (0, 130) and said and 'Traceback' not in printed, printed
+  assert_resumes_from_the_last_complete_save(argv, tmp_path / 'run', int(said.group(2)))
 
 
 @pytest.mark.timeout(300)

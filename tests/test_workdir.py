@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -74,3 +75,15 @@ def test_a_workdir_entry_of_the_wrong_kind_is_refused_before_the_run(tmp_path, n
   make(tmp_path / name)
   with pytest.raises(UserError, match=f'{name} should be {kind}: move it out'):
     workdir_lib.check_usable(tmp_path)
+
+
+def test_a_resume_may_change_how_the_model_is_computed_and_says_so(trained, tmp_path):
+  workdir, corpus = trained
+  copy = tmp_path / 'run'
+  shutil.copytree(workdir, copy)
+  resumed = run(command('flaxlm-train'), *train_args(corpus, copy, '--config.model.remat=full',
+                                                     '--config.train.microbatches=2', '--config.train.steps=12'))
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming with model.remat: 'none' there, 'full' here" in resumed.stdout
+  assert 'resuming with train.microbatches: 1 there, 2 here' in resumed.stdout
+  assert 'resuming at step 10 of 12' in resumed.stdout

@@ -112,7 +112,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
     workdir_lib.load_config(config.train.init_from)
   tokenizer, streams = FORMATS[config.data.format](config)
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
-  workdir_lib.check_compatible(workdir, resolved, tokenizer)
+  for change in workdir_lib.check_compatible(workdir, resolved, tokenizer):
+    if jax.process_index() == 0:
+      print(f'resuming with {change} (it changes how the model is computed, not what it learns)', flush=True)
   model = Transformer(ModelConfig.from_config(resolved.model, tokenizer.vocab_size))
   train_examples, val_examples = (pipeline.PackedExamples(stream, config.model.max_length, tokenizer.pad_id or 0)
                                   for stream in streams)
@@ -212,15 +214,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
           f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} '
           f'padding); {"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
   manager, log = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints), metrics.MetricsLog(workdir)
-  with preemption.watch(manager) as preempted:  # Until the last save is written: a SIGTERM then waits for it.
+  with preemption.watch(manager) as preempted:  # Until the last save is written: a signal then waits for it.
     try:
       return run_steps(setup, state, data, train_fn, eval_fn, manager, log, preempted)
     except KeyboardInterrupt:
-      with preemption.sigint_held(reraise=False):
+      with preemption.sigint_held(deliver=False):
         manager.wait_until_finished()  # The save in flight, if any, then counts: the message below is true.
       raise KeyboardInterrupt(last_saved(workdir)) from None
     finally:
-      with preemption.sigint_held(reraise=False):
+      with preemption.sigint_held(deliver=False):
         manager.wait_until_finished()
         manager.close()
       log.close()
@@ -266,7 +268,7 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
       with timer.paused():
         pending[2]['val_loss'] = evaluate(eval_fn, state.params, val_batches)
     if due(c.checkpoint_every) or stop:
-      with timer.paused(), preemption.sigint_held():  # A Ctrl-C stops the run once this save is under way whole.
+      with timer.paused(), preemption.sigint_held():  # A Ctrl-C counts once this save is under way whole.
         checkpoint.save(manager, state, data.get_state(), setup.config, pending and pending[2].get('val_loss'))
     if stop:
       break
@@ -276,7 +278,7 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
     with preemption.sigint_held():
       manager.wait_until_finished()  # The message below is true only once the save is written.
     if jax.process_index() == 0:
-      print(f'stopped at step {int(state.step)} on SIGTERM, with a checkpoint saved: run the same command to resume.',
+      print(f'stopped at step {int(state.step)} on {stop}, with a checkpoint saved: run the same command to resume.',
             flush=True)
   return state
 

@@ -1,8 +1,11 @@
-"""Stopping cleanly when the scheduler asks: SIGTERM (what Cloud TPU and most schedulers send) ends a run after
-the step in flight, with a checkpoint saved. Ctrl-C (SIGINT) stops at once, but a save in flight is finished first.
+"""Stopping cleanly when asked: SIGTERM (what Cloud TPU and most schedulers send) or Ctrl-C (SIGINT) ends a run
+after the step in flight, with a checkpoint saved. A second Ctrl-C stops at once, but a save under way is finished
+first.
 
-One process notices the signal itself. On multi-host runs JAX's distributed runtime catches it and agrees with
-every host on the step at which all of them save, through Orbax (`reached_preemption`).
+The signal is only noted where it arrives and acted on between steps: an interrupt raised inside library code (a
+metrics writer, a data reader) could leave it holding a lock and the run hanging at exit, as seen under load.
+One process notices the signal itself. On multi-host runs JAX's distributed runtime catches SIGTERM and agrees
+with every host on the step at which all of them save, through Orbax (`reached_preemption`).
 """
 
 import contextlib
@@ -15,25 +18,35 @@ import orbax.checkpoint as ocp
 
 
 @contextlib.contextmanager
-def watch(manager: ocp.CheckpointManager) -> Iterator[Callable[[int], bool]]:
-  """Yields `reached(step)`: True once the run should save at `step` and stop. Call it once per step, every step."""
+def watch(manager: ocp.CheckpointManager) -> Iterator[Callable[[int], str | None]]:
+  """Yields `reached(step)`: the name of the signal ('SIGTERM', 'Ctrl-C') once the run should save at `step` and
+  stop, else None. Call it once per step, every step."""
   if jax.process_count() > 1:
-    yield manager.reached_preemption
+    yield lambda step: 'SIGTERM' if manager.reached_preemption(step) else None
     return
-  requested = threading.Event()
-  in_main_thread = threading.current_thread() is threading.main_thread()  # Only there can Python take signals.
-  previous = signal.signal(signal.SIGTERM, lambda *_: requested.set()) if in_main_thread else None
+  if threading.current_thread() is not threading.main_thread():  # Only there can Python take signals.
+    yield lambda step: None
+    return
+  requested = []
+
+  def on_sigint(*_) -> None:
+    if 'Ctrl-C' in requested:  # The second: stop now.
+      raise KeyboardInterrupt
+    requested.append('Ctrl-C')
+
+  previous = {sig: signal.signal(sig, handler) for sig, handler in (
+      (signal.SIGTERM, lambda *_: requested.append('SIGTERM')), (signal.SIGINT, on_sigint))}
   try:
-    yield lambda step: requested.is_set()
+    yield lambda step: requested[0] if requested else None
   finally:
-    if in_main_thread:
-      signal.signal(signal.SIGTERM, previous)
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
-def sigint_held(reraise: bool = True) -> Iterator[None]:
+def sigint_held(deliver: bool = True) -> Iterator[None]:
   """Holds Ctrl-C (SIGINT) off while the block runs (a save, which an interrupt would leave half made, or leave
-  running unseen); if one came, raises it as KeyboardInterrupt when the block is done, when `reraise`."""
+  running unseen); if one came, hands it afterwards to the handler there was, when `deliver`."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
@@ -43,5 +56,5 @@ def sigint_held(reraise: bool = True) -> Iterator[None]:
     yield
   finally:
     signal.signal(signal.SIGINT, previous)
-  if came.is_set() and reraise:
-    raise KeyboardInterrupt
+  if came.is_set() and deliver and callable(previous):
+    previous(signal.SIGINT, None)

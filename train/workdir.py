@@ -82,19 +82,37 @@ def load_tokenizer(workdir: str | pathlib.Path) -> tokenizer_lib.Tokenizer:
   return tokenizer_lib.load(model if model.exists() else path / tokenizer_lib.CharTokenizer.filename)
 
 
+# What a resume may change: how the same model is computed, not what it is or which batches it sees.
+COMPUTE_ONLY = ('model.dtype', 'model.remat', 'model.attention', 'train.microbatches')
+# What it may not change besides the model's shape: the stream of batches the checkpoint's data position indexes.
+SAME_DATA = ('train.batch_size', 'train.seed', 'data.path', 'data.format', 'data.text_field', 'data.val_fraction',
+             'data.max_documents')
+
+
 def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
-                     tokenizer: tokenizer_lib.Tokenizer) -> None:
-  """Raises UserError if `workdir` holds a run of another model shape or tokenizer than this one."""
+                     tokenizer: tokenizer_lib.Tokenizer) -> list[str]:
+  """Returns the compute-only settings a resume of `workdir` changes ('model.dtype: ... there, ... here'); raises
+  UserError if the workdir holds a run of another model, tokenizer or stream of batches than this config's."""
   if not (pathlib.Path(workdir) / 'config.json').exists():
-    return
-  saved = load_config(workdir).model.to_dict()
-  differences = [f'model.{k}: {saved.get(k)!r} there, {v!r} here' for k, v in config.model.items() if saved.get(k) != v]
-  if differences:
-    raise UserError(f'workdir {workdir} holds a run of a different model ({"; ".join(differences)}): '
-                    'use a new --workdir, or the same settings to resume it.')
+    return []
+  saved = load_config(workdir)
+  keys = [f'model.{k}' for k in config.model] + list(SAME_DATA) + [k for k in COMPUTE_ONLY if k not in SAME_DATA]
+  changed = [key for key in dict.fromkeys(keys) if lookup(saved, key) != lookup(config, key)]
+  describe = lambda key: f'{key}: {lookup(saved, key)!r} there, {lookup(config, key)!r} here'
+  refused = [describe(key) for key in changed if key not in COMPUTE_ONLY]
+  if refused:
+    raise UserError(f'workdir {workdir} holds a run of a different model or data ({"; ".join(refused)}): use a new '
+                    '--workdir, or the same settings to resume it.')
   if load_tokenizer(workdir).serialized() != tokenizer.serialized():
     raise UserError(f'workdir {workdir} holds a run with a different tokenizer: use a new --workdir, '
                     'or the same --config.data.path and --config.data.tokenizer to resume it.')
+  return [describe(key) for key in changed]
+
+
+def lookup(config: ml_collections.ConfigDict, key: str):
+  """Returns the value of the dotted `key` ('train.seed') in `config`, None where it has no such key."""
+  section, name = key.split('.')
+  return config.get(section, {}).get(name)
 
 
 def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
