@@ -22,7 +22,7 @@ import pathlib
 import numpy as np
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import pipeline, sources, tokenizer as tokenizer_lib
+from flaxlm.data import files, pipeline, sources, tokenizer as tokenizer_lib
 
 TEMPLATE = '<|{role}|>\n{content}\n'
 ROLES = ('system', 'user', 'assistant')
@@ -77,7 +77,7 @@ def parse(line: str, path: pathlib.Path, number: int) -> Example:
 def scan(path: pathlib.Path) -> tuple[list[Example], list[UserError]]:
   """Returns the examples of every well-formed line of a JSONL file, and an error for each malformed line."""
   examples, errors = [], []
-  with sources.reading(sources.check_regular(path)):
+  with sources.reading(files.check_regular(path)):
     data = path.read_bytes()
   for number, raw in enumerate(data.splitlines(), 1):
     try:

@@ -60,3 +60,11 @@ def write_output(path: str | pathlib.Path, data: bytes | str, flag: str, overwri
     return replace(path, data)
   except OSError as e:
     raise UserError(f'cannot write --{flag}={path} ({e.strerror}): pass a path in a writable directory.') from None
+
+
+def check_regular(path: pathlib.Path) -> pathlib.Path:
+  """Returns `path`; raises UserError if it exists but is neither a regular file nor a directory: a pipe or a
+  device, whose reading could wait for a writer or never end."""
+  if path.exists() and not path.is_file() and not path.is_dir():
+    raise UserError(f'{path} is not a regular file (a pipe or a device, which could be read forever): pass a file.')
+  return path

@@ -23,6 +23,7 @@ from typing import Iterator
 import tensorflow_datasets as tfds
 
 from flaxlm.configs.errors import UserError
+from flaxlm.data import files
 
 TFDS_PREFIX = 'tfds:'
 TFDS_HOST = ('storage.googleapis.com', 443)  # Where TFDS fetches prepared data and most sources from.
@@ -58,7 +59,7 @@ def expand(patterns: str) -> list[pathlib.Path]:
         [pattern] if pathlib.Path(pattern).is_file() else [])
     if not matches:
       raise UserError(f'no file matches {pattern}: check the path or glob (it must name an existing file).')
-    paths += [check_regular(pathlib.Path(m)) for m in matches]
+    paths += [files.check_regular(pathlib.Path(m)) for m in matches]
   if not paths:
     raise UserError('no input given: pass one or more files, comma-separated (globs allowed).')
   return paths
@@ -89,14 +90,6 @@ def jsonl_documents(path: pathlib.Path, field: str) -> Iterator[str]:
         raise UserError(f'{path}:{number} has no text field {field!r}: set the field name (--config.data.text_field '
                         'in flaxlm-train, --jsonl_field in flaxlm-tokenizer).')
       yield record[field]
-
-
-def check_regular(path: pathlib.Path) -> pathlib.Path:
-  """Returns `path`; raises UserError if it exists but is neither a regular file nor a directory: a pipe or a
-  device, whose reading could wait for a writer or never end."""
-  if path.exists() and not path.is_file() and not path.is_dir():
-    raise UserError(f'{path} is not a regular file (a pipe or a device, which could be read forever): pass a file.')
-  return path
 
 
 @contextlib.contextmanager

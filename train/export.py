@@ -107,5 +107,5 @@ def read_params(path: str | pathlib.Path, abstract: Any) -> Any:
     with ocp.StandardCheckpointer() as checkpointer:
       return checkpointer.restore(pathlib.Path(path).absolute() / PARAMS_DIR, abstract)
   except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
-    raise UserError(f'the params in {path} do not restore ({checkpoint.first_line(e)}): the export is damaged, or its config.json is '
-                    'not the one it was written with; export it again.') from None
+    raise UserError(f'the params in {path} do not restore ({checkpoint.first_line(e)}): the export is damaged, or its '
+                    'config.json is not the one it was written with; export it again.') from None

@@ -14,13 +14,10 @@ import ml_collections
 import optax
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model import lora
 from flaxlm.model.transformer import ModelConfig, Transformer
 from flaxlm.train import checkpoint, export, optimizer, sharding, state, workdir as workdir_lib
-
-TOKENIZER_FILES = (tokenizer_lib.CharTokenizer.filename, tokenizer_lib.SentencePieceTokenizer.filename)
-
 
 def load(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
   """Returns (model, params, tokenizer) of the run or export at `path`, the params float32 on one device.
@@ -59,8 +56,8 @@ def check_source(path: str | pathlib.Path) -> None:
   if any(folder.glob('*.safetensors')):
     raise UserError(f'{path} is a Hugging Face model folder, not a flaxlm run or export: convert it first with '
                     f'flaxlm-convert --from_hf={path} --output=DIR, and pass DIR.')
-  if (folder / 'config.json').is_file() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-    raise UserError(f'{path} has no tokenizer ({" or ".join(TOKENIZER_FILES)}): restore the file the model was saved '
+  if (folder / 'config.json').is_file() and not any((folder / name).is_file() for name in workdir_lib.TOKENIZER_FILES):
+    raise UserError(f'{path} has no tokenizer ({" or ".join(workdir_lib.TOKENIZER_FILES)}): restore the file the model was saved '
                     'with; no other tokenizer gives its ids the right text.')
 
 
@@ -102,9 +99,7 @@ def read_text(path: str, flag: str) -> str:
     raise UserError(f'--{flag}={path} does not exist: pass the path of a text file.')
   if file.is_dir():
     raise UserError(f'--{flag}={path} is a directory: pass the path of a text file.')
-  if not file.is_file():  # data/sources.py's check_regular says the same, but importing it costs TFDS's import.
-    raise UserError(f'--{flag}={path} is not a regular file (a pipe or a device, which could be read forever): pass '
-                    'the path of a text file.')
+  files.check_regular(file)
   try:
     return file.read_text(encoding='utf-8')
   except UnicodeDecodeError:

@@ -32,7 +32,8 @@ def resolve(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collection
   return with_model(config, ModelConfig.from_config(config.model, vocab_size))
 
 
-FILES = ('config.json', 'metrics.jsonl', 'tokenizer.json', 'tokenizer.model')  # What a run writes: files,
+TOKENIZER_FILES = (tokenizer_lib.CharTokenizer.filename, tokenizer_lib.SentencePieceTokenizer.filename)
+FILES = ('config.json', 'metrics.jsonl', *TOKENIZER_FILES)  # What a run writes: files,
 FOLDERS = ('checkpoints', 'corrupt_checkpoints', 'tensorboard')  # and folders.
 
 
@@ -96,8 +97,8 @@ def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigD
   if not (pathlib.Path(workdir) / 'config.json').exists():
     return []
   saved = load_config(workdir)
-  keys = [f'model.{k}' for k in config.model] + list(SAME_DATA) + [k for k in COMPUTE_ONLY if k not in SAME_DATA]
-  changed = [key for key in dict.fromkeys(keys) if lookup(saved, key) != lookup(config, key)]
+  keys = dict.fromkeys([*(f'model.{k}' for k in config.model), *SAME_DATA, *COMPUTE_ONLY])  # Ordered, once each.
+  changed = [key for key in keys if lookup(saved, key) != lookup(config, key)]
   describe = lambda key: f'{key}: {lookup(saved, key)!r} there, {lookup(config, key)!r} here'
   refused = [describe(key) for key in changed if key not in COMPUTE_ONLY]
   if refused:
