@@ -4,21 +4,27 @@ A checkpoint holds the train state (params, optimizer state, step; the dropout k
 and the step), the data iterator's state and the run's config. Orbax writes each one to a temporary
 directory and renames it into place when complete, so a save interrupted by a crash never counts. The
 workdir keeps the latest `train.keep_checkpoints` plus the one with the best validation loss. A
-checkpoint that fails to restore is moved to `WORKDIR/corrupt_checkpoints/` (never deleted) once an
-earlier one has restored.
+checkpoint whose files are damaged is moved to `WORKDIR/corrupt_checkpoints/` (never deleted) once an
+earlier one has restored; a lack of memory or a failed read of storage is retried, never taken for damage. With
+several processes, process 0's list of checkpoints is every process's, and each restore's outcome is agreed by all.
+Paths are `etils.epath` paths, so a workdir may be a `gs://` URL.
 """
 
+import enum
+import errno
 import itertools
 import logging
-import os
-import pathlib
+import re
 import sys
+import time
 import warnings
 from typing import Callable
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -27,14 +33,36 @@ from flaxlm.train.state import TrainState
 
 CORRUPT_DIR = 'corrupt_checkpoints'
 SHAPE_MISMATCH = 'is not compatible with the stored shape'  # How Orbax refuses arrays of another shape.
+RETRY_DELAYS = (1.0, 2.0, 4.0)  # Seconds before each new try of a checkpoint that failed to read for a passing cause.
+# What a passing failure raises: a lack of memory or of file handles, or storage that did not answer in time
+# (TensorStore and XLA name these by status code; an EIO from a network file system is a failed read, not damage).
+TRANSIENT_TYPES = (MemoryError, ConnectionError, TimeoutError, BlockingIOError, InterruptedError)
+TRANSIENT_ERRNOS = (errno.ENOMEM, errno.EIO, errno.EBUSY, errno.EMFILE, errno.ENFILE, errno.ENOBUFS)
+TRANSIENT_MESSAGE = re.compile(r'\b(RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|ABORTED)\b'
+                               r'|(?i:out of memory|cannot allocate memory|too many open files|timed out)')
+Restored = tuple[TrainState, dict]
 
 
-def directory(workdir: str | pathlib.Path) -> pathlib.Path:
+class Outcome(enum.IntEnum):
+  """What one try of restoring a checkpoint gave; the processes agree on the largest any of them got."""
+  RESTORED = 0
+  TRANSIENT = 1  # A lack of memory or a failed read: try again, never take it for damage.
+  DAMAGED = 2  # Its files do not read, or the caller's check refused what they hold.
+  OTHER_MODEL = 3  # Whole arrays of another shape: the config is wrong, not the checkpoint.
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+  """Returns `path` as an epath.Path, made absolute if it is local (a gs:// URL is absolute already)."""
+  path = epath.Path(path)
+  return path if path.is_absolute() else path.absolute()
+
+
+def directory(workdir: epath.PathLike) -> epath.Path:
   """Returns where `workdir`'s checkpoints live."""
-  return pathlib.Path(workdir).absolute() / 'checkpoints'
+  return absolute(workdir) / 'checkpoints'
 
 
-def checkpoint_manager(workdir: str | pathlib.Path, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
+def checkpoint_manager(workdir: epath.PathLike, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   """Returns the manager of `workdir`'s checkpoints: the latest `keep` plus the lowest val_loss are kept."""
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
@@ -59,25 +87,27 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict, co
   manager.save(int(state.step), args=args, metrics=None if val_loss is None else {'val_loss': val_loss})
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState) -> tuple[TrainState, dict]:
+def restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState) -> Restored:
   """Returns checkpoint `step`'s train state, laid out as `abstract`'s shardings, and its data iterator state."""
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                            data=ocp.args.JsonRestore()))
   return restored.state, restored.data
 
 
-def restore_latest(workdir: str | pathlib.Path, abstract: TrainState, move_failures: bool = True,
-                   check: Callable[[tuple[TrainState, dict]], None] | None = None) -> tuple[TrainState, dict] | None:
+def restore_latest(workdir: epath.PathLike, abstract: TrainState, move_failures: bool = True,
+                   check: Callable[[Restored], None] | None = None) -> Restored | None:
   """Returns the newest checkpoint that restores (state, data state), or None if `workdir` has none.
 
   `check(restored)`, if given, is part of restoring: a checkpoint for which it raises (a data iterator state the
   pipeline cannot take, say) counts as damaged like one whose files do not read.
 
-  Newer checkpoints that fail are reported on stderr by name and (with `move_failures`, as training does before
-  it saves again) moved aside; if none restores, raises UserError and moves nothing, so a run never silently
-  starts afresh.
+  Newer checkpoints that are damaged are reported on stderr by name and (with `move_failures`, as training does before
+  it saves again) moved aside; if none restores, raises UserError and moves nothing, so a run never silently starts
+  afresh. A checkpoint that keeps failing for a passing cause (memory, storage) raises UserError, moving nothing.
+  Every process restores the same step: process 0's list is tried in order, and a step counts as restored only where
+  it restored on every process.
   """
-  if not directory(workdir).is_dir():
+  if not process_0s([directory(workdir).is_dir()])[0]:
     return None
   if move_failures:
     set_aside_unfinished(workdir)
@@ -85,20 +115,16 @@ def restore_latest(workdir: str | pathlib.Path, abstract: TrainState, move_failu
   manager = checkpoint_manager(workdir, 1, read_only=True)
   failures = []
   try:
-    for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        restored = restore(manager, step, abstract)
-        if check:
-          check(restored)
-      except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
-        if SHAPE_MISMATCH in str(e):  # Whole arrays of another model: the config is wrong, not the checkpoint.
-          raise UserError(f'checkpoint {directory(workdir) / str(step)} holds another model than {workdir}/config.json '
-                          f'describes ({first_line(e)}): restore config.json from the config saved with it '
-                          f'(checkpoints/{step}/config/metadata), or train in a new --workdir.') from None
-        failures.append((step, first_line(e)))
-        continue
-      report_failures(workdir, failures, move_failures)
-      return restored
+    for step in process_0s(sorted(manager.all_steps(), reverse=True)):
+      outcome, result = restore_agreed(manager, step, abstract, check)
+      if outcome is Outcome.RESTORED:
+        report_failures(workdir, failures, move_failures)
+        return result
+      if outcome is Outcome.OTHER_MODEL:
+        raise UserError(f'checkpoint {directory(workdir) / str(step)} holds another model than {workdir}/config.json '
+                        f'describes ({result}): restore config.json from the config saved with it '
+                        f'(checkpoints/{step}/config/metadata), or train in a new --workdir.')
+      failures.append((step, result))
   finally:
     manager.close()
   if failures:
@@ -107,21 +133,89 @@ def restore_latest(workdir: str | pathlib.Path, abstract: TrainState, move_failu
   return None
 
 
-def saved_steps(workdir: str | pathlib.Path) -> list[int]:
+def restore_agreed(manager: ocp.CheckpointManager, step: int, abstract: TrainState,
+                   check: Callable[[Restored], None] | None) -> tuple[Outcome, Restored | str]:
+  """Returns the outcome of restoring checkpoint `step` that every process agrees on, with the restored checkpoint
+  (RESTORED) or why it failed; retries passing failures, then raises UserError naming the step, having moved nothing."""
+  for delay in (*RETRY_DELAYS, None):
+    outcome, result = try_restore(manager, step, abstract, check)
+    agreed = worst_on_any_process(outcome)
+    reason = result if outcome is not Outcome.RESTORED else 'it failed on another process'
+    if agreed is not Outcome.TRANSIENT:
+      return agreed, result if agreed is Outcome.RESTORED else reason
+    if delay is None:
+      raise UserError(f'checkpoint {manager.directory / str(step)} failed to read {len(RETRY_DELAYS) + 1} times '
+                      f'({reason}), for a cause other than damage (memory, storage): nothing was moved; rerun the same '
+                      'command (with more memory free if it ran out).')
+    if outcome is Outcome.TRANSIENT:
+      print(f'checkpoint {manager.directory / str(step)} failed to read ({reason}): trying again in {delay:g} s.',
+            file=sys.stderr, flush=True)
+    time.sleep(delay)
+
+
+def try_restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState,
+                check: Callable[[Restored], None] | None) -> tuple[Outcome, Restored | str]:
+  """Returns this process's outcome of restoring checkpoint `step` once, with the restored checkpoint or why it failed
+  (the error itself is not kept: its traceback would hold on to the arrays it was reading)."""
+  try:
+    restored = restore(manager, step, abstract)
+    if check:
+      check(restored)
+    return Outcome.RESTORED, restored
+  except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
+    return classify(e), first_line(e)
+
+
+def classify(error: Exception) -> Outcome:
+  """Returns what a failed restore's `error` says about the checkpoint."""
+  if SHAPE_MISMATCH in str(error):
+    return Outcome.OTHER_MODEL
+  return Outcome.TRANSIENT if is_transient(error) else Outcome.DAMAGED
+
+
+def is_transient(error: BaseException | None, depth: int = 0) -> bool:
+  """Returns whether `error`, or one it was raised from or while handling, is a passing failure (a lack of memory, a
+  read of storage that failed) rather than what reading damaged files raises."""
+  if error is None or depth > 8:
+    return False
+  if (isinstance(error, TRANSIENT_TYPES) or (isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS)
+      or TRANSIENT_MESSAGE.search(str(error))):
+    return True
+  inner = error.exceptions if isinstance(error, BaseExceptionGroup) else ()
+  return any(is_transient(e, depth + 1) for e in (*inner, error.__cause__, error.__context__))
+
+
+def worst_on_any_process(outcome: Outcome) -> Outcome:
+  """Returns the largest outcome any process got (each calls this with its own), so that all act alike."""
+  if jax.process_count() == 1:
+    return outcome
+  return Outcome(int(np.max(multihost_utils.process_allgather(np.int32(outcome)))))
+
+
+def process_0s(values: list[int]) -> list[int]:
+  """Returns process 0's `values` on every process (each process may list the files at another moment)."""
+  if jax.process_count() == 1:
+    return values
+  count = int(multihost_utils.broadcast_one_to_all(np.int32(len(values))))
+  mine = np.asarray(values if jax.process_index() == 0 else [0] * count, np.int32)
+  return [int(v) for v in multihost_utils.broadcast_one_to_all(mine)] if count else []
+
+
+def saved_steps(workdir: epath.PathLike) -> list[int]:
   """Returns the steps of `workdir`'s complete checkpoints, oldest first (Orbax names one by its step only once the
   save is whole)."""
   folder = directory(workdir)
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
-def set_aside_unfinished(workdir: str | pathlib.Path) -> None:
+def set_aside_unfinished(workdir: epath.PathLike) -> None:
   """Moves the temporary folders of saves that never finished (a kill during a save leaves one, which Orbax ignores
   forever) to WORKDIR/corrupt_checkpoints/, naming each on stderr: once, since it is then gone."""
   leftovers = sorted(directory(workdir).glob('*.orbax-checkpoint-tmp*'))
   if jax.process_count() > 1:  # Every host has looked before the first moves anything.
     multihost_utils.sync_global_devices('flaxlm: looked for unfinished saves')
   if leftovers and jax.process_index() == 0:
-    corrupt = pathlib.Path(workdir).absolute() / CORRUPT_DIR
+    corrupt = absolute(workdir) / CORRUPT_DIR
     corrupt.mkdir(exist_ok=True)
     for source in leftovers:
       target = unused_path(corrupt / source.name)
@@ -132,10 +226,10 @@ def set_aside_unfinished(workdir: str | pathlib.Path) -> None:
     multihost_utils.sync_global_devices('flaxlm: unfinished saves set aside')
 
 
-def unused_path(path: pathlib.Path) -> pathlib.Path:
+def unused_path(path: epath.Path) -> epath.Path:
   """Returns `path`, or if it exists the first of PATH-2, PATH-3, ... that does not (a step damaged twice)."""
   return next(p for p in (path.with_name(f'{path.name}-{n}') if n > 1 else path for n in itertools.count(1))
-              if not os.path.lexists(p))
+              if not p.exists())
 
 
 def first_line(error: Exception) -> str:
@@ -145,11 +239,11 @@ def first_line(error: Exception) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
-def report_failures(workdir: str | pathlib.Path, failures: list[tuple[int, str]], move: bool) -> None:
+def report_failures(workdir: epath.PathLike, failures: list[tuple[int, str]], move: bool) -> None:
   """Reports on stderr each checkpoint that failed to restore, moving it to WORKDIR/corrupt_checkpoints/ if `move`."""
   for step, reason in failures:
     source = directory(workdir) / str(step)
-    target = unused_path(pathlib.Path(workdir).absolute() / CORRUPT_DIR / str(step))
+    target = unused_path(absolute(workdir) / CORRUPT_DIR / str(step))
     if jax.process_index() == 0:
       if move:
         target.parent.mkdir(exist_ok=True)
