@@ -1,4 +1,4 @@
-"""Tests of train/distributed.py: two processes on localhost train exactly like one process."""
+"""Tests of train/distributed.py: two processes on localhost train exactly like one process, and resume exactly."""
 
 import socket
 import subprocess
@@ -6,8 +6,10 @@ import subprocess
 import pytest
 
 from conftest import REPO, command
+from test_checkpoint import largest_file
 from test_cli import assert_one_line_error, run, train_args
-from flaxlm.train import metrics
+from test_resume import assert_same_run, losses
+from flaxlm.train import checkpoint, metrics
 
 
 def free_port() -> int:
@@ -15,6 +17,22 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def run_two(*args: str) -> list[tuple[str, str]]:
+  """Runs flaxlm-train with `args` as the two processes of one run on localhost; returns each one's (stdout, stderr),
+  having checked that both exited 0."""
+  address = f'127.0.0.1:{free_port()}'
+  processes = [subprocess.Popen(
+      [command('flaxlm-train'), *args, f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  try:
+    outputs = [p.communicate(timeout=240) for p in processes]
+  finally:
+    for p in processes:
+      p.kill()  # Only if one is still running: the other's wait timed out.
+  assert [p.returncode for p in processes] == [0, 0], outputs
+  return outputs
 
 
 @pytest.mark.timeout(300)
@@ -28,13 +46,7 @@ def test_two_processes_give_the_same_losses_as_one(corpus, tmp_path, mesh, print
   splittable = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36')  # 36 tokens split over 2 devices.
   single = run(command('flaxlm-train'), *train_args(corpus, one, *splittable))
   assert single.returncode == 0, single.stderr
-  address = f'127.0.0.1:{free_port()}'
-  processes = [subprocess.Popen(
-      [command('flaxlm-train'), *train_args(corpus, two, *splittable, *mesh),
-       f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-  outputs = [p.communicate(timeout=240) for p in processes]
-  assert [p.returncode for p in processes] == [0, 0], outputs
+  outputs = run_two(*train_args(corpus, two, *splittable, *mesh))
   assert printed in outputs[0][0] and 'step 10' in outputs[0][0]
   assert not [line for line in outputs[1][0].splitlines() if line.startswith(('model', 'step'))]  # process 0 logs.
   expected, got = metrics.read_metrics(one), metrics.read_metrics(two)
@@ -45,6 +57,23 @@ def test_two_processes_give_the_same_losses_as_one(corpus, tmp_path, mesh, print
     assert a['loss'] == pytest.approx(b['loss'], rel=1e-5)
     assert a.get('val_loss', 0) == pytest.approx(b.get('val_loss', 0), rel=1e-5)
   assert 'val_loss' in got[-1]
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_resumed_past_a_damaged_checkpoint_give_bitwise_the_uninterrupted_run(corpus, tmp_path):
+  # A constant learning rate after the warmup, so that a first run of 6 steps follows the same schedule as one of 10.
+  flags = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36', '--config.mesh.dcn_data=2',
+           '--config.train.log_every=1', '--config.train.checkpoint_every=3', '--config.train.min_learning_rate=1e-3')
+  straight, workdir = tmp_path / 'straight', tmp_path / 'run'
+  run_two(*train_args(corpus, straight, *flags))
+  run_two(*train_args(corpus, workdir, *flags, '--config.train.steps=6'))  # Saves steps 3 and 6.
+  damaged = largest_file(workdir / 'checkpoints' / '6' / 'state')
+  damaged.write_bytes(damaged.read_bytes()[:100])
+  outputs = run_two(*train_args(corpus, workdir, *flags))
+  assert f'checkpoint {checkpoint.directory(workdir) / "6"} does not restore' in outputs[0][1]
+  assert 'resuming at step 3 of 10' in outputs[0][0] and (workdir / checkpoint.CORRUPT_DIR / '6').is_dir()
+  assert len(losses(straight)) == 10
+  assert_same_run(workdir, straight)  # Bitwise: the same programs on the same mesh from the same state and batches.
 
 
 def test_partial_coordinator_flags_are_refused(corpus, tmp_path):
