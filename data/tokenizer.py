@@ -12,7 +12,7 @@ its file, which also identify it) and `filename` (the name it is saved under in 
 import io
 import itertools
 import json
-import pathlib
+import os
 import re
 from typing import Iterable, Protocol
 
@@ -197,21 +197,21 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
   return SentencePieceTokenizer(model.getvalue())
 
 
-def load(path: str | pathlib.Path) -> Tokenizer:
+def load(path: str | os.PathLike) -> Tokenizer:
   """Returns the tokenizer saved at `path`: a SentencePiece .model file, or a char/byte JSON file."""
   data = read_file(path)
   try:
     spec = json.loads(data)
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    if pathlib.Path(path).suffix == '.json':
+    if files.to_path(path).suffix == '.json':
       raise UserError(f'{path} is not valid JSON ({e}): restore it, or pass a tokenizer file flaxlm wrote.') from None
     return load_sentencepiece(data, path)
   return from_json(spec, path)
 
 
-def read_file(path: str | pathlib.Path) -> bytes:
+def read_file(path: str | os.PathLike) -> bytes:
   """Returns the bytes of the tokenizer file `path`; raises UserError if it is not a file that can be read."""
-  file = pathlib.Path(path)
+  file = files.to_path(path)
   if file.is_dir():
     raise UserError(f'tokenizer file {path} is a directory: pass the file in it ({SentencePieceTokenizer.filename} '
                     f'or {CharTokenizer.filename}).')
@@ -223,7 +223,7 @@ def read_file(path: str | pathlib.Path) -> bytes:
     raise UserError(f'tokenizer file {path} cannot be read ({e.strerror}): check its permissions.') from None
 
 
-def from_json(spec: object, path: str | pathlib.Path) -> Tokenizer:
+def from_json(spec: object, path: str | os.PathLike) -> Tokenizer:
   """Returns the tokenizer a flaxlm tokenizer JSON describes; raises UserError if it describes none."""
   kind = spec.get('kind') if isinstance(spec, dict) else None
   if kind == 'byte':
@@ -236,7 +236,7 @@ def from_json(spec: object, path: str | pathlib.Path) -> Tokenizer:
                   '[each character once]}; restore it, or pass a tokenizer file flaxlm wrote.')
 
 
-def load_sentencepiece(data: bytes, path: str | pathlib.Path) -> SentencePieceTokenizer:
+def load_sentencepiece(data: bytes, path: str | os.PathLike) -> SentencePieceTokenizer:
   """Returns the SentencePiece model in `data`; raises UserError if it is not one."""
   try:
     return SentencePieceTokenizer(data)
@@ -245,9 +245,9 @@ def load_sentencepiece(data: bytes, path: str | pathlib.Path) -> SentencePieceTo
                     '`flaxlm-tokenizer train` wrote.') from None
 
 
-def save(tokenizer: Tokenizer, directory: str | pathlib.Path) -> pathlib.Path:
+def save(tokenizer: Tokenizer, directory: str | os.PathLike) -> files.Path:
   """Writes the tokenizer into `directory` under its kind's filename and returns the path."""
-  return files.replace(pathlib.Path(directory) / tokenizer.filename, tokenizer.serialized())
+  return files.replace(files.to_path(directory) / tokenizer.filename, tokenizer.serialized())
 
 
 def for_corpus(kind: str, text: str) -> Tokenizer:
@@ -256,7 +256,7 @@ def for_corpus(kind: str, text: str) -> Tokenizer:
     return CharTokenizer.from_text(text)
   if kind == 'byte':
     return ByteTokenizer()
-  if not pathlib.Path(kind).is_file():
+  if not files.to_path(kind).is_file():
     raise UserError(f'data.tokenizer={kind!r} is neither char, byte nor a tokenizer file that exists: set '
                     '--config.data.tokenizer (a .model file comes from `flaxlm-tokenizer train`).')
   return load(kind)

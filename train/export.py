@@ -5,12 +5,12 @@ An export is a directory:
   config.json                          the run's resolved config (model.dtype is still the compute dtype)
   tokenizer.json or tokenizer.model    the run's tokenizer
 It is written into a hidden sibling directory and renamed into place when complete, so an interrupted export
-never leaves a partial one at its path.
+never leaves a partial one at its path. Cloud Storage has no renames: there an export is written at its path,
+config.json last, and is one (`check_is_export`) only once that is there.
 """
 
 import contextlib
 import os
-import pathlib
 import shutil
 from typing import Any, Iterator
 
@@ -26,27 +26,27 @@ from flaxlm.train import checkpoint
 PARAMS_DIR = 'params'
 
 
-def check_writable(output: str | pathlib.Path, dtype: str) -> None:
+def check_writable(output: str | os.PathLike, dtype: str) -> None:
   """Raises UserError if `dtype` is not one params can be stored in, or if `output` is no path for a new export."""
   if dtype not in DTYPES:
     raise UserError(f'--dtype={dtype} is not one of {", ".join(DTYPES)}: pick one of them.')
   check_new_directory(output, 'output')
 
 
-def check_new_directory(output: str | pathlib.Path, flag: str) -> None:
+def check_new_directory(output: str | os.PathLike, flag: str) -> None:
   """Raises UserError, naming `flag`, if `output` exists, is in a missing directory, or is inside a model's own
   folder of checkpoints or params (where a new folder would be taken for part of that model)."""
-  if os.path.lexists(output):
+  if files.exists(output):
     raise UserError(f'{output} already exists: pass a new --{flag} path (flaxlm never overwrites one).')
   files.check_parent(output, flag)
-  for folder in pathlib.Path(output).absolute().parents:
+  for folder in files.absolute(output).parents:
     model = folder.parent
     if folder in (checkpoint.directory(model), model / PARAMS_DIR) and (model / 'config.json').is_file():
       raise UserError(f'--{flag}={output} is inside {folder}, which holds the model in {model} (a folder there is '
                       'taken for part of it): pass a path outside it.')
 
 
-def unwritable(output: str | pathlib.Path, error: OSError) -> UserError:
+def unwritable(output: str | os.PathLike, error: OSError) -> UserError:
   """Returns the error to raise when writing `output` failed with `error` (a full disk, a read-only folder)."""
   return UserError(f'could not write {output} ({error.strerror or error}): free some space, or pass a path you can '
                    'write to.')
@@ -58,38 +58,44 @@ def cast(params: Any, dtype: str) -> Any:
 
 
 @contextlib.contextmanager
-def new_directory(output: str | pathlib.Path) -> Iterator[pathlib.Path]:
-  """Yields a hidden sibling directory to fill, renamed to `output` once the block completes, removed if it fails;
-  raises UserError if the directory cannot be written (a full disk, a read-only folder)."""
-  path = pathlib.Path(output).absolute()
-  partial = path.with_name(f'.{path.name}.partial-{os.getpid()}')
+def new_directory(output: str | os.PathLike) -> Iterator[files.Path]:
+  """Yields a hidden sibling directory to fill, renamed to `output` once the block completes (on Cloud Storage,
+  `output` itself), removed if it fails; raises UserError if the directory cannot be written (a full disk, a
+  read-only folder)."""
+  path = files.absolute(output)
+  cloud = files.is_cloud(path)
+  partial = path if cloud else path.with_name(f'.{path.name}.partial-{os.getpid()}')
   try:
     partial.mkdir()
     try:
       yield partial
-      partial.rename(path)
+      if not cloud:
+        partial.rename(path)
     except BaseException:
-      shutil.rmtree(partial)
+      if cloud:
+        partial.rmtree(missing_ok=True)
+      else:
+        shutil.rmtree(partial)
       raise
   except OSError as e:
     raise unwritable(output, e) from None
 
 
-def write(output: str | pathlib.Path, params: Any, config: ml_collections.ConfigDict,
-          tokenizer: tokenizer_lib.Tokenizer, dtype: str) -> pathlib.Path:
+def write(output: str | os.PathLike, params: Any, config: ml_collections.ConfigDict,
+          tokenizer: tokenizer_lib.Tokenizer, dtype: str) -> files.Path:
   """Writes the export of `params` (cast to `dtype`), `config` and `tokenizer` at `output`; returns its path."""
   check_writable(output, dtype)
   with new_directory(output) as partial:
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(partial / PARAMS_DIR, cast(params, dtype))
-    (partial / 'config.json').write_text(config.to_json(indent=2))
     tokenizer_lib.save(tokenizer, partial)
-  return pathlib.Path(output).absolute()
+    (partial / 'config.json').write_text(config.to_json(indent=2))  # Last: what makes it an export.
+  return files.absolute(output)
 
 
-def check_is_export(path: str | pathlib.Path) -> None:
+def check_is_export(path: str | os.PathLike) -> None:
   """Raises UserError if `path` is not a directory written by `write` (it lacks params/ or config.json)."""
-  directory = pathlib.Path(path)
+  directory = files.to_path(path)
   if (directory / PARAMS_DIR).is_dir() and (directory / 'config.json').is_file():
     return
   if checkpoint.directory(directory).is_dir():
@@ -99,13 +105,13 @@ def check_is_export(path: str | pathlib.Path) -> None:
                   'flaxlm-export or flaxlm-convert --from_hf.')
 
 
-def read_params(path: str | pathlib.Path, abstract: Any) -> Any:
+def read_params(path: str | os.PathLike, abstract: Any) -> Any:
   """Returns the exported params laid out as `abstract` says (shapes, shardings, and the dtype they are cast to);
   raises UserError if they do not restore (damaged files, or params of another shape than config.json's)."""
   checkpoint.quiet_abandoned_reads()
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      return checkpointer.restore(pathlib.Path(path).absolute() / PARAMS_DIR, abstract)
+      return checkpointer.restore(files.absolute(path) / PARAMS_DIR, abstract)
   except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
     raise UserError(f'the params in {path} do not restore ({checkpoint.first_line(e)}): the export is damaged, or its '
                     'config.json is not the one it was written with; export it again.') from None

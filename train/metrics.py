@@ -1,8 +1,12 @@
-"""Where a run's numbers go: `WORKDIR/metrics.jsonl`, TensorBoard events and one terminal line per log step."""
+"""Where a run's numbers go: `WORKDIR/metrics.jsonl`, TensorBoard events and one terminal line per log step.
+
+On Cloud Storage, which has no appends, metrics.jsonl is rewritten whole from the lines held at each log step (a
+few hundred bytes a record), and tensorboardX writes its events through google-cloud-storage (each flush uploads
+the file whole).
+"""
 
 import json
 import os
-import pathlib
 
 import jax
 import tensorboardX
@@ -14,11 +18,11 @@ from flaxlm.data import files
 class MetricsLog:
   """Appends metrics to the workdir's JSONL file and TensorBoard events; only process 0 writes."""
 
-  def __init__(self, workdir: str | pathlib.Path):
+  def __init__(self, workdir: str | os.PathLike):
     self.active = jax.process_index() == 0
     if self.active:
-      self.file = (pathlib.Path(workdir) / 'metrics.jsonl').open('a')
-      self.tensorboard = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
+      self.file = files.appender(files.to_path(workdir) / 'metrics.jsonl')
+      self.tensorboard = tensorboardX.SummaryWriter(str(files.to_path(workdir) / 'tensorboard'))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     """Records `metrics` for `step` and prints them as one line; the JSONL line is on disk before it is printed."""
@@ -62,19 +66,19 @@ def decoded(line: str) -> dict | None:
   return record
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   """Returns the records of a workdir's metrics.jsonl, oldest first (empty if there is none).
 
   A last line without its newline (a run killed while appending it) is left out; raises UserError for any other
   line that is not a record, or a metrics.jsonl that is not a file that can be read.
   """
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
-  if not os.path.lexists(path):
+  path = files.to_path(workdir) / 'metrics.jsonl'
+  if not files.exists(path):
     return []
   if not path.is_file():
     raise UserError(f'{path} is not a file: move it out of the run, or pass the --workdir of another run.')
   try:
-    lines = path.read_text(errors='replace').split('\n')
+    lines = path.read_bytes().decode(errors='replace').split('\n')
   except OSError as e:
     raise UserError(f'{path} cannot be read ({e.strerror}): check its permissions.') from None
   records = []
@@ -88,10 +92,10 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   return records
 
 
-def drop_after(workdir: str | pathlib.Path, step: int) -> None:
+def drop_after(workdir: str | os.PathLike, step: int) -> None:
   """Rewrites metrics.jsonl (atomically) to its whole records up to `step`, the checkpoint a resumed run starts from:
   records logged after it would repeat, and a line cut short by a kill would glue onto the next one appended."""
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  path = files.to_path(workdir) / 'metrics.jsonl'
   content = ''.join(json.dumps(r) + '\n' for r in read_metrics(workdir) if r['step'] <= step)
-  if (path.read_text(errors='replace') if path.exists() else '') != content:
+  if (path.read_bytes().decode(errors='replace') if path.exists() else '') != content:
     files.replace(path, content)

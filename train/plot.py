@@ -4,12 +4,13 @@ The Figure is made without pyplot, so nothing is shown or kept open: a notebook 
 writes it as a PNG.
 """
 
-import pathlib
+import os
 
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from flaxlm.configs.errors import UserError
+from flaxlm.data import files
 from flaxlm.train import metrics, workdir as workdir_lib
 
 
@@ -40,7 +41,7 @@ def loss_figure(records: list[dict], tokens_per_step: int, title: str) -> Figure
 PLOTTED = ('loss', 'learning_rate')  # What every record must have: training records all do.
 
 
-def run_figure(workdir: str | pathlib.Path) -> Figure:
+def run_figure(workdir: str | os.PathLike) -> Figure:
   """Returns `loss_figure` of the run in `workdir`, titled with its name; raises UserError if it has logged nothing,
   or a record lacks what is plotted."""
   config = workdir_lib.load_config(workdir)
@@ -52,5 +53,5 @@ def run_figure(workdir: str | pathlib.Path) -> Figure:
     if missing:
       raise UserError(f'{workdir}/metrics.jsonl has no "{missing[0]}" at step {record["step"]}: plot a run '
                       'flaxlm-train logged.')
-  name = pathlib.Path(workdir).resolve().name
+  name = files.resolve(workdir).name
   return loss_figure(records, config.train.batch_size * config.model.max_length, name)

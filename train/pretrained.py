@@ -7,7 +7,7 @@ model is given from files (a prompt, a text to score) are read here too, with th
 """
 
 import dataclasses
-import pathlib
+import os
 from typing import Any
 
 import ml_collections
@@ -19,7 +19,7 @@ from flaxlm.model import lora
 from flaxlm.model.transformer import ModelConfig, Transformer
 from flaxlm.train import checkpoint, export, optimizer, sharding, state, workdir as workdir_lib
 
-def load(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
+def load(path: str | os.PathLike) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
   """Returns (model, params, tokenizer) of the run or export at `path`, the params float32 on one device.
 
   Raises UserError if `path` is neither, or is a run without a checkpoint yet.
@@ -30,7 +30,7 @@ def load(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Toke
   if tokenizer.vocab_size > model.config.vocab_size:
     raise UserError(f'the tokenizer in {path} has {tokenizer.vocab_size:,} ids, more than the model\'s vocabulary of '
                     f'{model.config.vocab_size:,}: restore the tokenizer file the model was trained with.')
-  if (pathlib.Path(path) / export.PARAMS_DIR).is_dir():
+  if (files.to_path(path) / export.PARAMS_DIR).is_dir():
     return model, exported_params(path, model), tokenizer
   params = checkpoint_params(path, model, config)
   if not model.config.lora_rank:
@@ -40,19 +40,19 @@ def load(path: str | pathlib.Path) -> tuple[Transformer, Any, tokenizer_lib.Toke
   return Transformer(dataclasses.replace(model.config, lora_rank=0)), merged, tokenizer
 
 
-def check_folder(path: str | pathlib.Path, what: str) -> None:
+def check_folder(path: str | os.PathLike, what: str) -> None:
   """Raises UserError if `path` does not exist or is not a folder; `what` says what to pass instead."""
-  folder = pathlib.Path(path)
+  folder = files.to_path(path)
   if not folder.exists():
     raise UserError(f'{path} does not exist: pass {what}.')
   if not folder.is_dir():
     raise UserError(f'{path} is not a folder: pass {what}.')
 
 
-def check_source(path: str | pathlib.Path) -> None:
+def check_source(path: str | os.PathLike) -> None:
   """Raises UserError unless `path` is a folder, not a Hugging Face one, and holds a tokenizer beside config.json."""
   check_folder(path, 'the folder of a training run or of an export')
-  folder = pathlib.Path(path)
+  folder = files.to_path(path)
   if any(folder.glob('*.safetensors')):
     raise UserError(f'{path} is a Hugging Face model folder, not a flaxlm run or export: convert it first with '
                     f'flaxlm-convert --from_hf={path} --output=DIR, and pass DIR.')
@@ -61,23 +61,23 @@ def check_source(path: str | pathlib.Path) -> None:
                     'with; no other tokenizer gives its ids the right text.')
 
 
-def model_config(path: str | pathlib.Path, section: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+def model_config(path: str | os.PathLike, section: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
   """Returns the checked model config of the model section read from `path`'s config.json; raises UserError if a
   value there has the wrong type (a number that is text, say)."""
   try:
     return ModelConfig.from_config(section, vocab_size)
   except (TypeError, ValueError) as e:
-    raise UserError(f'{pathlib.Path(path) / "config.json"} has a model section flaxlm cannot read ({e}): restore the '
+    raise UserError(f'{files.to_path(path) / "config.json"} has a model section flaxlm cannot read ({e}): restore the '
                     'file the model was saved with.') from None
 
 
-def exported_params(path: str | pathlib.Path, model: Transformer) -> Any:
+def exported_params(path: str | os.PathLike, model: Transformer) -> Any:
   """Returns an export's params as float32 (bfloat16 exports are cast back exactly, as fine-tuning needs)."""
   abstract = state.abstract_state(model, optax.identity(), sharding.single_device_mesh()).params
   return export.read_params(path, abstract)
 
 
-def checkpoint_params(workdir: str | pathlib.Path, model: Transformer, config) -> Any:
+def checkpoint_params(workdir: str | os.PathLike, model: Transformer, config) -> Any:
   """Returns the params of the latest checkpoint of the run in `workdir` that restores."""
   folder = checkpoint.directory(workdir)
   if folder.exists() and not folder.is_dir():
@@ -94,7 +94,7 @@ def checkpoint_params(workdir: str | pathlib.Path, model: Transformer, config) -
 def read_text(path: str, flag: str) -> str:
   """Returns the UTF-8 text of the file --`flag` names; raises UserError naming what is wrong with the path (a
   pipe or a device is refused before it is opened)."""
-  file = pathlib.Path(path)
+  file = files.to_path(path)
   if not file.exists():
     raise UserError(f'--{flag}={path} does not exist: pass the path of a text file.')
   if file.is_dir():

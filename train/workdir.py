@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import pathlib
 
 import ml_collections
 
@@ -37,27 +36,30 @@ FILES = ('config.json', 'metrics.jsonl', *TOKENIZER_FILES)  # What a run writes:
 FOLDERS = ('checkpoints', 'corrupt_checkpoints', 'tensorboard')  # and folders.
 
 
-def check_usable(workdir: str | pathlib.Path) -> None:
-  """Raises UserError unless `workdir` is new, or a folder this process may write whose run entries are what a run
-  makes (files and folders by name): a resume must not fail halfway through its first save."""
-  path = pathlib.Path(workdir)
+def check_usable(workdir: str | os.PathLike) -> None:
+  """Raises UserError unless `workdir` is new (in a bucket that exists, on Cloud Storage), or a folder this process
+  may write whose run entries are what a run makes (files and folders by name): a resume must not fail halfway
+  through its first save."""
+  if files.is_cloud(workdir):
+    files.check_bucket(workdir, 'workdir')
+  path = files.to_path(workdir)
   if not path.exists():
     return
   if not path.is_dir():
     raise UserError(f'--workdir={workdir} is a file: pass a directory (new, or a run\'s to resume it).')
-  if not os.access(path, os.W_OK | os.X_OK):
+  if not files.is_cloud(path) and not os.access(path, os.W_OK | os.X_OK):  # Cloud Storage has no permission bits.
     raise UserError(f'--workdir={workdir} is not writable: give yourself write permission on it, or pass a new '
                     '--workdir.')
-  for names, is_kind, kind in ((FILES, pathlib.Path.is_file, 'a file'), (FOLDERS, pathlib.Path.is_dir, 'a folder')):
+  for names, is_kind, kind in ((FILES, lambda p: p.is_file(), 'a file'), (FOLDERS, lambda p: p.is_dir(), 'a folder')):
     for name in names:
       entry = path / name
-      if os.path.lexists(entry) and not is_kind(entry):
+      if files.exists(entry) and not is_kind(entry):
         raise UserError(f'{entry} should be {kind}: move it out of the workdir, or pass a new --workdir.')
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """Returns the resolved config saved in `workdir`; raises UserError if the workdir holds no run."""
-  path = pathlib.Path(workdir) / 'config.json'
+  path = files.to_path(workdir) / 'config.json'
   if not path.is_file():
     raise UserError(f'{workdir} holds no flaxlm run (no config.json): pass the --workdir of a training run.')
   try:
@@ -76,9 +78,9 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
                                     else values for section, values in saved.items()})
 
 
-def load_tokenizer(workdir: str | pathlib.Path) -> tokenizer_lib.Tokenizer:
+def load_tokenizer(workdir: str | os.PathLike) -> tokenizer_lib.Tokenizer:
   """Returns the tokenizer saved with the run in `workdir` (a SentencePiece model or a JSON description)."""
-  path = pathlib.Path(workdir)
+  path = files.to_path(workdir)
   model = path / tokenizer_lib.SentencePieceTokenizer.filename
   return tokenizer_lib.load(model if model.exists() else path / tokenizer_lib.CharTokenizer.filename)
 
@@ -90,11 +92,11 @@ SAME_DATA = ('train.batch_size', 'train.seed', 'data.path', 'data.format', 'data
              'data.max_documents')
 
 
-def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                      tokenizer: tokenizer_lib.Tokenizer) -> list[str]:
   """Returns the compute-only settings a resume of `workdir` changes ('model.dtype: ... there, ... here'); raises
   UserError if the workdir holds a run of another model, tokenizer or stream of batches than this config's."""
-  if not (pathlib.Path(workdir) / 'config.json').exists():
+  if not (files.to_path(workdir) / 'config.json').exists():
     return []
   saved = load_config(workdir)
   keys = dict.fromkeys([*(f'model.{k}' for k in config.model), *SAME_DATA, *COMPUTE_ONLY])  # Ordered, once each.
@@ -116,10 +118,10 @@ def lookup(config: ml_collections.ConfigDict, key: str):
   return config.get(section, {}).get(name)
 
 
-def write_run_files(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                     tokenizer: tokenizer_lib.Tokenizer) -> None:
   """Creates `workdir` and writes the tokenizer's file, then config.json (atomically: a reader sees both or neither)."""
-  path = pathlib.Path(workdir)
+  path = files.to_path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   files.update(path / tokenizer.filename, tokenizer.serialized())  # Unchanged on a resume: nothing is written.
   files.update(path / 'config.json', config.to_json(indent=2))

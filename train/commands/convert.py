@@ -20,7 +20,7 @@ from absl import flags
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model import hf
 from flaxlm.model.transformer import ModelConfig, count_params
 from flaxlm.train import export, pretrained, workdir as workdir_lib
@@ -53,12 +53,12 @@ def read_hf_config(directory: str) -> dict:
 
 def read_tensors(directory: str) -> hf.Tensors:
   """Returns all the tensors of the *.safetensors files (one, or shards) in an HF model folder."""
-  files = sorted(pathlib.Path(directory).glob('*.safetensors'))
-  if not files:
+  shards = sorted(pathlib.Path(directory).glob('*.safetensors'))
+  if not shards:
     raise UserError(f'{directory} has no *.safetensors weights: save the model with save_pretrained('
                     'safe_serialization=True).')
   tensors = {}
-  for file in files:
+  for file in shards:
     if not file.is_file():  # A directory, or a pipe (opening one waits for a writer forever).
       raise UserError(f'{file} is not a regular file: pass a folder whose weights are *.safetensors files.')
     try:
@@ -94,7 +94,7 @@ def hf_tokenizer(directory: str, kind: str | None, vocab_size: int) -> tokenizer
 def sentencepiece_file(path: str) -> tokenizer_lib.Tokenizer:
   """Returns the SentencePiece model --tokenizer names; raises UserError if it is no file, or a flaxlm char or byte
   tokenizer's JSON (whose ids are not the checkpoint's)."""
-  if not pathlib.Path(path).is_file():
+  if not files.to_path(path).is_file():
     raise UserError(f'--tokenizer={path} is not a file: pass the SentencePiece .model file with the checkpoint\'s ids, '
                     'or --tokenizer=byte.')
   tokenizer = tokenizer_lib.load(path)
@@ -141,6 +141,13 @@ def to_hf(output: str, params_path: str) -> list[str]:
   return lines
 
 
+def check_local(flag: flags.FlagHolder) -> None:
+  """Raises UserError if --`flag`, a Hugging Face folder, is a gs:// URL: safetensors reads and writes local files."""
+  if files.is_cloud(flag.value):
+    raise UserError(f'--{flag.name}={flag.value} is on Cloud Storage, and Hugging Face folders are read and written '
+                    'on local disk: copy it there (or from there) with gcloud storage cp --recursive.')
+
+
 DIRECTIONS = {'from_hf': (OUTPUT, TOKENIZER, DTYPE), 'to_hf': (PARAMS,)}  # The flags each direction takes.
 
 
@@ -156,6 +163,7 @@ def convert() -> None:
   if bool(FROM_HF.value) == bool(TO_HF.value):
     raise UserError('pass exactly one of --from_hf=DIR (HF to flaxlm) and --to_hf=DIR (flaxlm to HF).')
   check_direction(TO_HF if FROM_HF.value else FROM_HF)
+  check_local(FROM_HF if FROM_HF.value else TO_HF)
   if FROM_HF.value:
     output = cli.required(OUTPUT, 'pass --output=PATH, the export directory to create.')
     lines = from_hf(FROM_HF.value, output, TOKENIZER.value, DTYPE.value)

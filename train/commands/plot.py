@@ -5,7 +5,6 @@
 """
 
 import io
-import pathlib
 
 from absl import flags
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -21,20 +20,20 @@ OUTPUT = flags.DEFINE_string('output', None, 'Where to write the PNG, a new file
 OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
 
 
-def check_output(output: pathlib.Path, workdir: pathlib.Path) -> None:
+def check_output(output: files.Path, workdir: files.Path) -> None:
   """Raises UserError if --output is one of the run's files or folders, or inside one: --overwrite would replace it."""
-  resolved = output.resolve()
+  resolved = files.resolve(output)
   for name in (*workdir_lib.FILES, *workdir_lib.FOLDERS):
-    entry = (workdir / name).resolve()
+    entry = files.resolve(workdir / name)
     if resolved == entry or entry in resolved.parents:
       raise UserError(f'--output={output} is part of the run in --workdir ({name}): write the PNG to a new path.')
 
 
 def write_plot() -> None:
   """Draws the run in --workdir with Agg (no display needed) into --output, and prints where it went."""
-  workdir = pathlib.Path(cli.required(WORKDIR, 'pass the --workdir of a training run.'))
+  workdir = files.to_path(cli.required(WORKDIR, 'pass the --workdir of a training run.'))
   own = OUTPUT.value is None  # The default, WORKDIR/loss.png, is this command's own file: redrawn each time.
-  output = workdir / 'loss.png' if own else pathlib.Path(OUTPUT.value)
+  output = workdir / 'loss.png' if own else files.to_path(OUTPUT.value)
   check_output(output, workdir)
   figure, png = plot.run_figure(workdir), io.BytesIO()
   FigureCanvasAgg(figure).print_png(png)

@@ -5,8 +5,6 @@
   flaxlm-tokenizer count --tokenizer=tok.model --input=corpus.txt
 """
 
-import pathlib
-
 from absl import flags
 
 from flaxlm.configs.errors import UserError
@@ -32,10 +30,10 @@ def check_output(output: str, inputs: str) -> None:
     files.check_new(output, 'output')
     return
   files.check_parent(output, 'output')
-  if pathlib.Path(output).is_dir():
+  if files.to_path(output).is_dir():
     raise UserError(f'--output={output} is a directory: pass the path of a file to write the model to.')
   if not inputs.startswith(sources.TFDS_PREFIX) and any(
-      path.resolve() == pathlib.Path(output).resolve() for path in sources.expand(inputs)):
+      files.resolve(path) == files.resolve(output) for path in sources.expand(inputs)):
     raise UserError(f'--output={output} is one of the --input files: write the model to a new path.')
 
 

@@ -1,0 +1,55 @@
+"""gs:// paths end to end against a local Cloud Storage emulator: a run trained, resumed, sampled, exported and plotted
+with its workdir and export in a bucket; a bucket that does not exist is refused."""
+
+import json
+import subprocess
+
+from conftest import REPO, command
+from gcs import Emulator, emulator  # noqa: F401  (the fixture)
+from test_cli import assert_one_line_error
+
+SHIPPED_CORPUS = REPO / 'data/corpus/tinyshakespeare.txt.gz'
+
+
+def run(emulator: Emulator, name: str, *args: str) -> subprocess.CompletedProcess:
+  """Runs the flaxlm command `name` with the emulator's environment; checks it succeeded."""
+  result = subprocess.run([command(name), *args], cwd=REPO, env=emulator.env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr
+  return result
+
+
+def test_a_run_in_a_bucket_trains_resumes_and_is_sampled_exported_and_plotted(emulator):
+  bucket = 'flaxlm-run'
+  workdir, exported = f'{emulator.create_bucket(bucket)}/run', f'gs://{bucket}/export'
+  train = lambda steps: run(emulator, 'flaxlm-train', '--config=tiny', f'--workdir={workdir}',
+                            f'--config.data.path={SHIPPED_CORPUS}', f'--config.train.steps={steps}')
+  assert 'step 10 |' in train(10).stdout
+  assert {'run/config.json', 'run/tokenizer.json', 'run/metrics.jsonl'} <= set(emulator.objects(bucket, 'run/'))
+  assert 'run/checkpoints/10/' in ' '.join(emulator.objects(bucket, 'run/checkpoints/'))
+
+  resumed = train(20).stdout
+  assert 'step 5 |' not in resumed and 'step 20 |' in resumed  # Continues from step 10's checkpoint.
+  records = [json.loads(line) for line in emulator.read(bucket, 'run/metrics.jsonl').decode().splitlines()]
+  assert [r['step'] for r in records if 'loss' in r] == [5, 10, 15, 20]
+  assert any(name.startswith('run/tensorboard/events') for name in emulator.objects(bucket, 'run/tensorboard/'))
+
+  greedy = ('--prompt=ROMEO:', '--max_new_tokens=12', '--temperature=0')
+  from_run = run(emulator, 'flaxlm-sample', f'--workdir={workdir}', *greedy).stdout
+  assert from_run.startswith('ROMEO:') and len(from_run.rstrip('\n')) == len('ROMEO:') + 12
+  run(emulator, 'flaxlm-export', f'--workdir={workdir}', f'--output={exported}')
+  assert {'export/config.json', 'export/tokenizer.json'} <= set(emulator.objects(bucket, 'export/'))
+  assert run(emulator, 'flaxlm-sample', f'--params={exported}', *greedy).stdout == from_run  # The same params.
+
+  run(emulator, 'flaxlm-plot', f'--workdir={workdir}')
+  assert emulator.read(bucket, 'run/loss.png').startswith(b'\x89PNG')
+  count = run(emulator, 'flaxlm-tokenizer', 'count', f'--tokenizer={workdir}/tokenizer.json', '--text=ROMEO')
+  assert count.stdout.startswith('5 tokens')
+
+
+def test_a_bucket_that_does_not_exist_is_refused_and_not_created(emulator):
+  before = emulator.buckets()
+  result = subprocess.run([command('flaxlm-train'), '--config=tiny', '--workdir=gs://no-such-bucket/run'], cwd=REPO,
+                          env=emulator.env, capture_output=True, text=True, timeout=300)
+  assert_one_line_error(result, 'gs://no-such-bucket, which does not exist')
+  assert emulator.buckets() == before
