@@ -64,8 +64,11 @@ def directory(workdir: epath.PathLike) -> epath.Path:
 
 def checkpoint_manager(workdir: epath.PathLike, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   """Returns the manager of `workdir`'s checkpoints: the latest `keep` plus the lowest val_loss are kept."""
-  if read_only:
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  if read_only:  # Each process reads alone, skipping Orbax's barriers: one that failed to read would skip them too,
+    # leaving the others waiting there. restore_latest agrees on the outcome instead.
+    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()})
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                           multiprocessing_options=alone)
   else:
     best = policies.BestN(get_metric_fn=lambda metrics: metrics['val_loss'], reverse=True, n=1,
                           keep_checkpoints_without_metrics=False)
