@@ -30,8 +30,12 @@ setuptools.setup(
         'tensorboardX',
         'safetensors',  # Hugging Face checkpoints (flaxlm-convert), read and written as numpy arrays.
         'matplotlib',  # flaxlm-plot and the notebooks' figures.
+        'array_record',  # the token store's shards (data/store.py); TFDS and Grain read the same format.
+        'pyarrow',  # Parquet corpora (flaxlm-data prepare), as FineWeb and most Hugging Face datasets ship.
+        'zstandard',  # .zst-compressed JSONL corpora.
         # gs:// paths: etils.epath reaches Cloud Storage through gcsfs. Pinned: gcsfs 2026.10.1 hangs in open() and
         # rmtree() against the fake-gcs-server emulator the tests run on; 2025.3.0 (with its fsspec) works there.
+        # (Seen before the tests drained the emulator's log pipe, whose filling also hangs clients: not re-tested.)
         'etils[epath]',
         'gcsfs==2025.3.0',
         'fsspec==2025.3.0',

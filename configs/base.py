@@ -66,14 +66,19 @@ def train_config() -> ml_collections.ConfigDict:
 def data_config() -> ml_collections.ConfigDict:
   """Returns where the training text comes from and how it becomes tokens (read by `train.loop`)."""
   c = ml_collections.ConfigDict()
-  c.path = ''  # local UTF-8 text or JSONL files (comma-separated, globs allowed), or tfds:NAME[/CONFIG].
+  c.path = ''  # a token store (flaxlm-data prepare), or what one is prepared from at the first run (cached in
+  # $FLAXLM_CACHE, default ~/.cache/flaxlm): text, JSONL or Parquet files (comma-separated, globs allowed), or
+  # tfds:NAME[/CONFIG].
   c.format = 'text'  # 'text': learn every token; 'examples': one JSONL file of prompt/response (or chat messages)
   # examples, learning the responses only (see data/examples.py).
   c.text_field = 'text'  # the text field of JSONL records and TFDS examples.
   c.tfds_dir = ''  # where TFDS datasets are prepared; '' is TFDS's default (~/tensorflow_datasets).
   c.max_documents = 0  # read at most this many documents per TFDS split; 0 reads them all.
-  c.tokenizer = 'char'  # 'char' (built from the text), 'byte' (UTF-8 bytes), or a SentencePiece .model file.
-  c.val_fraction = 0.1  # local files: the end of a single text, or the last documents, are held out.
+  c.tokenizer = 'char'  # 'char' (built from the text; with a store: the store's), 'byte' (UTF-8 bytes), or a
+  # SentencePiece .model file.
+  c.val_fraction = 0.1  # the share held out for validation: of the text's documents (and pieces of a long text),
+  # evenly spread; of fine-tuning examples, the last.
+  c.store_digest = ''  # set by the run: the SHA-256 of its token store's manifest (a resume reads the same tokens).
   c.read_threads = 0  # Grain threads preparing batches ahead; 0 prepares them in the training thread.
   return c
 

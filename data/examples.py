@@ -63,7 +63,7 @@ def is_message(message: object) -> bool:
 
 def parse(line: str, path: pathlib.Path, number: int) -> Example:
   """Returns the example on line `number` of `path`; raises UserError naming the line if it is not one."""
-  record = sources.json_record(line, path, number)
+  record = sources.json_record(line, f'{path}:{number}')
   fields = record if isinstance(record, dict) else {}
   if isinstance(fields.get('prompt'), str) and isinstance(fields.get('response'), str):
     return Example(number, (('prompt', fields['prompt']), ('response', fields['response'])))

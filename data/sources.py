@@ -1,17 +1,14 @@
 """Where text comes from: local text files, globs of them, JSONL files with a named text field, TFDS, and the
-corpus flaxlm ships.
+corpus flaxlm ships; and the errors of reading them, each naming the file (and line) and the fix.
 
-`load_corpus` returns a corpus's training and validation documents:
 - `tfds:NAME` (or `tfds:NAME/CONFIG`): a TFDS dataset, prepared as ArrayRecord and read with
-  `tfds.data_source`, without TensorFlow; its `validation` split (else `test`) is held out.
+  `tfds.data_source`, without TensorFlow.
 - `flaxlm:tinyshakespeare`: the 1.1 MB tiny Shakespeare text (public domain) installed with flaxlm, so the
   quickstart runs offline; it reads as a local file.
-- Local files (plain or gzip-compressed, `.gz`): one text file is one document, whose last `val_fraction` is held
-  out; several documents (several files, or JSONL records) hold out their last `val_fraction` of documents.
+- Local files, plain or compressed (`.gz`, `.zst`). data/prepare.py turns them into a token store.
 """
 
 import contextlib
-import dataclasses
 import glob
 import gzip
 import importlib.resources
@@ -21,6 +18,7 @@ import socket
 from typing import Iterator
 
 import tensorflow_datasets as tfds
+import zstandard
 
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files
@@ -29,13 +27,6 @@ TFDS_PREFIX = 'tfds:'
 TFDS_HOST = ('storage.googleapis.com', 443)  # Where TFDS fetches prepared data and most sources from.
 SHIPPED_PREFIX = 'flaxlm:'
 SHIPPED = {'tinyshakespeare': 'tinyshakespeare.txt.gz'}  # name: file in data/corpus/, installed as package data.
-
-
-@dataclasses.dataclass(frozen=True)
-class Corpus:
-  """A corpus's documents, split into training and validation."""
-  train: list[str]
-  validation: list[str]
 
 
 def shipped(name: str) -> pathlib.Path:
@@ -65,12 +56,12 @@ def expand(patterns: str) -> list[pathlib.Path]:
   return paths
 
 
-def json_record(line: str, path: pathlib.Path, number: int) -> object:
-  """Returns the JSON value on line `number` of `path`; raises UserError naming the line if it is not JSON."""
+def json_record(line: str, where: str) -> object:
+  """Returns the JSON value of a `line`; raises UserError naming `where` it is ('FILE:LINE') if it is not JSON."""
   try:
     return json.loads(line)
   except json.JSONDecodeError as e:
-    raise UserError(f'{path}:{number} is not valid JSON ({e.msg}): a .jsonl file holds one JSON object per line; fix or '
+    raise UserError(f'{where} is not valid JSON ({e.msg}): a .jsonl file holds one JSON object per line; fix or '
                     'remove that line.') from None
 
 
@@ -85,7 +76,7 @@ def jsonl_documents(path: pathlib.Path, field: str) -> Iterator[str]:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
-      record = json_record(line, path, number)
+      record = json_record(line, f'{path}:{number}')
       if not isinstance(record, dict) or not isinstance(record.get(field), str):
         raise UserError(f'{path}:{number} has no text field {field!r}: set the field name (--config.data.text_field '
                         'in flaxlm-train, --jsonl_field in flaxlm-tokenizer).')
@@ -97,8 +88,8 @@ def reading(path: pathlib.Path) -> Iterator[None]:
   """Turns the errors of reading the file `path` inside the block into UserErrors naming it and the fix."""
   try:
     yield
-  except (gzip.BadGzipFile, EOFError) as e:
-    raise UserError(f'{path} is not a complete gzip file ({e}): decompress it, or compress it again.') from None
+  except (gzip.BadGzipFile, EOFError, zstandard.ZstdError) as e:
+    raise UserError(f'{path} is not a complete compressed file ({e}): decompress it, or compress it again.') from None
   except IsADirectoryError:
     raise UserError(f'{path} is a directory: pass the files in it.') from None
   except OSError as e:
@@ -128,30 +119,13 @@ def read_text(path: str) -> str:
 def lines(patterns: str, field: str = 'text', tfds_dir: str | None = None, max_documents: int = 0) -> Iterator[str]:
   """Yields the non-empty lines of every document in the files matched by `patterns`, or of a TFDS train split."""
   if patterns.startswith(TFDS_PREFIX):
-    texts = tfds_corpus(patterns[len(TFDS_PREFIX):], field, tfds_dir, max_documents).train
+    name = patterns[len(TFDS_PREFIX):]
+    texts = (decode_field(record, field, name) for record in
+             first(prepared_builder(name, tfds_dir).as_data_source(split='train'), max_documents))
   else:
     texts = (document for path in expand(patterns) for document in documents_of(path, field))
   for document in texts:
     yield from (line for line in document.splitlines() if line.strip())
-
-
-def split_documents(documents: list[str], val_fraction: float) -> Corpus:
-  """Returns the documents with the last `val_fraction` held out: of the text if one, else of the documents."""
-  if not 0 < val_fraction < 1:
-    raise UserError(f'data.val_fraction={val_fraction} must lie strictly between 0 and 1.')
-  if len(documents) == 1:
-    cut = int(len(documents[0]) * (1 - val_fraction))
-    return Corpus([documents[0][:cut]], [documents[0][cut:]])
-  held_out = max(1, round(len(documents) * val_fraction))
-  return Corpus(documents[:-held_out], documents[-held_out:])
-
-
-def local_corpus(patterns: str, field: str, val_fraction: float) -> Corpus:
-  """Returns the documents of local files, split; raises UserError if there is no text at all."""
-  documents = [doc for path in expand(patterns) for doc in documents_of(path, field) if doc.strip()]
-  if not documents:
-    raise UserError(f'{patterns} is empty: give it some text to train on.')
-  return split_documents(documents, val_fraction)
 
 
 def check_online(name: str) -> None:
@@ -172,19 +146,13 @@ def tfds_builder(name: str, data_dir: str | None):
     raise UserError(f'TFDS has no dataset {name!r}: check the name (e.g. tfds:tiny_shakespeare, tfds:lm1b).') from None
 
 
-def tfds_corpus(name: str, field: str, data_dir: str | None, max_documents: int) -> Corpus:
-  """Returns the text `field` of TFDS dataset `name`'s train and validation (else test) splits."""
+def prepared_builder(name: str, data_dir: str | None):
+  """Returns TFDS dataset `name`'s builder, prepared (downloaded here first if needed and possible)."""
   builder = tfds_builder(name, data_dir)
   if not builder.is_prepared():
     check_online(name)
     builder.download_and_prepare()
-  splits = builder.info.splits
-  held_out = 'validation' if 'validation' in splits else 'test'
-  if 'train' not in splits or held_out not in splits:
-    raise UserError(f'TFDS dataset {name} has splits {sorted(splits)}: flaxlm needs train and validation or test.')
-  read = lambda split: [decode_field(record, field, name) for record in first(builder.as_data_source(split=split),
-                                                                              max_documents)]
-  return Corpus(read('train'), read(held_out))
+  return builder
 
 
 def first(source, count: int):
@@ -200,13 +168,3 @@ def decode_field(record: dict, field: str, name: str) -> str:
                     '--config.data.text_field.')
   value = record[field]
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
-
-
-def load_corpus(path: str, field: str, val_fraction: float, tfds_dir: str | None = None,
-                max_documents: int = 0) -> Corpus:
-  """Returns the training and validation documents of a `tfds:NAME` dataset or of local files."""
-  if not path:
-    raise UserError('no training text given: set --config.data.path to text files, JSONL files or tfds:NAME.')
-  if path.startswith(TFDS_PREFIX):
-    return tfds_corpus(path[len(TFDS_PREFIX):], field, tfds_dir, max_documents)
-  return local_corpus(path, field, val_fraction)

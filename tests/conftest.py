@@ -3,11 +3,15 @@
 import os
 import pathlib
 import sys
+import tempfile
 
 # Tests compile many small programs and run each briefly: skip XLA's slow LLVM optimisations (5x faster
 # compiles). Subprocesses the tests start inherit this.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
+
+# Runs prepare their text's token store in a cache of the test session's own, not in the user's home.
+os.environ['FLAXLM_CACHE'] = tempfile.mkdtemp(prefix='flaxlm-test-cache-')
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)
 import numpy as np  # noqa: E402

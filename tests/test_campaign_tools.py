@@ -5,12 +5,15 @@ import json
 import os
 import pathlib
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from campaign import Case, assert_refused, build_sandbox, run_campaign
 from test_campaign_train import run_copy, write
 from test_plot import write_run
 from flaxlm.configs.errors import UserError
+from flaxlm.data import prepare
 from flaxlm.train import estimate, plot
 
 TOK_TRAIN = ('flaxlm-tokenizer', 'train', '--input={corpus}')
@@ -145,9 +148,9 @@ CASES = [
     Case('tok_count_output_flag', 'accepted', ('flaxlm-tokenizer', 'count', '--tokenizer={tokenizer}',
                                                '--input={corpus}', '--output={case}/counts.txt'), 'takes no --output'),
     # flaxlm-data.
-    Case('data_no_subcommand', 'message', ('flaxlm-data',), 'name one command of check'),
+    Case('data_no_subcommand', 'message', ('flaxlm-data',), 'name one command of prepare, check'),
     Case('data_unknown_subcommand', 'message', ('flaxlm-data', 'validate', '{case}/examples.jsonl'),
-         'name one command of check'),
+         'name one command of prepare, check'),
     Case('data_check_without_a_file', 'message', ('flaxlm-data', 'check'), 'name one file'),
     Case('data_check_missing', 'message', ('flaxlm-data', 'check', '{case}/none.jsonl'), 'No such file'),
     Case('data_check_a_folder', 'message', ('flaxlm-data', 'check', '{case}'), 'is a directory'),
@@ -170,6 +173,35 @@ CASES = [
                                                      '--tokenizer={case}/tok.model'), 'is not a SentencePiece model',
          setup=lambda case, paths: (write('e.jsonl', '{"prompt": "a", "response": "b"}\n')(case, paths),
                                     write('tok.model', GARBLED_MODEL)(case, paths))),
+    Case('prepare_without_input', 'message', ('flaxlm-data', 'prepare', '--output={case}/store'), 'name the input'),
+    Case('prepare_without_output', 'message', ('flaxlm-data', 'prepare', '{corpus}'), '--output is required'),
+    Case('prepare_missing_input', 'message', ('flaxlm-data', 'prepare', '{case}/none.txt', '--output={case}/store'),
+         'no file matches'),
+    Case('prepare_unknown_tokenizer', 'message', ('flaxlm-data', 'prepare', '{corpus}', '--output={case}/store',
+                                                  '--tokenizer=wordpiece'), '--tokenizer=wordpiece'),
+    Case('prepare_val_fraction_of_one', 'message', ('flaxlm-data', 'prepare', '{corpus}', '--output={case}/store',
+                                                    '--val_fraction=1'), '--val_fraction=1.0'),
+    Case('prepare_zero_group_size', 'message', ('flaxlm-data', 'prepare', '{corpus}', '--output={case}/store',
+                                                '--group_mb=0'), '--group_mb=0'),
+    Case('prepare_negative_workers', 'message', ('flaxlm-data', 'prepare', '{corpus}', '--output={case}/store',
+                                                 '--workers=-1'), '--workers=-1'),
+    Case('prepare_jsonl_without_the_field', 'message', ('flaxlm-data', 'prepare', '{jsonl}', '--output={case}/store',
+                                                        '--text_field=body'), "has no text field 'body'"),
+    Case('prepare_jsonl_garbled_late', 'message', ('flaxlm-data', 'prepare', '{case}/t.jsonl',
+                                                   '--output={case}/store'), 't.jsonl:3 is not valid JSON',
+         setup=write('t.jsonl', '{"text": "a"}\n{"text": "b"}\n{"text": \n')),
+    Case('prepare_parquet_without_the_field', 'message', ('flaxlm-data', 'prepare', '{case}/t.parquet',
+                                                          '--output={case}/store'), "has no column 'text'",
+         setup=lambda case, paths: pq.write_table(pa.table({'content': ['a b c']}), case / 't.parquet')),
+    Case('prepare_not_parquet', 'message', ('flaxlm-data', 'prepare', '{case}/t.parquet', '--output={case}/store'),
+         'is not a Parquet file', setup=write('t.parquet', 'not parquet')),
+    Case('prepare_into_a_file', 'message', ('flaxlm-data', 'prepare', '{corpus}', '--output={corpus}'), 'is a file'),
+    Case('prepare_into_a_folder_of_other_files', 'message', ('flaxlm-data', 'prepare', '{corpus}',
+                                                            '--output={case}'), 'holds no token store',
+         setup=write('other.txt', 'x')),
+    Case('prepare_over_another_store', 'message', ('flaxlm-data', 'prepare', '{corpus}', '--output={case}/store',
+                                                   '--val_fraction=0.2'), 'holds a token store of other inputs',
+         setup=lambda case, paths: prepare.prepare(paths['corpus'], str(case / 'store'), 'char', prepare.Settings())),
     # flaxlm-info.
     Case('info_unknown_preset', 'message', ('flaxlm-info', '--config=llama3'), 'there is no preset'),
     Case('info_config_a_folder', 'message', ('flaxlm-info', '--config={case}'), 'is a directory'),

@@ -5,9 +5,12 @@ import os
 import pathlib
 import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from campaign import Case, assert_refused, build_sandbox, run_campaign
+from flaxlm.data import prepare
 
 NEW = ('flaxlm-train', '--config=tiny', '--workdir={case}/new', '--config.data.path={corpus}',
        '--config.train.steps=10', '--config.mesh.cpu_devices=1')
@@ -33,6 +36,15 @@ def run_copy(change=None):
     shutil.copytree(paths['run'], case / 'run')
     if change:
       change(case / 'run')
+  return setup
+
+
+def store_of(change=None, tokenizer: str = 'char'):
+  """Returns a setup preparing the sandbox's corpus into the case's `store` (held out: 20%), then `change(store)`."""
+  def setup(case: pathlib.Path, paths: dict) -> None:
+    prepare.prepare(paths['corpus'], str(case / 'store'), tokenizer, prepare.Settings(val_fraction=0.2))
+    if change:
+      change(case / 'store')
   return setup
 
 
@@ -136,6 +148,16 @@ CASES = [
         '--config.data.text_field=body'),
     new('jsonl_garbled', 'traceback', 'bad.jsonl', '--config.data.path={case}/bad.jsonl',
         setup=write('bad.jsonl', '{"text": "a"}\n{"text": \n')),
+    new('parquet_without_the_field', 'message', "has no column 'text'", '--config.data.path={case}/t.parquet',
+        setup=lambda case, paths: pq.write_table(pa.table({'content': ['a b c']}), case / 't.parquet')),
+    new('store_incomplete', 'message', 'is incomplete', '--config.data.path={case}/store',
+        setup=store_of(lambda store: (store / 'manifest.json').unlink())),
+    new('store_manifest_garbled', 'message', 'is damaged', '--config.data.path={case}/store',
+        setup=store_of(lambda store: (store / 'manifest.json').write_text('{"version": '))),
+    new('store_of_another_tokenizer_than_init_from', 'message', "another tokenizer than train.init_from",
+        '--config.data.path={case}/store', '--config.train.init_from={run}', setup=store_of(tokenizer='byte')),
+    new('store_of_another_tokenizer_than_named', 'message', 'another tokenizer than data.tokenizer=byte',
+        '--config.data.path={case}/store', '--config.data.tokenizer=byte', setup=store_of()),
     new('unknown_data_format', 'message', 'data.format', '--config.data.format=parquet'),
     new('examples_that_are_text', 'message', 'one JSON object per line', '--config.data.format=examples'),
     new('unknown_tokenizer', 'message', 'data.tokenizer', '--config.data.tokenizer=wordpiece'),
@@ -163,6 +185,8 @@ CASES = [
          setup=run_copy()),
     Case('resumed_on_another_text', 'accepted', (*RESUME[:3], '--config.data.path={jsonl}', *RESUME[4:]),
          'data.path', setup=run_copy()),
+    Case('resumed_on_another_store', 'message', (*RESUME[:3], '--config.data.path={case}/store', *RESUME[4:]),
+         'data.store_digest', setup=lambda case, paths: (run_copy()(case, paths), store_of()(case, paths))),
     Case('resumed_with_another_tokenizer', 'message', (*RESUME, '--config.data.tokenizer=byte'), 'tokenizer',
          setup=run_copy()),
     Case('tokenizer_json_garbled', 'traceback', RESUME, 'tokenizer.json',

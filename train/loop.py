@@ -10,9 +10,10 @@ import pathlib
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import examples as examples_lib, pipeline, sources, tokenizer as tokenizer_lib
+from flaxlm.data import examples as examples_lib, pipeline, prepare as prepare_lib, store, tokenizer as tokenizer_lib
 from flaxlm.model import attention, flops
 from flaxlm.model.transformer import ModelConfig, Transformer, count_params, shape_differences
 from flaxlm.train import (checkpoint, metrics, optimizer, preemption, sharding, state as state_lib, step as step_lib,
@@ -75,22 +76,53 @@ def run_tokenizer(config: ml_collections.ConfigDict, text: str) -> tokenizer_lib
   return tokenizer_lib.for_corpus(config.data.tokenizer, text)
 
 
-def text_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.Tokenizer, list[pipeline.TokenStream]]:
-  """Returns the tokenizer and the (train, validation) token streams of `data.path`'s documents, all tokens learned."""
+def prepared_store(config: ml_collections.ConfigDict) -> store.Store:
+  """Returns the token store `data.path` names, or the one its text is prepared into (in the cache, once).
+
+  The first process prepares while the others wait, then finds the store there (or, on a host of its own, prepares
+  its own copy: preparation is deterministic).
+  """
   d = config.data
-  corpus = sources.load_corpus(d.path, d.text_field, d.val_fraction, d.tfds_dir, d.max_documents)
-  tokenizer = run_tokenizer(config, ''.join(corpus.train + corpus.validation))
-  return tokenizer, [pipeline.TokenStream.from_documents([tokenizer.encode(doc) for doc in docs], tokenizer.eos_id)
-                     for docs in (corpus.train, corpus.validation)]
+  if not d.path:
+    raise UserError('no training text given: set --config.data.path to a token store, text, JSONL or Parquet files, '
+                    'or tfds:NAME.')
+  if store.is_store(d.path):
+    return store.open_store(d.path)
+  tokenizer = workdir_lib.load_tokenizer(config.train.init_from) if config.train.init_from else d.tokenizer
+  settings = prepare_lib.Settings(d.text_field, d.val_fraction, d.tfds_dir, d.max_documents)
+  if jax.process_index() == 0:
+    prepared = prepare_lib.cached(d.path, tokenizer, settings)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('flaxlm: token store prepared')
+  return prepared if jax.process_index() == 0 else prepare_lib.cached(d.path, tokenizer, settings)
 
 
-def example_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.Tokenizer, list[pipeline.TokenStream]]:
-  """Returns the tokenizer and the (train, validation) streams of `data.path`'s examples, responses learned."""
+def store_tokenizer(config: ml_collections.ConfigDict, prepared: store.Store) -> tokenizer_lib.Tokenizer:
+  """Returns the store's tokenizer; raises UserError if the run names another (a pretrained model's, or a file)."""
+  d, ids = config.data, prepared.tokenizer.serialized()
+  if config.train.init_from and workdir_lib.load_tokenizer(config.train.init_from).serialized() != ids:
+    raise UserError(f'token store {d.path} holds the ids of another tokenizer than train.init_from\'s: prepare the '
+                    f'store with that model\'s tokenizer (flaxlm-data prepare --tokenizer=...).')
+  if d.tokenizer != 'char' and tokenizer_lib.for_corpus(d.tokenizer, '').serialized() != ids:
+    raise UserError(f'token store {d.path} holds the ids of another tokenizer than data.tokenizer={d.tokenizer}: '
+                    'prepare the store with it, or leave data.tokenizer at char to take the store\'s.')
+  return prepared.tokenizer
+
+
+def text_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.Tokenizer, list[pipeline.Stream], str]:
+  """Returns the tokenizer, the (train, validation) splits of `data.path`'s token store, and the store's digest."""
+  prepared = prepared_store(config)
+  return store_tokenizer(config, prepared), [prepared.split(name) for name in store.SPLITS], prepared.digest
+
+
+def example_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.Tokenizer, list[pipeline.Stream], str]:
+  """Returns the tokenizer and the (train, validation) streams of `data.path`'s examples (responses learned), and
+  no store digest: the examples file is read anew each time."""
   split = examples_lib.split(examples_lib.read(pathlib.Path(config.data.path)), config.data.val_fraction)
   text = ''.join(text for example in split.train + split.validation for _, text in example.pieces)
   tokenizer = run_tokenizer(config, text)
   return tokenizer, [examples_lib.token_stream(part, tokenizer, config.model.max_length)
-                     for part in (split.train, split.validation)]
+                     for part in (split.train, split.validation)], ''
 
 
 FORMATS = {'text': text_streams, 'examples': example_streams}
@@ -110,8 +142,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
                     '--config.train.init_from to a flaxlm-export directory or a run\'s workdir.')
   if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
     workdir_lib.load_config(config.train.init_from)
-  tokenizer, streams = FORMATS[config.data.format](config)
+  tokenizer, streams, digest = FORMATS[config.data.format](config)
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
+  resolved.data.store_digest = digest
   for change in workdir_lib.check_compatible(workdir, resolved, tokenizer):
     if jax.process_index() == 0:
       print(f'resuming with {change} (it changes how the model is computed, not what it learns)', flush=True)

@@ -88,8 +88,8 @@ def load_tokenizer(workdir: str | os.PathLike) -> tokenizer_lib.Tokenizer:
 # What a resume may change: how the same model is computed, not what it is or which batches it sees.
 COMPUTE_ONLY = ('model.dtype', 'model.remat', 'model.attention', 'train.microbatches')
 # What it may not change besides the model's shape: the stream of batches the checkpoint's data position indexes.
-SAME_DATA = ('train.batch_size', 'train.seed', 'data.path', 'data.format', 'data.text_field', 'data.val_fraction',
-             'data.max_documents')
+SAME_DATA = ('train.batch_size', 'train.seed', 'data.path', 'data.store_digest', 'data.format', 'data.text_field',
+             'data.val_fraction', 'data.max_documents')
 
 
 def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDict,

@@ -1,4 +1,12 @@
-"""`flaxlm-data check`: what a fine-tuning JSONL file holds, and what is wrong with it, before training on it.
+"""`flaxlm-data prepare`: a corpus into a token store, once; `flaxlm-data check`: a fine-tuning file's examples.
+
+  flaxlm-data prepare 'web/*.jsonl.zst,books/*.txt' --output=/data/store --tokenizer=tok.model
+  flaxlm-data prepare fineweb/*.parquet --output=gs://bucket/store --tokenizer=tok.model --workers=32
+  flaxlm-data prepare tfds:lm1b --output=/data/lm1b --tokenizer=byte
+
+tokenizes text, JSONL (.gz, .zst), Parquet files or a TFDS dataset in worker processes and writes a token store
+(data/store.py) that `--config.data.path=STORE` trains on; run the same command again to finish a preparation that
+was stopped (the groups of input it finished are kept).
 
   flaxlm-data check examples.jsonl                  # the defaults of a training run: char tokens, T = 64
   flaxlm-data check examples.jsonl --tokenizer=tok.model --max_length=1024
@@ -13,13 +21,14 @@ Shape key: E examples.
 """
 
 import pathlib
+import time
 
 import numpy as np
 from absl import flags
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import examples as examples_lib, tokenizer as tokenizer_lib
+from flaxlm.data import examples as examples_lib, prepare, tokenizer as tokenizer_lib
 from flaxlm.train.commands import cli
 
 DEFAULTS = base.get_config()
@@ -27,6 +36,17 @@ TOKENIZER = flags.DEFINE_string('tokenizer', DEFAULTS.data.tokenizer, "'byte', '
                                 '.model file, as the training config\'s data.tokenizer.')
 MAX_LENGTH = flags.DEFINE_integer('max_length', DEFAULTS.model.max_length, 'Sequence length T, as the training '
                                   'config\'s model.max_length: examples over T + 1 tokens are truncated.')
+OUTPUT = flags.DEFINE_string('output', None, 'prepare: the token store\'s directory (local or gs://), new or stopped.')
+TEXT_FIELD = flags.DEFINE_string('text_field', DEFAULTS.data.text_field, 'prepare: the text field of JSONL records, '
+                                 'Parquet rows and TFDS examples.')
+VAL_FRACTION = flags.DEFINE_float('val_fraction', DEFAULTS.data.val_fraction, 'prepare: the share of documents held '
+                                  'out for validation (TFDS datasets bring their own).')
+WORKERS = flags.DEFINE_integer('workers', None, 'prepare: tokenizing processes; default one per core (none for an '
+                               'input under 16 MB).')
+GROUP_MB = flags.DEFINE_integer('group_mb', prepare.GROUP_BYTES >> 20, 'prepare: megabytes of input per group (a '
+                                'shard of each split, a worker\'s unit of work).')
+TFDS_DIR = flags.DEFINE_string('tfds_dir', DEFAULTS.data.tfds_dir, 'prepare: where TFDS datasets are prepared.')
+MAX_DOCUMENTS = flags.DEFINE_integer('max_documents', 0, 'prepare: at most this many documents per TFDS split; 0: all.')
 SHOWN = 10  # Places listed per finding; the rest are counted.
 
 
@@ -95,7 +115,39 @@ def check_command(files: list[str]) -> None:
     raise UserError(f'{path} holds no example: give it one JSON object per line (prompt/response or messages).')
 
 
-COMMANDS = {'check': check_command}
+def check_prepare_arguments(inputs: list[str]) -> None:
+  """Raises UserError unless inputs are named and the numeric flags are in range."""
+  if not inputs:
+    raise UserError('name the input: flaxlm-data prepare FILES_OR_GLOBS|tfds:NAME --output=STORE --tokenizer=SPEC.')
+  if not 0 < VAL_FRACTION.value < 1:
+    raise UserError(f'--val_fraction={VAL_FRACTION.value} must lie strictly between 0 and 1, 0.1 say.')
+  for flag in (WORKERS, MAX_DOCUMENTS):
+    if (flag.value or 0) < 0:
+      raise UserError(f'--{flag.name}={flag.value} must not be negative.')
+  if GROUP_MB.value <= 0:
+    raise UserError(f'--group_mb={GROUP_MB.value} must be positive: 256 say.')
+  if TOKENIZER.value not in ('char', 'byte') and not pathlib.Path(TOKENIZER.value).is_file():
+    raise UserError(f'--tokenizer={TOKENIZER.value} is neither char, byte nor a tokenizer file that exists: pass one '
+                    'of them (a .model file comes from `flaxlm-tokenizer train`).')
+
+
+def prepare_command(inputs: list[str]) -> None:
+  """Prepares the token store of the inputs at --output, and prints what it holds."""
+  check_prepare_arguments(inputs)
+  output = cli.required(OUTPUT, 'pass the new token store\'s directory, e.g. --output=/data/store.')
+  settings = prepare.Settings(TEXT_FIELD.value, VAL_FRACTION.value, TFDS_DIR.value, MAX_DOCUMENTS.value)
+  start = time.perf_counter()
+  prepared = prepare.prepare(','.join(inputs), output, TOKENIZER.value, settings, WORKERS.value, GROUP_MB.value << 20,
+                             report=print)
+  seconds = time.perf_counter() - start
+  for name, split in prepared.manifest['splits'].items():
+    print(f'{name}: {split["tokens"]:,} tokens, {split["documents"]:,} documents, {len(split["shards"])} shards')
+  total = sum(split['tokens'] for split in prepared.manifest['splits'].values())
+  print(f'token store {output} is complete ({prepared.manifest["dtype"]} ids of a {prepared.tokenizer.vocab_size:,}-'
+        f'token vocabulary; {total / max(seconds, 1e-9):,.0f} tokens/s this run); manifest digest {prepared.digest}')
+
+
+COMMANDS = {'prepare': prepare_command, 'check': check_command}
 
 
 def dispatch(args: list[str]) -> None:

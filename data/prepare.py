@@ -1,0 +1,416 @@
+"""Preparing a token store: a corpus read in groups, tokenized in worker processes, written as shards (data/store.py).
+
+The input is cut into groups: byte ranges of plain text and JSONL files (a compressed file is one group), runs of
+Parquet row groups, and ranges of a TFDS split's records. A worker reads its group alone, tokenizes it piece by
+piece and writes the group's shard of each split, so memory stays bounded however large the corpus, and the
+store's content does not depend on how many workers made it. Within a group, documents (and the pieces, of at
+most a megabyte, of a long text file) go to the validation split evenly, `val_fraction` of them (TFDS datasets
+bring their own split). A document is followed by EOS where the tokenizer has one. A stopped preparation
+resumes after the groups it finished; the manifest is written last, so the store is complete or not at all.
+"""
+
+import concurrent.futures
+import dataclasses
+import functools
+import gzip
+import io
+import json
+import math
+import multiprocessing
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import zstandard
+from etils import epath
+
+from flaxlm.configs.errors import UserError
+from flaxlm.data import files, sources, store, tokenizer as tokenizer_lib
+
+GROUP_BYTES = 256 * 2**20  # Input bytes per group (a shard of each split); compressed files are one group each.
+TFDS_GROUP = 65_536  # TFDS records per group.
+PIECE_BYTES = (1024, 2**20)  # A long text is tokenized in pieces of lines: group bytes / 1000, within these bounds.
+INLINE_BYTES = 16 * 2**20  # Inputs smaller than this are prepared in this process (a worker's start costs more).
+COMPRESSED = ('.gz', '.zst')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How a corpus becomes a store: read by all workers."""
+  text_field: str = 'text'
+  val_fraction: float = 0.1
+  tfds_dir: str = ''
+  max_documents: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """A document, or a piece of a long text file, with whether it begins and ends its document."""
+  text: str
+  begins: bool
+  ends: bool
+
+
+def kind_of(path: str) -> str:
+  """Returns how a file is read: 'parquet', 'jsonl' (also .jsonl.gz/.jsonl.zst) or 'text'."""
+  name = path
+  for suffix in COMPRESSED:
+    name = name.removesuffix(suffix)
+  return 'parquet' if name.endswith('.parquet') else 'jsonl' if name.endswith('.jsonl') else 'text'
+
+
+def file_groups(path: str, group_bytes: int) -> list[dict]:
+  """Returns the groups of one file: byte ranges of an uncompressed text or JSONL file, else row groups or all."""
+  kind, size = kind_of(path), os.path.getsize(path)
+  if kind == 'parquet':
+    metadata = parquet_file(path).metadata
+    cuts, size = [0], 0
+    for row_group in range(metadata.num_row_groups):  # A group ends once it holds group_bytes.
+      size += metadata.row_group(row_group).total_byte_size
+      if size >= group_bytes or row_group == metadata.num_row_groups - 1:
+        cuts, size = cuts + [row_group + 1], 0
+    return [{'kind': kind, 'path': path, 'start': a, 'stop': b} for a, b in zip(cuts, cuts[1:])]
+  if path.endswith(COMPRESSED):
+    return [{'kind': kind, 'path': path, 'start': 0, 'stop': None}]
+  return [{'kind': kind, 'path': path, 'start': start, 'stop': min(start + group_bytes, size)}
+          for start in range(0, max(size, 1), group_bytes)]
+
+
+def tfds_groups(name: str, settings: Settings) -> list[dict]:
+  """Returns the groups of a TFDS dataset's train split and held-out (validation, else test) split."""
+  splits = sources.prepared_builder(name, settings.tfds_dir).info.splits
+  held_out = 'validation' if 'validation' in splits else 'test'
+  if 'train' not in splits or held_out not in splits:
+    raise UserError(f'TFDS dataset {name} has splits {sorted(splits)}: flaxlm needs train and validation or test.')
+  groups = []
+  for tfds_split, split in (('train', 'train'), (held_out, 'validation')):
+    count = splits[tfds_split].num_examples
+    count = min(count, settings.max_documents) if settings.max_documents else count
+    groups += [{'kind': 'tfds', 'path': name, 'split': split, 'tfds_split': tfds_split, 'start': start,
+                'stop': min(start + TFDS_GROUP, count)} for start in range(0, count, TFDS_GROUP)]
+  return groups
+
+
+def plan_groups(inputs: str, settings: Settings, group_bytes: int = GROUP_BYTES) -> list[dict]:
+  """Returns the groups of the input: files, globs or `flaxlm:NAME` (comma-separated), or `tfds:NAME`."""
+  if inputs.startswith(sources.TFDS_PREFIX):
+    return tfds_groups(inputs[len(sources.TFDS_PREFIX):], settings)
+  paths = [str(path.absolute()) for path in sources.expand(inputs)]
+  for path in paths:
+    check_field(path, settings.text_field)
+  return [group for path in paths for group in file_groups(path, group_bytes)]
+
+
+def parquet_file(path: str) -> pq.ParquetFile:
+  """Returns the Parquet file at `path`; raises UserError if it is not one."""
+  try:
+    return pq.ParquetFile(path)
+  except Exception as e:  # pyarrow raises ArrowInvalid and OSError kinds for a file that is not Parquet.
+    raise UserError(f'{path} is not a Parquet file ({str(e).splitlines()[0]}): check the file.') from None
+
+
+def check_field(path: str, field: str) -> None:
+  """Raises UserError if a Parquet file has no column `field`, or a JSONL file's first record no text `field`."""
+  kind = kind_of(path)
+  if kind == 'parquet':
+    columns = parquet_file(path).schema_arrow.names
+    if field not in columns:
+      raise UserError(f'{path} has no column {field!r} (it has {columns}): set the text field (--text_field in '
+                      'flaxlm-data prepare, --config.data.text_field in flaxlm-train).')
+  elif kind == 'jsonl':
+    next(jsonl_units({'path': path, 'start': 0, 'stop': None}, field), None)
+
+
+def open_binary(path: str):
+  """Returns `path` opened for reading bytes, decompressed on the fly if it ends in .gz or .zst."""
+  if path.endswith('.gz'):
+    return gzip.open(path, 'rb')
+  if path.endswith('.zst'):  # Buffered: zstandard's own reader has no readline.
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, 'rb'), closefd=True))
+  return open(path, 'rb')
+
+
+def lines(group: dict) -> Iterator[tuple[str, bytes]]:
+  """Yields (where, line) for the lines that begin in the group's byte range; `where` names the line for a person:
+  'FILE:NUMBER', or 'FILE (the line at byte N)' in a group that starts inside the file."""
+  with sources.reading(epath.Path(group['path'])), open_binary(group['path']) as f:
+    if group['start']:
+      f.seek(group['start'] - 1)
+      f.readline()  # The rest of the line that began before the range: the previous group's.
+    number = 0
+    while group['stop'] is None or f.tell() < group['stop']:  # Compressed files (no tell) are read whole.
+      offset, line = f.tell() if group['start'] else 0, f.readline()
+      if not line:
+        return
+      number += 1
+      yield (f'{group["path"]} (the line at byte {offset})' if group['start'] else f'{group["path"]}:{number}'), line
+
+
+def text_units(group: dict, piece_bytes: int) -> Iterator[Unit]:
+  """Yields a text file's range as pieces of whole lines of about `piece_bytes`: one document, begun at byte 0 and
+  ended at the file's end."""
+  piece, size, begins = [], 0, group['start'] == 0
+  for _, line in lines(group):
+    piece.append(line)
+    size += len(line)
+    if size >= piece_bytes:
+      yield Unit(decode(b''.join(piece), group['path']), begins, False)
+      piece, size, begins = [], 0, False
+  ends = group['stop'] is None or group['stop'] >= os.path.getsize(group['path'])
+  if piece or ends:
+    yield Unit(decode(b''.join(piece), group['path']), begins, ends)
+
+
+def decode(data: bytes, path: str) -> str:
+  """Returns `data` as text; raises UserError naming `path` if it is not UTF-8."""
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise UserError(f'{path} is not UTF-8 text ({e.reason}): convert it to UTF-8.') from None
+
+
+def jsonl_units(group: dict, field: str) -> Iterator[Unit]:
+  """Yields the `field` of each JSON record that begins in the group's range, as a whole document."""
+  for where, line in lines(group):
+    if line.strip():
+      record = sources.json_record(decode(line, where), where)
+      if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        raise UserError(f'{where} has no text field {field!r}: set the text field (--text_field in flaxlm-data '
+                        'prepare, --config.data.text_field in flaxlm-train).')
+      yield Unit(record[field], True, True)
+
+
+def parquet_units(group: dict, field: str) -> Iterator[Unit]:
+  """Yields the `field` of each row in the group's row groups of a Parquet file."""
+  batches = parquet_file(group['path']).iter_batches(row_groups=range(group['start'], group['stop']), columns=[field])
+  for batch in batches:
+    for text in batch.column(0).to_pylist():
+      yield Unit(text or '', True, True)
+
+
+def tfds_units(group: dict, settings: Settings) -> Iterator[Unit]:
+  """Yields the text field of the group's records of a TFDS split."""
+  source = sources.tfds_builder(group['path'], settings.tfds_dir).as_data_source(split=group['tfds_split'])
+  for index in range(group['start'], group['stop']):
+    yield Unit(sources.decode_field(source[index], settings.text_field, group['path']), True, True)
+
+
+def units(group: dict, settings: Settings) -> Iterator[Unit]:
+  """Yields the documents (or pieces of them) of one group, in order."""
+  if group['kind'] == 'tfds':
+    return tfds_units(group, settings)
+  if group['kind'] == 'parquet':
+    return parquet_units(group, settings.text_field)
+  if group['kind'] == 'jsonl':
+    return jsonl_units(group, settings.text_field)
+  length = (group['stop'] or os.path.getsize(group['path'])) - group['start']
+  return text_units(group, min(max(length // 1000, PIECE_BYTES[0]), PIECE_BYTES[1]))
+
+
+def held_out(index: int, fraction: float) -> bool:
+  """Returns whether unit `index` of a group is validation: `fraction` of the units, evenly spread."""
+  return math.floor((index + 1) * fraction) > math.floor(index * fraction)
+
+
+def split_of(group: dict, index: int, settings: Settings) -> str:
+  """Returns the split a group's unit `index` goes to."""
+  if 'split' in group:
+    return group['split']
+  return 'validation' if held_out(index, settings.val_fraction) else 'train'
+
+
+@functools.lru_cache(maxsize=2)
+def tokenizer_from(data: bytes, filename: str) -> tokenizer_lib.Tokenizer:
+  """Returns the tokenizer a store's tokenizer file holds (loaded once per worker process)."""
+  if filename == tokenizer_lib.SentencePieceTokenizer.filename:
+    return tokenizer_lib.SentencePieceTokenizer(data)
+  return tokenizer_lib.from_json(json.loads(data), filename)
+
+
+def write_group(output: str, index: int, group: dict, settings: Settings, tokenizer_file: tuple[bytes, str]) -> dict:
+  """Tokenizes group `index` into its shard of each split, then records it done; returns the record."""
+  tokenizer = tokenizer_from(*tokenizer_file)
+  folder, dtype = epath.Path(output), store.dtype_for(tokenizer.vocab_size)
+  writers = {split: store.ShardWriter(folder / store.shard_name(split, index), dtype) for split in store.SPLITS}
+  previous = None  # The split of the unit before, in the input's order.
+  for number, unit in enumerate(units(group, settings)):
+    split = split_of(group, number, settings)
+    ids = tokenizer.encode(unit.text)
+    if unit.ends and tokenizer.eos_id is not None:
+      ids = np.append(ids, tokenizer.eos_id)
+    writers[split].add(ids, unit.begins or previous != split)  # A split's stream jumps over the other's units.
+    previous = split
+  record = {'group': group, 'shards': {split: writer.close() for split, writer in writers.items()}}
+  write_bytes(folder / store.group_name(index), json.dumps(record).encode())
+  return record
+
+
+def write_bytes(path: epath.Path, data: bytes) -> None:
+  """Writes a store's small file whole: atomically where local (an object store writes objects whole)."""
+  if store.is_local(path):
+    files.replace(path, data)
+  else:
+    path.write_bytes(data)
+
+
+def group_alphabet(group: dict, settings: Settings) -> set[str]:
+  """Returns the characters of a group's text (a char tokenizer's alphabet is that of the whole corpus)."""
+  alphabet = set()
+  for unit in units(group, settings):
+    alphabet.update(unit.text)
+  return alphabet
+
+
+def run_all(function: Callable, calls: list[tuple], workers: int) -> list:
+  """Returns `function(*call)` for each call, in order: here if `workers` is 0, else in that many processes."""
+  if not workers or len(calls) < 2:
+    return [function(*call) for call in calls]
+  spawn = multiprocessing.get_context('spawn')  # Forking a process that runs JAX's threads is unsafe.
+  with concurrent.futures.ProcessPoolExecutor(min(workers, len(calls)), mp_context=spawn) as pool:
+    return list(pool.map(function, *zip(*calls)))
+
+
+def source_sizes(groups: list[dict]) -> list[dict]:
+  """Returns each input file (or TFDS dataset) once, with its size in bytes (records for TFDS)."""
+  sizes = {}
+  for group in groups:
+    sizes[group['path']] = (sizes.get(group['path'], 0) + group['stop'] - group['start'] if group['kind'] == 'tfds'
+                            else os.path.getsize(group['path']))
+  return [{'path': path, 'size': size} for path, size in sizes.items()]
+
+
+def tokenizer_key(tokenizer: str | tokenizer_lib.Tokenizer) -> str:
+  """Returns how a plan names its tokenizer: 'char' or 'byte', else the SHA-256 of the tokenizer's file."""
+  if tokenizer in ('char', 'byte'):
+    return tokenizer
+  spec = tokenizer_lib.for_corpus(tokenizer, '') if isinstance(tokenizer, str) else tokenizer
+  return store.digest(spec.serialized())
+
+
+def make_plan(inputs: str, settings: Settings, tokenizer: str | tokenizer_lib.Tokenizer, group_bytes: int) -> dict:
+  """Returns what a store is prepared from: the groups of the input, with the settings (checks the input first)."""
+  key = tokenizer_key(tokenizer)  # Checks a tokenizer file before the input is read.
+  groups = plan_groups(inputs, settings, group_bytes)
+  sources = source_sizes(groups)
+  if not sum(source['size'] for source in sources):
+    raise UserError(f'{inputs} is empty: give it some text to train on.')
+  return {'version': store.VERSION, 'inputs': inputs, 'tokenizer': key, 'settings': dataclasses.asdict(settings),
+          'sources': sources, 'groups': groups}
+
+
+def check_resumable(folder: epath.Path, plan: dict) -> None:
+  """Raises UserError if `folder` exists but is not an unfinished preparation of exactly `plan`."""
+  if not folder.exists():
+    return
+  if not folder.is_dir():
+    raise UserError(f'{folder} is a file: pass a new directory as the store\'s path.')
+  if not (folder / store.PLAN).exists():
+    if any(folder.iterdir()):
+      raise UserError(f'{folder} is a directory that holds no token store: pass a new directory as the store\'s path.')
+    return
+  if json.loads((folder / store.PLAN).read_text()) != plan:
+    raise UserError(f'{folder} holds a token store of other inputs or settings (or its inputs changed since): pass '
+                    'a new directory, or the same inputs and settings to finish it.')
+
+
+def store_tokenizer(tokenizer: str | tokenizer_lib.Tokenizer, plan: dict, workers: int) -> tokenizer_lib.Tokenizer:
+  """Returns the tokenizer to prepare with: the one given, the one a file or 'byte' names, or for 'char' the
+  corpus's own alphabet."""
+  if not isinstance(tokenizer, str):
+    return tokenizer
+  if tokenizer != 'char':
+    return tokenizer_lib.for_corpus(tokenizer, '')
+  settings = Settings(**plan['settings'])
+  alphabets = run_all(group_alphabet, [(group, settings) for group in plan['groups']], workers)
+  return tokenizer_lib.CharTokenizer(sorted(set().union(*alphabets)))
+
+
+def tokenizer_in(folder: epath.Path, tokenizer: str | tokenizer_lib.Tokenizer, plan: dict,
+                 workers: int) -> tokenizer_lib.Tokenizer:
+  """Returns the store's tokenizer: the one an unfinished preparation wrote, else `tokenizer`'s, written now."""
+  for name in (tokenizer_lib.SentencePieceTokenizer.filename, tokenizer_lib.CharTokenizer.filename):
+    if (folder / name).exists():
+      return tokenizer_lib.load(folder / name)
+  spec = store_tokenizer(tokenizer, plan, workers)
+  write_bytes(folder / spec.filename, spec.serialized())
+  return spec
+
+
+def manifest(plan: dict, tokenizer: tokenizer_lib.Tokenizer, records: list[dict]) -> dict:
+  """Returns a finished store's manifest: sources, tokenizer, counts, and each split's non-empty shards in order."""
+  splits = {}
+  for split in store.SPLITS:
+    shards = [record['shards'][split] for record in records if record['shards'][split]['tokens']]
+    splits[split] = {'tokens': sum(s['tokens'] for s in shards), 'documents': sum(s['documents'] for s in shards),
+                     'shards': shards}
+  return {'version': store.VERSION, 'sources': plan['sources'], 'settings': plan['settings'],
+          'dtype': store.dtype_for(tokenizer.vocab_size).name, 'chunk_tokens': store.CHUNK,
+          'tokenizer': {'file': tokenizer.filename, 'sha256': store.digest(tokenizer.serialized()),
+                        'vocab_size': tokenizer.vocab_size},
+          'splits': splits}
+
+
+def default_workers(plan: dict) -> int:
+  """Returns how many worker processes prepare a plan: none for a small input, else one per core."""
+  small = sum(source['size'] for source in plan['sources'] if plan['groups'][0]['kind'] != 'tfds') < INLINE_BYTES
+  return 0 if small or len(plan['groups']) < 2 else os.cpu_count()
+
+
+def prepare(inputs: str, output: str, tokenizer: str | tokenizer_lib.Tokenizer, settings: Settings,
+            workers: int | None = None, group_bytes: int = GROUP_BYTES,
+            report: Callable[[str], None] = lambda line: None) -> store.Store:
+  """Prepares (or finishes preparing) the store at `output` from `inputs` and returns it.
+
+  `tokenizer` is 'char', 'byte', a tokenizer file or a tokenizer; `workers` None picks by the input's size. The
+  input is checked (files exist, text fields are there) before anything is written; `report` gets progress lines.
+  """
+  return prepare_plan(make_plan(inputs, settings, tokenizer, group_bytes), output, tokenizer, workers, report)
+
+
+def prepare_plan(plan: dict, output: str, tokenizer: str | tokenizer_lib.Tokenizer, workers: int | None = None,
+                 report: Callable[[str], None] = lambda line: None) -> store.Store:
+  """Prepares the store of `plan` at `output` (see `prepare`), keeping the groups a stopped preparation finished."""
+  folder = epath.Path(output)
+  check_resumable(folder, plan)
+  if (folder / store.MANIFEST).exists():
+    return store.open_store(output)
+  new = not folder.exists()
+  folder.mkdir(parents=True, exist_ok=True)
+  try:
+    return write_store(plan, folder, tokenizer, default_workers(plan) if workers is None else workers, report)
+  except UserError:
+    if new:  # Bad input found while reading (a malformed line): leave nothing, as a check before writing would.
+      folder.rmtree()
+    raise
+
+
+def write_store(plan: dict, folder: epath.Path, tokenizer: str | tokenizer_lib.Tokenizer, workers: int,
+                report: Callable[[str], None]) -> store.Store:
+  """Writes the plan, the tokenizer, the groups not yet written, then the manifest; returns the store."""
+  output = str(folder)
+  write_bytes(folder / store.PLAN, json.dumps(plan).encode())
+  spec = tokenizer_in(folder, tokenizer, plan, workers)
+  groups, settings, file = plan['groups'], Settings(**plan['settings']), (spec.serialized(), spec.filename)
+  todo = [(output, i, group, settings, file) for i, group in enumerate(groups)
+          if not (folder / store.group_name(i)).exists()]
+  report(f'{len(groups) - len(todo)} of {len(groups)} input groups already prepared; preparing {len(todo)} with '
+         f'{workers or "no"} worker processes')
+  run_all(write_group, todo, workers)
+  records = [json.loads((folder / store.group_name(i)).read_text()) for i in range(len(groups))]
+  write_bytes(folder / store.MANIFEST, json.dumps(manifest(plan, spec, records), indent=1).encode())
+  return store.open_store(output)
+
+
+def cache_path(plan: dict) -> epath.Path:
+  """Returns where the store of `plan` is cached: under $FLAXLM_CACHE (default ~/.cache/flaxlm), named by a digest
+  of the plan and of its files' modification times (an edited file is prepared anew)."""
+  times = [os.stat(source['path']).st_mtime_ns for source in plan['sources'] if os.path.isfile(source['path'])]
+  name = store.digest(json.dumps([plan, times]).encode())[:24]
+  return epath.Path(os.environ.get('FLAXLM_CACHE', '~/.cache/flaxlm')).expanduser() / 'stores' / name
+
+
+def cached(inputs: str, tokenizer: str | tokenizer_lib.Tokenizer, settings: Settings) -> store.Store:
+  """Returns the store of `inputs`, prepared into the cache the first time (how a run trains on plain text)."""
+  plan = make_plan(inputs, settings, tokenizer, GROUP_BYTES)
+  return prepare_plan(plan, str(cache_path(plan)), tokenizer)
