@@ -1,5 +1,5 @@
-"""gs:// paths end to end against a local Cloud Storage emulator: a run trained, resumed, sampled, exported and plotted
-with its workdir and export in a bucket; a bucket that does not exist is refused."""
+"""gs:// paths end to end against a local Cloud Storage emulator: a run trained on a token store, resumed, sampled,
+exported and plotted with its store, workdir and export in a bucket; a bucket that does not exist is refused."""
 
 import json
 import subprocess
@@ -21,9 +21,11 @@ def run(emulator: Emulator, name: str, *args: str) -> subprocess.CompletedProces
 
 def test_a_run_in_a_bucket_trains_resumes_and_is_sampled_exported_and_plotted(emulator):
   bucket = 'flaxlm-run'
-  workdir, exported = f'{emulator.create_bucket(bucket)}/run', f'gs://{bucket}/export'
+  workdir, exported, tokens = f'{emulator.create_bucket(bucket)}/run', f'gs://{bucket}/export', f'gs://{bucket}/store'
+  run(emulator, 'flaxlm-data', 'prepare', str(SHIPPED_CORPUS), f'--output={tokens}', '--tokenizer=char')
+  assert {'store/manifest.json', 'store/train-00000.array_record'} <= set(emulator.objects(bucket, 'store/'))
   train = lambda steps: run(emulator, 'flaxlm-train', '--config=tiny', f'--workdir={workdir}',
-                            f'--config.data.path={SHIPPED_CORPUS}', f'--config.train.steps={steps}')
+                            f'--config.data.path={tokens}', f'--config.train.steps={steps}')
   assert 'step 10 |' in train(10).stdout
   assert {'run/config.json', 'run/tokenizer.json', 'run/metrics.jsonl'} <= set(emulator.objects(bucket, 'run/'))
   assert 'run/checkpoints/10/' in ' '.join(emulator.objects(bucket, 'run/checkpoints/'))
