@@ -242,16 +242,8 @@ def write_group(output: str, index: int, group: dict, settings: Settings, tokeni
     writers[split].add(ids, unit.begins or previous != split)  # A split's stream jumps over the other's units.
     previous = split
   record = {'group': group, 'shards': {split: writer.close() for split, writer in writers.items()}}
-  write_bytes(folder / store.group_name(index), json.dumps(record).encode())
+  files.replace(folder / store.group_name(index), json.dumps(record).encode())
   return record
-
-
-def write_bytes(path: epath.Path, data: bytes) -> None:
-  """Writes a store's small file whole: atomically where local (an object store writes objects whole)."""
-  if store.is_local(path):
-    files.replace(path, data)
-  else:
-    path.write_bytes(data)
 
 
 def group_alphabet(group: dict, settings: Settings) -> set[str]:
@@ -333,7 +325,7 @@ def tokenizer_in(folder: epath.Path, tokenizer: str | tokenizer_lib.Tokenizer, p
     if (folder / name).exists():
       return tokenizer_lib.load(folder / name)
   spec = store_tokenizer(tokenizer, plan, workers)
-  write_bytes(folder / spec.filename, spec.serialized())
+  files.replace(folder / spec.filename, spec.serialized())
   return spec
 
 
@@ -389,7 +381,7 @@ def write_store(plan: dict, folder: epath.Path, tokenizer: str | tokenizer_lib.T
                 report: Callable[[str], None]) -> store.Store:
   """Writes the plan, the tokenizer, the groups not yet written, then the manifest; returns the store."""
   output = str(folder)
-  write_bytes(folder / store.PLAN, json.dumps(plan).encode())
+  files.replace(folder / store.PLAN, json.dumps(plan).encode())
   spec = tokenizer_in(folder, tokenizer, plan, workers)
   groups, settings, file = plan['groups'], Settings(**plan['settings']), (spec.serialized(), spec.filename)
   todo = [(output, i, group, settings, file) for i, group in enumerate(groups)
@@ -398,7 +390,7 @@ def write_store(plan: dict, folder: epath.Path, tokenizer: str | tokenizer_lib.T
          f'{workers or "no"} worker processes')
   run_all(write_group, todo, workers)
   records = [json.loads((folder / store.group_name(i)).read_text()) for i in range(len(groups))]
-  write_bytes(folder / store.MANIFEST, json.dumps(manifest(plan, spec, records), indent=1).encode())
+  files.replace(folder / store.MANIFEST, json.dumps(manifest(plan, spec, records), indent=1).encode())
   return store.open_store(output)
 
 

@@ -29,17 +29,12 @@ from array_record.python import array_record_data_source, array_record_module
 from etils import epath
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.data import files, tokenizer as tokenizer_lib
 
 MANIFEST, PLAN = 'manifest.json', 'plan.json'
 SPLITS = ('train', 'validation')
 CHUNK = 16_384  # Tokens per record: a window reads one or two, and the reader's index stays small.
 VERSION = 1
-
-
-def is_local(path: epath.Path) -> bool:
-  """Returns whether `path` is on this machine's file system (not gs:// or another object store)."""
-  return path.as_uri().startswith('file:')
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -75,7 +70,7 @@ class ShardWriter:
   def __init__(self, path: epath.Path, dtype: np.dtype):
     self.path, self.dtype = path, dtype
     # ArrayRecord writes local files only: a shard for Cloud Storage is written here, then copied up.
-    self.partial = (path.parent / f'.{path.name}.partial' if is_local(path)
+    self.partial = (path.parent / f'.{path.name}.partial' if not files.is_cloud(path)
                     else epath.Path(tempfile.gettempdir()) / f'flaxlm-{os.getpid()}-{path.name}')
     self.writer = None
     self.pending, self.begins = [], []  # Tokens not yet written (fewer than CHUNK), and their document starts.
@@ -115,7 +110,7 @@ class ShardWriter:
     self.flush(whole_records_only=False)
     if self.writer is not None:
       self.writer.close()
-      if is_local(self.path):
+      if not files.is_cloud(self.path):
         self.partial.replace(self.path)  # A shard a stopped preparation left is written anew.
       else:
         with self.partial.open('rb') as local, self.path.open('wb') as remote:
