@@ -294,33 +294,50 @@ class Stack(nn.Module):
 class Transformer(nn.Module):
   """Token ids in, next-token logits out: embed, add positions, L blocks, final norm, output head.
 
+  `hidden` runs everything up to the output head and `logits` the head alone, so a caller that needs the logits of
+  a few positions (sampling's last one) or of a few at a time (the chunked loss, train/loss.py) never makes all
+  B x T x V of them: `model.apply(variables, x, method=Transformer.logits)`.
+
   `decode=True` gives the same model with key/value caches, for sampling (see model/sampling.py): apply it
   with `mutable=['cache']` and each token's absolute position.
   """
   config: ModelConfig
   decode: bool = False
 
-  @nn.compact
+  def setup(self):
+    c = self.config
+    self.embed = nn.Embed(c.vocab_size, c.width, dtype=DTYPES[c.dtype],
+                          embedding_init=param_init(0.02, ('vocab', 'embed')))
+    if c.positions == 'learned':
+      self.position_embed = nn.Embed(c.max_length, c.width, dtype=DTYPES[c.dtype],
+                                     embedding_init=param_init(0.02, (None, 'embed')))
+    self.dropout = nn.Dropout(c.dropout)
+    self.stack = Stack(c, self.decode)
+    self.final_norm = Norm(c)
+    if not c.tie_embeddings:  # Zero-initialised, so an untrained model predicts the uniform distribution: loss ln V.
+      self.head = nn.Dense(c.vocab_size, use_bias=False, dtype=DTYPES[c.dtype],
+                           kernel_init=zeros_init(('embed', 'vocab')))
+
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
                segment_ids_BxT: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
     """Returns float32 logits B x T x V; position t sees tokens 0..t of its own segment (document) only."""
-    c = self.config
+    return self.logits(self.hidden(tokens_BxT, positions_BxT, segment_ids_BxT, deterministic))
+
+  def hidden(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
+             segment_ids_BxT: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+    """Returns the final norm's output B x T x D (in the model's dtype): what the head turns into logits."""
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
-    embed = nn.Embed(c.vocab_size, c.width, dtype=DTYPES[c.dtype], name='embed',
-                     embedding_init=param_init(0.02, ('vocab', 'embed')))
-    x_BxTxD = embed(tokens_BxT)
-    if c.positions == 'learned':
-      x_BxTxD += nn.Embed(c.max_length, c.width, dtype=DTYPES[c.dtype], name='position_embed',
-                          embedding_init=param_init(0.02, (None, 'embed')))(positions_BxT)
-    x_BxTxD = nn.Dropout(c.dropout)(x_BxTxD, deterministic=deterministic)
-    x_BxTxD = Stack(c, self.decode, name='stack')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
-    x_BxTxD = Norm(c, name='final_norm')(x_BxTxD)
-    if c.tie_embeddings:
-      logits_BxTxV = embed.attend(x_BxTxD)
-    else:  # Zero-initialised, so an untrained model predicts the uniform distribution: loss ln V.
-      logits_BxTxV = nn.Dense(c.vocab_size, use_bias=False, dtype=DTYPES[c.dtype], name='head',
-                              kernel_init=zeros_init(('embed', 'vocab')))(x_BxTxD)
+    x_BxTxD = self.embed(tokens_BxT)
+    if self.config.positions == 'learned':
+      x_BxTxD += self.position_embed(positions_BxT)
+    x_BxTxD = self.dropout(x_BxTxD, deterministic=deterministic)
+    x_BxTxD = self.stack(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
+    return self.final_norm(x_BxTxD)
+
+  def logits(self, x_BxTxD: jax.Array) -> jax.Array:
+    """Returns the float32 logits B x T x V of final-norm outputs (any B x T: a few positions, or a chunk)."""
+    logits_BxTxV = self.embed.attend(x_BxTxD) if self.config.tie_embeddings else self.head(x_BxTxD)
     return constrain(logits_BxTxV, ('batch', 'length', 'vocab')).astype(jnp.float32)
 
 

@@ -93,14 +93,14 @@ def eval_step(params, batch: Batch, frozen: Any = None, *, model: nn.Module) -> 
   return loss_sum, batch['weights'].sum()
 
 
-def compile_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
-                  abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1, frozen: Any = None):
-  """Returns (train_step(state, batch), eval_step(params, batch)) jitted with explicit shardings; train_step
-  donates the state it is given. With LoRA, `frozen` (the pretrained params, on their devices) is passed to both.
+def jit_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
+              abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1, frozen: Any = None):
+  """Returns (train_step(state, batch, frozen), eval_step(params, batch, frozen)) jitted with explicit shardings on
+  `mesh` (`abstract`'s and `frozen`'s, the batch's); train_step donates the state. Call or lower them under
+  `with_mesh`: `flaxlm-info --compile_for` lowers them for a TPU slice without running them.
   """
-  frozen = {} if frozen is None else frozen
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, {} if frozen is None else frozen)
   batch_shardings = sharding.batch_sharding(mesh)  # Every array of the batch is B x T.
   scalar = sharding.replicated(mesh)
   train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, seed=seed,
@@ -109,6 +109,16 @@ def compile_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: 
                   out_shardings=(state_shardings, scalar), donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, model=model),
                      in_shardings=(state_shardings.params, batch_shardings, frozen_shardings), out_shardings=scalar)
+  return train, evaluate
+
+
+def compile_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
+                  abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1, frozen: Any = None):
+  """Returns (train_step(state, batch), eval_step(params, batch)) jitted with explicit shardings; train_step
+  donates the state it is given. With LoRA, `frozen` (the pretrained params, on their devices) is passed to both.
+  """
+  frozen = {} if frozen is None else frozen
+  train, evaluate = jit_steps(model, tx, schedule, seed, abstract, mesh, microbatches, frozen)
   return (with_mesh(lambda state, batch: train(state, batch, frozen), mesh),
           with_mesh(lambda params, batch: evaluate(params, batch, frozen), mesh))
 
