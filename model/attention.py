@@ -156,9 +156,16 @@ def attend_cache(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Arra
   return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_Bx1xTxS)
 
 
+def platform() -> str:
+  """Returns the platform the computation being traced is for: that of the devices of the mesh `jax.set_mesh` set
+  (a TPU slice's when `flaxlm-info --compile_for` compiles for one from a CPU host), else JAX's default backend."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return jax.default_backend() if device is None else device.platform
+
+
 def attend(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, segment_ids_BxT: jax.Array | None,
            implementation: str) -> jax.Array:
   """Returns softmax(q k^T / sqrt(K)) v, B x T x H x K, where position t attends to positions <= t of its segment."""
   q_dtype, head_dim = q_BxTxHxK.dtype.name, q_BxTxHxK.shape[-1]
-  concrete = resolve(implementation, jax.default_backend(), q_dtype, head_dim)
+  concrete = resolve(implementation, platform(), q_dtype, head_dim)
   return ATTENTION[concrete](q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT)

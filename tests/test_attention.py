@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType
+from jax.sharding import AbstractDevice, AbstractMesh, AxisType
 
 from flaxlm.configs.errors import UserError
 from flaxlm.model import attention
@@ -147,6 +147,22 @@ def test_available_implementations_per_platform():
 def test_an_implementation_that_cannot_run_is_refused_with_the_fix(implementation, platform, dtype, head_dim, message):
   with pytest.raises(UserError, match=message):
     attention.resolve(implementation, platform, dtype, head_dim)
+
+
+def test_auto_follows_the_platform_of_the_mesh_the_step_is_traced_for():
+  # flaxlm-info --compile_for traces on a CPU host for a TPU slice: 'auto' must pick what that slice runs.
+  q, k, v = qkv(2, 128, 4, 2)
+  traced = lambda: str(jax.make_jaxpr(lambda q, k, v: attention.attend(q, k, v, None, 'auto'))(q, k, v))
+  tpu = AbstractDevice(device_kind='TPU v5 lite', num_cores=1, platform='tpu')
+  tpu_mesh = AbstractMesh((2, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3, abstract_device=tpu)
+  with jax.sharding.use_abstract_mesh(tpu_mesh), nn.logical_axis_rules(sharding.RULES):
+    assert attention.platform() == 'tpu'
+    assert 'pallas_call' in traced()  # The splash kernel.
+  cpu_mesh = jax.make_mesh((2, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  with jax.set_mesh(cpu_mesh), nn.logical_axis_rules(sharding.RULES):
+    assert attention.platform() == 'cpu'
+    assert 'pallas_call' not in traced()
+  assert attention.platform() == jax.default_backend() == 'cpu'  # No mesh: the default backend.
 
 
 def test_attend_refuses_splash_on_cpu():
