@@ -7,7 +7,8 @@ workdir keeps the latest `train.keep_checkpoints` plus the one with the best val
 checkpoint whose files are damaged is moved to `WORKDIR/corrupt_checkpoints/` (never deleted) once an
 earlier one has restored; a lack of memory or a failed read of storage is retried, never taken for damage. With
 several processes, process 0's list of checkpoints is every process's, and each restore's outcome is agreed by all.
-Paths are `etils.epath` paths, so a workdir may be a `gs://` URL.
+A model read for use (sampling, export, fine-tuning) restores its params alone (`restore_params`): the optimizer
+moments are never read. Paths are `etils.epath` paths, so a workdir may be a `gs://` URL.
 """
 
 import enum
@@ -18,7 +19,7 @@ import re
 import sys
 import time
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -40,7 +41,8 @@ TRANSIENT_TYPES = (MemoryError, ConnectionError, TimeoutError, BlockingIOError, 
 TRANSIENT_ERRNOS = (errno.ENOMEM, errno.EIO, errno.EBUSY, errno.EMFILE, errno.ENFILE, errno.ENOBUFS)
 TRANSIENT_MESSAGE = re.compile(r'\b(RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|ABORTED)\b'
                                r'|(?i:out of memory|cannot allocate memory|too many open files|timed out)')
-Restored = tuple[TrainState, dict]
+Restored = tuple[Any, dict]  # (the train state, or the params alone; the data iterator's state)
+Reader = Callable[[ocp.CheckpointManager, int, Any], Restored]  # restore, or restore_params.
 
 
 class Outcome(enum.IntEnum):
@@ -97,9 +99,25 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState) -> 
   return restored.state, restored.data
 
 
-def restore_latest(workdir: epath.PathLike, abstract: TrainState, move_failures: bool = True,
-                   check: Callable[[Restored], None] | None = None) -> Restored | None:
+def restore_params(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> Restored:
+  """Returns checkpoint `step`'s params alone, laid out as `abstract_params` says (shapes, the dtype they are cast to,
+  shardings), and no data iterator state.
+
+  Orbax's partial restore reads only the arrays named: the optimizer moments (twice the params, for AdamW) are
+  neither read nor allocated.
+  """
+  item = {'params': abstract_params}  # TrainState's field, as the checkpoint holds it.
+  args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                partial_restore=True)
+  return manager.restore(step, args=ocp.args.Composite(state=args)).state['params'], {}
+
+
+def restore_latest(workdir: epath.PathLike, abstract: Any, move_failures: bool = True,
+                   check: Callable[[Restored], None] | None = None, read: Reader = restore) -> Restored | None:
   """Returns the newest checkpoint that restores (state, data state), or None if `workdir` has none.
+
+  `read(manager, step, abstract)` restores one checkpoint: `restore` (the whole train state, `abstract`, and the data
+  state) or `restore_params` (the params alone, `abstract` their shapes, for a model read for use).
 
   `check(restored)`, if given, is part of restoring: a checkpoint for which it raises (a data iterator state the
   pipeline cannot take, say) counts as damaged like one whose files do not read.
@@ -119,7 +137,7 @@ def restore_latest(workdir: epath.PathLike, abstract: TrainState, move_failures:
   failures = []
   try:
     for step in process_0s(sorted(manager.all_steps(), reverse=True)):
-      outcome, result = restore_agreed(manager, step, abstract, check)
+      outcome, result = restore_agreed(manager, step, abstract, check, read)
       if outcome is Outcome.RESTORED:
         report_failures(workdir, failures, move_failures)
         return result
@@ -136,12 +154,12 @@ def restore_latest(workdir: epath.PathLike, abstract: TrainState, move_failures:
   return None
 
 
-def restore_agreed(manager: ocp.CheckpointManager, step: int, abstract: TrainState,
-                   check: Callable[[Restored], None] | None) -> tuple[Outcome, Restored | str]:
+def restore_agreed(manager: ocp.CheckpointManager, step: int, abstract: Any, check: Callable[[Restored], None] | None,
+                   read: Reader) -> tuple[Outcome, Restored | str]:
   """Returns the outcome of restoring checkpoint `step` that every process agrees on, with the restored checkpoint
   (RESTORED) or why it failed; retries passing failures, then raises UserError naming the step, having moved nothing."""
   for delay in (*RETRY_DELAYS, None):
-    outcome, result = try_restore(manager, step, abstract, check)
+    outcome, result = try_restore(manager, step, abstract, check, read)
     agreed = worst_on_any_process(outcome)
     reason = result if outcome is not Outcome.RESTORED else 'it failed on another process'
     if agreed is not Outcome.TRANSIENT:
@@ -156,12 +174,12 @@ def restore_agreed(manager: ocp.CheckpointManager, step: int, abstract: TrainSta
     time.sleep(delay)
 
 
-def try_restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState,
-                check: Callable[[Restored], None] | None) -> tuple[Outcome, Restored | str]:
+def try_restore(manager: ocp.CheckpointManager, step: int, abstract: Any, check: Callable[[Restored], None] | None,
+                read: Reader) -> tuple[Outcome, Restored | str]:
   """Returns this process's outcome of restoring checkpoint `step` once, with the restored checkpoint or why it failed
   (the error itself is not kept: its traceback would hold on to the arrays it was reading)."""
   try:
-    restored = restore(manager, step, abstract)
+    restored = read(manager, step, abstract)
     if check:
       check(restored)
     return Outcome.RESTORED, restored
