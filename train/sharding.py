@@ -16,6 +16,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from flaxlm.configs.errors import UserError
+from flaxlm.model.transformer import ModelConfig
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 RULES = (
@@ -31,6 +32,7 @@ RULES = (
 )
 SIZE_KEYS = {'vocab': 'model.vocab_size', 'embed': 'model.width', 'heads': 'model.num_heads',
              'kv_heads': 'model.num_kv_heads', 'mlp': 'model.mlp_width'}  # the config key that sizes each axis.
+TENSOR_SPLIT = tuple(axis for axis, mesh_axes in RULES if mesh_axes == 'tensor')  # heads, kv_heads, mlp, vocab.
 
 
 def cpu_device_count(config: ml_collections.ConfigDict) -> int:
@@ -104,9 +106,24 @@ def hybrid_devices(shape: tuple[int, ...], dcn_data: int, devices: list) -> np.n
 
 
 def single_device_mesh() -> jax.sharding.Mesh:
-  """Returns a mesh of the first device alone, for loading a model to sample from."""
+  """Returns a mesh of the first device alone."""
   return jax.make_mesh((1,) * len(MESH_AXES), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=jax.devices()[:1])
+
+
+def inference_mesh(config: ModelConfig, devices: list | None = None) -> jax.sharding.Mesh:
+  """Returns the (data=1, fsdp=1, tensor=N) mesh a model is sampled and scored on: over the first N of `devices`
+  (default: all), N the most of them that divides every dimension split over the tensor axis (heads, key/value heads,
+  MLP width, vocabulary), so 1 on one device. Each device then holds 1/N of the split matrices."""
+  devices = devices or jax.devices()
+  sizes = [getattr(config, SIZE_KEYS[axis].removeprefix('model.')) for axis in TENSOR_SPLIT]
+  n = max(n for n in range(1, len(devices) + 1) if all(size % n == 0 for size in sizes))
+  return jax.make_mesh((1, 1, n), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices[:n])
+
+
+def mesh_of(tree) -> jax.sharding.Mesh:
+  """Returns the mesh the arrays (or shape structs) of `tree` are placed on: its first leaf's."""
+  return jax.tree.leaves(tree)[0].sharding.mesh
 
 
 def logical_shardings(tree, mesh: jax.sharding.Mesh):
