@@ -26,10 +26,15 @@ from flaxlm.train import checkpoint
 PARAMS_DIR = 'params'
 
 
-def check_writable(output: str | os.PathLike, dtype: str) -> None:
-  """Raises UserError if `dtype` is not one params can be stored in, or if `output` is no path for a new export."""
+def check_dtype(dtype: str) -> None:
+  """Raises UserError if `dtype` (a --dtype flag's value) is not one params can be stored and computed in."""
   if dtype not in DTYPES:
     raise UserError(f'--dtype={dtype} is not one of {", ".join(DTYPES)}: pick one of them.')
+
+
+def check_writable(output: str | os.PathLike, dtype: str) -> None:
+  """Raises UserError if `dtype` is not one params can be stored in, or if `output` is no path for a new export."""
+  check_dtype(dtype)
   check_new_directory(output, 'output')
 
 

@@ -15,7 +15,7 @@ from jax.experimental import multihost_utils
 from flaxlm.configs.errors import UserError
 from flaxlm.data import examples as examples_lib, pipeline, prepare as prepare_lib, store, tokenizer as tokenizer_lib
 from flaxlm.model import attention, flops
-from flaxlm.model.transformer import ModelConfig, Transformer, count_params, shape_differences
+from flaxlm.model.transformer import ModelConfig, Transformer, count_params, param_shapes, shape_differences
 from flaxlm.train import (checkpoint, metrics, optimizer, preemption, sharding, state as state_lib, step as step_lib,
                    pretrained, throughput, workdir as workdir_lib)
 
@@ -160,15 +160,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
 
 
 def init_params(path: str, abstract_params):
-  """Returns the params of the export or run at `path`, laid out as `abstract_params`; raises UserError naming the
-  first parameter whose shape differs from this config's model."""
-  _, params, _ = pretrained.load(path)
-  differences = shape_differences(params, abstract_params)
+  """Returns the params of the export or run at `path` (never a run's optimizer moments), read directly into
+  `abstract_params`' shapes, dtypes and shardings; raises UserError, before reading any, naming the first parameter
+  whose shape differs from this config's model."""
+  saved, _ = pretrained.saved_model(path)
+  differences = shape_differences(param_shapes(pretrained.plain_config(saved.config)), abstract_params)
   if differences:
     name, there, here = differences[0]
     raise UserError(f'train.init_from={path}: parameter {name} is {there or "missing"} there and {here or "missing"} '
                     'here: set the model section to the pretrained model\'s (its config.json).')
-  return jax.device_put(params, jax.tree.map(lambda x: x.sharding, abstract_params))
+  return pretrained.read_params(path, abstract_params)
 
 
 def validation_batches(setup: Setup) -> list[dict[str, jax.Array]]:

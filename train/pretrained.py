@@ -1,28 +1,49 @@
 """A trained model, loaded for use (sampling, scoring, export, conversion, fine-tuning): one function, `load`.
 
 It reads either kind of directory flaxlm writes: a training run's workdir (its latest checkpoint) or an export
-written by flaxlm-export (params alone). A LoRA run's checkpoint holds only its adapters: they are merged into the
-pretrained params it was trained on (its train.init_from), so every user of `load` sees a plain model. The texts a
-model is given from files (a prompt, a text to score) are read here too, with the same care.
+written by flaxlm-export (params alone). Only the params are read, never a run's optimizer moments, and each array
+goes straight into its shards on the devices that hold it (`read_params`), in the dtype asked for: the model's
+compute dtype to sample and score, float32 to fine-tune, export or convert. A LoRA run's checkpoint holds only its
+adapters: they are merged into the pretrained params it was trained on (its train.init_from), so every user of
+`load` sees a plain model. The texts a model is given from files (a prompt, a text to score) are read here too,
+with the same care.
 """
 
 import dataclasses
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import optax
 
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model import lora
-from flaxlm.model.transformer import ModelConfig, Transformer
-from flaxlm.train import checkpoint, export, optimizer, sharding, state, workdir as workdir_lib
+from flaxlm.model.transformer import DTYPES, ModelConfig, Transformer
+from flaxlm.train import checkpoint, export, sharding, state, workdir as workdir_lib
 
-def load(path: str | os.PathLike) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
-  """Returns (model, params, tokenizer) of the run or export at `path`, the params float32 on one device.
 
-  Raises UserError if `path` is neither, or is a run without a checkpoint yet.
+def load(path: str | os.PathLike, dtype: str | None = None,
+         mesh: jax.sharding.Mesh | None = None) -> tuple[Transformer, Any, tokenizer_lib.Tokenizer]:
+  """Returns (model, params, tokenizer) of the run or export at `path`: the plain model (a LoRA run's adapters merged)
+  computing in `dtype` (default: its config's model.dtype), and its params in `dtype`, each placed in its shardings on
+  `mesh` (default: `sharding.inference_mesh`, tensor-parallel over every device).
+
+  Raises UserError if `dtype` is not a known one, or `path` is neither, or is a run without a checkpoint yet.
+  """
+  if dtype is not None:
+    export.check_dtype(dtype)
+  saved, tokenizer = saved_model(path)
+  model = Transformer(plain_config(saved.config, dtype))
+  abstract = abstract_params(model, mesh or sharding.inference_mesh(model.config))
+  return model, read_params(path, abstract), tokenizer
+
+
+def saved_model(path: str | os.PathLike) -> tuple[Transformer, tokenizer_lib.Tokenizer]:
+  """Returns the model the run or export at `path` describes (with its adapters, for a LoRA run) and its tokenizer.
+
+  Raises UserError if `path` holds neither, or its tokenizer has more ids than the model's vocabulary.
   """
   check_source(path)
   config, tokenizer = workdir_lib.load_config(path), workdir_lib.load_tokenizer(path)
@@ -30,14 +51,37 @@ def load(path: str | os.PathLike) -> tuple[Transformer, Any, tokenizer_lib.Token
   if tokenizer.vocab_size > model.config.vocab_size:
     raise UserError(f'the tokenizer in {path} has {tokenizer.vocab_size:,} ids, more than the model\'s vocabulary of '
                     f'{model.config.vocab_size:,}: restore the tokenizer file the model was trained with.')
+  return model, tokenizer
+
+
+def plain_config(config: ModelConfig, dtype: str | None = None) -> ModelConfig:
+  """Returns `config` without LoRA adapters (what `load` merges them into), computing in `dtype` if given."""
+  return dataclasses.replace(config, lora_rank=0, dtype=dtype or config.dtype)
+
+
+def abstract_params(model: Transformer, mesh: jax.sharding.Mesh) -> Any:
+  """Returns the shape structs of `model`'s trained params (a LoRA model's: its adapters) in the model's dtype, each
+  with the sharding its logical axes give on `mesh`."""
+  placed = state.abstract_state(model, optax.identity(), mesh).params
+  dtype = DTYPES[model.config.dtype]
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding), placed)
+
+
+def read_params(path: str | os.PathLike, abstract: Any) -> Any:
+  """Returns the plain params of the run or export at `path`, read alone (never a run's optimizer moments) directly
+  into `abstract`'s shapes, dtypes and shardings; a LoRA run's adapters are merged into its train.init_from's params.
+  Raises UserError if they do not restore (damaged, of another shape, or a run without a checkpoint yet)."""
   if (files.to_path(path) / export.PARAMS_DIR).is_dir():
-    return model, exported_params(path, model), tokenizer
-  params = checkpoint_params(path, model, config)
-  if not model.config.lora_rank:
-    return model, params, tokenizer
-  _, base, _ = load(config.train.init_from)
-  merged = lora.merge(lora.combine(base, params), model.config.lora_alpha, model.config.lora_rank)
-  return Transformer(dataclasses.replace(model.config, lora_rank=0)), merged, tokenizer
+    return export.read_params(path, abstract)
+  saved, _ = saved_model(path)
+  c = saved.config
+  if not c.lora_rank:
+    return checkpoint_params(path, abstract)
+  # The adapters are small: kept float32, so that the merge rounds once, to the base's dtype.
+  adapters = checkpoint_params(path, state.abstract_state(saved, optax.identity(), sharding.mesh_of(abstract)).params)
+  base = read_params(workdir_lib.load_config(path).train.init_from, abstract)
+  merged = lora.merge(lora.combine(base, adapters), c.lora_alpha, c.lora_rank)
+  return jax.device_put(merged, jax.tree.map(lambda x: x.sharding, abstract))  # Merged kernels: their shardings.
 
 
 def check_folder(path: str | os.PathLike, what: str) -> None:
@@ -71,24 +115,17 @@ def model_config(path: str | os.PathLike, section: ml_collections.ConfigDict, vo
                     'file the model was saved with.') from None
 
 
-def exported_params(path: str | os.PathLike, model: Transformer) -> Any:
-  """Returns an export's params as float32 (bfloat16 exports are cast back exactly, as fine-tuning needs)."""
-  abstract = state.abstract_state(model, optax.identity(), sharding.single_device_mesh()).params
-  return export.read_params(path, abstract)
-
-
-def checkpoint_params(workdir: str | os.PathLike, model: Transformer, config) -> Any:
-  """Returns the params of the latest checkpoint of the run in `workdir` that restores."""
+def checkpoint_params(workdir: str | os.PathLike, abstract: Any) -> Any:
+  """Returns the params alone of the latest checkpoint of the run in `workdir` that restores, laid out as `abstract`."""
   folder = checkpoint.directory(workdir)
   if folder.exists() and not folder.is_dir():
     raise UserError(f'{folder} is not a folder: restore the run\'s folder of checkpoints, which the model is read '
                     'from.')
-  abstract = state.abstract_state(model, optimizer.make_optimizer(config.train), sharding.single_device_mesh())
-  restored = checkpoint.restore_latest(workdir, abstract, move_failures=False)
+  restored = checkpoint.restore_latest(workdir, abstract, move_failures=False, read=checkpoint.restore_params)
   if restored is None:
     raise UserError(f'{workdir} has no checkpoint yet (nor the {export.PARAMS_DIR}/ of an export): train it first '
                     f'with flaxlm-train --workdir={workdir}, or pass a whole export.')
-  return restored[0].params
+  return restored[0]
 
 
 def read_text(path: str, flag: str) -> str:

@@ -133,7 +133,7 @@ def to_hf(output: str, params_path: str) -> list[str]:
   export.check_is_export(params_path)
   c = pretrained.model_config(params_path, workdir_lib.load_config(params_path).model, 0)
   hf_config = hf.hf_config(c)  # Refuses a model HF cannot express before its params are read.
-  _, params, tokenizer = pretrained.load(params_path)
+  _, params, tokenizer = pretrained.load(params_path, 'float32')
   path = write_hf(output, hf_config, hf.params_to_hf(jax.device_get(params), c), tokenizer)
   lines = [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in float32']
   if not isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):

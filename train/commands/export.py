@@ -4,6 +4,8 @@
   flaxlm-sample --params=/tmp/run_export --prompt="ROMEO:"
 """
 
+import dataclasses
+
 from absl import flags
 
 from flaxlm.model.transformer import count_params
@@ -20,9 +22,10 @@ def export_run() -> None:
   workdir = cli.required(WORKDIR, 'pass the --workdir of a run.')
   output = cli.required(OUTPUT, 'pass --output=PATH, a directory to create.')
   export.check_writable(output, DTYPE.value)  # Before the restore, which may take minutes for a large model.
-  model, params, tokenizer = pretrained.load(workdir)
-  config = workdir_lib.with_model(workdir_lib.load_config(workdir), model.config)  # A LoRA run's: merged, plain.
-  path = export.write(output, params, config, tokenizer, DTYPE.value)
+  model, params, tokenizer = pretrained.load(workdir, 'float32')  # Full precision, cast once to --dtype when written.
+  config = workdir_lib.load_config(workdir)
+  plain = dataclasses.replace(model.config, dtype=config.model.dtype)  # A LoRA run's merged; the run's compute dtype.
+  path = export.write(output, params, workdir_lib.with_model(config, plain), tokenizer, DTYPE.value)
   print(f'wrote {path}: {count_params(params):,} parameters in {DTYPE.value}')
 
 

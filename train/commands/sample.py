@@ -2,7 +2,8 @@
 
 `--params=PATH` instead of `--workdir` samples from an export written by flaxlm-export. One sample is streamed
 to the terminal as it is produced; `--show_probs=N` prints, at every step, the N tokens the model found most
-likely and their probabilities.
+likely and their probabilities. The model computes in its own dtype (`--dtype` overrides it) and is split over
+every device present (tensor-parallel), so a model larger than one device's memory can be sampled.
 """
 
 import math
@@ -15,7 +16,7 @@ from flaxlm.configs.errors import UserError
 from flaxlm.data.tokenizer import Tokenizer
 from flaxlm.model import quantize, sampling
 from flaxlm.model.transformer import Transformer
-from flaxlm.train import pretrained
+from flaxlm.train import pretrained, sharding, step
 from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is used).')
@@ -36,6 +37,8 @@ NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, f'How many continuations to
 SHOW_PROBS = flags.DEFINE_integer('show_probs', 0, 'Print the N most likely next tokens and their probabilities at '
                                   'each step (N at most the vocabulary size).')
 QUANTIZE = flags.DEFINE_enum('quantize', 'none', quantize.MODES, 'Hold the weights as int8 or int4 (weight-only).')
+DTYPE = flags.DEFINE_string('dtype', None, 'What the model computes in and holds its params in: float32 or '
+                            'bfloat16; default: the model\'s own (its config\'s model.dtype).')
 
 
 def check_flags() -> None:
@@ -108,7 +111,8 @@ def sample() -> None:
   """Prints each sample, the prompt followed by its continuation (streamed when there is one)."""
   check_flags()
   text = prompt_text()
-  model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS))
+  model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS), DTYPE.value)
+  mesh = sharding.mesh_of(params)
   check_vocabulary(model.config.vocab_size)
   prompt = encode_prompt(text, tokenizer, model)
   if QUANTIZE.value != 'none':
@@ -118,8 +122,8 @@ def sample() -> None:
   one = NUM_SAMPLES.value == 1 and not SHOW_PROBS.value
   if one:
     print(text, end='', flush=True)
-  samples = sampling.generate(model, params, [prompt] * NUM_SAMPLES.value, MAX_NEW_TOKENS.value, SEED.value,
-                              settings, streamer(tokenizer) if one else None)
+  samples = step.with_mesh(sampling.generate, mesh)(model, params, [prompt] * NUM_SAMPLES.value, MAX_NEW_TOKENS.value,
+                                                    SEED.value, settings, streamer(tokenizer) if one else None)
   if one:
     print()
   elif SHOW_PROBS.value:

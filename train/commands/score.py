@@ -5,7 +5,8 @@
 
 Prints a row per token after the first: the token, the probability the model gave it, its loss (-ln p) and, where
 the model expected another token, that one and its probability; then the text's mean loss and perplexity.
-A text longer than the model's context is scored by a sliding window, as model/scoring.py describes.
+A text longer than the model's context is scored by a sliding window, as model/scoring.py describes. The model
+computes in its own dtype (`--dtype` overrides it), split over every device present (tensor-parallel).
 """
 
 import math
@@ -16,13 +17,15 @@ from absl import flags
 from flaxlm.configs.errors import UserError
 from flaxlm.data.tokenizer import Tokenizer
 from flaxlm.model import scoring
-from flaxlm.train import pretrained
+from flaxlm.train import pretrained, sharding, step
 from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is used).')
 PARAMS = flags.DEFINE_string('params', None, 'Directory written by flaxlm-export (instead of --workdir).')
 TEXT = flags.DEFINE_string('text', None, 'The text to score.')
 TEXT_FILE = flags.DEFINE_string('text_file', None, 'A UTF-8 file holding the text to score (instead of --text).')
+DTYPE = flags.DEFINE_string('dtype', None, 'What the model computes in and holds its params in: float32 or '
+                            'bfloat16; default: the model\'s own (its config\'s model.dtype).')
 
 
 def read_text() -> str:
@@ -66,9 +69,10 @@ def windows_note(num_tokens: int, length: int) -> str:
 def score() -> None:
   """Prints the text's per-token table, then its mean loss and perplexity."""
   text = read_text()
-  model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS))
+  model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS), DTYPE.value)
   tokens_N = tokenizer.encode(text)
-  log_probs_M, top_ids_M, top_log_probs_M = scoring.token_log_probs(model, params, tokens_N)
+  score_on_mesh = step.with_mesh(scoring.token_log_probs, sharding.mesh_of(params))
+  log_probs_M, top_ids_M, top_log_probs_M = score_on_mesh(model, params, tokens_N)
   if len(tokens_N) - 1 > model.config.max_length:
     print(windows_note(len(tokens_N), model.config.max_length))
   print('\n'.join(table(tokenizer, tokens_N, log_probs_M, top_ids_M, top_log_probs_M)))
