@@ -13,6 +13,11 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 # Runs prepare their text's token store in a cache of the test session's own, not in the user's home.
 os.environ['FLAXLM_CACHE'] = tempfile.mkdtemp(prefix='flaxlm-test-cache-')
 
+# The CPU is JAX's only backend here and in the commands the tests start: with libtpu installed (the `tpu` extra,
+# for tests/test_tpu_compile.py) every other JAX process would try to start a TPU backend, and print libtpu's
+# warnings on stderr where the tests expect a command's one line.
+os.environ['JAX_PLATFORMS'] = 'cpu'
+
 import jax  # noqa: E402  (after XLA_FLAGS is set)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
