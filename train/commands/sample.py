@@ -16,7 +16,7 @@ from flaxlm.configs.errors import UserError
 from flaxlm.data.tokenizer import Tokenizer
 from flaxlm.model import quantize, sampling
 from flaxlm.model.transformer import Transformer
-from flaxlm.train import pretrained, sharding, step
+from flaxlm.train import pretrained, sharding, step as step_lib
 from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is used).')
@@ -122,8 +122,9 @@ def sample() -> None:
   one = NUM_SAMPLES.value == 1 and not SHOW_PROBS.value
   if one:
     print(text, end='', flush=True)
-  samples = step.with_mesh(sampling.generate, mesh)(model, params, [prompt] * NUM_SAMPLES.value, MAX_NEW_TOKENS.value,
-                                                    SEED.value, settings, streamer(tokenizer) if one else None)
+  generate = step_lib.with_mesh(sampling.generate, mesh)  # Under the mesh and the logical-axis rules.
+  samples = generate(model, params, [prompt] * NUM_SAMPLES.value, MAX_NEW_TOKENS.value, SEED.value, settings,
+                     streamer(tokenizer) if one else None)
   if one:
     print()
   elif SHOW_PROBS.value:

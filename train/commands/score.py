@@ -17,7 +17,7 @@ from absl import flags
 from flaxlm.configs.errors import UserError
 from flaxlm.data.tokenizer import Tokenizer
 from flaxlm.model import scoring
-from flaxlm.train import pretrained, sharding, step
+from flaxlm.train import pretrained, sharding, step as step_lib
 from flaxlm.train.commands import cli
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is used).')
@@ -71,7 +71,7 @@ def score() -> None:
   text = read_text()
   model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS), DTYPE.value)
   tokens_N = tokenizer.encode(text)
-  score_on_mesh = step.with_mesh(scoring.token_log_probs, sharding.mesh_of(params))
+  score_on_mesh = step_lib.with_mesh(scoring.token_log_probs, sharding.mesh_of(params))
   log_probs_M, top_ids_M, top_log_probs_M = score_on_mesh(model, params, tokens_N)
   if len(tokens_N) - 1 > model.config.max_length:
     print(windows_note(len(tokens_N), model.config.max_length))
