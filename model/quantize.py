@@ -15,8 +15,13 @@ Norms, biases and learned position embeddings stay float.
 
 int4 values are stored as `jnp.int4`, which XLA packs two to a byte (checked on CPU with jax 0.12:
 `jax.Array.on_device_size_in_bytes` is half of `nbytes`, which numpy's 1-byte itemsize overstates);
-`memory_bytes` counts the packed size. Apply a model on `dequantize(qparams)` inside a jitted function: only the
-integers and scales then stay resident between calls, the float matrices exist only during the computation.
+`memory_bytes` counts the packed size.
+
+Decoding (model/sampling.py) reads the integers and scales as they are stored: the decoding model expands each
+layer's matrices inside the layer scan (`expand`, in the model's dtype), the embedding lookup expands only the rows
+it reads (`take_rows`) and the output head multiplies its integers as stored (`dot`), so no float copy of the weights
+is ever made whole. `dequantize` expands a whole tree at once, for evaluating a quantized model with the ordinary
+(training) forward pass.
 
 Shape key: C the contraction axis (or axes, flattened), N the number of groups along it, G the group length.
 """
@@ -107,11 +112,42 @@ def is_quantized(x: Any) -> bool:
   return isinstance(x, QuantizedArray)
 
 
+def take_rows(q: QuantizedArray, ids: jax.Array) -> QuantizedArray:
+  """Returns the rows `ids` (any shape I) of a matrix quantized along its last axes: I x ... values and scales.
+
+  The contraction axes are counted from the end, so they keep their meaning after the first axis becomes I's.
+  """
+  return QuantizedArray(jnp.take(q.values, ids, axis=0), jnp.take(q.scale, ids, axis=0), q.axes, q.group_size)
+
+
+def dot(x_BxTxD: jax.Array, q: QuantizedArray, dtype: Any) -> jax.Array:
+  """Returns x times a matrix quantized along D, the tied head's table V x D or the untied head's kernel D x V,
+  contracting D: B x T x V in `dtype`.
+
+  x is spread over N copies, copy n zero outside group n, so that one matmul over D, reading the integers as they
+  are stored, gives each group's sum (B x T x N x V, float32), which the group's scale then weighs. Neither the
+  scales broadcast to the matrix's shape nor the matrix regrouped is ever made (XLA on TPU writes either out whole).
+  It costs N times a plain matmul's multiply-adds: small beside reading the matrix, for the few positions sampling
+  asks for.
+  """
+  rows = q.axes == (-1,)  # V x D, as the embedding is stored.
+  values_DxV, scale_NxV = (q.values.T, q.scale.T) if rows else (q.values, q.scale)
+  width, groups = values_DxV.shape[0], scale_NxV.shape[0]
+  in_group_NxD = jnp.arange(width) // q.group_size == jnp.arange(groups)[:, None]
+  x_BxTxNxD = jnp.where(in_group_NxD, x_BxTxD[..., None, :], 0).astype(dtype)
+  sums_BxTxNxV = jnp.einsum('...nd,dv->...nv', x_BxTxNxD, values_DxV.astype(dtype), preferred_element_type=jnp.float32)
+  return jnp.einsum('...nv,nv->...v', sums_BxTxNxV, scale_NxV).astype(dtype)
+
+
+def expand(tree: Any, dtype: Any) -> Any:
+  """Returns `tree` with each QuantizedArray dequantized to `dtype`, its other leaves as they are."""
+  return jax.tree.map(lambda x: dequantize_array(x, dtype) if is_quantized(x) else x, tree, is_leaf=is_quantized)
+
+
 @functools.partial(jax.jit, static_argnames='dtype')
 def dequantize(qparams: Any, dtype: Any = jnp.float32) -> Any:
   """Returns plain params of `dtype`: quantized matrices expanded, float parameters cast."""
-  expand = lambda x: dequantize_array(x, dtype) if is_quantized(x) else x.astype(dtype)
-  return jax.tree.map(expand, qparams, is_leaf=is_quantized)
+  return jax.tree.map(lambda x: x.astype(dtype), expand(qparams, dtype))
 
 
 def array_bytes(x: jax.Array | jax.ShapeDtypeStruct) -> int:

@@ -82,6 +82,28 @@ def test_memory_bytes_are_the_bytes_the_arrays_hold(params: dict, mode: str):
   assert quantize.memory_bytes(quantize.dequantize(qparams, jnp.bfloat16)) == quantize.memory_bytes(params) // 2
 
 
+@pytest.mark.parametrize('mode', ['int8', 'int4'])
+def test_a_quantized_table_s_rows_and_the_heads_products_are_those_of_the_expanded_matrices(mode: str):
+  """take_rows gathers integers and scales: expanded, exactly the expanded table's rows. dot (the output head, tied:
+  the V x D table; untied: a D x V kernel) sums each group of 32 and then scales it: against numpy's float64 product
+  of the expanded matrix, float32 rounding of sums of 96 terms of size ~1 (about 1e-5), where a wrong scale or group
+  errs by O(1)."""
+  matrices = {'embed': {'embedding': jax.random.normal(jax.random.key(0), (10, 96))},
+              'head': {'kernel': jax.random.normal(jax.random.key(1), (96, 10))}}
+  qparams = quantize.quantize(matrices, mode, 32)
+  table, kernel = qparams['embed']['embedding'], qparams['head']['kernel']
+  expanded = jax.tree.map(lambda x: np.asarray(x, np.float64), quantize.dequantize(qparams))
+  ids_BxT = jnp.asarray([[3, 0, 9], [3, 3, 1]])
+  rows = quantize.take_rows(table, ids_BxT)
+  assert rows.values.shape == (2, 3, 96) and rows.values.dtype == table.values.dtype
+  np.testing.assert_array_equal(quantize.dequantize_array(rows, jnp.float32),
+                                expanded['embed']['embedding'][np.asarray(ids_BxT)])
+  x_BxTxD = jax.random.normal(jax.random.key(2), (2, 3, 96))
+  for q, expanded_DxV in ((table, expanded['embed']['embedding'].T), (kernel, expanded['head']['kernel'])):
+    np.testing.assert_allclose(quantize.dot(x_BxTxD, q, jnp.float32), np.asarray(x_BxTxD, np.float64) @ expanded_DxV,
+                               rtol=0, atol=1e-4)
+
+
 def test_int8_holds_about_a_quarter_of_float32(params: dict):
   """A byte per weight, plus a float32 scale per output channel (every contraction is >= 128 long: <= 4/128 bytes
   a weight) and the float32 norms (640 of 459,392 parameters): between 1/4 and 1/4 + 1/128 + 3/4 x 640/459,392."""
