@@ -1,7 +1,9 @@
 """Autoregressive sampling: predict a distribution over the next token, draw one, append it, repeat.
 
-The prompt is run through the model once (prefill), filling a key/value cache of T positions per sequence;
-each new token then costs one position's work (decode). The decode loop is one `jax.lax.while_loop`,
+The prompt is run through the model once (prefill), filling a key/value cache of T positions per sequence, and
+the output head is applied at each sequence's last prompt position only; each new token then costs one position's
+work (decode). Quantized params (model/quantize.py) stay int8 or int4: the decoding model expands each layer's
+matrices inside its layer scan, in the model's dtype. The decode loop is one `jax.lax.while_loop`,
 compiled once per batch size and prompt-length bucket (a power of two), so new prompts and lengths do not
 recompile. Prompts of different lengths share a batch: each is right-padded, and each sequence writes at its
 own position and stops at its own EOS. When a sequence fills its T positions, its last T/2 tokens are run
@@ -20,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from flaxlm.model import quantize
 from flaxlm.model.transformer import Transformer
 
 
@@ -62,17 +63,37 @@ def next_token(logits_BxV: jax.Array, rng: jax.Array, settings: Settings) -> jax
   return jax.random.categorical(rng, filter_logits(logits_BxV, settings), axis=-1).astype(jnp.int32)
 
 
-def forward(model: Transformer, params, cache, tokens_BxT: jax.Array, positions_BxT: jax.Array):
-  """Returns (logits B x T x V, the updated cache) of the decoding model on tokens at absolute positions.
-
-  Quantized params (model/quantize.py) are expanded here, inside the compiled loop: only their int8 or int4
-  values stay in memory between steps.
-  """
-  decoder = model.clone(decode=True)
-  params = quantize.dequantize(params)
+def hidden(model: Transformer, params, cache: dict | None, tokens_BxT: jax.Array,
+           positions_BxT: jax.Array) -> tuple[jax.Array, dict]:
+  """Returns (the decoding model's final-norm output B x T x D, the updated cache) on tokens at absolute positions."""
   variables = {'params': params} if cache is None else {'params': params, 'cache': cache}
-  logits_BxTxV, mutated = decoder.apply(variables, tokens_BxT, positions_BxT, mutable=['cache'])
-  return logits_BxTxV, mutated['cache']
+  x_BxTxD, mutated = model.clone(decode=True).apply(variables, tokens_BxT, positions_BxT, mutable=['cache'],
+                                                    method=Transformer.hidden)
+  return x_BxTxD, mutated['cache']
+
+
+def head(model: Transformer, params, x_BxTxD: jax.Array) -> jax.Array:
+  """Returns the float32 logits B x T x V of final-norm outputs."""
+  return model.clone(decode=True).apply({'params': params}, x_BxTxD, method=Transformer.logits)
+
+
+def prefill(model: Transformer, params, prompts_BxP: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, dict]:
+  """Returns (logits B x V at each prompt's last position lengths - 1, the cache filled with the P positions).
+
+  Prompts are right-padded to P; the head runs on the B last positions alone, not on all B x P.
+  """
+  batch, prompt_length = prompts_BxP.shape
+  positions_BxP = jnp.broadcast_to(jnp.arange(prompt_length), (batch, prompt_length))
+  x_BxPxD, cache = hidden(model, params, None, prompts_BxP, positions_BxP)
+  last_Bx1xD = jnp.take_along_axis(x_BxPxD, (lengths_B - 1)[:, None, None], axis=1)
+  return head(model, params, last_Bx1xD)[:, 0], cache
+
+
+def decode_step(model: Transformer, params, cache: dict, tokens_B: jax.Array,
+                positions_B: jax.Array) -> tuple[jax.Array, dict]:
+  """Returns (logits B x V for the token after each of `tokens_B`, written at `positions_B`; the updated cache)."""
+  x_Bx1xD, cache = hidden(model, params, cache, tokens_B[:, None], positions_B[:, None])
+  return head(model, params, x_Bx1xD)[:, 0], cache
 
 
 @dataclasses.dataclass
@@ -100,12 +121,11 @@ def decode_chunk(model: Transformer, params, prompts_BxP: jax.Array, lengths_B: 
   """
   batch, prompt_length = prompts_BxP.shape
   context = model.config.max_length
-  positions_BxP = jnp.broadcast_to(jnp.arange(prompt_length), (batch, prompt_length))
-  logits_BxPxV, cache = forward(model, params, None, prompts_BxP, positions_BxP)
+  logits_BxV, cache = prefill(model, params, prompts_BxP, lengths_B)
   tokens_BxT = jnp.zeros((batch, context), jnp.int32).at[:, :prompt_length].set(prompts_BxP)
   candidates = (batch, context, settings.candidates)
-  state = Loop(tokens_BxT, lengths_B, left_B, logits_BxPxV[jnp.arange(batch), lengths_B - 1], cache, rng,
-               jnp.zeros(candidates, jnp.int32), jnp.zeros(candidates, jnp.float32))
+  state = Loop(tokens_BxT, lengths_B, left_B, logits_BxV, cache, rng, jnp.zeros(candidates, jnp.int32),
+               jnp.zeros(candidates, jnp.float32))
 
   def active(s: Loop) -> jax.Array:
     return (s.left_B > 0) & (s.positions_B < context)
@@ -125,8 +145,8 @@ def decode_chunk(model: Transformer, params, prompts_BxP: jax.Array, lengths_B: 
       top_probs_BxC, top_ids_BxC = jax.lax.top_k(jax.nn.softmax(s.logits_BxV), settings.candidates)
       top_ids_BxTxC = top_ids_BxTxC.at[rows, write_B].set(top_ids_BxC)
       top_probs_BxTxC = top_probs_BxTxC.at[rows, write_B].set(top_probs_BxC)
-    logits_Bx1xV, cache = forward(model, params, s.cache, token_B[:, None], write_B[:, None])
-    return Loop(tokens_BxT, s.positions_B + emitted_B, left_B, logits_Bx1xV[:, 0], cache, rng, top_ids_BxTxC,
+    logits_BxV, cache = decode_step(model, params, s.cache, token_B, write_B)
+    return Loop(tokens_BxT, s.positions_B + emitted_B, left_B, logits_BxV, cache, rng, top_ids_BxTxC,
                 top_probs_BxTxC)
 
   return jax.lax.while_loop(lambda s: jnp.any(active(s)), step, state)

@@ -9,6 +9,7 @@ Parameters carry logical axis names (`embed`, `heads`, `kv_heads`, `head_dim`, `
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model import attention, lora
+from flaxlm.model import attention, lora, quantize
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_POLICIES = {'full': jax.checkpoint_policies.nothing_saveable,
@@ -145,6 +146,33 @@ def with_adapter(c: ModelConfig, name: str, x: jax.Array, y: jax.Array, in_axes:
 def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
   """Returns `x` with its sharding constrained by logical axis names (a no-op outside a mesh)."""
   return nn.with_logical_constraint(x, axes)
+
+
+def expanding(module: type[nn.Module], c: ModelConfig, decode: bool) -> type[nn.Module]:
+  """Returns `module`, which when decoding reads int8/int4 params (model/quantize.py) expanded to the model's dtype.
+
+  Expanded where the module is called: inside the layer scan, one layer's matrices at a time, never the whole tree.
+  Float params pass through as they are, and outside decoding `module` is returned unchanged.
+  """
+  if not decode:
+    return module
+  return nn.map_variables(module, 'params', trans_in_fn=functools.partial(quantize.expand, dtype=DTYPES[c.dtype]))
+
+
+class Embed(nn.Embed):
+  """The token embedding; an int8/int4 table (sampling, model/quantize.py) is expanded only where it is read."""
+
+  def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
+    """Returns the rows of `tokens_BxT`, B x T x D in the model's dtype; of a quantized table only those rows."""
+    if quantize.is_quantized(self.embedding):
+      return quantize.dequantize_array(quantize.take_rows(self.embedding, tokens_BxT), self.dtype)
+    return super().__call__(tokens_BxT)
+
+  def attend(self, x_BxTxD: jax.Array) -> jax.Array:
+    """Returns x times the table's transpose, B x T x V (the tied output head)."""
+    if quantize.is_quantized(self.embedding):
+      return quantize.dot(x_BxTxD, self.embedding, self.dtype)
+    return super().attend(x_BxTxD)
 
 
 class Norm(nn.Module):
@@ -276,7 +304,7 @@ class Stack(nn.Module):
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool) -> jax.Array:
     c = self.config
-    block = Block
+    block = expanding(Block, c, self.decode)
     if c.remat != 'none' and not self.decode:  # Decoding takes no gradients: nothing to recompute.
       block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
     if c.scan_layers:
@@ -291,6 +319,19 @@ class Stack(nn.Module):
     return x_BxTxD
 
 
+class Head(nn.Module):
+  """The untied output head, a D x V kernel; an int8/int4 one (sampling, model/quantize.py) is multiplied as stored."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    c, dtype = self.config, DTYPES[self.config.dtype]
+    kernel_DxV = self.param('kernel', zeros_init(('embed', 'vocab')), (c.width, c.vocab_size))
+    if quantize.is_quantized(kernel_DxV):
+      return quantize.dot(x_BxTxD, kernel_DxV, dtype)
+    return jnp.dot(x_BxTxD.astype(dtype), kernel_DxV.astype(dtype))
+
+
 class Transformer(nn.Module):
   """Token ids in, next-token logits out: embed, add positions, L blocks, final norm, output head.
 
@@ -299,15 +340,16 @@ class Transformer(nn.Module):
   B x T x V of them: `model.apply(variables, x, method=Transformer.logits)`.
 
   `decode=True` gives the same model with key/value caches, for sampling (see model/sampling.py): apply it
-  with `mutable=['cache']` and each token's absolute position.
+  with `mutable=['cache']` and each token's absolute position. It also takes int8/int4 params (model/quantize.py),
+  expanding each layer's matrices inside the layer scan and only the embedding rows it looks up.
   """
   config: ModelConfig
   decode: bool = False
 
   def setup(self):
     c = self.config
-    self.embed = nn.Embed(c.vocab_size, c.width, dtype=DTYPES[c.dtype],
-                          embedding_init=param_init(0.02, ('vocab', 'embed')))
+    self.embed = Embed(c.vocab_size, c.width, dtype=DTYPES[c.dtype],
+                       embedding_init=param_init(0.02, ('vocab', 'embed')))
     if c.positions == 'learned':
       self.position_embed = nn.Embed(c.max_length, c.width, dtype=DTYPES[c.dtype],
                                      embedding_init=param_init(0.02, (None, 'embed')))
@@ -315,8 +357,7 @@ class Transformer(nn.Module):
     self.stack = Stack(c, self.decode)
     self.final_norm = Norm(c)
     if not c.tie_embeddings:  # Zero-initialised, so an untrained model predicts the uniform distribution: loss ln V.
-      self.head = nn.Dense(c.vocab_size, use_bias=False, dtype=DTYPES[c.dtype],
-                           kernel_init=zeros_init(('embed', 'vocab')))
+      self.head = Head(c)
 
   def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
                segment_ids_BxT: jax.Array | None = None, deterministic: bool = True) -> jax.Array:

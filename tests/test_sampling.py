@@ -1,4 +1,5 @@
-"""Tests of model/sampling.py: the cached decode equals the full model, filtering, batching, seeds and EOS."""
+"""Tests of model/sampling.py: prefill and cached decode equal the full model (quantized params too), decoding reads
+int8/int4 weights as stored, filtering, batching, seeds and EOS."""
 
 import functools
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from flaxlm.configs import tiny
-from flaxlm.model import sampling
-from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.model import quantize, sampling
+from flaxlm.model.transformer import ModelConfig, Transformer, param_shapes
 from flaxlm.train import sharding
 
 VOCAB = 12
@@ -43,22 +44,103 @@ def greedy_without_cache(model, params, prompt, new):
   return sequence[len(prompt):]
 
 
+# One token's matmuls against the whole sequence's: reassociation errs by ~1e-6 of the logits' scale (~30 from O(1)
+# random weights), not of each logit (a logit near 0 is a cancelling sum); a wrong cache entry or layer errs by O(1).
+scale_tolerance = lambda expected: 1e-5 * float(jnp.abs(expected).max())
+prefill = jax.jit(sampling.prefill, static_argnums=0)
+decode_step = jax.jit(sampling.decode_step, static_argnums=0)
+
+
 @pytest.mark.parametrize('overrides', [{}, {'num_kv_heads': 1, 'scan_layers': False}, {'positions': 'learned'}])
 def test_cached_decode_logits_equal_a_full_forward_pass_at_every_step(overrides):
   model, params = trained_like_model(**overrides)
   tokens_1xT = jax.random.randint(jax.random.key(2), (1, model.config.max_length), 0, VOCAB)
-  forward = jax.jit(sampling.forward, static_argnums=0)
-  logits, cache = forward(model, params, None, tokens_1xT[:, :5], jnp.arange(5)[None])
+  logits, cache = prefill(model, params, tokens_1xT[:, :5], jnp.asarray([5]))
   expected = full_logits(model, params, tokens_1xT)
-  # One token's matmuls against the whole sequence's: reassociation errs by ~1e-6 of the logits' scale (~30 from
-  # O(1) random weights), not of each logit (a logit near 0 is a cancelling sum); a wrong cache entry errs by O(1).
-  atol = 1e-5 * float(jnp.abs(expected).max())
-  np.testing.assert_allclose(logits, expected[:, :5], rtol=1e-5, atol=atol)
+  atol = scale_tolerance(expected)
+  np.testing.assert_allclose(logits, expected[:, 4], rtol=1e-5, atol=atol)
   c = model.config
   assert jax.tree.leaves(cache)[0].shape[-3:] == (c.max_length, c.num_kv_heads, c.head_dim)  # GQA: G heads cached.
   for t in range(5, model.config.max_length):
-    logits, cache = forward(model, params, cache, tokens_1xT[:, t:t + 1], jnp.asarray([[t]]))
-    np.testing.assert_allclose(logits[:, 0], expected[:, t], rtol=1e-5, atol=atol)
+    logits, cache = decode_step(model, params, cache, tokens_1xT[:, t], jnp.asarray([t]))
+    np.testing.assert_allclose(logits, expected[:, t], rtol=1e-5, atol=atol)
+
+
+PROMPTS_BxP = jax.random.randint(jax.random.key(3), (4, 8), 0, VOCAB)
+LENGTHS_B = jnp.asarray([7, 3, 1, 8])  # right-padded with random tokens, which come after: no row sees them.
+
+
+def test_prefill_gives_the_full_forward_pass_logits_at_each_prompt_s_last_position():
+  """Rows of 7, 3, 1 and 8 tokens, through an untied head and separate layers (the tied and scanned ones' prefill of
+  one row is checked above)."""
+  model, params = trained_like_model(tie_embeddings=False, scan_layers=False)
+  logits_BxV, _ = prefill(model, params, PROMPTS_BxP, LENGTHS_B)
+  expected_BxV = full_logits(model, params, PROMPTS_BxP)[jnp.arange(4), LENGTHS_B - 1]
+  assert logits_BxV.shape == (4, VOCAB) and logits_BxV.dtype == jnp.float32
+  np.testing.assert_allclose(logits_BxV, expected_BxV, rtol=1e-5, atol=scale_tolerance(expected_BxV))
+
+
+@pytest.mark.parametrize('mode, overrides, prompts_BxP, lengths_B', [
+    ('int4', {}, PROMPTS_BxP[:1, :5], jnp.asarray([5])),
+    ('int8', {'tie_embeddings': False, 'scan_layers': False}, PROMPTS_BxP, LENGTHS_B)],
+    ids=['int4-scanned-tied', 'int8-separate_layers-untied'])
+def test_decoding_quantized_params_equals_decoding_them_dequantized_up_front(mode, overrides, prompts_BxP, lengths_B):
+  """Each layer expanded inside the scan (or the loop of layers), the embedding's rows alone and the head multiplied
+  group by group give the logits of the whole tree expanded at once. The shapes are the tests' above, whose
+  compilations the float reference reuses.
+
+  Both compute the same products in float32 (the model's dtype here), summed in another order (XLA's fusions, the
+  head's groups summed before their scales): rounding; a layer given another layer's matrices, the wrong embedding
+  rows or a group the wrong scale errs by O(1).
+  """
+  model, params = trained_like_model(**overrides)
+  qparams = quantize.quantize(params, mode, 16)  # int4: groups of 16 along the width of 32, two per column.
+  reference = quantize.dequantize(qparams)  # float32, the whole tree at once.
+  logits, cache = prefill(model, qparams, prompts_BxP, lengths_B)
+  expected, expected_cache = prefill(model, reference, prompts_BxP, lengths_B)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=scale_tolerance(expected))
+  tokens_B = jnp.arange(len(lengths_B))
+  logits, _ = decode_step(model, qparams, cache, tokens_B, lengths_B)
+  expected, _ = decode_step(model, reference, expected_cache, tokens_B, lengths_B)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=scale_tolerance(expected))
+
+
+def expanded_shapes(fn, params, *args) -> set[tuple[int, ...]]:
+  """Returns the shapes of `params`' stacked (L x ...) quantized matrices and of its embedding table that appear as
+  float arrays anywhere in fn(params, *args)'s jaxpr, the layer scan's body included."""
+  text = str(jax.make_jaxpr(fn)(params, *args))
+  whole = [params['embed']['embedding'], *jax.tree.leaves(params['stack'], is_leaf=quantize.is_quantized)]
+  shapes = {q.values.shape for q in whole if quantize.is_quantized(q)}
+  named = lambda shape: ','.join(map(str, shape))
+  return {shape for shape in shapes if any(f'{dtype}[{named(shape)}]' in text for dtype in ('f32', 'bf16'))}
+
+
+def test_decode_step_reads_int8_and_int4_weights_as_stored_one_layer_at_a_time():
+  """A bfloat16 model whose weights (3.4 MB) dwarf its 16-position cache (16 KB).
+
+  The compiled step's arguments hold a byte (int8) or half a byte (int4) per weight where bfloat16 holds 2, plus
+  float32 scales: 4/C bytes a weight for int8 (C >= 256 here), 4/128 for int4's groups; so about 0.51 and 0.27 of
+  bfloat16's, under the 0.55 and 0.3 asked of llama_1b. And no layer's matrices are expanded for all layers at once
+  (a float array of a stacked kernel's shape), nor the embedding table (only its looked-up rows), as expanding the
+  whole tree up front does: the check finds the table and the 5 stacked shapes (key and value share one, as do gate
+  and up) there.
+  """
+  c = tiny.get_config().model
+  c.update(width=256, vocab_size=512, dtype='bfloat16')
+  model = Transformer(ModelConfig.from_config(c, 512))
+  bf16 = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), param_shapes(model.config))
+  tokens_B = jax.ShapeDtypeStruct((1,), jnp.int32)
+  _, cache = jax.eval_shape(lambda p: sampling.prefill(model, p, jnp.zeros((1, 4), jnp.int32), jnp.ones(1, int)), bf16)
+  argument_bytes = lambda params: decode_step.lower(model, params, cache, tokens_B, tokens_B).compile(
+      ).memory_analysis().argument_size_in_bytes
+  step = functools.partial(sampling.decode_step, model)
+  whole_tree = lambda params, *args: step(quantize.dequantize(params, jnp.bfloat16), *args)
+  bf16_bytes = argument_bytes(bf16)
+  for mode, most in (('int8', 0.55), ('int4', 0.3)):
+    qparams = jax.eval_shape(lambda p: quantize.quantize(p, mode), bf16)
+    assert argument_bytes(qparams) < most * bf16_bytes, mode
+    assert expanded_shapes(step, qparams, cache, tokens_B, tokens_B) == set()
+    assert len(expanded_shapes(whole_tree, qparams, cache, tokens_B, tokens_B)) == 6
 
 
 def test_greedy_decoding_with_the_cache_equals_decoding_without_it_beyond_the_context():
