@@ -1,6 +1,6 @@
 """One training step, read like the loop it is: predict, measure the loss, backpropagate, update.
 
-Shape key: B batch, T sequence length, V vocabulary.
+Shape key: B batch, T sequence length, D model width, V vocabulary.
 """
 
 import functools
@@ -12,10 +12,17 @@ import jax.numpy as jnp
 import optax
 
 from flaxlm.model import lora
+from flaxlm.model.transformer import Transformer
 from flaxlm.train import sharding
+from flaxlm.train.loss import cross_entropy_sum
 from flaxlm.train.state import TrainState
 
 Batch = dict[str, jax.Array]
+
+
+def batch_weight(weights_BxT: jax.Array) -> jax.Array:
+  """Returns the sum of the loss weights, at least 1 (so a batch of padding alone has loss 0, not nan)."""
+  return jnp.maximum(weights_BxT.sum(), 1)
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
@@ -23,9 +30,10 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: 
   """Returns the weighted mean over tokens of -log p(target): how surprised the model is by the true next token.
 
   The weighted sum is divided by `total_weight` when given (a microbatch's share of its whole batch's mean).
+  For logits already in hand: `loss_fn` takes the same loss a chunk of positions at a time (train/loss.py).
   """
   losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  total_weight = jnp.maximum(weights_BxT.sum(), 1) if total_weight is None else total_weight
+  total_weight = batch_weight(weights_BxT) if total_weight is None else total_weight
   return (losses_BxT * weights_BxT).sum() / total_weight
 
 
@@ -35,12 +43,15 @@ def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | Non
 
   The weighted token losses are summed and divided by `total_weight` (default: this batch's weights), so the
   losses of a batch's microbatches, each divided by the whole batch's weight, add up to the batch's loss.
-  With LoRA, `params` are the adapters and `frozen` the pretrained params they are added to.
+  With LoRA, `params` are the adapters and `frozen` the pretrained params they are added to. The logits are made
+  a chunk of positions at a time (train/loss.py), never all B x T x V at once.
   """
-  logits_BxTxV = model.apply({'params': lora.combine(frozen, params)}, batch['inputs'], batch['positions'], batch['segment_ids'],
-                             deterministic=dropout_rng is None,
-                             rngs={'dropout': dropout_rng} if dropout_rng is not None else None)
-  return cross_entropy(logits_BxTxV, batch['targets'], batch['weights'], total_weight)
+  variables = {'params': lora.combine(frozen, params)}
+  x_BxTxD = model.apply(variables, batch['inputs'], batch['positions'], batch['segment_ids'],
+                        deterministic=dropout_rng is None,
+                        rngs={'dropout': dropout_rng} if dropout_rng is not None else None, method=Transformer.hidden)
+  loss_sum = cross_entropy_sum(model, variables, x_BxTxD, batch['targets'], batch['weights'])
+  return loss_sum / (batch_weight(batch['weights']) if total_weight is None else total_weight)
 
 
 def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
@@ -59,7 +70,7 @@ def gradients(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array, mi
   """
   if microbatches == 1:
     return jax.value_and_grad(loss_fn)(params, batch, model, dropout_rng, frozen=frozen)
-  total_weight = jnp.maximum(batch['weights'].sum(), 1)
+  total_weight = batch_weight(batch['weights'])
   micro_batches = jax.tree.map(lambda x: split_microbatches(x, microbatches), batch)
 
   def accumulate(totals, micro_and_index):

@@ -1,0 +1,56 @@
+"""The next-token cross-entropy, computed a chunk of positions at a time so the B x T x V logits never exist at once.
+
+Shape key: B batch, T sequence length, D model width, V vocabulary, N chunks, C positions per chunk.
+
+For a large vocabulary the head's float32 logits are a step's largest tensor (llama_1b, 16 x 2048 tokens on 8
+devices: 2 GiB per device, more with their bfloat16 copy and their gradient). Here each chunk's logits are made,
+reduced to their logsumexp and target logit, and dropped; the backward pass makes them again (`jax.checkpoint`)
+instead of keeping them, at the cost of one more head matmul (about 2 B T D V FLOPs).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flaxlm.model.transformer import Transformer
+
+LOGITS_PER_CHUNK = 2 ** 25  # Logits of one sequence's chunk: 128 MiB in float32, whatever the vocabulary.
+
+
+def chunk_length(vocab_size: int, length: int) -> int:
+  """Returns C, the positions per chunk: the largest power of two with C x V <= LOGITS_PER_CHUNK, at most T.
+
+  A power of two divides the usual (power-of-two) T, so no position is padded; llama_1b's V = 128,256 gives 256,
+  Llama 2's 32,000 gives 1024, GPT-2's 50,257 gives 512, and a small vocabulary one chunk of all T positions.
+  """
+  return min(length, 2 ** (max(1, LOGITS_PER_CHUNK // vocab_size).bit_length() - 1))
+
+
+def in_chunks(a_BxT: jax.Array, chunk: int) -> jax.Array:
+  """Returns `a` (B x T x ...) as N x B x C x ...: T padded with zeros to N C positions, cut into N chunks of C."""
+  padding = [(0, 0), (0, -a_BxT.shape[1] % chunk)] + [(0, 0)] * (a_BxT.ndim - 2)
+  a_BxNCx = jnp.pad(a_BxT, padding)
+  return a_BxNCx.reshape(a_BxNCx.shape[0], -1, chunk, *a_BxNCx.shape[2:]).swapaxes(0, 1)
+
+
+def cross_entropy_sum(model: nn.Module, variables: Any, x_BxTxD: jax.Array, targets_BxT: jax.Array,
+                      weights_BxT: jax.Array, chunk: int | None = None) -> jax.Array:
+  """Returns the float32 sum over positions of weight x -log p(target), p the softmax of the logits that `model`'s
+  head (`Transformer.logits`, with `variables`) gives the final-norm outputs x.
+
+  The positions are taken `chunk` at a time (default `chunk_length(V, T)`), T padded with weight 0 to a multiple
+  of it; the batch axis stays whole, so its sharding is untouched.
+  """
+  chunk = chunk or chunk_length(model.config.vocab_size, x_BxTxD.shape[1])
+
+  @jax.checkpoint  # Keeps only the chunk's inputs: the backward pass recomputes its logits.
+  def chunk_loss(x_BxCxD: jax.Array, targets_BxC: jax.Array, weights_BxC: jax.Array) -> jax.Array:
+    logits_BxCxV = model.apply(variables, x_BxCxD, method=Transformer.logits)
+    target_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+    return ((jax.nn.logsumexp(logits_BxCxV, axis=-1) - target_BxC) * weights_BxC).sum()
+
+  chunks = tuple(in_chunks(a, chunk) for a in (x_BxTxD, targets_BxT, weights_BxT))
+  total, _ = jax.lax.scan(lambda total, xs: (total + chunk_loss(*xs), None), jnp.zeros((), jnp.float32), chunks)
+  return total
