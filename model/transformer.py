@@ -148,19 +148,9 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
   return nn.with_logical_constraint(x, axes)
 
 
-def expanding(module: type[nn.Module], c: ModelConfig, decode: bool) -> type[nn.Module]:
-  """Returns `module`, which when decoding reads int8/int4 params (model/quantize.py) expanded to the model's dtype.
-
-  Expanded where the module is called: inside the layer scan, one layer's matrices at a time, never the whole tree.
-  Float params pass through as they are, and outside decoding `module` is returned unchanged.
-  """
-  if not decode:
-    return module
-  return nn.map_variables(module, 'params', trans_in_fn=functools.partial(quantize.expand, dtype=DTYPES[c.dtype]))
-
-
 class Embed(nn.Embed):
-  """The token embedding; an int8/int4 table (sampling, model/quantize.py) is expanded only where it is read."""
+  """The token embedding; of an int8/int4 table (sampling, model/quantize.py) a lookup expands only the rows it reads
+  and the tied head multiplies the integers as stored."""
 
   def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
     """Returns the rows of `tokens_BxT`, B x T x D in the model's dtype; of a quantized table only those rows."""
@@ -293,6 +283,17 @@ class Block(nn.Module):
         Norm(self.config, name='attention_norm')(x_BxTxD), positions_BxT, segment_ids_BxT, deterministic)
     x_BxTxD += Mlp(self.config, name='mlp')(Norm(self.config, name='mlp_norm')(x_BxTxD), deterministic)
     return x_BxTxD, None  # (carry, output) as nn.scan expects.
+
+
+def expanding(module: type[nn.Module], c: ModelConfig, decode: bool) -> type[nn.Module]:
+  """Returns `module`, which when decoding reads int8/int4 params (model/quantize.py) expanded to the model's dtype.
+
+  Expanded where the module is called: inside the layer scan, one layer's matrices at a time, never the whole tree.
+  Float params pass through as they are, and outside decoding `module` is returned unchanged.
+  """
+  if not decode:
+    return module
+  return nn.map_variables(module, 'params', trans_in_fn=functools.partial(quantize.expand, dtype=DTYPES[c.dtype]))
 
 
 class Stack(nn.Module):
