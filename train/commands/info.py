@@ -2,11 +2,20 @@
 
   flaxlm-info --config=llama2_7b
   flaxlm-info --config=shakespeare_char --config.model.vocab_size=65
+  flaxlm-info --config=llama_1b --compile_for=v5e-8
+  flaxlm-info --config=llama_1b --compile_for=v5e-8 --decode --quantize=int8 --decode_batch=8
 
 Nothing is allocated: the parameter shapes come from `jax.eval_shape`, so a 7B model is counted on a laptop.
+With --compile_for=SLICE (the `tpu` extra installed; no TPU needed) the train step, or with --decode the decode
+step, is compiled by XLA:TPU for that slice and its memory per device is printed; a step that does not fit exits
+non-zero with one line naming the excess and the keys to change (train/tpu_compile.py).
 """
 
+import dataclasses
+
+import jax
 import ml_collections
+from absl import flags
 from ml_collections import config_flags
 
 from flaxlm.configs.errors import UserError
@@ -16,6 +25,13 @@ from flaxlm.train import estimate, sharding
 from flaxlm.train.commands import cli
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. llama2_7b) or a config file.', lock_config=True)
+COMPILE_FOR = flags.DEFINE_string('compile_for', None, 'A TPU slice (v5e-8, v5p-16, v6e-8, v4-8, ...): compile the '
+                                  'step for it and print its memory per device.')
+DECODE = flags.DEFINE_bool('decode', False, 'With --compile_for: compile the decode step (one new token for '
+                           '--decode_batch sequences with a full key/value cache) instead of the train step.')
+QUANTIZE = flags.DEFINE_enum('quantize', 'none', quantize.MODES, 'With --decode: hold the weights as int8 or int4, as '
+                              'flaxlm-sample --quantize does.')
+DECODE_BATCH = flags.DEFINE_integer('decode_batch', 1, 'With --decode: the sequences decoded together.')
 
 
 def parameter_shards(mesh: ml_collections.ConfigDict) -> int | None:
@@ -41,7 +57,7 @@ def report(config: ml_collections.ConfigDict) -> list[str]:
   c = estimate.model_config(config)
   if config.train.batch_size <= 0:
     raise UserError(f'train.batch_size={config.train.batch_size} must be positive: set --config.train.batch_size.')
-  shapes = param_shapes(c)
+  shapes = param_shapes(dataclasses.replace(c, attention='xla'))  # Shapes alone, which 'xla' traces on any host.
   params = count_params(shapes)
   per_token = flops.training_flops_per_token(c)
   tokens = config.train.batch_size * c.max_length
@@ -58,9 +74,31 @@ def report(config: ml_collections.ConfigDict) -> list[str]:
   ]
 
 
+def check_flags() -> None:
+  """Raises UserError for a flag that describes a step to compile without the flag that compiles it."""
+  if (QUANTIZE.value != 'none' or DECODE_BATCH.value != 1) and not DECODE.value:
+    raise UserError('--quantize and --decode_batch describe the decode step: add --decode (and --compile_for=SLICE).')
+  if DECODE.value and not COMPILE_FOR.value:
+    raise UserError('--decode describes a step to compile for a TPU slice: add --compile_for=SLICE.')
+  if DECODE_BATCH.value <= 0:
+    raise UserError(f'--decode_batch={DECODE_BATCH.value} must be positive: the sequences decoded together.')
+
+
 def info() -> None:
-  """Prints the model's size, FLOPs and memory table for --config."""
-  print('\n'.join(report(cli.config(CONFIG))))
+  """Prints the model's size, FLOPs and memory table for --config; with --compile_for, the compiled step's memory."""
+  config = cli.config(CONFIG)
+  check_flags()
+  jax.config.update('jax_platforms', 'cpu')  # Nothing is allocated: no accelerator is started, nor libtpu loaded.
+  if COMPILE_FOR.value:
+    from flaxlm.train import tpu_compile  # Only here: it imports the training step, which counting needs not.
+    tpu_compile.prepare_environment(COMPILE_FOR.value)  # Before report() starts JAX's backends.
+  print('\n'.join(report(config)), flush=True)
+  if COMPILE_FOR.value:
+    if DECODE.value:
+      lines = tpu_compile.decode_report(config, COMPILE_FOR.value, QUANTIZE.value, DECODE_BATCH.value)
+    else:
+      lines = tpu_compile.train_report(config, COMPILE_FOR.value)
+    print('\n'.join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
