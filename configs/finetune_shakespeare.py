@@ -7,11 +7,16 @@
 
 Each line of examples.jsonl is {"prompt": "...", "response": "..."} or {"messages": [...]} (data/examples.py);
 their characters must be ones the pretrained model's tokenizer knows.
+
+Its TPU slice is the Shakespeare model's: one v5e chip (the step's memory depends on the shapes alone, so
+`flaxlm-info --compile_for` needs no init_from).
 """
 
 import ml_collections
 
 from flaxlm.configs import shakespeare_char
+
+TPU_SLICE = shakespeare_char.TPU_SLICE
 
 
 def get_config() -> ml_collections.ConfigDict:

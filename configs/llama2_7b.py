@@ -4,11 +4,18 @@ Llama 2's tokenizer is a SentencePiece BPE model of 32,000 pieces, so Meta's `to
 
   flaxlm-train --config=llama2_7b --config.data.tokenizer=tokenizer.model \
       --config.data.path=corpus/*.jsonl --workdir=/tmp/llama2_7b
+
+Its batch fits a TPU v5p-16 (TPU_SLICE, 8 chips of 95 GiB): parameters and AdamW moments split over the 8 chips
+(mesh.fsdp), each chip runs its 128 sequences 16 at a time (8 microbatches), keeping only each layer's input for the
+backward pass (model.remat=full). On more chips fewer microbatches are needed, and 1024 must be a multiple of
+chips x microbatches.
 """
 
 import ml_collections
 
 from flaxlm.configs import base
+
+TPU_SLICE = 'v5p-16'  # With train.microbatches=8: `flaxlm-info --config=llama2_7b --compile_for=v5p-16` shows it fits.
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -28,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.fsdp = -1
   config.train.steps = 476_837  # 2.0T tokens / (1024 x 4096 tokens a step).
   config.train.batch_size = 1024
+  config.train.microbatches = 8  # 16 sequences of 4096 tokens a chip at a time on a v5p-16 (see above).
   config.train.learning_rate = 3e-4
   config.train.min_learning_rate = 3e-5
   config.train.warmup_steps = 2000

@@ -12,11 +12,17 @@ Llama 3's tokenizer is tiktoken BPE, not SentencePiece; train a SentencePiece BP
 
   flaxlm-tokenizer train --input=corpus/*.jsonl --vocab_size=128256 --model_type=bpe --output=llama_bpe.model
   flaxlm-train --config=llama_1b --config.data.path=corpus/*.jsonl --workdir=/tmp/llama_1b
+
+Its batch fits a TPU v5e-8 (TPU_SLICE): parameters and AdamW moments split over the 8 chips (mesh.fsdp), each
+chip runs its 64 sequences 4 at a time (16 microbatches; 16 at a time would need 32 GiB a chip). On more chips
+fewer microbatches are needed, and 512 must be a multiple of chips x microbatches.
 """
 
 import ml_collections
 
 from flaxlm.configs import llama2_7b
+
+TPU_SLICE = 'v5e-8'  # With train.microbatches=16: `flaxlm-info --config=llama_1b --compile_for=v5e-8` shows it fits.
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.remat = 'save_dots'  # Keep the matmul outputs, recompute the rest: fits 2048-token sequences.
   config.train.steps = 24_000
   config.train.batch_size = 512
+  config.train.microbatches = 16  # 4 sequences of 2048 tokens a chip at a time on a v5e-8 (see above).
   config.train.eval_every = 1000
   config.train.eval_batches = 50
   config.train.checkpoint_every = 1000

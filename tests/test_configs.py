@@ -1,5 +1,7 @@
 """Tests of configs/: every preset builds a model, and the keys scripts rely on exist."""
 
+import importlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import pytest
 from flaxlm import configs
 from flaxlm.configs import lm1b
 from flaxlm.model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.train import sharding, tpu_compile
 
 PRESETS = configs.presets()
 CONTRACT = ['data.path', 'train.steps', 'train.batch_size', 'train.eval_every', 'train.checkpoint_every',
@@ -24,6 +27,15 @@ def test_presets_hold_the_contract_keys_and_build_a_model(name):
   model = Transformer(ModelConfig.from_config(config.model, 32_000))
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
   assert count_params(shapes) > 0
+
+
+@pytest.mark.parametrize('name', PRESETS)
+def test_each_preset_names_a_tpu_slice_its_batch_splits_over(name):
+  # That the step fits the slice's memory is compiled in tests/test_tpu_compile.py (it needs libtpu).
+  config = configs.load(name)
+  devices = tpu_compile.SLICES[importlib.import_module(f'flaxlm.configs.{name}').TPU_SLICE].devices
+  data, fsdp, tensor = sharding.mesh_shape(config, devices)
+  assert data * fsdp * tensor == devices and config.train.batch_size % (data * fsdp * config.train.microbatches) == 0
 
 
 def test_lm1b_preset_size():

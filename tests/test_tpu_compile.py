@@ -1,0 +1,175 @@
+"""Tests of train/tpu_compile.py and `flaxlm-info --compile_for`: every preset's train step compiles for the TPU slice
+the preset names and fits its memory; a step that cannot fit is refused in one line.
+
+XLA:TPU (libtpu, the `tpu` extra) compiles for compile-only devices: no TPU is used. The compiles run in
+subprocesses with their own environment, so this process (and the rest of the suite) stays on the CPU backend.
+"""
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+
+from conftest import command
+from test_cli import assert_one_line_error
+from flaxlm import configs
+from flaxlm.configs.errors import UserError
+from flaxlm.model.transformer import count_params, param_shapes
+from flaxlm.train import estimate, tpu_compile
+
+GiB = 2 ** 30
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
+                                  reason='libtpu is not installed: pip install -e ".[tpu]" (CI installs it)')
+VOCAB = {'finetune_shakespeare': 65, **estimate.PRESET_VOCAB}  # Presets whose tokenizer sets the vocabulary.
+
+# Compiles the train step of each NAME=VOCAB argument's preset for its slice; prints [name, report lines] for each.
+COMPILE_PRESETS = '''
+import importlib, json, sys
+from flaxlm import configs
+from flaxlm.train import tpu_compile
+for name, vocab in (arg.split('=') for arg in sys.argv[1:]):
+  config = configs.load(name)
+  config.model.vocab_size = config.model.vocab_size or int(vocab)
+  lines = tpu_compile.train_report(config, importlib.import_module(f'flaxlm.configs.{name}').TPU_SLICE)
+  print(json.dumps([name, lines]), flush=True)
+'''
+
+
+def compiling(args: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+  """Runs `args` in a subprocess whose JAX has the CPU as its only backend (and `env`); returns what it printed."""
+  return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu', **env})
+
+
+def preset_config(name: str):
+  """Returns the config of the preset `name`, its vocabulary set where its tokenizer would set it."""
+  config = configs.load(name)
+  config.model.vocab_size = config.model.vocab_size or VOCAB[name]
+  return config
+
+
+def number(lines: list[str], label: str) -> float:
+  """Returns the first number on the report line whose text starts with `label`."""
+  line = next(line.strip() for line in lines if line.strip().startswith(label))
+  return float(re.search(r'\d+\.\d+', line[len(label):])[0])
+
+
+def arguments(lines: list[str]) -> dict[str, float]:
+  """Returns the breakdown on the report's arguments line, GiB per device: {'train state': 1.726, ...}."""
+  line = next(line for line in lines if line.strip().startswith('arguments'))
+  inside = line[line.index('(') + 1:line.rindex(')')]
+  return {part.rsplit(' ', 1)[0]: float(part.rsplit(' ', 1)[1]) for part in inside.split(', ')}
+
+
+def mesh_sizes(lines: list[str]) -> dict[str, int]:
+  """Returns the mesh axes' sizes on the report's mesh line."""
+  line = next(line for line in lines if line.strip().startswith('mesh'))
+  return {axis: int(size) for axis, size in (word.split('=') for word in line.split()[1:])}
+
+
+def test_an_unknown_slice_is_refused_naming_the_known_ones():
+  with pytest.raises(UserError, match='not a slice flaxlm knows: pass one of v4-8, .*v5e-8, .*v6e-8'):
+    tpu_compile.check_slice('v5e-3')
+
+
+def test_without_libtpu_compile_for_names_the_install(monkeypatch):
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)
+  with pytest.raises(UserError, match=re.escape('libtpu, which is not installed: pip install -e ".[tpu]"')):
+    tpu_compile.prepare_environment('v5e-8')
+
+
+def test_a_total_beyond_the_devices_memory_is_refused_with_the_excess_and_the_fixes():
+  capacity = tpu_compile.SLICES['v5e-4'].hbm_bytes
+  assert tpu_compile.fits_line('the step', 'v5e-4', capacity, 'TPU v5 lite', 'fix').split()[:2] == ['fits', 'yes:']
+  with pytest.raises(UserError, match=r'the step does not fit v5e-4: .* take 16\.25 GiB per device, 0\.50 GiB more '
+                                      r'than the 15\.75 GiB a TPU v5 lite device has: fix'):
+    tpu_compile.fits_line('the step', 'v5e-4', capacity + GiB // 2, 'TPU v5 lite', 'fix')
+
+
+def test_the_total_counts_outputs_written_into_donated_arguments_once():
+  stats = types.SimpleNamespace(argument_size_in_bytes=10 * GiB, temp_size_in_bytes=5 * GiB,
+                                output_size_in_bytes=8 * GiB, alias_size_in_bytes=7 * GiB,
+                                generated_code_size_in_bytes=GiB)
+  lines, total = tpu_compile.memory_lines(stats, [('train state', 9 * GiB), ('batch', GiB)])
+  assert total == (10 + 5 + (8 - 7) + 1) * GiB  # 7 GiB of the outputs are the donated state, rewritten in place.
+  assert number(lines, 'outputs beside donated inputs') == 1 and number(lines, 'total') == 17
+  assert arguments(lines) == {'train state': 9, 'batch': 1}
+
+
+@needs_libtpu
+def test_each_slice_has_the_chips_its_cloud_tpu_name_says():
+  script = ('import json; from flaxlm.train import tpu_compile\n'
+            'print(json.dumps({n: [d.device_kind for d in tpu_compile.slice_devices(n)] for n in tpu_compile.SLICES}))')
+  result = compiling([sys.executable, '-c', script], timeout=120)
+  assert result.returncode == 0 and result.stderr == '', result.stderr[-3000:]
+  kinds = {'v4': 'TPU v4', 'v5e': 'TPU v5 lite', 'v5p': 'TPU v5', 'v6e': 'TPU v6 lite'}
+  for name, devices in json.loads(result.stdout).items():
+    generation, count = name.split('-')
+    chips = int(count) // 2 if generation in ('v4', 'v5p') else int(count)  # v4 and v5p count TensorCores, 2 a chip.
+    assert devices == [kinds[generation]] * chips, name
+
+
+@needs_libtpu
+def test_every_preset_compiles_for_its_slice_and_fits():
+  presets = configs.presets()
+  result = compiling([sys.executable, '-c', COMPILE_PRESETS, *[f'{name}={VOCAB.get(name, 0)}' for name in presets]],
+                     timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  reports = dict(json.loads(line) for line in result.stdout.splitlines())
+  assert sorted(reports) == presets
+  for name, lines in reports.items():
+    config = preset_config(name)
+    capacity = tpu_compile.SLICES[importlib.import_module(f'flaxlm.configs.{name}').TPU_SLICE].hbm_bytes / GiB
+    assert f'train, {config.train.batch_size:,} x {config.model.max_length:,} tokens' in '\n'.join(lines), name
+    assert lines[-1].split()[:2] == ['fits', 'yes:'] and number(lines, 'total') <= capacity, (name, lines)
+    # Independently of the compiler: AdamW's state is 12 bytes a parameter (float32 weights and two moments), split
+    # over mesh.fsdp x mesh.tensor devices (every preset's sizes divide evenly); the report rounds to 0.001 GiB.
+    params = count_params(param_shapes(estimate.model_config(config)))
+    mesh = mesh_sizes(lines)
+    assert abs(arguments(lines)['train state'] - 12 * params / (mesh['fsdp'] * mesh['tensor']) / GiB) <= 6e-4, name
+
+
+@needs_libtpu
+def test_a_step_that_cannot_fit_is_refused_in_one_line_naming_the_excess_and_the_keys():
+  result = compiling([command('flaxlm-info'), '--config=gpt2_124m', '--config.train.batch_size=64',
+                      '--config.train.microbatches=1', '--config.mesh.data=4', '--compile_for=v5e-4'])
+  assert_one_line_error(result, 'the train step (64 x 1024 tokens) does not fit v5e-4')
+  assert re.search(r'needs [\d.]+ GiB per device, [\d.]+ GiB more than the 15\.75 GiB a TPU v5 lite device has',
+                   result.stderr), result.stderr
+  for key in ('--config.mesh.fsdp', '--config.model.remat', '--config.train.microbatches', '--config.train.batch_size'):
+    assert key in result.stderr
+
+
+@needs_libtpu
+def test_info_without_compile_for_loads_no_libtpu():
+  script = ('import sys; from flaxlm.train.commands import info; sys.argv = ["flaxlm-info", "--config=tiny", '
+            '"--config.model.vocab_size=65"]; info.main(sys.argv); print("libtpu" in sys.modules, file=sys.stderr)')
+  env = {key: value for key, value in os.environ.items() if key != 'JAX_PLATFORMS'}  # As a user runs it.
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120, env=env)
+  assert result.returncode == 0 and result.stderr == 'False\n', result.stderr[-3000:]
+
+
+@needs_libtpu
+def test_decode_step_with_int8_weights_prints_the_weights_and_cache_bytes():
+  result = compiling([command('flaxlm-info'), '--config=lm1b', '--config.model.vocab_size=32000', '--compile_for=v5e-4',
+                      '--decode', '--quantize=int8', '--decode_batch=64'])
+  assert result.returncode == 0 and result.stderr == '', result.stderr[-3000:]
+  lines = result.stdout[result.stdout.index('compiled for v5e-4'):].splitlines()
+  c = estimate.model_config(preset_config('lm1b'))
+  tensor = mesh_sizes(lines)['tensor']
+  assert tensor == 2  # The most devices that split every tensor-parallel size: lm1b's 2 key/value heads.
+  # Independently of the compiler, per device: the int8 matrices take a byte a parameter (and their float32 scales
+  # under a tenth of that), where bfloat16 takes two; the key/value cache of 64 sequences is layers x (k, v) x
+  # 64 x T x G x K bfloat16s, split over the heads. The report rounds to 0.001 GiB.
+  bfloat16 = 2 * count_params(param_shapes(c)) / tensor / GiB
+  cache = c.num_layers * 2 * 64 * c.max_length * c.num_kv_heads * c.head_dim * 2 / tensor / GiB
+  held = arguments(lines)
+  assert bfloat16 / 2 - 6e-4 <= held['weights'] <= 0.55 * bfloat16, (held, bfloat16)
+  assert abs(held['cache'] - cache) <= 6e-4, (held, cache)
+  assert lines[-1].split()[:2] == ['fits', 'yes:']
