@@ -113,11 +113,11 @@ def restore_params(manager: ocp.CheckpointManager, step: int, abstract_params: A
 
 
 def restore_latest(workdir: epath.PathLike, abstract: Any, move_failures: bool = True,
-                   check: Callable[[Restored], None] | None = None, read: Reader = restore) -> Restored | None:
+                   check: Callable[[Restored], None] | None = None, read: Reader | None = None) -> Restored | None:
   """Returns the newest checkpoint that restores (state, data state), or None if `workdir` has none.
 
-  `read(manager, step, abstract)` restores one checkpoint: `restore` (the whole train state, `abstract`, and the data
-  state) or `restore_params` (the params alone, `abstract` their shapes, for a model read for use).
+  `read(manager, step, abstract)` restores one checkpoint: `restore` (the default: the whole train state, `abstract`,
+  and the data state) or `restore_params` (the params alone, `abstract` their shapes, for a model read for use).
 
   `check(restored)`, if given, is part of restoring: a checkpoint for which it raises (a data iterator state the
   pipeline cannot take, say) counts as damaged like one whose files do not read.
@@ -137,7 +137,7 @@ def restore_latest(workdir: epath.PathLike, abstract: Any, move_failures: bool =
   failures = []
   try:
     for step in process_0s(sorted(manager.all_steps(), reverse=True)):
-      outcome, result = restore_agreed(manager, step, abstract, check, read)
+      outcome, result = restore_agreed(manager, step, abstract, check, read or restore)
       if outcome is Outcome.RESTORED:
         report_failures(workdir, failures, move_failures)
         return result

@@ -101,8 +101,8 @@ def check_source(path: str | os.PathLike) -> None:
     raise UserError(f'{path} is a Hugging Face model folder, not a flaxlm run or export: convert it first with '
                     f'flaxlm-convert --from_hf={path} --output=DIR, and pass DIR.')
   if (folder / 'config.json').is_file() and not any((folder / name).is_file() for name in workdir_lib.TOKENIZER_FILES):
-    raise UserError(f'{path} has no tokenizer ({" or ".join(workdir_lib.TOKENIZER_FILES)}): restore the file the model was saved '
-                    'with; no other tokenizer gives its ids the right text.')
+    raise UserError(f'{path} has no tokenizer ({" or ".join(workdir_lib.TOKENIZER_FILES)}): restore the file the '
+                    'model was saved with; no other tokenizer gives its ids the right text.')
 
 
 def model_config(path: str | os.PathLike, section: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
