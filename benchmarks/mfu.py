@@ -38,6 +38,7 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
                     'model.vocab_size.')
   config.train.batch_size = BATCH_SIZE.value or config.train.batch_size
   config.model.max_length = MAX_LENGTH.value or config.model.max_length
+  config.train.microbatches = 1  # The presets' microbatches size their TPU slice's batch; this times whole steps.
   return config
 
 
