@@ -383,9 +383,15 @@ class Transformer(nn.Module):
     return constrain(logits_BxTxV, ('batch', 'length', 'vocab')).astype(jnp.float32)
 
 
+def shapes_model(c: ModelConfig) -> Transformer:
+  """Returns the model `c` with 'xla' attention, whose init traces on any host: the param shapes do not depend on
+  the attention, and a TPU's ('splash') refuses to trace on a CPU host outside a TPU mesh."""
+  return Transformer(dataclasses.replace(c, attention='xla'))
+
+
 def param_shapes(c: ModelConfig) -> Any:
   """Returns the params of Transformer(c) as shape structs (no logical-axis boxes), without allocating them."""
-  init = lambda: nn.unbox(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
+  init = lambda: nn.unbox(shapes_model(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
   return jax.eval_shape(init)
 
 

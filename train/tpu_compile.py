@@ -29,7 +29,7 @@ import ml_collections
 
 from flaxlm.configs.errors import UserError
 from flaxlm.model import attention, quantize, sampling
-from flaxlm.model.transformer import DTYPES, ModelConfig, Transformer
+from flaxlm.model.transformer import DTYPES, Transformer, shapes_model
 from flaxlm.train import estimate, loop, optimizer, sharding, state as state_lib, step as step_lib
 
 GiB = 2 ** 30
@@ -108,12 +108,6 @@ def shard_bytes(tree: Any) -> int:
   """Returns the bytes one device holds of `tree` (shape structs whose shardings split them evenly), int4 packed."""
   shard = lambda x: jax.ShapeDtypeStruct(x.sharding.shard_shape(x.shape), x.dtype)
   return sum(quantize.array_bytes(shard(x)) for x in jax.tree.leaves(tree))
-
-
-def shapes_model(c: ModelConfig) -> Transformer:
-  """Returns the model `c` with 'xla' attention, whose init traces on any host: the param shapes do not depend on
-  the attention, and a TPU's ('splash') refuses to trace on the CPU host outside the slice's mesh."""
-  return Transformer(dataclasses.replace(c, attention='xla'))
 
 
 def abstract_batch(mesh: jax.sharding.Mesh, batch_size: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:

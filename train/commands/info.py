@@ -11,8 +11,6 @@ step, is compiled by XLA:TPU for that slice and its memory per device is printed
 non-zero with one line naming the excess and the keys to change (train/tpu_compile.py).
 """
 
-import dataclasses
-
 import jax
 import ml_collections
 from absl import flags
@@ -57,7 +55,7 @@ def report(config: ml_collections.ConfigDict) -> list[str]:
   c = estimate.model_config(config)
   if config.train.batch_size <= 0:
     raise UserError(f'train.batch_size={config.train.batch_size} must be positive: set --config.train.batch_size.')
-  shapes = param_shapes(dataclasses.replace(c, attention='xla'))  # Shapes alone, which 'xla' traces on any host.
+  shapes = param_shapes(c)
   params = count_params(shapes)
   per_token = flops.training_flops_per_token(c)
   tokens = config.train.batch_size * c.max_length
