@@ -19,7 +19,7 @@ from conftest import command
 from test_cli import assert_one_line_error, run
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.model import hf
+from flaxlm.model import hf, hf_families
 from flaxlm.model.transformer import ModelConfig, Transformer
 from flaxlm.train import pretrained, workdir as workdir_lib
 
@@ -46,7 +46,7 @@ def reference(name: str) -> tuple[np.ndarray, np.ndarray]:
 def model_config(name: str, scan_layers: bool = True) -> ModelConfig:
   """Returns the flaxlm model config of the fixture, built as flaxlm-convert builds it."""
   section = base.model_config()
-  section.update(hf.model_config(fixture_config(name)), scan_layers=scan_layers)
+  section.update(hf_families.model_config(fixture_config(name)), scan_layers=scan_layers)
   return ModelConfig.from_config(section, 0)
 
 
@@ -71,7 +71,7 @@ def assert_config_matches(written: dict, name: str) -> None:
   fixture = fixture_config(name)
   assert {k: v for k, v in written.items() if k in fixture} == {k: fixture[k] for k in written if k in fixture}
   assert set(written) - set(fixture) <= {'rope_theta'}  # Llama's rotary base, also under transformers 4's key.
-  assert hf.model_config(written) == hf.model_config(fixture)
+  assert hf_families.model_config(written) == hf_families.model_config(fixture)
 
 
 @pytest.mark.parametrize('name, scan_layers', [('hf_gpt2', True), ('hf_gpt2', False), ('hf_llama', True)])
@@ -94,7 +94,7 @@ def test_the_fixtures_map_to_the_expected_options():
 def test_params_go_back_to_the_fixture_tensors_and_config_exactly(name, scan_layers):
   c = model_config(name, scan_layers)
   assert_tensors_equal(hf.params_to_hf(hf.params_from_hf(fixture_tensors(name), c), c), name)
-  assert_config_matches(hf.hf_config(c), name)
+  assert_config_matches(hf_families.hf_config(c), name)
 
 
 def test_gpt2_tensors_saved_without_the_transformer_prefix_import_alike():
@@ -113,7 +113,7 @@ def test_models_hf_cannot_express_are_refused():
   ]
   for c, fragment in cases:
     with pytest.raises(UserError, match=fragment):
-      hf.hf_config(c)
+      hf_families.hf_config(c)
 
 
 def test_hf_configs_flaxlm_cannot_express_are_refused():
@@ -137,7 +137,7 @@ def test_hf_configs_flaxlm_cannot_express_are_refused():
   for name, changes, fragment in cases:
     config = {k: v for k, v in {**fixture_config(name), **changes}.items() if v is not None}
     with pytest.raises(UserError) as raised:
-      hf.model_config(config)
+      hf_families.model_config(config)
     assert fragment in str(raised.value)
 
 
@@ -197,9 +197,9 @@ def test_buffers_a_tied_head_and_bfloat16_weights_are_accepted():
 def test_the_norm_epsilon_carries_over_both_ways():
   for name, key in (('hf_gpt2', 'layer_norm_epsilon'), ('hf_llama', 'rms_norm_eps')):
     config = {**fixture_config(name), key: 1e-5}
-    assert hf.model_config(config)['norm_eps'] == 1e-5
+    assert hf_families.model_config(config)['norm_eps'] == 1e-5
     c = model_config(name)
-    assert hf.hf_config(dataclasses.replace(c, norm_eps=1e-5))[key] == 1e-5
+    assert hf_families.hf_config(dataclasses.replace(c, norm_eps=1e-5))[key] == 1e-5
 
 
 @pytest.fixture(scope='module')

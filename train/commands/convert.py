@@ -21,7 +21,7 @@ from absl import flags
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files, tokenizer as tokenizer_lib
-from flaxlm.model import hf
+from flaxlm.model import hf, hf_families
 from flaxlm.model.transformer import ModelConfig, count_params
 from flaxlm.train import export, pretrained, workdir as workdir_lib
 from flaxlm.train.commands import cli
@@ -109,7 +109,7 @@ def from_hf(directory: str, output: str, tokenizer_kind: str | None, dtype: str)
   export.check_writable(output, dtype)
   hf_config = read_hf_config(directory)
   config = base.get_config()
-  config.model.update(hf.model_config(hf_config))
+  config.model.update(hf_families.model_config(hf_config))
   tokenizer = hf_tokenizer(directory, tokenizer_kind, config.model.vocab_size)
   config.data.tokenizer = tokenizer_kind or str(pathlib.Path(directory).absolute() / tokenizer.filename)
   params = hf.params_from_hf(read_tensors(directory), ModelConfig.from_config(config.model, tokenizer.vocab_size))
@@ -132,7 +132,7 @@ def to_hf(output: str, params_path: str) -> list[str]:
   export.check_new_directory(output, 'to_hf')
   export.check_is_export(params_path)
   c = pretrained.model_config(params_path, workdir_lib.load_config(params_path).model, 0)
-  hf_config = hf.hf_config(c)  # Refuses a model HF cannot express before its params are read.
+  hf_config = hf_families.hf_config(c)  # Refuses a model HF cannot express before its params are read.
   _, params, tokenizer = pretrained.load(params_path, 'float32')
   path = write_hf(output, hf_config, hf.params_to_hf(jax.device_get(params), c), tokenizer)
   lines = [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in float32']
