@@ -1,14 +1,20 @@
-"""Tokenizers: text in, integer ids out, and back. Three kinds behind one interface.
+"""Tokenizers: text in, integer ids out, and back. Four kinds behind one interface.
 
 - `CharTokenizer`: one id per distinct character of the training text (nanoGPT's Shakespeare); JSON.
 - `ByteTokenizer`: the UTF-8 bytes, after three special ids (pad 0, bos 1, eos 2); any text, no training.
 - `SentencePieceTokenizer`: BPE or unigram pieces learned from a corpus, with byte fallback so no text is
   ever unknown; saved as SentencePiece's own model proto.
+- `HFTokenizer`: a Hugging Face `tokenizer.json` (the `tokenizers` library): byte-level BPE as GPT-2, Llama 3
+  and Qwen ship, or SentencePiece-style as Llama 2 and Mistral do.
 
 Every kind has `encode`, `decode`, `vocab_size`, `bos_id`, `eos_id`, `pad_id`, `serialized` (the bytes of
-its file, which also identify it) and `filename` (the name it is saved under in a workdir).
+its file, which also identify it) and `filename` (the name it is saved under in a workdir). A checkpoint's
+special tokens come from the files beside its tokenizer (`Specials`): `add_bos` (BOS goes before every text the
+model reads: `model_ids`), `eos_ids` (every id that ends a sample; generation_config.json may list several) and
+`chat_template` (Jinja, data/chat.py). flaxlm's own kinds add no BOS and have no template.
 """
 
+import dataclasses
 import io
 import itertools
 import json
@@ -18,6 +24,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 import sentencepiece as spm
+import tokenizers
 
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files
@@ -29,6 +36,9 @@ class Tokenizer(Protocol):
   bos_id: int | None
   eos_id: int | None
   pad_id: int | None
+  add_bos: bool
+  eos_ids: tuple[int, ...]
+  chat_template: str | None
   filename: str
 
   def encode(self, text: str) -> np.ndarray:
@@ -47,7 +57,8 @@ class Tokenizer(Protocol):
 class CharTokenizer:
   """Maps each character of a fixed alphabet to its index in that (sorted) alphabet; no special tokens."""
   filename = 'tokenizer.json'
-  bos_id = eos_id = pad_id = None
+  bos_id = eos_id = pad_id = chat_template = None
+  add_bos, eos_ids = False, ()
 
   def __init__(self, chars: list[str]):
     self.chars = chars
@@ -84,6 +95,7 @@ class ByteTokenizer:
   """The UTF-8 bytes of the text, shifted past the special ids pad 0, bos 1 and eos 2: 259 ids in all."""
   filename = 'tokenizer.json'
   pad_id, bos_id, eos_id = 0, 1, 2
+  add_bos, eos_ids, chat_template = False, (2,), None
   offset = 3
   vocab_size = 256 + offset
 
@@ -106,16 +118,44 @@ class ByteTokenizer:
     return json.dumps({'kind': 'byte'}).encode()
 
 
+@dataclasses.dataclass(frozen=True)
+class Specials:
+  """What a checkpoint's tokenizer_config.json (and generation_config.json) say about its special tokens.
+
+  `config` is the tokenizer_config.json as read (kept, so that a saved copy still names its tokenizer_class);
+  `add_bos` None leaves it to the tokenizer; `eos_ids` are generation_config.json's eos_token_id(s).
+  """
+  config: dict = dataclasses.field(default_factory=dict)
+  add_bos: bool | None = None
+  eos_ids: tuple[int, ...] = ()
+  chat_template: str | None = None
+
+  def token(self, name: str) -> str | None:
+    """Returns the text of special token `name` ('bos_token'), which the config gives as text or as a dict."""
+    value = self.config.get(name)
+    return value.get('content') if isinstance(value, dict) else value if isinstance(value, str) else None
+
+
+def eos_ids_of(eos_id: int | None, more: tuple[int, ...]) -> tuple[int, ...]:
+  """Returns the ids that end a sample: the tokenizer's EOS, then the others, each once."""
+  return tuple(dict.fromkeys(([] if eos_id is None else [eos_id]) + list(more)))
+
+
 class SentencePieceTokenizer:
-  """A trained SentencePiece model (BPE or unigram)."""
+  """A trained SentencePiece model (BPE or unigram); BOS added where its Hugging Face folder says so (the default
+  there, as Llama 2 and Gemma expect), never for flaxlm's own."""
   filename = 'tokenizer.model'
 
-  def __init__(self, model_proto: bytes):
+  def __init__(self, model_proto: bytes, specials: Specials | None = None):
     self.proto = model_proto
     self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
     self.vocab_size = self.processor.vocab_size()
     self.bos_id, self.eos_id, self.pad_id = (special_id(self.processor.bos_id()), special_id(self.processor.eos_id()),
                                              special_id(self.processor.pad_id()))
+    self.specials = specials
+    self.add_bos = bool(specials) and specials.add_bos is not False and self.bos_id is not None
+    self.eos_ids = eos_ids_of(self.eos_id, specials.eos_ids if specials else ())
+    self.chat_template = specials.chat_template if specials else None
 
   def encode(self, text: str) -> np.ndarray:
     """Returns the int32 ids of `text`."""
@@ -137,6 +177,65 @@ class SentencePieceTokenizer:
 def special_id(value: int) -> int | None:
   """Returns SentencePiece's id for a special token, or None where it has none (-1)."""
   return None if value < 0 else value
+
+
+class HFTokenizer:
+  """A Hugging Face tokenizer.json, with the special tokens of the tokenizer_config.json beside it.
+
+  `encode` is the text's own ids (added tokens such as '<|eot_id|>' written in the text become their ids, as in
+  transformers); BOS is added by `model_ids` where `add_bos`: the config's add_bos_token, else whether the
+  tokenizer's post-processor puts BOS first (as Llama 3's does).
+  """
+  filename = 'tokenizer.json'
+
+  def __init__(self, data: bytes, specials: Specials = Specials()):
+    self.data, self.specials = data, specials
+    self.tokenizer = tokenizers.Tokenizer.from_str(data.decode('utf-8'))
+    self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+    self.bos_id, self.eos_id, self.pad_id = (self.token_id(specials.token(name))
+                                             for name in ('bos_token', 'eos_token', 'pad_token'))
+    self.add_bos = self.bos_id is not None and (self.adds_bos() if specials.add_bos is None else specials.add_bos)
+    self.eos_ids = eos_ids_of(self.eos_id, specials.eos_ids)
+    self.chat_template = specials.chat_template
+
+  def token_id(self, token: str | None) -> int | None:
+    """Returns the id of a special token's text, None for None; raises UserError if the vocabulary lacks it."""
+    if token is None:
+      return None
+    token_id = self.tokenizer.token_to_id(token)
+    if token_id is None:
+      raise UserError(f'tokenizer_config.json names the special token {token!r}, which its tokenizer.json does not '
+                      'have: pass the tokenizer_config.json that came with that tokenizer.json.')
+    return token_id
+
+  def adds_bos(self) -> bool:
+    """Returns whether the tokenizer's own post-processor puts BOS before a text."""
+    return self.tokenizer.encode('a', add_special_tokens=True).ids[:1] == [self.bos_id] != self.encode('a')[:1].tolist()
+
+  def encode(self, text: str) -> np.ndarray:
+    """Returns the int32 ids of `text` (no BOS or EOS added)."""
+    return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Returns the text of a sequence of ids, special tokens included."""
+    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def piece(self, token: int) -> str:
+    """Returns the vocabulary entry of `token` (byte-level BPE shows a space as 'Ġ')."""
+    return self.tokenizer.id_to_token(int(token))
+
+  def serialized(self) -> bytes:
+    """Returns the tokenizer.json."""
+    return self.data
+
+
+def model_ids(tokenizer: Tokenizer, text: str) -> np.ndarray:
+  """Returns the int32 ids the model reads for `text`: BOS first where the tokenizer adds it, then the text's ids.
+
+  How training documents and examples, prompts to sample and texts to score all become ids.
+  """
+  ids = tokenizer.encode(text)
+  return np.concatenate([np.asarray([tokenizer.bos_id], np.int32), ids]) if tokenizer.add_bos else ids
 
 
 SPECIAL_AND_BYTE_TOKENS = 4 + 256  # unk, bos, eos, pad, and one token per byte for byte fallback.
@@ -197,16 +296,66 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
   return SentencePieceTokenizer(model.getvalue())
 
 
+CONFIG, GENERATION, TEMPLATE = 'tokenizer_config.json', 'generation_config.json', 'chat_template.jinja'
+SIDE_FILES = (CONFIG, GENERATION, TEMPLATE)  # Read beside a tokenizer file, where a checkpoint keeps its specials.
+
+
 def load(path: str | os.PathLike) -> Tokenizer:
-  """Returns the tokenizer saved at `path`: a SentencePiece .model file, or a char/byte JSON file."""
+  """Returns the tokenizer saved at `path`: a SentencePiece .model file, a Hugging Face tokenizer.json, or a
+  char/byte JSON file; with the special tokens of the tokenizer_config.json (and generation_config.json) beside it."""
+  folder = files.to_path(path).parent
   data = read_file(path)
+  side = {name: (folder / name).read_bytes() for name in SIDE_FILES if (folder / name).is_file()}
+  return parse(data, side, path)
+
+
+def parse(data: bytes, side: dict[str, bytes], path: str | os.PathLike) -> Tokenizer:
+  """Returns the tokenizer whose file holds `data`, the side files (by name) giving its special tokens."""
   try:
     spec = json.loads(data)
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     if files.to_path(path).suffix == '.json':
       raise UserError(f'{path} is not valid JSON ({e}): restore it, or pass a tokenizer file flaxlm wrote.') from None
-    return load_sentencepiece(data, path)
+    return load_sentencepiece(data, path, specials_of(side, path))
+  if isinstance(spec, dict) and 'model' in spec:
+    return load_hf(data, specials_of(side, path) or Specials(), path)
   return from_json(spec, path)
+
+
+def from_saved(saved: dict[str, bytes]) -> Tokenizer:
+  """Returns the tokenizer `files_of` gave these files (by name) for."""
+  main = next(name for name in saved if name not in SIDE_FILES)
+  return parse(saved[main], {name: data for name, data in saved.items() if name in SIDE_FILES}, main)
+
+
+def json_object(data: bytes, name: str, path: str | os.PathLike) -> dict:
+  """Returns side file `name`'s JSON object; raises UserError naming it if it is not one."""
+  try:
+    value = json.loads(data)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    value = e
+  if not isinstance(value, dict):
+    raise UserError(f'the {name} beside {path} is not a JSON object ({value}): restore it, or remove it.')
+  return value
+
+
+def specials_of(side: dict[str, bytes], path: str | os.PathLike) -> Specials | None:
+  """Returns the special tokens the side files say, None without a tokenizer_config.json (a tokenizer of flaxlm's
+  own); a chat_template.jinja file is the template, as in transformers' newer folders."""
+  if CONFIG not in side:
+    return None
+  config = json_object(side[CONFIG], CONFIG, path)
+  generation = json_object(side[GENERATION], GENERATION, path) if GENERATION in side else {}
+  template = config.get('chat_template')
+  if isinstance(template, list):  # Named templates: [{"name": "default", "template": "..."}, ...].
+    template = next((t.get('template') for t in template if isinstance(t, dict) and t.get('name') == 'default'), None)
+  if TEMPLATE in side:
+    template = side[TEMPLATE].decode('utf-8')
+  eos = generation.get('eos_token_id')
+  eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
+  add_bos = config.get('add_bos_token')
+  return Specials(config, add_bos if isinstance(add_bos, bool) else None, tuple(int(i) for i in eos),
+                  template if isinstance(template, str) else None)
 
 
 def read_file(path: str | os.PathLike) -> bytes:
@@ -232,31 +381,85 @@ def from_json(spec: object, path: str | os.PathLike) -> Tokenizer:
   if isinstance(chars, list) and all(isinstance(c, str) and len(c) == 1 for c in chars) and len(set(chars)) == len(
       chars):
     return CharTokenizer(chars)
-  raise UserError(f'{path} is not a flaxlm tokenizer: expected {{"kind": "byte"}} or {{"kind": "char", "chars": '
-                  '[each character once]}; restore it, or pass a tokenizer file flaxlm wrote.')
+  raise UserError(f'{path} is not a flaxlm tokenizer (expected {{"kind": "byte"}} or {{"kind": "char", "chars": [each '
+                  'character once]}), nor a Hugging Face tokenizer.json (it has no "model"): restore it, or pass a '
+                  'tokenizer file flaxlm wrote or the tokenizer.json of a Hugging Face model.')
 
 
-def load_sentencepiece(data: bytes, path: str | os.PathLike) -> SentencePieceTokenizer:
+def load_hf(data: bytes, specials: Specials, path: str | os.PathLike) -> HFTokenizer:
+  """Returns the Hugging Face tokenizer.json in `data`; raises UserError if the tokenizers library cannot read it."""
+  try:
+    return HFTokenizer(data, specials)
+  except Exception as e:  # The tokenizers library raises a bare Exception for a malformed file.
+    raise UserError(f'{path} is not a tokenizer.json the tokenizers library can read ({str(e).splitlines()[0]}): '
+                    'pass the tokenizer.json of a Hugging Face model.') from None
+
+
+def load_sentencepiece(data: bytes, path: str | os.PathLike, specials: Specials | None = None) -> SentencePieceTokenizer:
   """Returns the SentencePiece model in `data`; raises UserError if it is not one."""
   try:
-    return SentencePieceTokenizer(data)
+    return SentencePieceTokenizer(data, specials)
   except RuntimeError:
     raise UserError(f'{path} is not a SentencePiece model, nor a flaxlm tokenizer JSON file: pass the .model file '
                     '`flaxlm-tokenizer train` wrote.') from None
 
 
+def from_hf_folder(directory: str | os.PathLike) -> Tokenizer:
+  """Returns a Hugging Face model folder's tokenizer: its tokenizer.json, else its SentencePiece tokenizer.model,
+  with the special tokens and chat template of its tokenizer_config.json and generation_config.json."""
+  folder = files.to_path(directory)
+  for name in (HFTokenizer.filename, SentencePieceTokenizer.filename):
+    if (folder / name).is_file():
+      return load(folder / name)
+  raise UserError(f'{directory} has neither a tokenizer.json nor a tokenizer.model: copy the tokenizer files of the '
+                  'model (from its Hugging Face repository) into it.')
+
+
+def hf_config(tokenizer: Tokenizer) -> dict:
+  """Returns the tokenizer_config.json transformers reads for a checkpoint's tokenizer: the one it came with, with
+  flaxlm's special tokens, BOS setting and chat template."""
+  name = lambda token_id: None if token_id is None else tokenizer.piece(token_id)
+  config = {**tokenizer.specials.config, 'bos_token': name(tokenizer.bos_id), 'eos_token': name(tokenizer.eos_id),
+            'pad_token': name(tokenizer.pad_id), 'add_bos_token': tokenizer.add_bos, 'add_eos_token': False}
+  config.pop('chat_template', None)
+  if tokenizer.chat_template is not None:
+    config['chat_template'] = tokenizer.chat_template
+  if isinstance(tokenizer, HFTokenizer):
+    config.setdefault('tokenizer_class', 'PreTrainedTokenizerFast')
+  return config
+
+
+def files_of(tokenizer: Tokenizer) -> dict[str, bytes]:
+  """Returns every file the tokenizer is saved as, by name: its own file, and for a checkpoint's tokenizer the
+  tokenizer_config.json transformers reads, with a generation_config.json where several ids end a sample."""
+  saved = {tokenizer.filename: tokenizer.serialized()}
+  if getattr(tokenizer, 'specials', None) is None:
+    return saved
+  saved[CONFIG] = json.dumps(hf_config(tokenizer), indent=2, ensure_ascii=False).encode()
+  if tokenizer.eos_ids[1:]:
+    saved[GENERATION] = json.dumps({'bos_token_id': tokenizer.bos_id, 'eos_token_id': list(tokenizer.eos_ids)},
+                                   indent=2).encode()
+  return saved
+
+
 def save(tokenizer: Tokenizer, directory: str | os.PathLike) -> files.Path:
-  """Writes the tokenizer into `directory` under its kind's filename and returns the path."""
-  return files.replace(files.to_path(directory) / tokenizer.filename, tokenizer.serialized())
+  """Writes every file of the tokenizer (`files_of`) into `directory` and returns the path of its own file."""
+  for name, data in files_of(tokenizer).items():
+    files.replace(files.to_path(directory) / name, data)
+  return files.to_path(directory) / tokenizer.filename
 
 
 def for_corpus(kind: str, text: str) -> Tokenizer:
-  """Returns the tokenizer a config names: 'char' (built from `text`), 'byte', or a SentencePiece model path."""
+  """Returns the tokenizer a config names: 'char' (built from `text`), 'byte', a tokenizer file (a SentencePiece
+  .model, a tokenizer.json) or a Hugging Face model folder."""
   if kind == 'char':
     return CharTokenizer.from_text(text)
   if kind == 'byte':
     return ByteTokenizer()
+  if files.to_path(kind).is_dir():
+    return from_hf_folder(kind)
   if not files.to_path(kind).is_file():
-    raise UserError(f'data.tokenizer={kind!r} is neither char, byte nor a tokenizer file that exists: set '
-                    '--config.data.tokenizer (a .model file comes from `flaxlm-tokenizer train`).')
+    raise UserError(f'data.tokenizer={kind!r} is neither char, byte nor a tokenizer file that exists, nor a model folder: set '
+                    '--config.data.tokenizer (a .model file comes from `flaxlm-tokenizer train`; a tokenizer.json or '
+                    'a model folder from Hugging Face).')
   return load(kind)
