@@ -35,6 +35,20 @@ def model_config() -> ml_collections.ConfigDict:
   c.lora_alpha = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank.
   c.lora_targets = 'query,value'  # comma-separated matrices that get adapters: query, key, value, out (attention),
   # gate, up, down (MLP; gate only with swiglu).
+  # Options of pretrained model families (flaxlm-convert sets them; the defaults are flaxlm's own models):
+  c.head_dim = 0  # K, the width of one attention head; 0: width / num_heads (Gemma and Qwen3 set it).
+  c.qkv_bias = False  # True: biases on the query, key and value projections alone (Qwen2).
+  c.qk_norm = False  # True: an RMSNorm over each head of the queries and keys, before the rotation (Qwen3).
+  c.norm_offset = 0.0  # the rmsnorms multiply by norm_offset + scale; Gemma's 1 (its checkpoints store scale - 1).
+  c.scale_embeddings = False  # True: token embeddings times sqrt(width) in the model's dtype (Gemma).
+  c.rope_scaling = 'none'  # rotary frequencies stretched for a longer context: 'none', 'linear' (all divided by
+  # rope_factor), 'llama3' (Llama 3.1's: long wavelengths divided, short kept) or 'yarn' (model/rope.py).
+  c.rope_factor = 1.0  # how many times the context is stretched (linear, llama3, yarn).
+  c.rope_original_length = 0  # llama3, yarn: the context the model was pretrained on; 0: max_length.
+  c.rope_low_freq_factor = 1.0  # llama3: wavelengths above rope_original_length / this are divided by rope_factor.
+  c.rope_high_freq_factor = 4.0  # llama3: wavelengths below rope_original_length / this are kept.
+  c.hf_model_type = ''  # the Hugging Face model_type the model was converted from, which flaxlm-convert --to_hf
+  # writes when the options allow it (llama and mistral have the same); '': the first type that fits the options.
   return c
 
 

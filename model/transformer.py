@@ -19,13 +19,15 @@ import jax.numpy as jnp
 import ml_collections
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model import attention, lora, quantize
+from flaxlm.model import attention, lora, quantize, rope
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_POLICIES = {'full': jax.checkpoint_policies.nothing_saveable,
                   'save_dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
-CHOICES = {'positions': ('rotary', 'learned'), 'norm': ('rmsnorm', 'layernorm'), 'mlp': ('swiglu', 'gelu'),
-           'dtype': tuple(DTYPES), 'remat': ('none', *REMAT_POLICIES), 'attention': attention.IMPLEMENTATIONS}
+GATES = {'swiglu': nn.silu, 'geglu': functools.partial(nn.gelu, approximate=True)}  # gated MLPs' activations
+CHOICES = {'positions': ('rotary', 'learned'), 'norm': ('rmsnorm', 'layernorm'), 'mlp': (*GATES, 'gelu'),
+           'dtype': tuple(DTYPES), 'remat': ('none', *REMAT_POLICIES), 'attention': attention.IMPLEMENTATIONS,
+           'rope_scaling': rope.SCALINGS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,17 @@ class ModelConfig:
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_targets: str = 'query,value'
+  head_dim: int = 0  # K; from_config replaces 0 by width / num_heads
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  norm_offset: float = 0.0
+  scale_embeddings: bool = False
+  rope_scaling: str = 'none'
+  rope_factor: float = 1.0
+  rope_original_length: int = 0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  hf_model_type: str = ''
 
   @property
   def adapted(self) -> tuple[str, ...]:
@@ -60,9 +73,10 @@ class ModelConfig:
     return lora.parse_targets(self.lora_targets) if self.lora_rank else ()
 
   @property
-  def head_dim(self) -> int:
-    """Returns K, the width of one attention head."""
-    return self.width // self.num_heads
+  def rotary(self) -> rope.Rope:
+    """Returns the rotary settings (model/rope.py); an original length of 0 is max_length."""
+    return rope.Rope(self.rope_theta, self.rope_scaling, self.rope_factor, self.rope_original_length or self.max_length,
+                     self.rope_low_freq_factor, self.rope_high_freq_factor)
 
   @classmethod
   def from_config(cls, c: ml_collections.ConfigDict, vocab_size: int) -> 'ModelConfig':
@@ -73,6 +87,7 @@ class ModelConfig:
     fields['vocab_size'] = c.vocab_size or vocab_size
     fields['num_kv_heads'] = c.num_kv_heads or c.num_heads
     fields['mlp_width'] = c.mlp_width or default_mlp_width(c.width, c.mlp)
+    fields['head_dim'] = head_dim(c)
     return cls(**fields)
 
 
@@ -84,16 +99,19 @@ def check_shape(c: ml_collections.ConfigDict) -> None:
   for key in ('num_layers', 'num_heads', 'width', 'max_length'):
     if c[key] <= 0:
       raise UserError(f'model.{key}={c[key]} must be positive: set --config.model.{key}.')
-  if c.width % c.num_heads:
+  if c.width % c.num_heads and not c.head_dim:
     raise UserError(f'model.num_heads={c.num_heads} does not divide model.width={c.width}: '
-                    'choose a width that is a multiple of num_heads.')
+                    'choose a width that is a multiple of num_heads, or set --config.model.head_dim.')
   kv_heads = c.num_kv_heads or c.num_heads
   if c.num_heads % kv_heads:
     raise UserError(f'model.num_kv_heads={c.num_kv_heads} does not divide model.num_heads={c.num_heads}: '
                     'choose num_kv_heads among the divisors of num_heads.')
-  if c.positions == 'rotary' and (c.width // c.num_heads) % 2:
-    raise UserError(f'rotary positions need an even head dimension, not {c.width // c.num_heads}: '
-                    'change model.width or model.num_heads, or set --config.model.positions=learned.')
+  if c.positions == 'rotary' and head_dim(c) % 2:
+    raise UserError(f'rotary positions need an even head dimension, not {head_dim(c)}: '
+                    'change model.head_dim (or width or num_heads), or set --config.model.positions=learned.')
+  if c.norm_offset and c.norm != 'rmsnorm':
+    raise UserError(f'model.norm_offset={c.norm_offset} applies to rmsnorm only: set --config.model.norm_offset=0 '
+                    'or --config.model.norm=rmsnorm.')
   lora_problem = lora.problem(c.lora_rank, c.lora_alpha, c.lora_targets, c.mlp)
   if lora_problem:
     raise UserError(lora_problem)
@@ -101,7 +119,8 @@ def check_shape(c: ml_collections.ConfigDict) -> None:
 
 def check_ranges(c: ml_collections.ConfigDict, vocab_size: int) -> None:
   """Raises UserError if a size, rate or constant of the model section is outside the range it has meaning in."""
-  for key, default in (('vocab_size', "the tokenizer's"), ('mlp_width', 'the default'), ('num_kv_heads', 'num_heads')):
+  for key, default in (('vocab_size', "the tokenizer's"), ('mlp_width', 'the default'), ('num_kv_heads', 'num_heads'),
+                       ('head_dim', 'width / num_heads')):
     if c[key] < 0:
       raise UserError(f'model.{key}={c[key]} must not be negative (0 takes {default}): set --config.model.{key}.')
   if (c.vocab_size or vocab_size) <= 0:
@@ -114,10 +133,21 @@ def check_ranges(c: ml_collections.ConfigDict, vocab_size: int) -> None:
     if not 0 < c[key] < math.inf:
       raise UserError(f'model.{key}={c[key]} must be a positive finite number: set --config.model.{key} '
                       f'(usually {usual}).')
+  if not -math.inf < c.norm_offset < math.inf:
+    raise UserError(f'model.norm_offset={c.norm_offset} must be a finite number: set --config.model.norm_offset '
+                    '(0, or 1 for Gemma).')
+  rope_problem = rope.problem(c)
+  if rope_problem:
+    raise UserError(rope_problem)
+
+
+def head_dim(c: ml_collections.ConfigDict) -> int:
+  """Returns K, the width of one attention head: model.head_dim, or width / num_heads where it is 0."""
+  return c.head_dim or c.width // c.num_heads
 
 
 def default_mlp_width(width: int, mlp: str) -> int:
-  """Returns F: 4D for GELU; for SwiGLU 8D/3 (the same parameter count), rounded up to a multiple of 64."""
+  """Returns F: 4D for GELU; for the gated MLPs 8D/3 (the same parameter count), rounded up to a multiple of 64."""
   if mlp == 'gelu':
     return 4 * width
   return 64 * math.ceil(8 * width / 3 / 64)
@@ -165,33 +195,44 @@ class Embed(nn.Embed):
     return super().attend(x_BxTxD)
 
 
+class RMSNorm(nn.Module):
+  """x / rms(x) times (offset + scale), computed in float32: flax's nn.RMSNorm (its params are named alike,
+  'RMSNorm_0'), plus Gemma's offset of 1, whose checkpoints store the scale less 1."""
+  epsilon: float
+  dtype: Any
+  offset: float
+  axis: str
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Returns x normalized over its last axis (of any shape), in `dtype`."""
+    init = nn.with_logical_partitioning(nn.initializers.constant(1.0 - self.offset), (self.axis,))
+    scale = self.param('scale', init, (x.shape[-1],), jnp.float32)
+    x = x.astype(jnp.float32)
+    inverse = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+    return (x * (inverse * (self.offset + scale))).astype(self.dtype)
+
+
 class Norm(nn.Module):
-  """RMSNorm or LayerNorm over the last axis, with a learned scale (and bias for LayerNorm)."""
+  """RMSNorm or LayerNorm over the last axis (`axis` names it), with a learned scale (and bias for LayerNorm)."""
   config: ModelConfig
+  axis: str = 'embed'
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     c = self.config
-    ones = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
     if c.norm == 'rmsnorm':
-      return nn.RMSNorm(epsilon=c.norm_eps, dtype=DTYPES[c.dtype], scale_init=ones)(x_BxTxD)
+      return RMSNorm(c.norm_eps, DTYPES[c.dtype], c.norm_offset, self.axis)(x_BxTxD)
+    ones = nn.with_logical_partitioning(nn.initializers.ones, (self.axis,))
     return nn.LayerNorm(epsilon=c.norm_eps, dtype=DTYPES[c.dtype], scale_init=ones,
-                        bias_init=zeros_init(('embed',)))(x_BxTxD)
-
-
-def rotate(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
-  """Returns x with rotary position embeddings applied: pairs (x_i, x_{i+K/2}) turned by position * freq_i."""
-  half = x_BxTxHxK.shape[-1] // 2
-  freq_K2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_BxTx1xK2 = (positions_BxT[:, :, None, None] * freq_K2).astype(jnp.float32)
-  sin, cos = jnp.sin(angle_BxTx1xK2), jnp.cos(angle_BxTx1xK2)
-  x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return rotated.astype(x_BxTxHxK.dtype)
+                        bias_init=zeros_init((self.axis,)))(x_BxTxD)
 
 
 class Attention(nn.Module):
   """Causal self-attention with grouped-query heads; `model.attention` picks the implementation.
+
+  Options of pretrained families: biases on q, k and v alone (`qkv_bias`, Qwen2), and an RMSNorm over each head of q
+  and of k before the rotation (`qk_norm`, Qwen3).
 
   With `decode`, keys and values are also written into a cache of T positions per sequence (the 'cache'
   collection), at each token's position, and queries attend to the cache: a prompt is run once, then each
@@ -203,7 +244,8 @@ class Attention(nn.Module):
   def project(self, x_BxTxD: jax.Array, heads: int, axis: str, name: str) -> jax.Array:
     """Returns x projected to `heads` heads of width K: B x T x heads x K."""
     c = self.config
-    x_BxTxHxK = nn.Einsum((c.width, heads, c.head_dim), 'BTD,DHK->BTHK', use_bias=c.use_bias, dtype=DTYPES[c.dtype],
+    x_BxTxHxK = nn.Einsum((c.width, heads, c.head_dim), 'BTD,DHK->BTHK', use_bias=c.use_bias or c.qkv_bias,
+                          dtype=DTYPES[c.dtype],
                           kernel_init=param_init(c.width ** -0.5, ('embed', axis, 'head_dim')),
                           bias_init=zeros_init((axis, 'head_dim')), name=name)(x_BxTxD)
     x_BxTxHxK = with_adapter(c, name, x_BxTxD, x_BxTxHxK, ('embed',), (axis, 'head_dim'))
@@ -216,9 +258,12 @@ class Attention(nn.Module):
     q_BxTxHxK = self.project(x_BxTxD, c.num_heads, 'heads', 'query')
     k_BxTxGxK = self.project(x_BxTxD, c.num_kv_heads, 'kv_heads', 'key')
     v_BxTxGxK = self.project(x_BxTxD, c.num_kv_heads, 'kv_heads', 'value')
+    if c.qk_norm:
+      q_BxTxHxK = Norm(c, 'head_dim', name='query_norm')(q_BxTxHxK)
+      k_BxTxGxK = Norm(c, 'head_dim', name='key_norm')(k_BxTxGxK)
     if c.positions == 'rotary':
-      q_BxTxHxK = rotate(q_BxTxHxK, positions_BxT, c.rope_theta)
-      k_BxTxGxK = rotate(k_BxTxGxK, positions_BxT, c.rope_theta)
+      q_BxTxHxK = rope.rotate(q_BxTxHxK, positions_BxT, c.rotary)
+      k_BxTxGxK = rope.rotate(k_BxTxGxK, positions_BxT, c.rotary)
     if self.decode:
       k_BxSxGxK, v_BxSxGxK = self.cache(k_BxTxGxK, v_BxTxGxK, positions_BxT)
       out_BxTxHxK = attention.attend_cache(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, positions_BxT)
@@ -246,7 +291,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-  """The feed-forward layer: SwiGLU (silu(x W_gate) * x W_up) W_down, or GELU(x W_up) W_down."""
+  """The feed-forward layer: gated, (act(x W_gate) * x W_up) W_down with act silu (SwiGLU) or tanh-GELU (GeGLU,
+  Gemma), or GELU(x W_up) W_down."""
   config: ModelConfig
 
   def dense(self, x: jax.Array, features: int, std: float, axes: tuple[str, str], name: str) -> jax.Array:
@@ -260,9 +306,9 @@ class Mlp(nn.Module):
   def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
     c = self.config
     up_BxTxF = self.dense(x_BxTxD, c.mlp_width, c.width ** -0.5, ('embed', 'mlp'), 'up')
-    if c.mlp == 'swiglu':
+    if c.mlp in GATES:
       gate_BxTxF = self.dense(x_BxTxD, c.mlp_width, c.width ** -0.5, ('embed', 'mlp'), 'gate')
-      h_BxTxF = nn.silu(gate_BxTxF) * up_BxTxF
+      h_BxTxF = GATES[c.mlp](gate_BxTxF) * up_BxTxF
     else:
       h_BxTxF = nn.gelu(up_BxTxF)
     h_BxTxF = constrain(h_BxTxF, ('batch', 'length', 'mlp'))
@@ -285,15 +331,13 @@ class Block(nn.Module):
     return x_BxTxD, None  # (carry, output) as nn.scan expects.
 
 
-def expanding(module: type[nn.Module], c: ModelConfig, decode: bool) -> type[nn.Module]:
-  """Returns `module`, which when decoding reads int8/int4 params (model/quantize.py) expanded to the model's dtype.
-
-  Expanded where the module is called: inside the layer scan, one layer's matrices at a time, never the whole tree.
-  Float params pass through as they are, and outside decoding `module` is returned unchanged.
+def expanding(module: type[nn.Module], c: ModelConfig, initializing: bool) -> type[nn.Module]:
+  """Returns `module` reading int8/int4 params (model/quantize.py) expanded to the model's dtype where it is called:
+  inside the layer scan, one layer's matrices at a time, never the whole tree. Decoding a quantized model and LoRA
+  on a quantized base (whose gradients flow into the adapters alone) both read them so; float params pass through.
   """
-  if not decode:
-    return module
-  return nn.map_variables(module, 'params', trans_in_fn=functools.partial(quantize.expand, dtype=DTYPES[c.dtype]))
+  expand = functools.partial(quantize.expand, dtype=DTYPES[c.dtype])
+  return nn.map_variables(module, 'params', trans_in_fn=expand, init=initializing)
 
 
 class Stack(nn.Module):
@@ -305,9 +349,10 @@ class Stack(nn.Module):
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool) -> jax.Array:
     c = self.config
-    block = expanding(Block, c, self.decode)
-    if c.remat != 'none' and not self.decode:  # Decoding takes no gradients: nothing to recompute.
-      block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
+    block = expanding(Block, c, self.is_initializing())
+    if c.remat != 'none' and not self.decode:  # Decoding takes no gradients: nothing to recompute. The expansion is
+      # recomputed with the layer: the backward pass keeps no expanded copy of a quantized base.
+      block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
     if c.scan_layers:
       layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
                        split_rngs={'params': True, 'dropout': True},
@@ -335,6 +380,9 @@ class Head(nn.Module):
 
 class Transformer(nn.Module):
   """Token ids in, next-token logits out: embed, add positions, L blocks, final norm, output head.
+
+  With `scale_embeddings` (Gemma) the token embeddings are multiplied by sqrt(D), rounded to the model's dtype; the
+  tied head uses the table as stored.
 
   `hidden` runs everything up to the output head and `logits` the head alone, so a caller that needs the logits of
   a few positions (sampling's last one) or of a few at a time (the chunked loss, train/loss.py) never makes all
@@ -371,6 +419,8 @@ class Transformer(nn.Module):
     if positions_BxT is None:
       positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
     x_BxTxD = self.embed(tokens_BxT)
+    if self.config.scale_embeddings:
+      x_BxTxD *= jnp.asarray(self.config.width ** 0.5, x_BxTxD.dtype)
     if self.config.positions == 'learned':
       x_BxTxD += self.position_embed(positions_BxT)
     x_BxTxD = self.dropout(x_BxTxD, deterministic=deterministic)
