@@ -6,7 +6,9 @@ writes the files.
 
 Shape key: D width, H query heads, G key/value heads, K head dimension, F MLP width, V vocabulary, P positions.
 GPT-2's Conv1D weights are stored (in, out) like flax kernels; Llama's nn.Linear weights (out, in), transposed.
-HF's rotary embedding rotates halves of each head (rotate_half), as `model.transformer.rotate` does.
+HF's rotary embedding rotates halves of each head (rotate_half), as `model.rope.rotate` does. Llama, Mistral, Qwen2,
+Qwen3 and Gemma name their tensors alike; each is a few model options (`Family.options`) over one mapping.
+Functions here only reshape, transpose, split and concatenate: a tensor keeps its dtype.
 """
 
 import dataclasses
@@ -16,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from flaxlm.configs.errors import UserError
+from flaxlm.model import rope as rope_lib
 from flaxlm.model.transformer import ModelConfig
 
 QKV = ('query', 'key', 'value')
@@ -106,6 +109,9 @@ def gpt2_model_config(hf: dict) -> dict:
 
 def gpt2_hf_config(c: ModelConfig) -> dict:
   """Returns the config.json of GPT-2 with the shape of `c`; raises UserError for grouped-query attention."""
+  if c.head_dim * c.num_heads != c.width:
+    raise UserError(f'GPT-2\'s heads split its width, and this model has {c.num_heads} heads of {c.head_dim} for a '
+                    f'width of {c.width}: only models with head_dim=width/num_heads convert to GPT-2.')
   if c.num_kv_heads != c.num_heads:
     raise UserError(f'GPT-2 has no grouped-query attention, and this model has {c.num_kv_heads} key/value heads '
                     f'for {c.num_heads} query heads: only models with num_kv_heads=num_heads convert to GPT-2.')
@@ -124,31 +130,142 @@ def rope(hf: dict) -> dict:
   return hf.get('rope_parameters') or {'rope_theta': hf.get('rope_theta', 10_000.0), **legacy}
 
 
-def llama_model_config(hf: dict) -> dict:
-  """Returns flaxlm's model section for a Llama config.json: rotary positions, RMSNorm, SwiGLU, no biases."""
-  require(hf, 'hidden_act', ('silu',), 'silu')
-  require(hf, 'attention_bias', (False,), False)
-  require(hf, 'mlp_bias', (False,), False)
-  require(rope(hf), 'rope_type', ('default',), 'default')
+def rope_options(hf: dict) -> dict:
+  """Returns the rotary model options of config.json's rope type (default, linear, llama3, yarn); raises UserError
+  naming any other type, or a setting of a supported one flaxlm cannot express."""
+  r = rope(hf)
+  kind = r.get('rope_type', r.get('type', 'default'))
+  if kind not in ROPE_KEYS:
+    raise UserError(f'config.json has rope_type={kind!r}, which flaxlm cannot express: it converts only rope_type in '
+                    f'{tuple(ROPE_KEYS)} (dynamic scaling changes the frequencies with each sequence\'s length).')
+  require(r, 'partial_rotary_factor', (1, 1.0, None), None)
+  if kind == 'yarn':
+    require(r, 'beta_fast', (rope_lib.YARN_BETAS[0], None), None)
+    require(r, 'beta_slow', (rope_lib.YARN_BETAS[1], None), None)
+    require(r, 'truncate', (True, None), None)
+    for key in ('attention_factor', 'mscale', 'mscale_all_dim'):
+      require(r, key, (None,), None)
+  options = dict(rope_theta=number(r, 'rope_theta', hf.get('rope_theta', 10_000.0)), rope_scaling=ROPE_SCALINGS[kind])
+  for key, option in ROPE_KEYS[kind].items():
+    if key == 'original_max_position_embeddings':  # transformers takes max_position_embeddings where it is absent
+      options[option] = integer(r, key, 0) if r.get(key) is not None else 0
+    elif r.get(key) is None:
+      raise UserError(f'config.json has rope_type={kind!r} without its {key!r}: pass the folder\'s own config.json.')
+    else:
+      options[option] = number(r, key)
+  return options
+
+
+def rope_to_hf(c: ModelConfig) -> dict:
+  """Returns config.json's `rope_parameters` of model `c`."""
+  kind = {scaling: kind for kind, scaling in ROPE_SCALINGS.items()}[c.rope_scaling]
+  values = {key: getattr(c, option) for key, option in ROPE_KEYS[kind].items()}
+  if 'original_max_position_embeddings' in values:
+    values['original_max_position_embeddings'] = c.rotary.original_length
+  return {'rope_theta': c.rope_theta, 'rope_type': kind, **values}
+
+
+def attention_shape(hf: dict) -> dict:
+  """Returns the heads, key/value heads, width and head dimension of a rotary config.json, checked."""
   width, heads = integer(hf, 'hidden_size'), integer(hf, 'num_attention_heads')
   kv_heads = integer(hf, 'num_key_value_heads', heads)
-  divides(('num_attention_heads', heads), ('hidden_size', width))
   divides(('num_key_value_heads', kv_heads), ('num_attention_heads', heads))
-  require(hf, 'head_dim', (width // heads, None), None)
-  return dict(vocab_size=integer(hf, 'vocab_size'), num_layers=integer(hf, 'num_hidden_layers'), num_heads=heads,
-              num_kv_heads=kv_heads, width=width,
-              mlp_width=integer(hf, 'intermediate_size'), max_length=integer(hf, 'max_position_embeddings'),
-              rope_theta=number(rope(hf), 'rope_theta'), tie_embeddings=boolean(hf, 'tie_word_embeddings', False),
-              norm_eps=number(hf, 'rms_norm_eps', 1e-6), **LLAMA.options)
+  if hf.get('head_dim') is None:
+    divides(('num_attention_heads', heads), ('hidden_size', width))
+  return dict(num_heads=heads, num_kv_heads=kv_heads, width=width, head_dim=integer(hf, 'head_dim', width // heads))
+
+
+def rotary_model_config(hf: dict, options: dict, activations: tuple[str, ...], tied: bool) -> dict:
+  """Returns flaxlm's model section for a config.json of a Llama-like model type with the given `options`, MLP
+  `activations` (hidden_act) and head tying default; raises UserError for settings flaxlm cannot express."""
+  require(hf, 'hidden_act', activations, activations[0])
+  return dict(vocab_size=integer(hf, 'vocab_size'), num_layers=integer(hf, 'num_hidden_layers'),
+              **attention_shape(hf), mlp_width=integer(hf, 'intermediate_size'),
+              max_length=integer(hf, 'max_position_embeddings'), tie_embeddings=boolean(hf, 'tie_word_embeddings', tied),
+              norm_eps=number(hf, 'rms_norm_eps', 1e-6), **rope_options(hf), **options)
+
+
+def rotary_hf_config(c: ModelConfig, activation: str) -> dict:
+  """Returns the config.json keys every Llama-like model type shares, for model `c` (rotary settings in both the
+  new and the old keys)."""
+  return dict(vocab_size=c.vocab_size, num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+              num_key_value_heads=c.num_kv_heads, hidden_size=c.width, head_dim=c.head_dim,
+              intermediate_size=c.mlp_width, max_position_embeddings=c.max_length, hidden_act=activation,
+              tie_word_embeddings=c.tie_embeddings, rms_norm_eps=c.norm_eps, rope_parameters=rope_to_hf(c),
+              rope_theta=c.rope_theta)
+
+
+def llama_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Llama config.json: rotary positions, RMSNorm, SwiGLU, no biases."""
+  require(hf, 'attention_bias', (False,), False)
+  require(hf, 'mlp_bias', (False,), False)
+  return rotary_model_config(hf, LLAMA.options, ('silu',), tied=False)
 
 
 def llama_hf_config(c: ModelConfig) -> dict:
-  """Returns the config.json of Llama with the shape of `c` (rotary settings in both the new and the old keys)."""
-  return dict(vocab_size=c.vocab_size, num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-              num_key_value_heads=c.num_kv_heads, hidden_size=c.width, head_dim=c.head_dim,
-              intermediate_size=c.mlp_width, max_position_embeddings=c.max_length, hidden_act='silu',
-              attention_bias=False, mlp_bias=False, tie_word_embeddings=c.tie_embeddings, rms_norm_eps=c.norm_eps,
-              rope_parameters={'rope_theta': c.rope_theta, 'rope_type': 'default'}, rope_theta=c.rope_theta)
+  """Returns the config.json of Llama with the shape of `c`."""
+  return dict(rotary_hf_config(c, 'silu'), attention_bias=False, mlp_bias=False)
+
+
+def mistral_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Mistral config.json (a Llama, with a sliding window flaxlm refuses)."""
+  window, length = hf.get('sliding_window'), integer(hf, 'max_position_embeddings')
+  if window is not None and (type(window) is not int or window < length):
+    raise UserError(f'config.json has sliding_window={window!r}, which flaxlm cannot express: its attention sees '
+                    f'all {length} positions (max_position_embeddings); it converts sliding_window null or at least '
+                    'that.')
+  return rotary_model_config(hf, MISTRAL.options, ('silu',), tied=False)
+
+
+def mistral_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Mistral with the shape of `c` (no sliding window)."""
+  return dict(rotary_hf_config(c, 'silu'), sliding_window=None)
+
+
+def full_attention(hf: dict) -> None:
+  """Raises UserError if a Qwen config.json turns on sliding-window attention in any layer."""
+  require(hf, 'use_sliding_window', (False,), False)
+  kinds = set(hf.get('layer_types') or ['full_attention'])
+  if kinds != {'full_attention'}:
+    raise UserError(f'config.json has layer_types with {sorted(kinds - {"full_attention"})}, which flaxlm cannot '
+                    'express: it converts only layers of full_attention.')
+
+
+def qwen2_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Qwen2 (Qwen2.5) config.json: a Llama with biases on q, k and v."""
+  full_attention(hf)
+  return rotary_model_config(hf, QWEN2.options, ('silu',), tied=False)
+
+
+def qwen2_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Qwen2 with the shape of `c`."""
+  return dict(rotary_hf_config(c, 'silu'), use_sliding_window=False, sliding_window=None)
+
+
+def qwen3_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Qwen3 config.json: a Llama with RMSNorm on each head of q and k."""
+  require(hf, 'attention_bias', (False,), False)
+  full_attention(hf)
+  return rotary_model_config(hf, QWEN3.options, ('silu',), tied=False)
+
+
+def qwen3_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Qwen3 with the shape of `c`."""
+  return dict(rotary_hf_config(c, 'silu'), attention_bias=False, use_sliding_window=False, sliding_window=None)
+
+
+def gemma_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Gemma (1) config.json: GeGLU, RMSNorm times 1 + w, embeddings times
+  sqrt(D), a tied head by default."""
+  require(hf, 'hidden_activation', ('gelu_pytorch_tanh', None), None)
+  require(hf, 'attention_bias', (False,), False)
+  require(hf, 'use_bidirectional_attention', (False, None), None)
+  return rotary_model_config(hf, GEMMA.options, ('gelu_pytorch_tanh', 'gelu'), tied=True)  # 'gelu' means tanh here
+
+
+def gemma_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Gemma with the shape of `c`."""
+  return dict(rotary_hf_config(c, 'gelu_pytorch_tanh'), attention_bias=False)
 
 
 def layer_norm(t: Tensors, name: str) -> Tree:
@@ -201,49 +318,93 @@ def gpt2_outer_to_hf(p: Tree) -> Tensors:
           **layer_norm_to_hf(p['final_norm'], 'ln_f')}
 
 
-def llama_layer_from_hf(t: Tensors, c: ModelConfig) -> Tree:
-  """Returns one layer's flaxlm params from a Llama decoder layer's tensors (names after 'layers.{i}.')."""
-  D, H, G, K = c.width, c.num_heads, c.num_kv_heads, c.head_dim
-  return {'attention': {'query': {'kernel': t['self_attn.q_proj.weight'].T.reshape(D, H, K)},
-                        'key': {'kernel': t['self_attn.k_proj.weight'].T.reshape(D, G, K)},
-                        'value': {'kernel': t['self_attn.v_proj.weight'].T.reshape(D, G, K)},
-                        'out': {'kernel': t['self_attn.o_proj.weight'].T.reshape(H, K, D)}},
-          'attention_norm': {'RMSNorm_0': {'scale': t['input_layernorm.weight']}},
+def projection(t: Tensors, name: str, shape: tuple[int, ...], bias: bool) -> Tree:
+  """Returns flax Einsum params of the nn.Linear `name` (weight (out, in)) as a D x `shape` kernel (and a bias)."""
+  params = {'kernel': t[f'{name}.weight'].T.reshape(-1, *shape)}
+  if bias:
+    params['bias'] = t[f'{name}.bias'].reshape(shape)
+  return params
+
+
+def projection_to_hf(p: Tree, name: str) -> Tensors:
+  """Returns the nn.Linear `name`'s weight (out, in) (and bias) of flax Einsum params with a D x ... kernel."""
+  tensors = {f'{name}.weight': p['kernel'].reshape(p['kernel'].shape[0], -1).T}
+  if 'bias' in p:
+    tensors[f'{name}.bias'] = p['bias'].reshape(-1)
+  return tensors
+
+
+def rms_norm(t: Tensors, name: str) -> Tree:
+  """Returns flaxlm's RMSNorm params from HF's `name`.weight (as stored: Gemma's scale less 1 stays so)."""
+  return {'RMSNorm_0': {'scale': t[f'{name}.weight']}}
+
+
+def rotary_layer_from_hf(t: Tensors, c: ModelConfig) -> Tree:
+  """Returns one layer's flaxlm params from a Llama-like decoder layer's tensors (names after 'layers.{i}.'): q/k/v
+  biases with `qkv_bias`, q/k norms with `qk_norm`."""
+  H, G, K, D = c.num_heads, c.num_kv_heads, c.head_dim, c.width
+  attention = {name: projection(t, f'self_attn.{hf}_proj', (heads, K), c.qkv_bias)
+               for name, hf, heads in (('query', 'q', H), ('key', 'k', G), ('value', 'v', G))}
+  attention['out'] = {'kernel': t['self_attn.o_proj.weight'].T.reshape(H, K, D)}
+  if c.qk_norm:
+    attention.update(query_norm=rms_norm(t, 'self_attn.q_norm'), key_norm=rms_norm(t, 'self_attn.k_norm'))
+  return {'attention': attention, 'attention_norm': rms_norm(t, 'input_layernorm'),
           'mlp': {name: {'kernel': t[f'mlp.{name}_proj.weight'].T} for name in ('gate', 'up', 'down')},
-          'mlp_norm': {'RMSNorm_0': {'scale': t['post_attention_layernorm.weight']}}}
+          'mlp_norm': rms_norm(t, 'post_attention_layernorm')}
 
 
-def llama_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
-  """Returns a Llama decoder layer's tensors (names after 'layers.{i}.') from one layer's flaxlm params."""
-  a, D = p['attention'], c.width
-  return {'input_layernorm.weight': p['attention_norm']['RMSNorm_0']['scale'],
-          'self_attn.q_proj.weight': a['query']['kernel'].reshape(D, -1).T,
-          'self_attn.k_proj.weight': a['key']['kernel'].reshape(D, -1).T,
-          'self_attn.v_proj.weight': a['value']['kernel'].reshape(D, -1).T,
-          'self_attn.o_proj.weight': a['out']['kernel'].reshape(-1, D).T,
-          'post_attention_layernorm.weight': p['mlp_norm']['RMSNorm_0']['scale'],
+def rotary_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
+  """Returns a Llama-like decoder layer's tensors (names after 'layers.{i}.') from one layer's flaxlm params."""
+  a = p['attention']
+  tensors = {'input_layernorm.weight': p['attention_norm']['RMSNorm_0']['scale']}
+  for name, hf in (('query', 'q'), ('key', 'k'), ('value', 'v')):
+    tensors.update(projection_to_hf(a[name], f'self_attn.{hf}_proj'))
+  tensors['self_attn.o_proj.weight'] = a['out']['kernel'].reshape(-1, c.width).T
+  if c.qk_norm:
+    tensors.update({'self_attn.q_norm.weight': a['query_norm']['RMSNorm_0']['scale'],
+                    'self_attn.k_norm.weight': a['key_norm']['RMSNorm_0']['scale']})
+  return {**tensors, 'post_attention_layernorm.weight': p['mlp_norm']['RMSNorm_0']['scale'],
           **{f'mlp.{name}_proj.weight': p['mlp'][name]['kernel'].T for name in ('gate', 'up', 'down')}}
 
 
-def llama_outer_from_hf(t: Tensors) -> Tree:
-  """Returns flaxlm's token embedding and final norm from Llama's embed_tokens and norm."""
-  return {'embed': {'embedding': t['embed_tokens.weight']}, 'final_norm': {'RMSNorm_0': {'scale': t['norm.weight']}}}
+def rotary_outer_from_hf(t: Tensors) -> Tree:
+  """Returns flaxlm's token embedding and final norm from a Llama-like model's embed_tokens and norm."""
+  return {'embed': {'embedding': t['embed_tokens.weight']}, 'final_norm': rms_norm(t, 'norm')}
 
 
-def llama_outer_to_hf(p: Tree) -> Tensors:
-  """Returns Llama's embed_tokens and norm from flaxlm's token embedding and final norm."""
+def rotary_outer_to_hf(p: Tree) -> Tensors:
+  """Returns a Llama-like model's embed_tokens and norm from flaxlm's token embedding and final norm."""
   return {'embed_tokens.weight': p['embed']['embedding'], 'norm.weight': p['final_norm']['RMSNorm_0']['scale']}
 
 
+def rotary_family(architecture: str, options: dict, model_config: Callable[[dict], dict],
+                  hf_config: Callable[[ModelConfig], dict]) -> Family:
+  """Returns the Family of a Llama-like model type: its tensors are named as Llama's, its options say the rest."""
+  return Family(architecture, 'model.', 'layers', 'rms_norm_eps', {**PLAIN, **options}, model_config, hf_config,
+                rotary_outer_from_hf, rotary_outer_to_hf, rotary_layer_from_hf, rotary_layer_to_hf,
+                buffers=('self_attn.rotary_emb.inv_freq',))  # the rotary frequencies
+
+
+# The options that tell model types apart, as flaxlm's own models have them.
+PLAIN = dict(positions='rotary', norm='rmsnorm', mlp='swiglu', use_bias=False, qkv_bias=False, qk_norm=False,
+             norm_offset=0.0, scale_embeddings=False)
+ROPE_SCALINGS = {'default': 'none', 'linear': 'linear', 'llama3': 'llama3', 'yarn': 'yarn'}  # HF's rope_type: ours
+ROPE_KEYS = {  # each HF rope_type's settings, and the model options they set
+    'default': {}, 'linear': {'factor': 'rope_factor'},
+    'llama3': {'factor': 'rope_factor', 'low_freq_factor': 'rope_low_freq_factor',
+               'high_freq_factor': 'rope_high_freq_factor', 'original_max_position_embeddings': 'rope_original_length'},
+    'yarn': {'factor': 'rope_factor', 'original_max_position_embeddings': 'rope_original_length'}}
 GPT2 = Family('GPT2LMHeadModel', 'transformer.', 'h', 'layer_norm_epsilon',
-              dict(positions='learned', norm='layernorm', mlp='gelu', use_bias=True),
+              dict(PLAIN, positions='learned', norm='layernorm', mlp='gelu', use_bias=True),
               gpt2_model_config, gpt2_hf_config, gpt2_outer_from_hf, gpt2_outer_to_hf, gpt2_layer_from_hf,
               gpt2_layer_to_hf, buffers=('attn.bias', 'attn.masked_bias'))  # the causal mask
-LLAMA = Family('LlamaForCausalLM', 'model.', 'layers', 'rms_norm_eps',
-               dict(positions='rotary', norm='rmsnorm', mlp='swiglu', use_bias=False),
-               llama_model_config, llama_hf_config, llama_outer_from_hf, llama_outer_to_hf, llama_layer_from_hf,
-               llama_layer_to_hf, buffers=('self_attn.rotary_emb.inv_freq',))  # the rotary frequencies
-FAMILIES = {'gpt2': GPT2, 'llama': LLAMA}
+LLAMA = rotary_family('LlamaForCausalLM', {}, llama_model_config, llama_hf_config)
+MISTRAL = rotary_family('MistralForCausalLM', {}, mistral_model_config, mistral_hf_config)
+QWEN2 = rotary_family('Qwen2ForCausalLM', dict(qkv_bias=True), qwen2_model_config, qwen2_hf_config)
+QWEN3 = rotary_family('Qwen3ForCausalLM', dict(qk_norm=True), qwen3_model_config, qwen3_hf_config)
+GEMMA = rotary_family('GemmaForCausalLM', dict(mlp='geglu', norm_offset=1.0, scale_embeddings=True),
+                      gemma_model_config, gemma_hf_config)
+FAMILIES = {'gpt2': GPT2, 'llama': LLAMA, 'mistral': MISTRAL, 'qwen2': QWEN2, 'qwen3': QWEN3, 'gemma': GEMMA}
 
 
 def family_of_hf(hf: dict) -> Family:
@@ -255,21 +416,27 @@ def family_of_hf(hf: dict) -> Family:
 
 
 def family_of(c: ModelConfig) -> tuple[str, Family]:
-  """Returns (model_type, Family) whose options `c` has; raises UserError if HF has no such model type."""
-  for model_type, family in FAMILIES.items():
-    if all(getattr(c, key) == value for key, value in family.options.items()):
-      return model_type, family
-  options = lambda o: ', '.join(f'{k}={v}' for k, v in o.items())
-  have = options({key: getattr(c, key) for key in GPT2.options})
-  raise UserError(f'this model ({have}) is neither GPT-2 ({options(GPT2.options)}) nor Llama '
-                  f'({options(LLAMA.options)}): Hugging Face has no model type for it.')
+  """Returns (model_type, Family) of model `c`: its recorded `hf_model_type` if its options are that type's, else
+  the first type whose options it has; raises UserError if HF has no such model type."""
+  fits = lambda family: all(getattr(c, key) == value for key, value in family.options.items())
+  if c.hf_model_type and c.hf_model_type not in FAMILIES:
+    raise UserError(f'model.hf_model_type={c.hf_model_type!r} is not one of {", ".join(FAMILIES)}: set '
+                    '--config.model.hf_model_type (\'\' picks the first type that fits the model\'s options).')
+  types = [t for t, family in FAMILIES.items() if fits(family)]
+  if types:
+    model_type = c.hf_model_type if c.hf_model_type in types else types[0]
+    return model_type, FAMILIES[model_type]
+  differences = lambda family: ', '.join(f'{k}={v}' for k, v in family.options.items() if getattr(c, k) != v)
+  raise UserError(f'this model is neither GPT-2 nor any model type flaxlm exports ('
+                  f'{"; ".join(f"{t} needs {differences(family)}" for t, family in FAMILIES.items())}): '
+                  'Hugging Face has no model type for it.')
 
 
 def model_config(hf: dict) -> dict:
   """Returns flaxlm's model section (the keys of configs/base.py's `model`) for an HF config.json."""
   family = family_of_hf(hf)
   try:
-    return family.model_config(hf)
+    return {**family.model_config(hf), 'hf_model_type': hf['model_type']}
   except KeyError as e:
     raise UserError(f'config.json lacks {e.args[0]!r}, which every {hf["model_type"]} config has: pass the '
                     'folder\'s own config.json.') from None
