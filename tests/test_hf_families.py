@@ -1,0 +1,189 @@
+"""Tests of model/hf_families.py: every Hugging Face model type flaxlm converts computes transformers' logits, imported
+and after a round trip back to HF, and what a family cannot express is refused by name.
+
+No torch here: the fixtures (tests/fixtures/make_hf_fixtures.py) hold tiny random models of each family saved by
+transformers, with the float32 logits transformers computed for fixed token ids.
+"""
+
+import dataclasses
+import functools
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from flaxlm.configs import base
+from flaxlm.configs.errors import UserError
+from flaxlm.model import hf, hf_families
+from flaxlm.model.transformer import ModelConfig, Transformer
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
+NAMES = ('hf_gpt2', 'hf_llama', 'hf_llama3', 'hf_mistral', 'hf_qwen2', 'hf_qwen3', 'hf_gemma')
+# float32 logits of a different program (XLA, not torch) computing the same function: errors of a few ulps of the
+# logits' scale per operation, summed over a few hundred operations, stay well below 1e-4 of that scale; a misplaced
+# tensor or option errs by O(1) of it.
+TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+  """A fixture folder and what flaxlm makes of it."""
+  name: str
+  config: dict  # the folder's config.json
+  tensors: hf.Tensors  # its model.safetensors
+  model: ModelConfig
+  params: hf.Tree
+
+
+def model_of(config: dict) -> ModelConfig:
+  """Returns the flaxlm model config of an HF config.json, built as flaxlm-convert builds it."""
+  section = base.model_config()
+  section.update(hf_families.model_config(config))
+  return ModelConfig.from_config(section, 0)
+
+
+def load(name: str) -> Imported:
+  """Returns the fixture `name` imported."""
+  config = json.loads((FIXTURES / name / 'config.json').read_text())
+  tensors = safetensors.numpy.load_file(FIXTURES / name / 'model.safetensors')
+  c = model_of(config)
+  return Imported(name, config, tensors, c, hf.params_from_hf(tensors, c))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def logits(c: ModelConfig, params: hf.Tree, tokens_BxT: jax.Array) -> jax.Array:
+  """Returns model `c`'s float32 logits, compiled once per model."""
+  return Transformer(c).apply({'params': params}, tokens_BxT)
+
+
+def assert_logits_match(name: str, c: ModelConfig, params: hf.Tree) -> None:
+  """Checks model `c` computes the fixture's logits within TOLERANCE of their largest magnitude."""
+  with np.load(FIXTURES / name / 'reference.npz', allow_pickle=False) as data:
+    tokens_BxT, expected_BxTxV = data['tokens_BxT'], data['logits_BxTxV']
+  error = np.abs(np.asarray(logits(c, params, tokens_BxT)) - expected_BxTxV).max()
+  assert error <= TOLERANCE * np.abs(expected_BxTxV).max(), (name, error)
+
+
+@pytest.fixture(scope='module', params=NAMES)
+def imported(request) -> Imported:
+  """Each fixture folder imported once per module."""
+  return load(request.param)
+
+
+def test_imported_models_compute_transformers_logits(imported):
+  assert_logits_match(imported.name, imported.model, imported.params)
+
+
+def test_a_round_trip_gives_back_every_tensor_and_the_config_and_computes_the_same_logits(imported):
+  exported = hf.params_to_hf(imported.params, imported.model)
+  assert sorted(exported) == sorted(imported.tensors)
+  for key, x in imported.tensors.items():
+    assert exported[key].dtype == x.dtype and exported[key].shape == x.shape, key
+    np.testing.assert_array_equal(exported[key], x, err_msg=key)
+  written, fixture = hf_families.hf_config(imported.model), imported.config
+  assert {k: v for k, v in written.items() if k in fixture} == {k: fixture[k] for k in written if k in fixture}
+  assert set(written) - set(fixture) <= {'rope_theta', 'head_dim'}  # the rotary base under transformers 4's key too
+  again = model_of(written)
+  assert again == imported.model
+  assert_logits_match(imported.name, again, hf.params_from_hf(exported, again))
+
+
+OPTIONS = {  # what each fixture exercises, as flaxlm's model options
+    'hf_gpt2': dict(positions='learned', norm='layernorm', mlp='gelu', use_bias=True, tie_embeddings=True),
+    'hf_llama': dict(num_kv_heads=2, rope_theta=1000.0, rope_scaling='none', tie_embeddings=False),
+    'hf_llama3': dict(head_dim=24, rope_scaling='llama3', rope_factor=8.0, rope_low_freq_factor=1.0,
+                      rope_high_freq_factor=4.0, rope_original_length=16, tie_embeddings=True),
+    'hf_mistral': dict(rope_scaling='linear', rope_factor=2.0, hf_model_type='mistral'),
+    'hf_qwen2': dict(qkv_bias=True, use_bias=False, rope_scaling='yarn', rope_factor=4.0, rope_original_length=16,
+                     tie_embeddings=True),
+    'hf_qwen3': dict(qk_norm=True, head_dim=32, qkv_bias=False),
+    'hf_gemma': dict(mlp='geglu', norm_offset=1.0, scale_embeddings=True, num_kv_heads=1, head_dim=32,
+                     tie_embeddings=True),
+}
+
+
+def test_each_fixture_exercises_its_family_s_options_and_exports_as_its_type(imported):
+  assert {key: getattr(imported.model, key) for key in OPTIONS[imported.name]} == OPTIONS[imported.name]
+  assert hf_families.family_of(imported.model)[0] == imported.config['model_type']
+
+
+def test_llama_and_mistral_are_told_apart_by_the_recorded_type_alone():
+  mistral = model_of(json.loads((FIXTURES / 'hf_mistral' / 'config.json').read_text()))
+  assert hf_families.hf_config(mistral)['architectures'] == ['MistralForCausalLM']
+  assert hf_families.hf_config(dataclasses.replace(mistral, hf_model_type=''))['model_type'] == 'llama'
+  qkv_bias = dataclasses.replace(mistral, qkv_bias=True)  # options that no longer fit the recorded type win
+  assert hf_families.hf_config(qkv_bias)['model_type'] == 'qwen2'
+
+
+@pytest.mark.parametrize('name', ['hf_llama3', 'hf_mistral', 'hf_qwen2'])
+def test_the_rotary_scaling_shows_in_the_reference_logits(name):
+  """Without its scaling a fixture's logits are far outside the tolerance: the tests above check the scaling."""
+  fixture = load(name)
+  plain = dataclasses.replace(fixture.model, rope_scaling='none')
+  with pytest.raises(AssertionError):
+    assert_logits_match(name, plain, fixture.params)
+
+
+def fixture_config(name: str) -> dict:
+  """Returns the fixture's config.json."""
+  return json.loads((FIXTURES / name / 'config.json').read_text())
+
+
+def rope_of(name: str, **changes) -> dict:
+  """Returns the fixture's rope_parameters with `changes`."""
+  return {'rope_parameters': {**fixture_config(name)['rope_parameters'], **changes}}
+
+
+SUPPORTED = 'flaxlm converts only gpt2, llama, mistral, qwen2, qwen3, gemma'
+BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), what the error says)
+    ('hf_llama', {'model_type': 'phi3'}, f"model_type='phi3': {SUPPORTED}"),
+    ('hf_gemma', {'model_type': 'gemma2'}, f"model_type='gemma2': {SUPPORTED}"),
+    ('hf_llama', rope_of('hf_llama', rope_type='dynamic', factor=2.0), "rope_type='dynamic', which flaxlm cannot"),
+    ('hf_llama', rope_of('hf_llama', rope_type='longrope'), "rope_type='longrope', which flaxlm cannot express"),
+    ('hf_llama', {'rope_parameters': None, 'rope_scaling': {'type': 'dynamic', 'factor': 2.0}}, "rope_type='dynamic'"),
+    ('hf_llama3', rope_of('hf_llama3', factor=None), "rope_type='llama3' without its 'factor'"),
+    ('hf_llama3', rope_of('hf_llama3', low_freq_factor='one'), "low_freq_factor='one', which is not a positive"),
+    ('hf_llama3', rope_of('hf_llama3', partial_rotary_factor=0.5), 'partial_rotary_factor=0.5'),
+    ('hf_qwen2', rope_of('hf_qwen2', mscale=0.7), 'mscale=0.7, which flaxlm cannot express'),
+    ('hf_qwen2', rope_of('hf_qwen2', beta_fast=16), 'beta_fast=16, which flaxlm cannot express'),
+    ('hf_qwen2', rope_of('hf_qwen2', truncate=False), 'truncate=False, which flaxlm cannot express'),
+    ('hf_qwen2', {'use_sliding_window': True}, 'use_sliding_window=True, which flaxlm cannot express'),
+    ('hf_qwen2', {'layer_types': ['full_attention', 'sliding_attention']}, "layer_types with ['sliding_attention']"),
+    ('hf_qwen3', {'attention_bias': True}, 'attention_bias=True, which flaxlm cannot express'),
+    ('hf_mistral', {'sliding_window': 32}, 'sliding_window=32, which flaxlm cannot express'),
+    ('hf_gemma', {'hidden_act': 'relu'}, "hidden_act='relu', which flaxlm cannot express"),
+    ('hf_gemma', {'use_bidirectional_attention': True}, 'use_bidirectional_attention=True'),
+    ('hf_llama', {'head_dim': None, 'num_attention_heads': 3, 'num_key_value_heads': 1},
+     'num_attention_heads=3, which does not divide hidden_size=64'),
+    ('hf_qwen3', {'head_dim': 0}, 'head_dim=0, which is not a positive integer'),
+]
+
+
+@pytest.mark.parametrize('name, changes, fragment', BAD_CONFIGS)
+def test_settings_flaxlm_cannot_express_are_refused_by_name(name, changes, fragment):
+  config = {k: v for k, v in {**fixture_config(name), **changes}.items() if v is not None}
+  with pytest.raises(UserError) as raised:
+    hf_families.model_config(config)
+  assert fragment in str(raised.value) and '\n' not in str(raised.value)
+
+
+def test_a_mistral_without_a_window_or_with_one_as_long_as_its_context_imports():
+  for window in (None, 64, 128):
+    assert model_of({**fixture_config('hf_mistral'), 'sliding_window': window}).hf_model_type == 'mistral'
+
+
+def test_models_hf_has_no_type_for_are_refused_on_export():
+  llama, gpt2 = model_of(fixture_config('hf_llama')), model_of(fixture_config('hf_gpt2'))
+  cases = [  # (model config, what the error says)
+      (dataclasses.replace(llama, norm='layernorm'), 'is neither GPT-2 nor any model type flaxlm exports'),
+      (dataclasses.replace(llama, qkv_bias=True, qk_norm=True), 'qwen3 needs qkv_bias=False'),
+      (dataclasses.replace(llama, mlp='geglu'), 'gemma needs norm_offset=1.0, scale_embeddings=True'),
+      (dataclasses.replace(gpt2, head_dim=8), 'only models with head_dim=width/num_heads convert to GPT-2'),
+      (dataclasses.replace(llama, hf_model_type='bert'), "model.hf_model_type='bert' is not one of gpt2, llama"),
+  ]
+  for c, fragment in cases:
+    with pytest.raises(UserError, match=fragment):
+      hf_families.hf_config(c)
