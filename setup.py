@@ -23,6 +23,8 @@ setuptools.setup(
         'tensorflow-datasets',
         'importlib_resources',  # TFDS needs it to prepare datasets, and does not declare it.
         'sentencepiece',
+        'tokenizers',  # Hugging Face tokenizer.json files (Llama 3, Qwen, GPT-2, Mistral): data/tokenizer.py.
+        'jinja2',  # chat templates, rendered as transformers renders them: data/chat.py.
         'grain',
         'ml_collections',
         'absl-py',

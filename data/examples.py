@@ -2,12 +2,15 @@
 
 Each non-blank line of the file is one example, in either of two forms:
 - `{"prompt": "...", "response": "..."}`: the prompt then the response, used as written (no template).
-- `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`: each message rendered
-  with TEMPLATE, so [user "Hi", assistant "Hello"] reads `<|user|>\\nHi\\n<|assistant|>\\nHello\\n`.
-Only response text is trained: the response, or every assistant message's content, and the EOS appended
-after the example (if the tokenizer has one) when the example ends with response text. Prompts, system and
-user contents and template text (the role headers and newlines) are context: they are inputs, and a target
-that is one of their tokens carries no loss. Each piece of text is tokenized on its own, so no token
+- `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`: a conversation, rendered
+  with the tokenizer's chat template (data/chat.py), or for flaxlm's own tokenizers with chat.TEMPLATE, so
+  [user "Hi", assistant "Hello"] reads `<|user|>\\nHi\\n<|assistant|>\\nHello\\n`.
+Only response text is trained: the response, or every assistant turn (with a chat template: the reply and the
+template's end of turn, e.g. `Hello<|eot_id|>`; with flaxlm's: the content), and the EOS appended after the
+example (if the tokenizer has one; not after a chat template's conversation, whose turns end themselves) when
+the example ends with response text. Prompts, system and user turns and template text (role headers, newlines)
+are context: they are inputs, and a target that is one of their tokens carries no loss. BOS comes first where
+the tokenizer adds it (a chat template writes its own). Each piece of text is tokenized on its own, so no token
 straddles a prompt and a response.
 
 The validation split is the last `val_fraction` of the examples in file order: the same file always splits
@@ -22,20 +25,19 @@ import pathlib
 import numpy as np
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import files, pipeline, sources, tokenizer as tokenizer_lib
-
-TEMPLATE = '<|{role}|>\n{content}\n'
-ROLES = ('system', 'user', 'assistant')
+from flaxlm.data import chat, files, pipeline, sources, tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-  """One fine-tuning example: its line number, and its text as (kind, text) pieces in order.
+  """One fine-tuning example: its line number, its text as (kind, text) pieces in order (a conversation's in
+  flaxlm's template), and a conversation's messages, for a tokenizer's own chat template.
 
   A piece's kind is 'prompt', 'response' (the only one trained) or 'template'.
   """
   line: int
   pieces: tuple[tuple[str, str], ...]
+  messages: tuple[chat.Message, ...] | None = None
 
   def text(self, kind: str) -> str:
     """Returns the concatenated text of the pieces of `kind`."""
@@ -49,16 +51,9 @@ class Split:
   validation: list[Example]
 
 
-def message_pieces(message: dict) -> list[tuple[str, str]]:
-  """Returns one message rendered with TEMPLATE: its header, its content (a response if the assistant's), its end."""
-  head, tail = TEMPLATE.split('{content}')
-  kind = 'response' if message['role'] == 'assistant' else 'prompt'
-  return [('template', head.format(role=message['role'])), (kind, message['content']), ('template', tail)]
-
-
 def is_message(message: object) -> bool:
   """Returns whether `message` is a dict with a known role and string content."""
-  return isinstance(message, dict) and message.get('role') in ROLES and isinstance(message.get('content'), str)
+  return isinstance(message, dict) and message.get('role') in chat.ROLES and isinstance(message.get('content'), str)
 
 
 def parse(line: str, path: pathlib.Path, number: int) -> Example:
@@ -69,9 +64,10 @@ def parse(line: str, path: pathlib.Path, number: int) -> Example:
     return Example(number, (('prompt', fields['prompt']), ('response', fields['response'])))
   messages = fields.get('messages')
   if isinstance(messages, list) and messages and all(map(is_message, messages)):
-    return Example(number, tuple(piece for message in messages for piece in message_pieces(message)))
+    messages = tuple({'role': m['role'], 'content': m['content']} for m in messages)
+    return Example(number, tuple(piece for message in messages for piece in chat.message_pieces(message)), messages)
   raise UserError(f'{path}:{number} is not an example: give it string fields "prompt" and "response", or '
-                  f'"messages", a non-empty list of {{"role": one of {", ".join(ROLES)}, "content": string}}.')
+                  f'"messages", a non-empty list of {{"role": one of {", ".join(chat.ROLES)}, "content": string}}.')
 
 
 def scan(path: pathlib.Path) -> tuple[list[Example], list[UserError]]:
@@ -111,12 +107,32 @@ def split(examples: list[Example], val_fraction: float) -> Split:
   return Split(examples[:-held_out], examples[-held_out:])
 
 
+def templated(example: Example, tokenizer: tokenizer_lib.Tokenizer) -> bool:
+  """Returns whether the example is a conversation that `tokenizer`'s own chat template renders."""
+  return example.messages is not None and tokenizer.chat_template is not None
+
+
+def pieces_for(example: Example, tokenizer: tokenizer_lib.Tokenizer) -> list[tuple[str, str]]:
+  """Returns the example's pieces as `tokenizer` reads them: a conversation in its chat template where it has one
+  (raises UserError naming the example's line if that fails), else as parsed."""
+  if not templated(example, tokenizer):
+    return list(example.pieces)
+  try:
+    return chat.pieces(tokenizer, list(example.messages))
+  except UserError as e:
+    raise UserError(f'example on line {example.line}: {e}') from None
+
+
 def tokenize(example: Example, tokenizer: tokenizer_lib.Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-  """Returns the example's int32 ids_N (EOS appended if the tokenizer has one) and bool trained_N (responses)."""
-  ids = [tokenizer.encode(text) for _, text in example.pieces]
-  trained = [np.full(len(piece_ids), kind == 'response') for (kind, _), piece_ids in zip(example.pieces, ids)]
-  if tokenizer.eos_id is not None:
-    last_kind = next(kind for kind, _ in reversed(example.pieces) if kind != 'template')
+  """Returns the example's int32 ids_N and bool trained_N (responses): BOS first and EOS appended where the
+  tokenizer adds them, except to a conversation in its chat template, whose text is as the template renders it."""
+  pieces, own = pieces_for(example, tokenizer), templated(example, tokenizer)
+  head = np.zeros(0, np.int32) if own else tokenizer_lib.bos(tokenizer)
+  ids = [head] + [tokenizer.encode(text) for _, text in pieces]
+  trained = [np.zeros(len(head), bool)] + [np.full(len(piece_ids), kind == 'response')
+                                            for (kind, _), piece_ids in zip(pieces, ids[1:])]
+  if tokenizer.eos_id is not None and not own:
+    last_kind = next(kind for kind, _ in reversed(pieces) if kind != 'template')
     ids.append(np.asarray([tokenizer.eos_id], np.int32))
     trained.append(np.asarray([last_kind == 'response']))
   return np.concatenate(ids).astype(np.int32), np.concatenate(trained).astype(bool)

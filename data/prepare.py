@@ -5,7 +5,8 @@ Parquet row groups, and ranges of a TFDS split's records. A worker reads its gro
 piece and writes the group's shard of each split, so memory stays bounded however large the corpus, and the
 store's content does not depend on how many workers made it. Within a group, documents (and the pieces, of at
 most a megabyte, of a long text file) go to the validation split evenly, `val_fraction` of them (TFDS datasets
-bring their own split). A document is followed by EOS where the tokenizer has one. A stopped preparation
+bring their own split). A document begins with BOS where the tokenizer adds it (tokenizer.model_ids) and is
+followed by EOS where the tokenizer has one. A stopped preparation
 resumes after the groups it finished; the manifest is written last, so the store is complete or not at all.
 """
 
@@ -221,22 +222,21 @@ def split_of(group: dict, index: int, settings: Settings) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def tokenizer_from(data: bytes, filename: str) -> tokenizer_lib.Tokenizer:
-  """Returns the tokenizer a store's tokenizer file holds (loaded once per worker process)."""
-  if filename == tokenizer_lib.SentencePieceTokenizer.filename:
-    return tokenizer_lib.SentencePieceTokenizer(data)
-  return tokenizer_lib.from_json(json.loads(data), filename)
+def tokenizer_from(saved: tuple[tuple[str, bytes], ...]) -> tokenizer_lib.Tokenizer:
+  """Returns the tokenizer of a store's tokenizer files, (name, bytes) each (loaded once per worker process)."""
+  return tokenizer_lib.from_saved(dict(saved))
 
 
-def write_group(output: str, index: int, group: dict, settings: Settings, tokenizer_file: tuple[bytes, str]) -> dict:
+def write_group(output: str, index: int, group: dict, settings: Settings,
+                saved: tuple[tuple[str, bytes], ...]) -> dict:
   """Tokenizes group `index` into its shard of each split, then records it done; returns the record."""
-  tokenizer = tokenizer_from(*tokenizer_file)
+  tokenizer = tokenizer_from(saved)
   folder, dtype = epath.Path(output), store.dtype_for(tokenizer.vocab_size)
   writers = {split: store.ShardWriter(folder / store.shard_name(split, index), dtype) for split in store.SPLITS}
   previous = None  # The split of the unit before, in the input's order.
   for number, unit in enumerate(units(group, settings)):
     split = split_of(group, number, settings)
-    ids = tokenizer.encode(unit.text)
+    ids = tokenizer_lib.model_ids(tokenizer, unit.text) if unit.begins else tokenizer.encode(unit.text)
     if unit.ends and tokenizer.eos_id is not None:
       ids = np.append(ids, tokenizer.eos_id)
     writers[split].add(ids, unit.begins or previous != split)  # A split's stream jumps over the other's units.
@@ -273,11 +273,12 @@ def source_sizes(groups: list[dict]) -> list[dict]:
 
 
 def tokenizer_key(tokenizer: str | tokenizer_lib.Tokenizer) -> str:
-  """Returns how a plan names its tokenizer: 'char' or 'byte', else the SHA-256 of the tokenizer's file."""
+  """Returns how a plan names its tokenizer: 'char' or 'byte', else the SHA-256 of the tokenizer's files (its own
+  file's alone where it has no special-token files)."""
   if tokenizer in ('char', 'byte'):
     return tokenizer
   spec = tokenizer_lib.for_corpus(tokenizer, '') if isinstance(tokenizer, str) else tokenizer
-  return store.digest(spec.serialized())
+  return store.digest(b''.join(tokenizer_lib.files_of(spec).values()))
 
 
 def make_plan(inputs: str, settings: Settings, tokenizer: str | tokenizer_lib.Tokenizer, group_bytes: int) -> dict:
@@ -325,7 +326,7 @@ def tokenizer_in(folder: epath.Path, tokenizer: str | tokenizer_lib.Tokenizer, p
     if (folder / name).exists():
       return tokenizer_lib.load(folder / name)
   spec = store_tokenizer(tokenizer, plan, workers)
-  files.replace(folder / spec.filename, spec.serialized())
+  tokenizer_lib.save(spec, folder)
   return spec
 
 
@@ -383,8 +384,8 @@ def write_store(plan: dict, folder: epath.Path, tokenizer: str | tokenizer_lib.T
   output = str(folder)
   files.replace(folder / store.PLAN, json.dumps(plan).encode())
   spec = tokenizer_in(folder, tokenizer, plan, workers)
-  groups, settings, file = plan['groups'], Settings(**plan['settings']), (spec.serialized(), spec.filename)
-  todo = [(output, i, group, settings, file) for i, group in enumerate(groups)
+  groups, settings, saved = plan['groups'], Settings(**plan['settings']), tuple(tokenizer_lib.files_of(spec).items())
+  todo = [(output, i, group, settings, saved) for i, group in enumerate(groups)
           if not (folder / store.group_name(i)).exists()]
   report(f'{len(groups) - len(todo)} of {len(groups)} input groups already prepared; preparing {len(todo)} with '
          f'{workers or "no"} worker processes')

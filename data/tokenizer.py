@@ -229,13 +229,18 @@ class HFTokenizer:
     return self.data
 
 
-def model_ids(tokenizer: Tokenizer, text: str) -> np.ndarray:
-  """Returns the int32 ids the model reads for `text`: BOS first where the tokenizer adds it, then the text's ids.
+def bos(tokenizer: Tokenizer) -> np.ndarray:
+  """Returns the int32 ids put before every text the model reads: [BOS] where the tokenizer adds it, else none."""
+  return np.asarray([tokenizer.bos_id] if tokenizer.add_bos else [], np.int32)
 
-  How training documents and examples, prompts to sample and texts to score all become ids.
+
+def model_ids(tokenizer: Tokenizer, text: str) -> np.ndarray:
+  """Returns the int32 ids the model reads for `text`: `bos`, then the text's ids.
+
+  How training documents and examples, prompts to sample and texts to score all become ids (a conversation in a
+  chat template is the exception: its template writes BOS itself, data/chat.py).
   """
-  ids = tokenizer.encode(text)
-  return np.concatenate([np.asarray([tokenizer.bos_id], np.int32), ids]) if tokenizer.add_bos else ids
+  return np.concatenate([bos(tokenizer), tokenizer.encode(text)])
 
 
 SPECIAL_AND_BYTE_TOKENS = 4 + 256  # unk, bos, eos, pad, and one token per byte for byte fallback.
@@ -443,9 +448,10 @@ def files_of(tokenizer: Tokenizer) -> dict[str, bytes]:
 
 
 def save(tokenizer: Tokenizer, directory: str | os.PathLike) -> files.Path:
-  """Writes every file of the tokenizer (`files_of`) into `directory` and returns the path of its own file."""
+  """Writes every file of the tokenizer (`files_of`) into `directory`, each atomically and only if it changes (a
+  resumed run rewrites nothing), and returns the path of its own file."""
   for name, data in files_of(tokenizer).items():
-    files.replace(files.to_path(directory) / name, data)
+    files.update(files.to_path(directory) / name, data)
   return files.to_path(directory) / tokenizer.filename
 
 
@@ -456,10 +462,13 @@ def for_corpus(kind: str, text: str) -> Tokenizer:
     return CharTokenizer.from_text(text)
   if kind == 'byte':
     return ByteTokenizer()
-  if files.to_path(kind).is_dir():
-    return from_hf_folder(kind)
-  if not files.to_path(kind).is_file():
-    raise UserError(f'data.tokenizer={kind!r} is neither char, byte nor a tokenizer file that exists, nor a model folder: set '
-                    '--config.data.tokenizer (a .model file comes from `flaxlm-tokenizer train`; a tokenizer.json or '
-                    'a model folder from Hugging Face).')
-  return load(kind)
+  if not files.to_path(kind).exists():
+    raise UserError(f'data.tokenizer={kind!r} is neither char, byte nor a tokenizer file that exists, nor a model '
+                    'folder: set --config.data.tokenizer (a .model file comes from `flaxlm-tokenizer train`; a '
+                    'tokenizer.json or a model folder from Hugging Face).')
+  return from_path(kind)
+
+
+def from_path(path: str | os.PathLike) -> Tokenizer:
+  """Returns the tokenizer of a file (`load`) or of a Hugging Face model folder (`from_hf_folder`)."""
+  return from_hf_folder(path) if files.to_path(path).is_dir() else load(path)

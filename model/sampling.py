@@ -6,8 +6,9 @@ work (decode). Quantized params (model/quantize.py) stay int8 or int4: the decod
 matrices inside its layer scan, in the model's dtype. The decode loop is one `jax.lax.while_loop`,
 compiled once per batch size and prompt-length bucket (a power of two), so new prompts and lengths do not
 recompile. Prompts of different lengths share a batch: each is right-padded, and each sequence writes at its
-own position and stops at its own EOS. When a sequence fills its T positions, its last T/2 tokens are run
-again as a new prompt and decoding goes on (the model never sees more than its context).
+own position and stops at the first EOS id it emits (a model may have several, as Llama 3's end of text and end of
+turn). When a sequence fills its T positions, its last T/2 tokens are run again as a new prompt and decoding goes
+on (the model never sees more than its context).
 
 Shape key: B sequences, P prompt length (bucketed), T context length (the cache), V vocabulary, C candidates.
 """
@@ -31,7 +32,7 @@ class Settings:
   temperature: float = 1.0
   top_k: int = 0  # 0 keeps every token.
   top_p: float = 1.0  # 1 keeps every token.
-  eos_id: int | None = None  # a sequence stops after emitting it.
+  eos_ids: tuple[int, ...] = ()  # a sequence stops after emitting any of them.
   candidates: int = 0  # also record the C most likely next tokens and their probabilities at each step.
 
 
@@ -138,7 +139,7 @@ def decode_chunk(model: Transformer, params, prompts_BxP: jax.Array, lengths_B: 
     tokens_BxT = s.tokens_BxT.at[rows, write_B].set(jnp.where(emitted_B, token_B, s.tokens_BxT[rows, write_B]))
     if stream is not None:
       io_callback(stream, None, token_B, emitted_B, ordered=True)
-    stopped_B = token_B == settings.eos_id if settings.eos_id is not None else jnp.zeros_like(emitted_B)
+    stopped_B = jnp.isin(token_B, jnp.asarray(settings.eos_ids, jnp.int32))
     left_B = jnp.where(emitted_B, jnp.where(stopped_B, 0, s.left_B - 1), s.left_B)
     top_ids_BxTxC, top_probs_BxTxC = s.top_ids_BxTxC, s.top_probs_BxTxC
     if settings.candidates:

@@ -3,7 +3,9 @@
 The model sees at most T = max_length tokens, so a longer text is scored by a sliding window: windows of T
 tokens starting every S = T // 2 tokens (S at least 1). The first window scores tokens 1..T from their whole
 prefix; each later window scores only the S tokens after the previous window's last, each then seen with
-T - S + 1..T tokens of context (more than T/2). Every token after the first is scored exactly once.
+T - S + 1..T tokens of context (more than T/2). Every token after the first is scored exactly once; the tokens
+are the text as the model reads it (data/tokenizer.py's model_ids), so where BOS comes first every token of the
+text itself is scored.
 
 Each window is padded to T tokens, so the forward pass compiles once per model, whatever the text's length.
 

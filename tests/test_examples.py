@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import examples, pipeline, tokenizer as tokenizer_lib
+from flaxlm.data import chat, examples, pipeline, tokenizer as tokenizer_lib
 
 BYTES = tokenizer_lib.ByteTokenizer()
 
@@ -32,7 +32,7 @@ def test_messages_follow_the_template_and_train_only_assistant_contents(tmp_path
               {'role': 'assistant', 'content': 'Ciao'}]
   write(tmp_path / 'chat.jsonl', {'messages': messages})
   [example] = examples.read(tmp_path / 'chat.jsonl')
-  text = ''.join(examples.TEMPLATE.format(**m) for m in messages)
+  text = ''.join(chat.TEMPLATE.format(**m) for m in messages)
   assert text == '<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello\n<|user|>\nBye\n<|assistant|>\nCiao\n'
   ids_N, trained_N = examples.tokenize(example, BYTES)
   assert BYTES.decode(ids_N) == text and ids_N[-1] == BYTES.eos_id

@@ -164,15 +164,20 @@ def test_prompts_of_different_lengths_in_one_batch_decode_as_each_alone():
     assert sample.tokens == sampling.generate(model, params, [prompt], 12, settings=GREEDY)[0].tokens
 
 
-def test_a_sequence_stops_at_eos_and_the_others_go_on():
+def until_first(tokens: list[int], eos_ids: tuple[int, ...]) -> list[int]:
+  """Returns `tokens` up to and including the first of `eos_ids` among them (all of them if none is)."""
+  stops = [i for i, token in enumerate(tokens) if token in eos_ids]
+  return tokens[:stops[0] + 1] if stops else tokens
+
+
+def test_a_sequence_stops_at_any_of_several_eos_ids_and_the_others_go_on():
   model, params = trained_like_model()
   prompts = [np.array([1, 2, 3], np.int32), np.array([4, 5], np.int32)]
   free = sampling.generate(model, params, prompts, 12, settings=GREEDY)
-  eos = free[0].tokens[4]
-  stopped = sampling.generate(model, params, prompts, 12, settings=sampling.Settings(temperature=0.0, eos_id=eos))
-  assert stopped[0].tokens == free[0].tokens[:free[0].tokens.index(eos) + 1]
-  other = free[1].tokens
-  assert stopped[1].tokens == (other[:other.index(eos) + 1] if eos in other else other)
+  for eos_ids in ((free[0].tokens[4],), (free[0].tokens[6], free[1].tokens[3])):
+    stopped = sampling.generate(model, params, prompts, 12, settings=sampling.Settings(0.0, eos_ids=eos_ids))
+    assert [s.tokens for s in stopped] == [until_first(f.tokens, eos_ids) for f in free]
+  assert len(stopped[1].tokens) <= 4 and len(stopped[0].tokens) <= 7  # each stopped at its own id (or before).
 
 
 def test_top_k_keeps_exactly_the_k_most_likely_tokens():

@@ -1,4 +1,4 @@
-"""A run's workdir: `config.json` (the resolved config), the tokenizer's file, and the checks that keep runs apart."""
+"""A run's workdir: `config.json` (the resolved config), the tokenizer's files, and the checks that keep runs apart."""
 
 import dataclasses
 import json
@@ -32,7 +32,7 @@ def resolve(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collection
 
 
 TOKENIZER_FILES = (tokenizer_lib.CharTokenizer.filename, tokenizer_lib.SentencePieceTokenizer.filename)
-FILES = ('config.json', 'metrics.jsonl', *TOKENIZER_FILES)  # What a run writes: files,
+FILES = ('config.json', 'metrics.jsonl', *TOKENIZER_FILES, *tokenizer_lib.SIDE_FILES)  # What a run writes: files,
 FOLDERS = ('checkpoints', 'corrupt_checkpoints', 'tensorboard')  # and folders.
 
 
@@ -79,7 +79,8 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def load_tokenizer(workdir: str | os.PathLike) -> tokenizer_lib.Tokenizer:
-  """Returns the tokenizer saved with the run in `workdir` (a SentencePiece model or a JSON description)."""
+  """Returns the tokenizer saved with the run in `workdir` (a SentencePiece model, a Hugging Face tokenizer.json or a
+  flaxlm JSON description, with the special tokens of the tokenizer_config.json beside it)."""
   path = files.to_path(workdir)
   model = path / tokenizer_lib.SentencePieceTokenizer.filename
   return tokenizer_lib.load(model if model.exists() else path / tokenizer_lib.CharTokenizer.filename)
@@ -106,7 +107,7 @@ def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDi
   if refused:
     raise UserError(f'workdir {workdir} holds a run of a different model or data ({"; ".join(refused)}): use a new '
                     '--workdir, or the same settings to resume it.')
-  if load_tokenizer(workdir).serialized() != tokenizer.serialized():
+  if tokenizer_lib.files_of(load_tokenizer(workdir)) != tokenizer_lib.files_of(tokenizer):
     raise UserError(f'workdir {workdir} holds a run with a different tokenizer: use a new --workdir, '
                     'or the same --config.data.path and --config.data.tokenizer to resume it.')
   return [describe(key) for key in changed]
@@ -120,8 +121,8 @@ def lookup(config: ml_collections.ConfigDict, key: str):
 
 def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                     tokenizer: tokenizer_lib.Tokenizer) -> None:
-  """Creates `workdir` and writes the tokenizer's file, then config.json (atomically: a reader sees both or neither)."""
+  """Creates `workdir` and writes the tokenizer's files, then config.json (atomically: a reader sees both or neither)."""
   path = files.to_path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  files.update(path / tokenizer.filename, tokenizer.serialized())  # Unchanged on a resume: nothing is written.
+  tokenizer_lib.save(tokenizer, path)  # Unchanged on a resume: nothing is written.
   files.update(path / 'config.json', config.to_json(indent=2))

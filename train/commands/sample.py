@@ -3,9 +3,16 @@
 `--params=PATH` instead of `--workdir` samples from an export written by flaxlm-export. One sample is streamed
 to the terminal as it is produced; `--show_probs=N` prints, at every step, the N tokens the model found most
 likely and their probabilities. The model computes in its own dtype (`--dtype` overrides it) and is split over
-every device present (tensor-parallel), so a model larger than one device's memory can be sampled.
+every device present (tensor-parallel), so a model larger than one device's memory can be sampled. BOS goes
+before the prompt where the tokenizer adds it; a sample ends at any of the tokenizer's EOS ids.
+
+`--chat` makes the prompt the user's turn of a conversation, or, if the prompt is a JSON object
+{"messages": [{"role": ..., "content": ...}, ...]} (as a fine-tuning example's line), that conversation; it is
+rendered in the tokenizer's chat template (flaxlm's `<|role|>` template for its own tokenizers) followed by the
+assistant's header, and the assistant's reply alone is printed.
 """
 
+import json
 import math
 import sys
 
@@ -13,6 +20,7 @@ import numpy as np
 from absl import flags
 
 from flaxlm.configs.errors import UserError
+from flaxlm.data import chat, examples, tokenizer as tokenizer_lib
 from flaxlm.data.tokenizer import Tokenizer
 from flaxlm.model import quantize, sampling
 from flaxlm.model.transformer import Transformer
@@ -37,6 +45,8 @@ NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, f'How many continuations to
 SHOW_PROBS = flags.DEFINE_integer('show_probs', 0, 'Print the N most likely next tokens and their probabilities at '
                                   'each step (N at most the vocabulary size).')
 QUANTIZE = flags.DEFINE_enum('quantize', 'none', quantize.MODES, 'Hold the weights as int8 or int4 (weight-only).')
+CHAT = flags.DEFINE_bool('chat', False, 'The prompt is the user\'s turn (or a JSON {"messages": [...]} conversation) '
+                         'in the tokenizer\'s chat template; print the assistant\'s reply.')
 DTYPE = flags.DEFINE_string('dtype', None, 'What the model computes in and holds its params in: float32 or '
                             'bfloat16; default: the model\'s own (its config\'s model.dtype).')
 
@@ -77,21 +87,43 @@ def prompt_text() -> str:
   return text
 
 
+def conversation(text: str) -> list[chat.Message]:
+  """Returns the --chat conversation: the messages of a JSON {"messages": [...]} prompt, else the prompt as the
+  user's turn; raises UserError if the prompt is such an object whose messages are malformed."""
+  try:
+    record = json.loads(text)
+  except json.JSONDecodeError:
+    record = None
+  if not isinstance(record, dict) or 'messages' not in record:
+    return [{'role': 'user', 'content': text}]
+  messages = record['messages']
+  if not (isinstance(messages, list) and messages and all(map(examples.is_message, messages))):
+    raise UserError('the --chat prompt\'s "messages" is not a non-empty list of {"role": one of '
+                    f'{", ".join(chat.ROLES)}, "content": string}}: fix it, or pass plain text as the user\'s turn.')
+  return [{'role': m['role'], 'content': m['content']} for m in messages]
+
+
 def encode_prompt(text: str, tokenizer: Tokenizer, model: Transformer) -> np.ndarray:
-  """Returns the prompt's ids; raises UserError if it is longer than the model's context."""
-  tokens = tokenizer.encode(text)
+  """Returns the ids the model reads for the prompt (with --chat, its conversation's); raises UserError if they are
+  more than the model's context."""
+  tokens = chat.prompt_ids(tokenizer, conversation(text)) if CHAT.value else tokenizer_lib.model_ids(tokenizer, text)
   if len(tokens) > model.config.max_length:
     raise UserError(f'the prompt is {len(tokens)} tokens, longer than the model\'s context of '
                     f'{model.config.max_length}: shorten it.')
   return tokens
 
 
+def reply(tokens: list[int], tokenizer: Tokenizer) -> str:
+  """Returns the text of a sample's tokens, the EOS that ended it left out."""
+  return tokenizer.decode(tokens[:-1] if tokens and tokens[-1] in tokenizer.eos_ids else tokens)
+
+
 def streamer(tokenizer: Tokenizer):
-  """Returns a stream callback that prints the text of each new token as it is produced."""
+  """Returns a stream callback that prints the text of each new token as it is produced (an EOS as nothing)."""
   tokens, printed = [], ['']
 
   def stream(tokens_B: np.ndarray, emitted_B: np.ndarray) -> None:
-    if emitted_B[0]:
+    if emitted_B[0] and int(tokens_B[0]) not in tokenizer.eos_ids:
       tokens.append(int(tokens_B[0]))
       text = tokenizer.decode(tokens)
       sys.stdout.write(text[len(printed[0]):])
@@ -108,7 +140,8 @@ def show_candidates(sample: sampling.Sample, tokenizer: Tokenizer) -> None:
 
 
 def sample() -> None:
-  """Prints each sample, the prompt followed by its continuation (streamed when there is one)."""
+  """Prints each sample, the prompt followed by its continuation (streamed when there is one); with --chat, the
+  reply alone."""
   check_flags()
   text = prompt_text()
   model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS), DTYPE.value)
@@ -118,10 +151,11 @@ def sample() -> None:
   if QUANTIZE.value != 'none':
     print('\n'.join(quantize.memory_table(params)), file=sys.stderr)
     params = quantize.quantize(params, QUANTIZE.value)
-  settings = sampling.Settings(TEMPERATURE.value, TOP_K.value, TOP_P.value, tokenizer.eos_id, SHOW_PROBS.value)
+  settings = sampling.Settings(TEMPERATURE.value, TOP_K.value, TOP_P.value, tokenizer.eos_ids, SHOW_PROBS.value)
   one = NUM_SAMPLES.value == 1 and not SHOW_PROBS.value
+  shown = '' if CHAT.value else text
   if one:
-    print(text, end='', flush=True)
+    print(shown, end='', flush=True)
   generate = step_lib.with_mesh(sampling.generate, mesh)  # Under the mesh and the logical-axis rules.
   samples = generate(model, params, [prompt] * NUM_SAMPLES.value, MAX_NEW_TOKENS.value, SEED.value, settings,
                      streamer(tokenizer) if one else None)
@@ -130,9 +164,9 @@ def sample() -> None:
   elif SHOW_PROBS.value:
     for s in samples:
       show_candidates(s, tokenizer)
-      print(text + tokenizer.decode(s.tokens))
+      print(shown + reply(s.tokens, tokenizer))
   else:
-    print('\n---\n'.join(text + tokenizer.decode(s.tokens) for s in samples))
+    print('\n---\n'.join(shown + reply(s.tokens, tokenizer) for s in samples))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,8 @@
   flaxlm-score --params=/tmp/run_export --text_file=speech.txt
 
 Prints a row per token after the first: the token, the probability the model gave it, its loss (-ln p) and, where
-the model expected another token, that one and its probability; then the text's mean loss and perplexity.
+the model expected another token, that one and its probability; then the text's mean loss and perplexity. Where
+the tokenizer adds BOS (a checkpoint's that asks for it), the text follows BOS, so its first token is scored too.
 A text longer than the model's context is scored by a sliding window, as model/scoring.py describes. The model
 computes in its own dtype (`--dtype` overrides it), split over every device present (tensor-parallel).
 """
@@ -15,6 +16,7 @@ import numpy as np
 from absl import flags
 
 from flaxlm.configs.errors import UserError
+from flaxlm.data import tokenizer as tokenizer_lib
 from flaxlm.data.tokenizer import Tokenizer
 from flaxlm.model import scoring
 from flaxlm.train import pretrained, sharding, step as step_lib
@@ -70,7 +72,7 @@ def score() -> None:
   """Prints the text's per-token table, then its mean loss and perplexity."""
   text = read_text()
   model, params, tokenizer = pretrained.load(cli.model_path(WORKDIR, PARAMS), DTYPE.value)
-  tokens_N = tokenizer.encode(text)
+  tokens_N = tokenizer_lib.model_ids(tokenizer, text)
   score_on_mesh = step_lib.with_mesh(scoring.token_log_probs, sharding.mesh_of(params))
   log_probs_M, top_ids_M, top_log_probs_M = score_on_mesh(model, params, tokens_N)
   if len(tokens_N) - 1 > model.config.max_length:

@@ -3,6 +3,11 @@
   flaxlm-tokenizer train --input=corpus.txt --vocab_size=8000 --model_type=bpe --output=tok.model
   flaxlm-tokenizer encode --tokenizer=tok.model --text="The capital of France is"
   flaxlm-tokenizer count --tokenizer=tok.model --input=corpus.txt
+  flaxlm-tokenizer encode --tokenizer=/models/Llama-3.2-1B --text="Hello"   (a Hugging Face model folder)
+
+--tokenizer takes a SentencePiece .model, a Hugging Face tokenizer.json (with the tokenizer_config.json beside it),
+a flaxlm JSON, or a Hugging Face model folder. `encode` prints the ids the model reads, BOS first where the
+tokenizer adds it; `count` counts the text's own tokens.
 """
 
 from absl import flags
@@ -19,7 +24,8 @@ MODEL_TYPE = flags.DEFINE_string('model_type', 'bpe', 'bpe or unigram.')
 MAX_SENTENCES = flags.DEFINE_integer('max_sentences', 1_000_000, 'Lines sampled from a larger corpus for training.')
 OUTPUT = flags.DEFINE_string('output', None, 'Where to write the trained model, e.g. tok.model (a new file).')
 OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists (never one of the --input files).')
-TOKENIZER = flags.DEFINE_string('tokenizer', None, 'A tokenizer file: a SentencePiece .model or a flaxlm JSON.')
+TOKENIZER = flags.DEFINE_string('tokenizer', None, 'A tokenizer file (a SentencePiece .model, a tokenizer.json, a '
+                                'flaxlm JSON) or a Hugging Face model folder.')
 TEXT = flags.DEFINE_string('text', None, 'Text to encode or count.')
 
 
@@ -58,15 +64,15 @@ def text_to_measure() -> str:
 
 
 def encode_command() -> None:
-  """Prints each token of the text: its id and the piece of text it stands for."""
-  tokenizer = tokenizer_lib.load(cli.required(TOKENIZER, 'pass --tokenizer=FILE.'))
-  for token in tokenizer.encode(text_to_measure()):
+  """Prints each token the model reads for the text (BOS first where the tokenizer adds it): its id and piece."""
+  tokenizer = tokenizer_lib.from_path(cli.required(TOKENIZER, 'pass --tokenizer=FILE.'))
+  for token in tokenizer_lib.model_ids(tokenizer, text_to_measure()):
     print(f'{int(token):>7}  {tokenizer.piece(token)}')
 
 
 def count_command() -> None:
   """Prints how many tokens the text costs, and characters per token."""
-  tokenizer = tokenizer_lib.load(cli.required(TOKENIZER, 'pass --tokenizer=FILE.'))
+  tokenizer = tokenizer_lib.from_path(cli.required(TOKENIZER, 'pass --tokenizer=FILE.'))
   text = text_to_measure()
   count = len(tokenizer.encode(text))
   print(f'{count:,} tokens for {len(text):,} characters ({len(text) / max(count, 1):.2f} characters per token)')
