@@ -29,6 +29,27 @@ ROLES = ('system', 'user', 'assistant')
 Message = dict[str, str]
 
 
+def is_message(message: object) -> bool:
+  """Returns whether `message` is a dict with a known role and string content."""
+  return isinstance(message, dict) and message.get('role') in ROLES and isinstance(message.get('content'), str)
+
+
+def conversation(text: str) -> list[Message]:
+  """Returns the conversation a chat prompt gives: the messages of a JSON object {"messages": [...]}, else the text
+  as the user's turn; raises UserError if it is such an object whose messages are malformed."""
+  try:
+    record = json.loads(text)
+  except json.JSONDecodeError:
+    record = None
+  if not isinstance(record, dict) or 'messages' not in record:
+    return [{'role': 'user', 'content': text}]
+  messages = record['messages']
+  if not (isinstance(messages, list) and messages and all(map(is_message, messages))):
+    raise UserError(f'the chat prompt\'s "messages" is not a non-empty list of {{"role": one of {", ".join(ROLES)}, '
+                    '"content": string}: fix it, or pass plain text as the user\'s turn.')
+  return [{'role': m['role'], 'content': m['content']} for m in messages]
+
+
 def message_pieces(message: Message) -> list[tuple[str, str]]:
   """Returns one message in flaxlm's TEMPLATE as (kind, text): its header, its content (a 'response' if the
   assistant's, else a 'prompt'), its end ('template')."""

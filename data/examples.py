@@ -51,11 +51,6 @@ class Split:
   validation: list[Example]
 
 
-def is_message(message: object) -> bool:
-  """Returns whether `message` is a dict with a known role and string content."""
-  return isinstance(message, dict) and message.get('role') in chat.ROLES and isinstance(message.get('content'), str)
-
-
 def parse(line: str, path: pathlib.Path, number: int) -> Example:
   """Returns the example on line `number` of `path`; raises UserError naming the line if it is not one."""
   record = sources.json_record(line, f'{path}:{number}')
@@ -63,7 +58,7 @@ def parse(line: str, path: pathlib.Path, number: int) -> Example:
   if isinstance(fields.get('prompt'), str) and isinstance(fields.get('response'), str):
     return Example(number, (('prompt', fields['prompt']), ('response', fields['response'])))
   messages = fields.get('messages')
-  if isinstance(messages, list) and messages and all(map(is_message, messages)):
+  if isinstance(messages, list) and messages and all(map(chat.is_message, messages)):
     messages = tuple({'role': m['role'], 'content': m['content']} for m in messages)
     return Example(number, tuple(piece for message in messages for piece in chat.message_pieces(message)), messages)
   raise UserError(f'{path}:{number} is not an example: give it string fields "prompt" and "response", or '

@@ -12,7 +12,6 @@ rendered in the tokenizer's chat template (flaxlm's `<|role|>` template for its 
 assistant's header, and the assistant's reply alone is printed.
 """
 
-import json
 import math
 import sys
 
@@ -20,7 +19,7 @@ import numpy as np
 from absl import flags
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import chat, examples, tokenizer as tokenizer_lib
+from flaxlm.data import chat, tokenizer as tokenizer_lib
 from flaxlm.data.tokenizer import Tokenizer
 from flaxlm.model import quantize, sampling
 from flaxlm.model.transformer import Transformer
@@ -87,26 +86,10 @@ def prompt_text() -> str:
   return text
 
 
-def conversation(text: str) -> list[chat.Message]:
-  """Returns the --chat conversation: the messages of a JSON {"messages": [...]} prompt, else the prompt as the
-  user's turn; raises UserError if the prompt is such an object whose messages are malformed."""
-  try:
-    record = json.loads(text)
-  except json.JSONDecodeError:
-    record = None
-  if not isinstance(record, dict) or 'messages' not in record:
-    return [{'role': 'user', 'content': text}]
-  messages = record['messages']
-  if not (isinstance(messages, list) and messages and all(map(examples.is_message, messages))):
-    raise UserError('the --chat prompt\'s "messages" is not a non-empty list of {"role": one of '
-                    f'{", ".join(chat.ROLES)}, "content": string}}: fix it, or pass plain text as the user\'s turn.')
-  return [{'role': m['role'], 'content': m['content']} for m in messages]
-
-
 def encode_prompt(text: str, tokenizer: Tokenizer, model: Transformer) -> np.ndarray:
   """Returns the ids the model reads for the prompt (with --chat, its conversation's); raises UserError if they are
   more than the model's context."""
-  tokens = chat.prompt_ids(tokenizer, conversation(text)) if CHAT.value else tokenizer_lib.model_ids(tokenizer, text)
+  tokens = chat.prompt_ids(tokenizer, chat.conversation(text)) if CHAT.value else tokenizer_lib.model_ids(tokenizer, text)
   if len(tokens) > model.config.max_length:
     raise UserError(f'the prompt is {len(tokens)} tokens, longer than the model\'s context of '
                     f'{model.config.max_length}: shorten it.')

@@ -1,0 +1,129 @@
+"""Tests of data/chat.py and flaxlm-sample --chat: chat templates rendered as transformers renders them (the fixture's
+reference), the loss on assistant turns only, flaxlm's own template, templates that fail in one line, and
+flaxlm-sample --chat on a tiny export with the fixture's tokenizer.json."""
+
+import concurrent.futures
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import command
+from test_cli import run
+from test_loop import tiny_config
+from flaxlm.configs.errors import UserError
+from flaxlm.data import chat, examples, tokenizer as tokenizer_lib
+from flaxlm.model import sampling
+from flaxlm.model.transformer import ModelConfig, param_shapes
+from flaxlm.train import export, pretrained, workdir as workdir_lib
+
+FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'hf_tokenizer'
+REFERENCE = json.loads((FIXTURE / 'reference.json').read_text())
+CONVERSATION = REFERENCE['conversation']
+
+
+@pytest.fixture(scope='module')
+def hf() -> tokenizer_lib.HFTokenizer:
+  """The fixture's tokenizer.json with its tokenizer_config.json (Llama-3-like template) and generation_config.json."""
+  return tokenizer_lib.from_hf_folder(FIXTURE)
+
+
+def with_template(tokenizer: tokenizer_lib.HFTokenizer, template: str) -> tokenizer_lib.HFTokenizer:
+  """Returns `tokenizer` with another chat template."""
+  specials = tokenizer.specials
+  return tokenizer_lib.HFTokenizer(tokenizer.serialized(), tokenizer_lib.Specials(
+      specials.config, specials.add_bos, specials.eos_ids, template))
+
+
+@pytest.mark.parametrize('prompt', [False, True])
+def test_the_template_renders_and_encodes_the_conversation_as_transformers(hf, prompt):
+  expected = REFERENCE['chat'][str(prompt).lower()]
+  assert chat.render(hf, CONVERSATION, prompt) == expected['text']
+  assert hf.encode(expected['text']).tolist() == expected['ids']
+  if prompt:  # What flaxlm-sample --chat feeds the model: the template writes BOS, none is added twice.
+    assert chat.prompt_ids(hf, CONVERSATION).tolist() == expected['ids']
+
+
+def test_a_messages_example_trains_on_the_assistant_turns_only(hf, tmp_path):
+  (tmp_path / 'chat.jsonl').write_text(json.dumps({'messages': CONVERSATION}) + '\n')
+  [example] = examples.read(tmp_path / 'chat.jsonl')
+  ids_N, trained_N = examples.tokenize(example, hf)
+  assert ids_N.tolist() == REFERENCE['chat']['false']['ids']  # As transformers' apply_chat_template.
+  assert hf.decode(ids_N[trained_N]) == 'Over the stone.<|eot_id|>Into the sea, café 😀<|eot_id|>'
+  spans = np.flatnonzero(np.diff(np.concatenate([[0], trained_N.astype(int), [0]])))
+  assert len(spans) == 4  # Two trained runs, one per assistant turn.
+  assert ids_N[0] == hf.bos_id and (ids_N == hf.bos_id).sum() == 1  # The template's BOS, not a second one.
+
+
+def test_flaxlm_tokenizers_keep_flaxlm_template():
+  byte = tokenizer_lib.ByteTokenizer()
+  messages = [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}]
+  assert chat.render(byte, messages, False) == '<|user|>\nHi\n<|assistant|>\nHello\n'
+  assert chat.render(byte, messages[:1], True) == '<|user|>\nHi\n<|assistant|>\n'
+  assert byte.decode(chat.prompt_ids(byte, messages[:1])) == '<|user|>\nHi\n<|assistant|>\n'
+
+
+def test_the_transformers_environment_is_reproduced(hf):
+  template = ("{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m | tojson }}\n"
+              "  {% endfor %}{{ eos_token }}")
+  text = chat.render(with_template(hf, template), [{'role': 'user', 'content': 'café'}] * 2, False)
+  assert text == '{"role": "user", "content": "café"}\n<|eot_id|>'  # trim/lstrip_blocks, break, tojson's text.
+
+
+@pytest.mark.parametrize('template, reason', [
+    ("{{ raise_exception('only user turns') }}", 'only user turns'),
+    ('{% for message in messages %}', 'Unexpected end of template'),
+    ('{{ messages[0].content.no_such_method() }}', 'no_such_method'),
+])
+def test_a_template_that_fails_to_render_is_refused_in_one_line(hf, tmp_path, template, reason):
+  broken = with_template(hf, template)
+  with pytest.raises(UserError, match=f"chat_template fails to render.*{reason}") as error:
+    chat.render(broken, CONVERSATION, True)
+  assert '\n' not in str(error.value)
+  (tmp_path / 'chat.jsonl').write_text(json.dumps({'messages': CONVERSATION}) + '\n')
+  with pytest.raises(UserError, match='example on line 1: the tokenizer\'s chat_template fails to render'):
+    examples.tokenize(examples.read(tmp_path / 'chat.jsonl')[0], broken)
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(hf):
+  template = "{% for m in messages %}{{ m.content if loop.last else '...' }}{% endfor %}"
+  with pytest.raises(UserError, match='renders assistant turn 3 differently once later turns follow'):
+    chat.pieces(with_template(hf, template), CONVERSATION[:4])
+
+
+def test_a_chat_prompt_is_the_user_s_turn_or_a_json_conversation():
+  assert chat.conversation('{"a": 1}') == [{'role': 'user', 'content': '{"a": 1}'}]
+  assert chat.conversation(json.dumps({'messages': CONVERSATION[:2]})) == CONVERSATION[:2]
+  with pytest.raises(UserError, match='the chat prompt\'s "messages" is not a non-empty list'):
+    chat.conversation('{"messages": [{"role": "robot", "content": "x"}]}')
+
+
+@pytest.fixture(scope='module')
+def hf_export(tmp_path_factory, hf) -> pathlib.Path:
+  """A tiny model with random params exported with the fixture's tokenizer (vocabulary 357)."""
+  path = tmp_path_factory.mktemp('chat') / 'export'
+  config = tiny_config('', 10)
+  config.model.max_length = 64
+  config = workdir_lib.resolve(config, hf.vocab_size)
+  shapes = param_shapes(ModelConfig.from_config(config.model, hf.vocab_size))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: 0.3 * rng.standard_normal(s.shape).astype(np.float32), shapes)
+  export.write(path, params, config, hf, 'float32')
+  return path
+
+
+def test_sample_chat_answers_in_the_tokenizer_s_template_and_stops_at_its_eos_ids(hf, hf_export):
+  question = 'Where does the river run?'
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:  # The command spends seconds importing JAX: overlap it.
+    chatted = pool.submit(run, command('flaxlm-sample'), f'--params={hf_export}', '--temperature=0',
+                          '--max_new_tokens=6', '--chat', f'--prompt={question}')
+    model, params, tokenizer = pretrained.load(hf_export, 'float32')
+    prompt = chat.prompt_ids(hf, [{'role': 'user', 'content': question}])
+    [expected] = sampling.generate(model, params, [prompt], 6, settings=sampling.Settings(0.0, eos_ids=hf.eos_ids))
+    chatted = chatted.result()
+  assert tokenizer_lib.files_of(tokenizer) == tokenizer_lib.files_of(hf)  # The export kept every tokenizer file.
+  tokens = expected.tokens[:-1] if expected.tokens[-1] in hf.eos_ids else expected.tokens
+  assert chatted.returncode == 0, chatted.stderr
+  assert chatted.stdout == hf.decode(tokens) + '\n'  # The reply alone, an EOS that ended it not shown.
