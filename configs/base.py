@@ -35,6 +35,9 @@ def model_config() -> ml_collections.ConfigDict:
   c.lora_alpha = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank.
   c.lora_targets = 'query,value'  # comma-separated matrices that get adapters: query, key, value, out (attention),
   # gate, up, down (MLP; gate only with swiglu).
+  c.lora_base = 'bfloat16'  # how LoRA holds the frozen pretrained weights: 'float32', 'bfloat16', or 'int8' / 'int4'
+  # (QLoRA-style: the layers' matrices quantized, expanded a layer at a time; embedding and head bfloat16). The
+  # adapters and their AdamW moments stay float32.
   # Options of pretrained model families (flaxlm-convert sets them; the defaults are flaxlm's own models):
   c.head_dim = 0  # K, the width of one attention head; 0: width / num_heads (Gemma and Qwen3 set it).
   c.qkv_bias = False  # True: biases on the query, key and value projections alone (Qwen2).

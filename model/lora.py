@@ -7,7 +7,10 @@ inputs * outputs. `merge` folds an adapter into its weight, W + (alpha / r) A B,
 the base model's cost.
 
 In the params tree the adapter of a matrix sits beside it: `attention/query/kernel` gets
-`attention/query_lora/{lora_a, lora_b}` (with the layers axis first when layers are scanned).
+`attention/query_lora/{lora_a, lora_b}` (with the layers axis first when layers are scanned). Training splits the
+tree in two (`split`): the adapters, trained in float32 with their optimizer state, and the frozen base, which takes
+part in the loss as a constant and is held as `model.lora_base` says (`hold_base`): float32, bfloat16, or its layers'
+matrices int8/int4 (model/quantize.py; QLoRA-style), expanded one layer at a time inside the layer scan.
 
 Shape key: B batch, T sequence length, R rank; `...I` the matrix's input axes, `...O` its output axes.
 """
@@ -20,8 +23,11 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from flaxlm.model import quantize
+
 TARGETS = ('query', 'key', 'value', 'out', 'gate', 'up', 'down')  # every matrix an adapter can change.
 SUFFIX = '_lora'  # the adapter of matrix `query` is the module `query_lora`.
+BASES = ('float32', 'bfloat16', 'int8', 'int4')  # how the frozen base may be held (model.lora_base).
 
 
 def matrices(mlp: str) -> tuple[str, ...]:
@@ -44,6 +50,31 @@ def problem(rank: int, alpha: float, targets: str, mlp: str) -> str | None:
     return (f'model.lora_targets={targets!r} names no matrix {unknown[0]!r} in this model' if unknown else
             'model.lora_targets is empty') + f': set --config.model.lora_targets to some of {",".join(known)}.'
   return None
+
+
+def base_problem(storage: str) -> str | None:
+  """Returns what is wrong with `model.lora_base` (one line naming the key), or None if the base can be held so."""
+  if storage not in BASES:
+    return f'model.lora_base={storage!r} is not one of {BASES}: set --config.model.lora_base.'
+  return None
+
+
+def read_dtype(storage: str) -> Any:
+  """Returns the dtype the base is read in before it is held as `storage`: float32 for float32, else bfloat16."""
+  return jnp.float32 if storage == 'float32' else jnp.bfloat16
+
+
+def hold_base(base: Any, storage: str) -> Any:
+  """Returns the frozen base params as `storage` holds them (params or shape structs): cast to float32 or bfloat16;
+  for int8/int4 the layers' matrices quantized (model/quantize.py, int4 in groups of 128) and the rest bfloat16.
+
+  The embedding and output head stay bfloat16, as in QLoRA: a quantized head multiplies each of its N scale groups
+  separately (quantize.dot), N times a plain matmul's work at every position of every training batch.
+  """
+  held = jax.tree.map(lambda x: x.astype(read_dtype(storage)), base)
+  if storage in ('float32', 'bfloat16'):
+    return held
+  return {**held, 'stack': quantize.quantize(held['stack'], storage)}
 
 
 class LowRank(nn.Module):

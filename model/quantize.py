@@ -144,6 +144,12 @@ def expand(tree: Any, dtype: Any) -> Any:
   return jax.tree.map(lambda x: dequantize_array(x, dtype) if is_quantized(x) else x, tree, is_leaf=is_quantized)
 
 
+def integers(tree: Any) -> Any:
+  """Returns `tree` with each QuantizedArray replaced by its integers, in the matrix's shape (to count or lay out the
+  parameters it stands for); its other leaves as they are."""
+  return jax.tree.map(lambda x: x.values if is_quantized(x) else x, tree, is_leaf=is_quantized)
+
+
 @functools.partial(jax.jit, static_argnames='dtype')
 def dequantize(qparams: Any, dtype: Any = jnp.float32) -> Any:
   """Returns plain params of `dtype`: quantized matrices expanded, float parameters cast."""

@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run in `WORKDIR/checkpoints/`: saved in the background, kept by policy, restored safely.
 
 A checkpoint holds the train state (params, optimizer state, step; the dropout key is derived from the seed
-and the step), the data iterator's state and the run's config. Orbax writes each one to a temporary
+and the step; never LoRA's frozen base, read again from train.init_from), the data iterator's state and the run's config. Orbax writes each one to a temporary
 directory and renames it into place when complete, so a save interrupted by a crash never counts. The
 workdir keeps the latest `train.keep_checkpoints` plus the one with the best validation loss. A
 checkpoint whose files are damaged is moved to `WORKDIR/corrupt_checkpoints/` (never deleted) once an
@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from flaxlm.configs.errors import UserError
+from flaxlm.train import state as state_lib
 from flaxlm.train.state import TrainState
 
 CORRUPT_DIR = 'corrupt_checkpoints'
@@ -87,16 +88,18 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_state: dict, co
   The device-to-host copy finishes before this returns, so the caller may donate `state` at once. `val_loss`,
   when the step was evaluated, ranks the checkpoint for the keep-the-best policy.
   """
-  args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                            config=ocp.args.JsonSave(config.to_dict()))
+  args = ocp.args.Composite(state=ocp.args.StandardSave(state_lib.checkpointed(state)),
+                            data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config.to_dict()))
   manager.save(int(state.step), args=args, metrics=None if val_loss is None else {'val_loss': val_loss})
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract: TrainState) -> Restored:
-  """Returns checkpoint `step`'s train state, laid out as `abstract`'s shardings, and its data iterator state."""
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+  """Returns checkpoint `step`'s train state, laid out as `abstract`'s shardings (its frozen part None: not saved),
+  and its data iterator state."""
+  saved = state_lib.checkpointed(abstract)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(saved),
                                                            data=ocp.args.JsonRestore()))
-  return restored.state, restored.data
+  return TrainState(**restored.state), restored.data
 
 
 def restore_params(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> Restored:

@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 
 from flaxlm.configs.errors import UserError
 from flaxlm.data import examples as examples_lib, pipeline, prepare as prepare_lib, store, tokenizer as tokenizer_lib
-from flaxlm.model import attention, flops
+from flaxlm.model import attention, flops, lora, quantize
 from flaxlm.model.transformer import ModelConfig, Transformer, count_params, param_shapes, shape_differences
 from flaxlm.train import (checkpoint, metrics, optimizer, preemption, sharding, state as state_lib, step as step_lib,
                    pretrained, throughput, workdir as workdir_lib)
@@ -125,6 +125,14 @@ def example_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.To
                      for part in (split.train, split.validation)], ''
 
 
+def check_lora(c: ml_collections.ConfigDict) -> None:
+  """Raises UserError if a LoRA model section (lora_rank > 0) names a storage of the base that is not one of
+  lora.BASES."""
+  problem = c.lora_rank and lora.base_problem(c.lora_base)
+  if problem:
+    raise UserError(problem)
+
+
 FORMATS = {'text': text_streams, 'examples': example_streams}
 
 
@@ -137,6 +145,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
   if config.data.format not in FORMATS:
     raise UserError(f'data.format={config.data.format!r} is not one of {tuple(FORMATS)}: set --config.data.format.')
+  check_lora(config.model)
   if config.model.lora_rank and not config.train.init_from:
     raise UserError(f'model.lora_rank={config.model.lora_rank} trains adapters on a pretrained model: set '
                     '--config.train.init_from to a flaxlm-export directory or a run\'s workdir.')
@@ -190,31 +199,32 @@ def evaluate(eval_fn, params, val_batches: list[dict[str, jax.Array]]) -> float:
   return float(sums[:, 0].sum() / max(sums[:, 1].sum(), 1))
 
 
-def build_steps(setup: Setup, frozen=None):
-  """Returns (optimizer, abstract state, train_fn, eval_fn) for a checked setup (with LoRA, on `frozen` params)."""
+def build_steps(setup: Setup):
+  """Returns (optimizer, abstract state, train_fn, eval_fn) for a checked setup."""
   c = setup.config.train
   tx = optimizer.make_optimizer(c)
-  abstract = state_lib.abstract_state(setup.model, tx, setup.mesh)
+  abstract = state_lib.abstract_state(setup.model, tx, setup.mesh, setup.config.model.lora_base)
   train_fn, eval_fn = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh,
-                                               c.microbatches, frozen)
+                                             c.microbatches)
   return tx, abstract, train_fn, eval_fn
 
 
-def frozen_params(setup: Setup):
-  """Returns a LoRA run's pretrained params (from train.init_from, on their devices), or None without LoRA."""
-  if not setup.model.config.lora_rank:
-    return None
-  return init_params(setup.config.train.init_from, state_lib.abstract_frozen(setup.model, setup.mesh))
+def read_frozen(setup: Setup, abstract_frozen):
+  """Returns a LoRA run's frozen base: train.init_from's params, read in model.lora_base's read dtype straight into
+  their devices, then held as it says, laid out as `abstract_frozen` (the same bits on every call: resumes are exact)."""
+  storage = setup.config.model.lora_base
+  float_layout = lambda x: jax.ShapeDtypeStruct(x.shape, lora.read_dtype(storage), sharding=x.sharding)
+  as_read = jax.tree.map(float_layout, quantize.integers(abstract_frozen))
+  return state_lib.hold_frozen(init_params(setup.config.train.init_from, as_read), abstract_frozen, storage)
 
 
-def describe_params(params, frozen) -> str:
+def describe_params(state: state_lib.TrainState) -> str:
   """Returns '1,234 parameters', or for LoRA how many of them are trained: '1,234 parameters, 56 trained (4.54%)'."""
-  trained = count_params(params)
-  if not frozen:
+  trained = count_params(state.params)
+  if state.frozen is None:
     return f'{trained:,} parameters'
-  total = trained + count_params(frozen)
+  total = trained + count_params(quantize.integers(state.frozen))
   return f'{total:,} parameters, {trained:,} trained (LoRA adapters: {trained / total:.2%})'
-
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
@@ -225,15 +235,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   sharding.configure_cpu_devices(config)
   setup = prepare(config, workdir)
   c = setup.config.train
-  frozen = frozen_params(setup)
-  tx, abstract, train_fn, eval_fn = build_steps(setup, frozen)
+  tx, abstract, train_fn, eval_fn = build_steps(setup)
   state_lib.check_fits(abstract)
   lead = jax.process_index() == 0  # Only the first process writes files and prints.
   data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
                                  sharding.process_rows(setup.mesh, c.batch_size))
   restored = checkpoint.restore_latest(workdir, abstract, check=lambda restored: data.set_state(restored[1]))
-  initial = (init_params(c.init_from, abstract.params)
-             if c.init_from and not restored and frozen is None else None)
+  lora_run = abstract.frozen is not None
+  initial = init_params(c.init_from, abstract.params) if c.init_from and not restored and not lora_run else None
+  frozen = read_frozen(setup, abstract.frozen) if lora_run else None  # Read again on resuming: not checkpointed.
   if lead:
     workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   if restored:
@@ -241,10 +251,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   else:
     state = state_lib.init_state(setup.model, tx, c.seed, abstract)
     state = state if initial is None else state.replace(params=initial)
+  state = state.replace(frozen=frozen)
   start = int(state.step)
   if lead:
     metrics.drop_after(workdir, start)
-    print(f'model: {describe_params(state.params, frozen)}; mesh {dict(setup.mesh.shape)}; '
+    print(f'model: {describe_params(state)}; mesh {dict(setup.mesh.shape)}; '
           f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} '
           f'padding); {"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
   manager, log = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints), metrics.MetricsLog(workdir)
@@ -300,7 +311,7 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
       unchecked = None
     if due(c.eval_every):
       with timer.paused():
-        pending[2]['val_loss'] = evaluate(eval_fn, state.params, val_batches)
+        pending[2]['val_loss'] = evaluate(eval_fn, state_lib.model_params(state), val_batches)
     if due(c.checkpoint_every) or stop:
       with timer.paused(), preemption.sigint_held():  # A Ctrl-C counts once this save is under way whole.
         checkpoint.save(manager, state, data.get_state(), setup.config, pending and pending[2].get('val_loss'))

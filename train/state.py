@@ -13,16 +13,35 @@ import jax.numpy as jnp
 import optax
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model import lora
+from flaxlm.model import lora, quantize
 from flaxlm.train import sharding
 
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a training step updates; a pytree that jit, Orbax and the shardings walk alike."""
+  """Everything a training step reads and updates; a pytree that jit and the shardings walk alike.
+
+  The params are partitioned in two: `params`, those trained, and `frozen`, those held fixed. The optimizer's state
+  is of `params` alone, and gradients are taken of them alone. Without LoRA every param is trained and `frozen` is
+  None; with LoRA (model.lora_rank > 0) `params` are the float32 adapters and `frozen` the pretrained base, held as
+  model.lora_base says (model/lora.py). A checkpoint holds the rest (`checkpointed`), never the base: a run reads it
+  again from train.init_from, the same bits each time, so resuming is exact and checkpoints stay adapter-sized.
+  """
   step: jax.Array
   params: Any
   opt_state: Any
+  frozen: Any = None
+
+
+def checkpointed(state: TrainState) -> dict[str, Any]:
+  """Returns what a checkpoint holds of `state` (arrays or shape structs): its step, trained params and optimizer
+  state, under the names checkpoints have always had."""
+  return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state}
+
+
+def model_params(state: TrainState) -> Any:
+  """Returns the params the model computes with: the trained ones, with LoRA on the frozen base."""
+  return lora.combine(state.frozen, state.params)
 
 
 def boxed_params(model: nn.Module, rng: jax.Array) -> Any:
@@ -31,10 +50,8 @@ def boxed_params(model: nn.Module, rng: jax.Array) -> Any:
 
 
 def boxed_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  """Returns a fresh state whose trained parameters (and their optimizer moments) still carry logical axis names.
-
-  With LoRA (model.lora_rank > 0) the state holds the adapters only: the pretrained params stay outside it.
-  """
+  """Returns a fresh state (its frozen part left out) whose trained parameters and their optimizer moments still
+  carry logical axis names: all the params, or with LoRA the adapters."""
   params = boxed_params(model, rng)
   if model.config.lora_rank:
     params = lora.split(params)[1]
@@ -47,22 +64,49 @@ def placed(boxed: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings)
 
 
-def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
-  """Returns the state's shapes, dtypes and shardings, without allocating it."""
-  return placed(jax.eval_shape(functools.partial(boxed_state, model, tx), jax.random.key(0)), mesh)
+def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                   lora_base: str = 'float32') -> TrainState:
+  """Returns the state's shapes, dtypes and shardings, without allocating it; with LoRA, its frozen base held as
+  `lora_base` (model.lora_base)."""
+  state = placed(jax.eval_shape(functools.partial(boxed_state, model, tx), jax.random.key(0)), mesh)
+  return state.replace(frozen=abstract_frozen(model, mesh, lora_base))
 
 
-def abstract_frozen(model: nn.Module, mesh: jax.sharding.Mesh) -> Any:
-  """Returns the shapes and shardings of a LoRA model's frozen pretrained params ({} for a model without LoRA)."""
+def abstract_frozen(model: nn.Module, mesh: jax.sharding.Mesh, lora_base: str) -> Any:
+  """Returns the shape structs of a LoRA model's frozen base held as `lora_base` (None without LoRA).
+
+  An int8/int4 matrix's integers are split as the float matrix is; its scales too, along each axis the split divides
+  (a contraction axis shrunk to its groups may not split: int8's single scale per output is whole on each device).
+  """
   if not model.config.lora_rank:
-    return {}
-  return placed(lora.split(jax.eval_shape(functools.partial(boxed_params, model), jax.random.key(0)))[0], mesh)
+    return None
+  base = placed(lora.split(jax.eval_shape(functools.partial(boxed_params, model), jax.random.key(0)))[0], mesh)
+  held = jax.eval_shape(functools.partial(lora.hold_base, storage=lora_base), base)
+  return jax.tree.map(lambda x, h: jax.tree.map(lambda y: jax.ShapeDtypeStruct(
+      y.shape, y.dtype, sharding=fitted(x.sharding, y.shape)), h), base, held)
+
+
+def hold_frozen(base: Any, abstract_frozen: Any, lora_base: str) -> Any:
+  """Returns LoRA's pretrained params `base` held as `lora_base` says (`lora.hold_base`), laid out as
+  `abstract_frozen`; `base` (donated) is read in `lora.read_dtype(lora_base)`. The same bits on every call."""
+  hold = jax.jit(functools.partial(lora.hold_base, storage=lora_base),
+                 out_shardings=jax.tree.map(lambda x: x.sharding, abstract_frozen), donate_argnums=0)
+  return hold(base)
+
+
+def fitted(placement: jax.sharding.NamedSharding, shape: tuple[int, ...]) -> jax.sharding.NamedSharding:
+  """Returns `placement` for an array of `shape`, each axis left whole where its mesh axes do not divide it."""
+  mesh, spec = placement.mesh, tuple(placement.spec) + (None,) * (len(shape) - len(placement.spec))
+  size = lambda axes: math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+      *(axes if n % size(axes) == 0 else None for n, axes in zip(shape, spec))))
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int, abstract: TrainState) -> TrainState:
-  """Returns a fresh state, each array created on its devices by a jitted init (never whole on one host)."""
+  """Returns a fresh state, each array created on its devices by a jitted init (never whole on one host); its frozen
+  part, LoRA's pretrained base, is left None for the caller to read (train/loop.py)."""
   init = lambda rng: nn.unbox(boxed_state(model, tx, rng))
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract.replace(frozen=None))
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
 
 
@@ -72,7 +116,7 @@ def bytes_per_device(abstract: Any) -> dict[jax.Device, int]:
   checks its own."""
   held = collections.Counter()
   for x in jax.tree.leaves(abstract):
-    shard_bytes = math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+    shard_bytes = quantize.array_bytes(jax.ShapeDtypeStruct(x.sharding.shard_shape(x.shape), x.dtype))
     for device in x.sharding.addressable_devices:
       held[device] += shard_bytes
   return dict(held)
@@ -90,7 +134,8 @@ def device_capacity(device: jax.Device) -> int | None:
 
 
 def check_fits(abstract: TrainState) -> None:
-  """Raises UserError if the train state alone (params and optimizer moments) exceeds a device's memory, before
+  """Raises UserError if the train state alone (params, frozen ones included, and optimizer moments) exceeds a
+  device's memory, before
   anything is allocated: such a run could only fail, or stall for minutes trying."""
   for device, size in bytes_per_device(abstract).items():
     capacity = device_capacity(device)

@@ -4,8 +4,6 @@ Shape key: B batch, T sequence length, D model width, V vocabulary.
 """
 
 import functools
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,7 @@ from flaxlm.model import lora
 from flaxlm.model.transformer import Transformer
 from flaxlm.train import sharding
 from flaxlm.train.loss import cross_entropy_sum
-from flaxlm.train.state import TrainState
+from flaxlm.train.state import TrainState, model_params
 
 Batch = dict[str, jax.Array]
 
@@ -38,15 +36,15 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: 
 
 
 def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
-            total_weight: jax.Array | None = None, frozen: Any = None) -> jax.Array:
-  """Returns the next-token loss of `params` on `batch` (dropout on when `dropout_rng` is given).
+            total_weight: jax.Array | None = None) -> jax.Array:
+  """Returns the next-token loss of `params` (all the model's: with LoRA, the adapters on the base) on `batch`
+  (dropout on when `dropout_rng` is given).
 
   The weighted token losses are summed and divided by `total_weight` (default: this batch's weights), so the
   losses of a batch's microbatches, each divided by the whole batch's weight, add up to the batch's loss.
-  With LoRA, `params` are the adapters and `frozen` the pretrained params they are added to. The logits are made
-  a chunk of positions at a time (train/loss.py), never all B x T x V at once.
+  The logits are made a chunk of positions at a time (train/loss.py), never all B x T x V at once.
   """
-  variables = {'params': lora.combine(frozen, params)}
+  variables = {'params': params}
   x_BxTxD = model.apply(variables, batch['inputs'], batch['positions'], batch['segment_ids'],
                         deterministic=dropout_rng is None,
                         rngs={'dropout': dropout_rng} if dropout_rng is not None else None, method=Transformer.hidden)
@@ -60,78 +58,77 @@ def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
   return nn.with_logical_constraint(x_BMxMxT.swapaxes(0, 1), (None, 'batch', 'length'))
 
 
-def gradients(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array, microbatches: int,
-              frozen: Any = None) -> tuple[jax.Array, object]:
-  """Returns (loss, gradients) on `batch`, computed over `microbatches` pieces in turn to bound activation memory.
+def gradients(state: TrainState, batch: Batch, model: nn.Module, dropout_rng: jax.Array,
+              microbatches: int) -> tuple[jax.Array, object]:
+  """Returns (loss, gradients of the state's trained params) on `batch`, computed over `microbatches` pieces in turn
+  to bound activation memory.
 
-  The gradients of the pieces are summed (Optax's MultiSteps instead averages whole optimizer calls, one per
-  microbatch), so the result equals the whole batch's up to float rounding, padding included. Only `params` get
-  gradients: `frozen` (LoRA's pretrained params) takes part in the loss as a constant.
+  The frozen params (LoRA's base) take part in the loss as constants: no gradient of their size is ever made. The
+  gradients of the pieces are summed (Optax's MultiSteps instead averages whole optimizer calls, one per microbatch),
+  so the result equals the whole batch's up to float rounding, padding included.
   """
+  loss_and_grads = jax.value_and_grad(
+      lambda trained, micro, rng, total: loss_fn(lora.combine(state.frozen, trained), micro, model, rng, total))
   if microbatches == 1:
-    return jax.value_and_grad(loss_fn)(params, batch, model, dropout_rng, frozen=frozen)
+    return loss_and_grads(state.params, batch, dropout_rng, None)
   total_weight = batch_weight(batch['weights'])
   micro_batches = jax.tree.map(lambda x: split_microbatches(x, microbatches), batch)
 
   def accumulate(totals, micro_and_index):
     micro, index = micro_and_index
-    loss_and_grads = jax.value_and_grad(loss_fn)(params, micro, model, jax.random.fold_in(dropout_rng, index),
-                                                 total_weight, frozen)
-    return jax.tree.map(jnp.add, totals, loss_and_grads), None
+    piece = loss_and_grads(state.params, micro, jax.random.fold_in(dropout_rng, index), total_weight)
+    return jax.tree.map(jnp.add, totals, piece), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
   (loss, grads), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(microbatches)))
   return loss, grads
 
 
-def train_step(state: TrainState, batch: Batch, frozen: Any, *, model: nn.Module, tx: optax.GradientTransformation,
+def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.GradientTransformation,
                schedule: optax.Schedule, seed: int, microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
-  """Returns the state after one update on `batch`, and the step's metrics (`frozen`: LoRA's base, else {})."""
+  """Returns the state after one update of its trained params on `batch`, and the step's metrics."""
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
-  loss, grads = gradients(state.params, batch, model, dropout_rng, microbatches, frozen)  # predict, loss, backprop
+  loss, grads = gradients(state, batch, model, dropout_rng, microbatches)  # predict, loss, backprop
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)  # update
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
   if isinstance(opt_state, optax.ApplyIfFiniteState):  # train.nonfinite=skip
     metrics['skipped_steps'] = opt_state.total_notfinite
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: Batch, frozen: Any = None, *, model: nn.Module) -> tuple[jax.Array, jax.Array]:
-  """Returns (the sum of the weighted token losses, the sum of the weights) of `params` (with LoRA, the adapters on
-  `frozen`) on `batch`, without dropout: summed over batches, their quotient is the mean loss per trained token."""
-  loss_sum = loss_fn(params, batch, model, None, total_weight=jnp.ones(()), frozen=frozen)  # Divided by 1.
+def eval_step(params, batch: Batch, *, model: nn.Module) -> tuple[jax.Array, jax.Array]:
+  """Returns (the sum of the weighted token losses, the sum of the weights) of `params` (all the model's:
+  `state.model_params`) on `batch`, without dropout: summed over batches, their quotient is the mean loss per trained
+  token."""
+  loss_sum = loss_fn(params, batch, model, None, total_weight=jnp.ones(()))  # Divided by 1.
   return loss_sum, batch['weights'].sum()
 
 
 def jit_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
-              abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1, frozen: Any = None):
-  """Returns (train_step(state, batch, frozen), eval_step(params, batch, frozen)) jitted with explicit shardings on
-  `mesh` (`abstract`'s and `frozen`'s, the batch's); train_step donates the state. Call or lower them under
-  `with_mesh`: `flaxlm-info --compile_for` lowers them for a TPU slice without running them.
+              abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1):
+  """Returns (train_step(state, batch), eval_step(params, batch)) jitted with explicit shardings on `mesh` (those of
+  `abstract`, its frozen part included, and the batch's); train_step donates the state (its frozen part comes back
+  as it went in). Call or lower them under `with_mesh`: `flaxlm-info --compile_for` lowers them for a TPU slice
+  without running them.
   """
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  frozen_shardings = jax.tree.map(lambda x: x.sharding, {} if frozen is None else frozen)
   batch_shardings = sharding.batch_sharding(mesh)  # Every array of the batch is B x T.
   scalar = sharding.replicated(mesh)
   train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, seed=seed,
                                     microbatches=microbatches),
-                  in_shardings=(state_shardings, batch_shardings, frozen_shardings),
-                  out_shardings=(state_shardings, scalar), donate_argnums=0)
+                  in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, scalar),
+                  donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, model=model),
-                     in_shardings=(state_shardings.params, batch_shardings, frozen_shardings), out_shardings=scalar)
+                     in_shardings=(model_params(state_shardings), batch_shardings), out_shardings=scalar)
   return train, evaluate
 
 
 def compile_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
-                  abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1, frozen: Any = None):
-  """Returns (train_step(state, batch), eval_step(params, batch)) jitted with explicit shardings; train_step
-  donates the state it is given. With LoRA, `frozen` (the pretrained params, on their devices) is passed to both.
-  """
-  frozen = {} if frozen is None else frozen
-  train, evaluate = jit_steps(model, tx, schedule, seed, abstract, mesh, microbatches, frozen)
-  return (with_mesh(lambda state, batch: train(state, batch, frozen), mesh),
-          with_mesh(lambda params, batch: evaluate(params, batch, frozen), mesh))
+                  abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1):
+  """Returns (train_step(state, batch), eval_step(params, batch)) jitted with explicit shardings and run under
+  `mesh`; train_step donates the state it is given."""
+  return tuple(with_mesh(fn, mesh) for fn in jit_steps(model, tx, schedule, seed, abstract, mesh, microbatches))
 
 
 def with_mesh(fn, mesh: jax.sharding.Mesh):

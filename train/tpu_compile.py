@@ -199,22 +199,24 @@ def train_report(config: ml_collections.ConfigDict, name: str) -> list[str]:
   """Returns the lines describing the train step of `config` compiled for the slice `name` and its memory per
   device; raises UserError if it does not fit."""
   loop.check_train_config(config.train)
+  loop.check_lora(config.model)
   c = estimate.model_config(config)
   mesh = sharding.make_mesh(config, slice_devices(name))
   model, tx = Transformer(c), optimizer.make_optimizer(config.train)
   what, fixes = f'the train step ({config.train.batch_size} x {c.max_length} tokens)', train_fixes(config)
-  abstract = state_lib.abstract_state(shapes_model(c), tx, mesh)
-  frozen = state_lib.abstract_frozen(shapes_model(c), mesh)
+  abstract = state_lib.abstract_state(shapes_model(c), tx, mesh, config.model.lora_base)
   batch = abstract_batch(mesh, config.train.batch_size, c.max_length)
   with tracing_for(mesh):
     train, _ = step_lib.jit_steps(model, tx, optimizer.schedule(config.train), config.train.seed, abstract, mesh,
-                                  config.train.microbatches, frozen)
-    compiled = compile_for(train, (abstract, batch, frozen), mesh, name, what, fixes)
-  arguments = [('train state', shard_bytes(abstract)), ('frozen params', shard_bytes(frozen)),
-               ('batch', shard_bytes(batch))]
+                                  config.train.microbatches)
+    compiled = compile_for(train, (abstract, batch), mesh, name, what, fixes)
+  arguments = [('train state', shard_bytes(state_lib.checkpointed(abstract))),
+               ('frozen params', shard_bytes(abstract.frozen)), ('batch', shard_bytes(batch))]
   described = {'step': f'train, {config.train.batch_size:,} x {c.max_length:,} tokens in '
                        f'{config.train.microbatches} microbatch(es)',
                'attention': attention.resolve(c.attention, 'tpu', c.dtype, c.head_dim)}
+  if c.lora_rank:
+    described['LoRA'] = f'rank {c.lora_rank} on {c.lora_targets}, the frozen base {config.model.lora_base}'
   return report(name, mesh, described, compiled, [a for a in arguments if a[1] or a[0] == 'batch'], what, fixes)
 
 
