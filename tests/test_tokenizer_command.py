@@ -1,6 +1,7 @@
 """Tests of flaxlm-tokenizer as a user runs it: train, encode, count, and its one-line errors."""
 
 import json
+import pathlib
 
 from conftest import command
 from test_cli import assert_one_line_error, run
@@ -39,3 +40,17 @@ def test_bad_input_gets_one_line_and_leaves_no_model(corpus, tmp_path):
   assert_one_line_error(missing, 'no file matches')
   assert not model.exists() and not model.with_name('tok.model.tmp').exists()
   assert_one_line_error(run(command('flaxlm-tokenizer'), 'frobnicate'), 'name one command')
+
+
+def test_encode_and_count_with_a_hugging_face_folder(tmp_path):
+  folder = pathlib.Path(__file__).parent / 'fixtures' / 'hf_tokenizer'
+  [entry] = [e for e in json.loads((folder / 'reference.json').read_text())['texts'] if e['text'].startswith('the')]
+  encoded = run(command('flaxlm-tokenizer'), 'encode', f'--tokenizer={folder}', f'--text={entry["text"]}')
+  assert encoded.returncode == 0, encoded.stderr
+  rows = [line.split(maxsplit=1) for line in encoded.stdout.splitlines()]
+  assert [int(row[0]) for row in rows] == entry['ids'] and rows[0][1] == '<|begin_of_text|>'  # BOS: what the model reads.
+  counted = run(command('flaxlm-tokenizer'), 'count', f'--tokenizer={folder / "tokenizer.json"}', '--text=the river')
+  assert counted.stdout.startswith('2 tokens for 9 characters'), counted.stderr
+  (tmp_path / 'tokenizer.json').write_text('{"model": {"type": "BPE", "vocab": 5}}')
+  broken = run(command('flaxlm-tokenizer'), 'encode', f'--tokenizer={tmp_path}', '--text=x')
+  assert_one_line_error(broken, 'is not a tokenizer.json the tokenizers library can read')
