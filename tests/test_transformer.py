@@ -11,6 +11,7 @@ import pytest
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
+from flaxlm.model import sampling
 from flaxlm.model.transformer import ModelConfig, Transformer, count_params
 
 VOCAB = 50
@@ -48,10 +49,14 @@ def expected_count(c: ModelConfig) -> int:
   """Returns the parameter count by formula: embeddings, L x (attention + MLP + norms), final norm, head."""
   norm = c.width * (2 if c.norm == 'layernorm' else 1)
   attention = c.width * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-  mlp = c.width * c.mlp_width * (3 if c.mlp == 'swiglu' else 2)
-  if c.use_bias:  # q, k, v and out biases; up (and gate) and down biases.
-    attention += c.head_dim * (c.num_heads + 2 * c.num_kv_heads) + c.width
-    mlp += c.mlp_width * (2 if c.mlp == 'swiglu' else 1) + c.width
+  mlp = c.width * c.mlp_width * (2 if c.mlp == 'gelu' else 3)
+  if c.use_bias or c.qkv_bias:  # q, k and v biases
+    attention += c.head_dim * (c.num_heads + 2 * c.num_kv_heads)
+  if c.use_bias:  # out bias; up (and gate) and down biases.
+    attention += c.width
+    mlp += c.mlp_width * (1 if c.mlp == 'gelu' else 2) + c.width
+  if c.qk_norm:  # one scale of K for the queries, one for the keys
+    attention += 2 * c.head_dim
   positions = c.max_length * c.width if c.positions == 'learned' else 0
   head = 0 if c.tie_embeddings else c.width * c.vocab_size
   return c.vocab_size * c.width + positions + c.num_layers * (attention + mlp + 2 * norm) + norm + head
@@ -65,7 +70,13 @@ VARIANTS = [
     {'positions': 'learned', 'norm': 'layernorm', 'mlp': 'gelu', 'tie_embeddings': True, 'use_bias': True},
     {'scan_layers': False, 'remat': 'full'},
     {'dtype': 'bfloat16'},
+    # The pretrained families' options (model/hf_families.py), all at once.
+    {'num_kv_heads': 1, 'head_dim': 12, 'qkv_bias': True, 'qk_norm': True, 'mlp': 'geglu', 'norm_offset': 1.0,
+     'scale_embeddings': True, 'tie_embeddings': True, 'rope_scaling': 'yarn', 'rope_factor': 4.0,
+     'rope_original_length': 8},
+    {'width': 30, 'head_dim': 6, 'rope_scaling': 'llama3', 'rope_factor': 8.0, 'rope_original_length': 4},  # K*H != D
 ]
+FAMILY_OPTIONS = VARIANTS[-2]
 
 
 @pytest.mark.parametrize('overrides', VARIANTS)
@@ -165,6 +176,14 @@ def test_parameters_are_float32_with_bfloat16_compute():
     ({'num_kv_heads': -1}, 'model.num_kv_heads=-1 must not be negative'),
     ({'width': -32}, 'model.width=-32 must be positive'),
     ({'max_length': 0}, 'model.max_length=0 must be positive'),
+    ({'head_dim': -8}, r'model.head_dim=-8 must not be negative \(0 takes width / num_heads'),
+    ({'head_dim': 7}, 'rotary positions need an even head dimension, not 7'),
+    ({'norm_offset': 1.0, 'norm': 'layernorm'}, 'model.norm_offset=1.0 applies to rmsnorm only'),
+    ({'norm_offset': float('nan')}, 'model.norm_offset=nan must be a finite number'),
+    ({'rope_scaling': 'dynamic'}, 'model.rope_scaling'),
+    ({'rope_factor': 0.0}, 'model.rope_factor=0.0 must be a positive finite number'),
+    ({'rope_original_length': -1}, 'model.rope_original_length=-1 must not be negative'),
+    ({'rope_scaling': 'llama3', 'rope_low_freq_factor': 4.0}, 'must be positive with low < high'),
 ])
 def test_impossible_shapes_are_refused_with_the_fix(overrides, message):
   with pytest.raises(UserError, match=message):
@@ -197,3 +216,29 @@ def test_attention_stays_inside_its_segment():
   second_alone = forward(model, params, tokens[:, 6:])
   packed = model.apply({'params': params}, tokens, positions, segments)
   np.testing.assert_allclose(packed[:, 6:], second_alone, rtol=1e-5, atol=1e-5)
+
+
+def test_the_norm_offset_and_embedding_scale_are_what_gemma_computes():
+  """With offset 1 a norm scale s multiplies by 1 + s, and embeddings are multiplied by sqrt(D) (the untied head
+  reads nothing else): params shifted by -1 and divided by sqrt(D) give the plain model's logits."""
+  plain, gemma = make_model(), make_model(norm_offset=1.0, scale_embeddings=True)
+  params = random_params(plain)
+  shifted = jax.tree_util.tree_map_with_path(
+      lambda path, x: x - 1 if 'RMSNorm_0' in jax.tree_util.keystr(path) else x, params)
+  shifted['embed'] = {'embedding': params['embed']['embedding'] / np.sqrt(32)}
+  tokens = jax.random.randint(jax.random.key(7), (2, 16), 0, VOCAB)
+  np.testing.assert_allclose(forward(gemma, shifted, tokens), forward(plain, params, tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_token_by_token_decoding_equals_the_full_forward_pass_with_the_families_options():
+  model = make_model(**FAMILY_OPTIONS)
+  params = random_params(model)
+  tokens_1xT = jax.random.randint(jax.random.key(8), (1, 16), 0, VOCAB)
+  expected_TxV = forward(model, params, tokens_1xT)[0]
+  atol = 1e-5 * float(jnp.abs(expected_TxV).max())  # reassociation, relative to the logits' scale
+  logits_1xV, cache = jax.jit(sampling.prefill, static_argnums=0)(model, params, tokens_1xT[:, :1], jnp.asarray([1]))
+  step = jax.jit(sampling.decode_step, static_argnums=0)
+  for t in range(1, 16):
+    np.testing.assert_allclose(logits_1xV[0], expected_TxV[t - 1], rtol=1e-5, atol=atol)
+    logits_1xV, cache = step(model, params, cache, tokens_1xT[:, t], jnp.asarray([t]))
+  np.testing.assert_allclose(logits_1xV[0], expected_TxV[15], rtol=1e-5, atol=atol)
