@@ -109,6 +109,18 @@ def test_a_tokenizer_json_encodes_as_transformers_and_decodes_back_exactly(hf):
   assert hf.piece(hf.encode(' river')[0]).startswith('Ġ')  # Byte-level BPE's space.
 
 
+@pytest.mark.parametrize('name', ['tokenizer.json', 'tokenizer.model'])
+def test_a_sentencepiece_style_tokenizer_json_and_its_model_encode_as_transformers(name):
+  folder = HF_FOLDER.with_name('hf_sentencepiece')  # transformers' tokenizer.json of a SentencePiece model.
+  tokenizer = tokenizer_lib.load(folder / name)
+  assert type(tokenizer) is {'tokenizer.json': tokenizer_lib.HFTokenizer,
+                             'tokenizer.model': tokenizer_lib.SentencePieceTokenizer}[name]
+  assert tokenizer.add_bos and tokenizer.eos_ids == (2,)  # BOS by the tokenizer.json's post-processor; Llama's rule.
+  for entry in json.loads((folder / 'reference.json').read_text())['texts']:
+    assert tokenizer_lib.model_ids(tokenizer, entry['text']).tolist() == entry['ids']
+    assert tokenizer.decode(tokenizer.encode(entry['text'])) == entry['text']
+
+
 def test_bos_follows_the_config_else_the_tokenizer_s_own_post_processor(tmp_path, hf):
   folder = tmp_path / 'hf'
   shutil.copytree(HF_FOLDER, folder)
