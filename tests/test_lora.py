@@ -1,5 +1,6 @@
 """Tests of LoRA (model/lora.py): the adapters' size, their merge, and a LoRA fine-tune through the training loop."""
 
+import contextlib
 import dataclasses
 import json
 import subprocess
@@ -106,7 +107,15 @@ def test_lora_needs_a_pretrained_model(corpus, tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-def test_a_lora_fine_tune_learns_with_the_base_frozen_and_checkpoints_only_adapters(corpus, tmp_path):
+def stopping_at(step: int):
+  """Returns a stand-in for preemption.watch whose run is told to save and stop at `step`, as SIGTERM would."""
+  @contextlib.contextmanager
+  def watch(manager):
+    yield lambda done: 'SIGTERM' if done == step else None
+  return watch
+
+
+def test_a_lora_fine_tune_on_an_int8_base_learns_resumes_exactly_and_merges(corpus, tmp_path, monkeypatch):
   pretraining = tiny_config(corpus, 20)
   pretraining.train.learning_rate = 1e-2  # Enough for the output head to learn: adapters do not reach it.
   loop.train(pretraining, str(tmp_path / 'base'))
@@ -117,19 +126,24 @@ def test_a_lora_fine_tune_learns_with_the_base_frozen_and_checkpoints_only_adapt
   def tune(steps: int, learning_rate: float, name: str):
     config = tiny_config(tmp_path / 'examples.jsonl', steps)
     config.data.format, config.train.init_from = 'examples', str(tmp_path / 'base')
-    config.model.update(lora_rank=4, lora_targets='query,value,out,up,down')
+    config.model.update(lora_rank=4, lora_targets='query,value,out,up,down', lora_base='int8')
     config.train.learning_rate, config.train.min_learning_rate = learning_rate, learning_rate / 10
-    return loop.train(config, str(tmp_path / name)), metrics.read_metrics(tmp_path / name)[-1]['val_loss']
+    return loop.train(config, str(tmp_path / name)), metrics.read_metrics(tmp_path / name)
 
-  _, base_loss = tune(1, 0.0, 'untouched')  # Fresh adapters: the pretrained model's loss on the responses.
-  state, tuned_loss = tune(60, 3e-2, 'lora')
-  assert tuned_loss < 0.85 * base_loss  # A tiny base trained for seconds: adapters alone cannot go far.
-  assert all(lora.is_adapter(path) for path in traverse_util.flatten_dict(state.params))  # What is checkpointed.
-  resumed, _ = tune(60, 3e-2, 'lora')  # Restores the adapters and reads the base again from init_from.
-  # Bitwise: the second call only restores the checkpoint the first wrote at its last step.
+  _, untouched = tune(1, 0.0, 'untouched')  # Fresh adapters: the int8 base's loss on the responses.
+  state, straight = tune(60, 3e-2, 'lora')
+  assert straight[-1]['val_loss'] < 0.85 * untouched[-1]['val_loss']  # A tiny base trained for seconds.
+  assert all(lora.is_adapter(path) for path in traverse_util.flatten_dict(state.params))  # What is trained.
+  with monkeypatch.context() as patch:
+    patch.setattr(loop.preemption, 'watch', stopping_at(25))  # Saved and stopped at step 25...
+    assert int(tune(60, 3e-2, 'resumed')[0].step) == 25
+  resumed, after = tune(60, 3e-2, 'resumed')  # ...then resumed: the adapters restored, the base read again.
+  # (Orbax restores only a tree that matches the checkpoint's whole: it holds the adapters and moments, no base.)
+  # Bitwise: the same programs on the same adapters, moments, batches and (re-read, re-quantized) base bits.
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(state.params))
+  assert [r['loss'] for r in after] == [r['loss'] for r in straight]
   _, base, _ = pretrained.load(tmp_path / 'base')
-  model, merged, _ = pretrained.load(tmp_path / 'lora')  # The adapters merged into the base.
+  model, merged, _ = pretrained.load(tmp_path / 'lora')  # The adapters merged into the base (float32, as saved).
   assert model.config.lora_rank == 0
   flat_base, flat_merged = traverse_util.flatten_dict(base), traverse_util.flatten_dict(merged)
   changed = {'/'.join(path) for path in flat_base if not np.array_equal(flat_base[path], flat_merged[path])}
