@@ -153,7 +153,7 @@ class SentencePieceTokenizer:
     self.bos_id, self.eos_id, self.pad_id = (special_id(self.processor.bos_id()), special_id(self.processor.eos_id()),
                                              special_id(self.processor.pad_id()))
     self.specials = specials
-    self.add_bos = bool(specials) and specials.add_bos is not False and self.bos_id is not None
+    self.add_bos = specials is not None and specials.add_bos is not False and self.bos_id is not None
     self.eos_ids = eos_ids_of(self.eos_id, specials.eos_ids if specials else ())
     self.chat_template = specials.chat_template if specials else None
 
@@ -302,7 +302,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
 
 
 CONFIG, GENERATION, TEMPLATE = 'tokenizer_config.json', 'generation_config.json', 'chat_template.jinja'
-SIDE_FILES = (CONFIG, GENERATION, TEMPLATE)  # Read beside a tokenizer file, where a checkpoint keeps its specials.
+SPECIAL_MAP = 'special_tokens_map.json'  # Older folders name bos/eos/pad here rather than in tokenizer_config.json.
+SIDE_FILES = (CONFIG, SPECIAL_MAP, GENERATION, TEMPLATE)  # Read beside a tokenizer file: a checkpoint's specials.
 
 
 def load(path: str | os.PathLike) -> Tokenizer:
@@ -345,11 +346,14 @@ def json_object(data: bytes, name: str, path: str | os.PathLike) -> dict:
 
 
 def specials_of(side: dict[str, bytes], path: str | os.PathLike) -> Specials | None:
-  """Returns the special tokens the side files say, None without a tokenizer_config.json (a tokenizer of flaxlm's
-  own); a chat_template.jinja file is the template, as in transformers' newer folders."""
-  if CONFIG not in side:
+  """Returns the special tokens the side files say, None without a tokenizer_config.json or special_tokens_map.json
+  (a tokenizer of flaxlm's own); a chat_template.jinja file is the template, as in transformers' newer folders."""
+  if CONFIG not in side and SPECIAL_MAP not in side:
     return None
-  config = json_object(side[CONFIG], CONFIG, path)
+  named = json_object(side[SPECIAL_MAP], SPECIAL_MAP, path) if SPECIAL_MAP in side else {}
+  config = json_object(side.get(CONFIG, b'{}'), CONFIG, path)
+  config.update({key: named[key] for key in ('bos_token', 'eos_token', 'pad_token')
+                 if key in named and key not in config})
   generation = json_object(side[GENERATION], GENERATION, path) if GENERATION in side else {}
   template = config.get('chat_template')
   if isinstance(template, list):  # Named templates: [{"name": "default", "template": "..."}, ...].
@@ -395,12 +399,15 @@ def load_hf(data: bytes, specials: Specials, path: str | os.PathLike) -> HFToken
   """Returns the Hugging Face tokenizer.json in `data`; raises UserError if the tokenizers library cannot read it."""
   try:
     return HFTokenizer(data, specials)
+  except UserError:
+    raise
   except Exception as e:  # The tokenizers library raises a bare Exception for a malformed file.
     raise UserError(f'{path} is not a tokenizer.json the tokenizers library can read ({str(e).splitlines()[0]}): '
                     'pass the tokenizer.json of a Hugging Face model.') from None
 
 
-def load_sentencepiece(data: bytes, path: str | os.PathLike, specials: Specials | None = None) -> SentencePieceTokenizer:
+def load_sentencepiece(data: bytes, path: str | os.PathLike,
+                      specials: Specials | None = None) -> SentencePieceTokenizer:
   """Returns the SentencePiece model in `data`; raises UserError if it is not one."""
   try:
     return SentencePieceTokenizer(data, specials)

@@ -197,3 +197,11 @@ def test_a_workdir_keeps_a_tokenizer_json_with_its_specials(tmp_path, hf):
   workdir_lib.write_run_files(tmp_path, config, hf)
   assert tokenizer_lib.files_of(workdir_lib.load_tokenizer(tmp_path)) == tokenizer_lib.files_of(hf)
   workdir_lib.check_usable(tmp_path)
+
+
+def test_an_older_folder_names_its_special_tokens_in_special_tokens_map_json(tmp_path):
+  shutil.copy(HF_FOLDER / 'tokenizer.json', tmp_path)
+  (tmp_path / 'special_tokens_map.json').write_text(json.dumps({'bos_token': {'content': '<|begin_of_text|>'},
+                                                                'eos_token': '<|end_of_text|>'}))
+  tokenizer = tokenizer_lib.from_hf_folder(tmp_path)
+  assert (tokenizer.bos_id, tokenizer.eos_ids, tokenizer.add_bos) == (0, (1,), True)

@@ -48,7 +48,8 @@ def test_encode_and_count_with_a_hugging_face_folder(tmp_path):
   encoded = run(command('flaxlm-tokenizer'), 'encode', f'--tokenizer={folder}', f'--text={entry["text"]}')
   assert encoded.returncode == 0, encoded.stderr
   rows = [line.split(maxsplit=1) for line in encoded.stdout.splitlines()]
-  assert [int(row[0]) for row in rows] == entry['ids'] and rows[0][1] == '<|begin_of_text|>'  # BOS: what the model reads.
+  assert [int(row[0]) for row in rows] == entry['ids']
+  assert rows[0][1] == '<|begin_of_text|>'  # BOS first: what the model reads.
   counted = run(command('flaxlm-tokenizer'), 'count', f'--tokenizer={folder / "tokenizer.json"}', '--text=the river')
   assert counted.stdout.startswith('2 tokens for 9 characters'), counted.stderr
   (tmp_path / 'tokenizer.json').write_text('{"model": {"type": "BPE", "vocab": 5}}')

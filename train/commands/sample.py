@@ -89,7 +89,10 @@ def prompt_text() -> str:
 def encode_prompt(text: str, tokenizer: Tokenizer, model: Transformer) -> np.ndarray:
   """Returns the ids the model reads for the prompt (with --chat, its conversation's); raises UserError if they are
   more than the model's context."""
-  tokens = chat.prompt_ids(tokenizer, chat.conversation(text)) if CHAT.value else tokenizer_lib.model_ids(tokenizer, text)
+  if CHAT.value:
+    tokens = chat.prompt_ids(tokenizer, chat.conversation(text))
+  else:
+    tokens = tokenizer_lib.model_ids(tokenizer, text)
   if len(tokens) > model.config.max_length:
     raise UserError(f'the prompt is {len(tokens)} tokens, longer than the model\'s context of '
                     f'{model.config.max_length}: shorten it.')
