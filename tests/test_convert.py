@@ -8,6 +8,7 @@ import dataclasses
 import json
 import pathlib
 import shutil
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +20,11 @@ from conftest import command
 from test_cli import assert_one_line_error, run
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
+from flaxlm.data import tokenizer as tokenizer_lib
 from flaxlm.model import hf, hf_families
 from flaxlm.model.transformer import ModelConfig, Transformer
-from flaxlm.train import pretrained, workdir as workdir_lib
+from flaxlm.train import export, pretrained, workdir as workdir_lib
+from flaxlm.train.commands import convert
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 TOLERANCE = 1e-4  # float32 logits of a different program (XLA, not torch) computing the same function
@@ -70,7 +73,7 @@ def assert_config_matches(written: dict, name: str) -> None:
   """Checks every field of a written config.json that the fixture's has is equal, and both map to one model."""
   fixture = fixture_config(name)
   assert {k: v for k, v in written.items() if k in fixture} == {k: fixture[k] for k in written if k in fixture}
-  assert set(written) - set(fixture) <= {'rope_theta'}  # Llama's rotary base, also under transformers 4's key.
+  assert set(written) - set(fixture) <= {'rope_theta', 'torch_dtype'}  # also under transformers 4's keys
   assert hf_families.model_config(written) == hf_families.model_config(fixture)
 
 
@@ -179,7 +182,7 @@ def test_a_checkpoint_that_is_not_exactly_the_model_s_is_refused(name):
   assert fragment in str(raised.value)
 
 
-def test_buffers_a_tied_head_and_bfloat16_weights_are_accepted():
+def test_buffers_a_tied_head_and_bfloat16_weights_are_accepted_and_bfloat16_is_kept():
   tensors = fixture_tensors('hf_gpt2')
   c = model_config('hf_gpt2')
   buffers = {f'transformer.h.{i}.attn.{name}': np.ones((1, 1, 4, 4), np.uint8)  # older transformers' causal mask
@@ -191,7 +194,10 @@ def test_buffers_a_tied_head_and_bfloat16_weights_are_accepted():
   bfloat16 = {k: x.astype(jnp.bfloat16) for k, x in fixture_tensors('hf_llama').items()}
   params = hf.params_from_hf({**bfloat16, **rotary}, llama)
   expected = hf.params_from_hf(jax.tree.map(lambda x: np.asarray(x, np.float32), bfloat16), llama)
+  assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(expected)} == {np.dtype(np.float32)}
   assert jax.tree.all(jax.tree.map(np.array_equal, params, expected))
+  assert {x.dtype for x in hf.params_to_hf(params, llama).values()} == {np.dtype(jnp.bfloat16)}
 
 
 def test_the_norm_epsilon_carries_over_both_ways():
@@ -208,12 +214,14 @@ def converted(tmp_path_factory) -> pathlib.Path:
   path = tmp_path_factory.mktemp('convert') / 'export'
   result = run(command('flaxlm-convert'), f'--from_hf={FIXTURES / "hf_llama"}', f'--output={path}')
   assert result.returncode == 0, result.stderr
-  assert result.stdout == f'wrote {path}: 90,432 parameters of a llama model in float32\n'
+  assert result.stdout == f'wrote {path}: 90,432 parameters of a llama model, stored in float32, computing in bfloat16\n'
   return path
 
 
 def test_convert_a_llama_folder_to_an_export_and_back(converted, tmp_path):
-  model, params, tokenizer = pretrained.load(converted)
+  assert workdir_lib.load_config(converted).model.dtype == 'bfloat16'  # the default compute dtype
+  assert export.stored_dtype(converted) == 'float32'  # the checkpoint's
+  model, params, tokenizer = pretrained.load(converted, 'float32')
   assert model.config.scan_layers and model.config.num_kv_heads == 2
   assert_logits_match('hf_llama', model, params)
   assert tokenizer.serialized() == (FIXTURES / 'hf_llama' / 'tokenizer.model').read_bytes()
@@ -245,15 +253,20 @@ def test_bad_input_gets_one_line_and_writes_nothing(converted, tmp_path):
   cases = [  # (flags, what the error says)
       ((f'--from_hf={folders["bert"]}', f'--output={out}'), "model_type='bert': flaxlm converts only gpt2, llama"),
       ((f'--from_hf={folders["empty"]}', f'--output={out}'), 'has no config.json'),
-      ((f'--from_hf={FIXTURES / "hf_gpt2"}', f'--output={out}'), 'has no SentencePiece tokenizer.model'),
+      ((f'--from_hf={FIXTURES / "hf_gpt2"}', f'--output={out}'), 'has neither a tokenizer.json nor a tokenizer.model'),
       ((f'--to_hf={out}', f'--params={folders["layernorm_llama"]}'), 'is neither GPT-2'),
+      ((f'--from_hf={FIXTURES / "hf_llama"}', f'--output={tmp_path / "missing" / "out"}'),
+       f'--output={tmp_path / "missing" / "out"} is in {tmp_path / "missing"}, which is not a directory: create it'),
+      ((f'--to_hf={tmp_path / "missing" / "hf"}', f'--params={converted}'), 'which is not a directory: create it'),
+      ((f'--to_hf={tmp_path / "hf"}', f'--params={converted}', '--max_shard_size=5TB'), 'is not a size'),
   ]
   before = sorted(tmp_path.rglob('*'))
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     results = list(pool.map(lambda case: run(command('flaxlm-convert'), *case[0]), cases))
-  for result, (_, fragment) in zip(results, cases):
+  for result, (args, fragment) in zip(results, cases):
+    assert 'Traceback' not in result.stderr, (args, result.stderr)
     assert_one_line_error(result, fragment)
-  assert sorted(tmp_path.rglob('*')) == before  # No output, and no partial one beside it.
+  assert sorted(tmp_path.rglob('*')) == before  # No output, no partial one, no directory made on the way.
 
 
 def damaged(root: pathlib.Path, fixture: str, name: str, config: dict | bytes | None = None,
@@ -294,23 +307,142 @@ def damaged_folders(root: pathlib.Path) -> dict[str, tuple[pathlib.Path, str]]:
              in cases.items()}
   shards = damaged(root, 'hf_llama', 'shards')  # The same tensor in two shards.
   safetensors.numpy.save_file({'model.norm.weight': np.ones(64, np.float32)}, shards / 'model-2.safetensors')
-  folders['shards'] = (shards, 'holds the tensor model.norm.weight, which an earlier shard holds too')
+  folders['shards'] = (shards, 'holds the tensor model.norm.weight, which model-2.safetensors holds too')
   return folders
 
 
-def test_damaged_checkpoints_get_one_line_and_write_nothing(converted, tmp_path):
+def test_damaged_checkpoints_are_refused_and_write_nothing(tmp_path):
   folders = damaged_folders(tmp_path / 'hf')
-  out, tokenizer = tmp_path / 'out', f'--tokenizer={FIXTURES / "hf_llama" / "tokenizer.model"}'
-  cases = [((f'--from_hf={folder}', f'--output={out}', tokenizer), fragment) for folder, fragment in folders.values()]
-  cases += [
-      ((f'--from_hf={FIXTURES / "hf_llama"}', f'--output={tmp_path / "missing" / "out"}'),
-       f'--output={tmp_path / "missing" / "out"} is in {tmp_path / "missing"}, which is not a directory: create it'),
-      ((f'--to_hf={tmp_path / "missing" / "hf"}', f'--params={converted}'), 'which is not a directory: create it'),
-  ]
+  out, tokenizer = tmp_path / 'out', str(FIXTURES / 'hf_llama' / 'tokenizer.model')
   before = sorted(tmp_path.rglob('*'))
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    results = list(pool.map(lambda case: run(command('flaxlm-convert'), *case[0]), cases))
-  for result, (args, fragment) in zip(results, cases):
-    assert 'Traceback' not in result.stderr, (args, result.stderr)
-    assert_one_line_error(result, fragment)
+  for name, (folder, fragment) in folders.items():
+    with pytest.raises(UserError) as raised:
+      convert.from_hf(str(folder), str(out), tokenizer, 'bfloat16')
+    assert fragment in str(raised.value), name
   assert sorted(tmp_path.rglob('*')) == before  # No output, no partial one, no directory made on the way.
+
+def shards_of(root: pathlib.Path, tensors: hf.Tensors, files: int) -> pathlib.Path:
+  """Returns a copy of the Llama fixture folder (config.json, tokenizer.model) whose `tensors` are split in order
+  into `files` safetensors files, as transformers shards a checkpoint."""
+  folder = root / 'sharded'
+  shutil.copytree(FIXTURES / 'hf_llama', folder, ignore=shutil.ignore_patterns('*.safetensors', '*.npz'))
+  for i, names in enumerate(np.array_split(list(tensors), files)):
+    safetensors.numpy.save_file({name: tensors[name] for name in names}, folder / f'model-{i + 1}-of-{files}.safetensors')
+  return folder
+
+
+def test_import_holds_one_layer_s_tensors_at_a_time(tmp_path, monkeypatch):
+  folder = shards_of(tmp_path, fixture_tensors('hf_llama'), 3)
+  shards = sorted(folder.glob('*.safetensors'))
+  live, peak, reads = [0], [0], []  # the bytes of the arrays read and still alive, their most, the names read
+  read = hf.Checkpoint.__getitem__
+
+  def counted(checkpoint: hf.Checkpoint, name: str) -> np.ndarray:
+    x = read(checkpoint, name)
+    owner = x
+    while isinstance(owner.base, np.ndarray):
+      owner = owner.base
+    live[0] += owner.nbytes
+    peak[0] = max(peak[0], live[0])
+    weakref.finalize(owner, lambda n=owner.nbytes: live.__setitem__(0, live[0] - n))
+    reads.append(name)
+    return x
+
+  monkeypatch.setattr(hf.Checkpoint, '__getitem__', counted)
+  c = model_config('hf_llama')
+  params = hf.params_from_hf(hf.Checkpoint(shards), c)
+  sizes = [file.stat().st_size for file in shards]
+  assert peak[0] <= max(sizes) < sum(sizes)  # All the tensors at once would be about sum(sizes).
+  assert live[0] == 0  # None is kept once converted.
+  assert sorted(reads) == sorted(fixture_tensors('hf_llama'))  # Each read once.
+  assert_logits_match('hf_llama', Transformer(c), params)
+
+
+def test_a_checkpoint_with_an_unreadable_tensor_is_refused_before_anything_is_read(tmp_path):
+  folder = shards_of(tmp_path, {**fixture_tensors('hf_llama'), 'model.norm.weight': np.ones(64, np.int8)}, 2)
+  checkpoint = hf.Checkpoint(sorted(folder.glob('*.safetensors')))
+  checkpoint.shard_of = {}  # A read would raise KeyError.
+  with pytest.raises(UserError, match='the tensor model.norm.weight holds int8, not floating-point weights'):
+    hf.params_from_hf(checkpoint, model_config('hf_llama'))
+
+
+def read_by_index(folder: pathlib.Path) -> hf.Tensors:
+  """Returns the tensors of an HF folder's shards, each read from the file its model.safetensors.index.json names."""
+  index = json.loads((folder / hf.INDEX).read_text())
+  tensors = {}
+  for name, file in index['weight_map'].items():
+    with safetensors.safe_open(folder / file, framework='numpy') as f:
+      tensors[name] = f.get_tensor(name)
+  assert index['metadata']['total_size'] == sum(x.nbytes for x in tensors.values())
+  return tensors
+
+
+def test_a_bfloat16_checkpoint_stays_bfloat16_both_ways_and_exports_in_shards(tmp_path):
+  bfloat16 = {name: x.astype(jnp.bfloat16) for name, x in fixture_tensors('hf_llama').items()}
+  export_path, hf_path = tmp_path / 'export', tmp_path / 'hf'
+  convert.from_hf(str(shards_of(tmp_path, bfloat16, 3)), str(export_path), None, 'float32')
+  assert export.stored_dtype(export_path) == 'bfloat16'
+  assert workdir_lib.load_config(export_path).model.dtype == 'float32'  # as asked
+  lines = convert.to_hf(str(hf_path), str(export_path), '40KB')
+  shards = sorted(p.name for p in hf_path.glob('*.safetensors'))
+  assert lines == [f'wrote {hf_path}: 90,432 parameters of a llama model in bfloat16, in {len(shards)} safetensors '
+                   'file(s)']
+  n = len(shards)  # 181 kB in all, in files of at most 40 kB: 5 or more
+  assert n >= 5 and shards == [f'model-{i:05d}-of-{n:05d}.safetensors' for i in range(1, n + 1)]
+  assert all((hf_path / name).stat().st_size <= 40_000 + 2_000 for name in shards)  # the cap, and a header
+  written = read_by_index(hf_path)
+  assert sorted(written) == sorted(bfloat16)
+  for name, x in bfloat16.items():
+    assert written[name].dtype == x.dtype and np.array_equal(written[name], x), name
+  config = json.loads((hf_path / 'config.json').read_text())
+  assert config['dtype'] == config['torch_dtype'] == 'bfloat16'
+  assert (hf_path / 'tokenizer.model').read_bytes() == (FIXTURES / 'hf_llama' / 'tokenizer.model').read_bytes()
+
+
+def test_max_shard_size_reads_as_transformers_does():
+  assert [convert.size_in_bytes(s) for s in ('5GB', '500MB', '2GiB', '1.5kb', '1000', '7 MiB')] == [
+      5 * 10**9, 5 * 10**8, 2 * 2**30, 1500, 1000, 7 * 2**20]
+  for bad in ('', 'GB', 'five', '0', '0.5B', '5 TB', '-1GB'):
+    with pytest.raises(UserError, match=f'--max_shard_size={bad} is not a size'):
+      convert.size_in_bytes(bad)
+
+
+def with_tokenizer_json(root: pathlib.Path, vocab_size: int) -> pathlib.Path:
+  """Returns a copy of the Llama fixture folder with the tokenizer.json fixture's files for its tokenizer.model and a
+  vocabulary of `vocab_size` (the embedding and head padded with random rows)."""
+  folder = root / f'llama_{vocab_size}'
+  shutil.copytree(FIXTURES / 'hf_llama', folder, ignore=shutil.ignore_patterns('tokenizer.model', '*.npz'))
+  for file in (FIXTURES / 'hf_tokenizer').glob('*.json'):
+    shutil.copy(file, folder)
+  tensors = fixture_tensors('hf_llama')
+  rows = np.random.default_rng(0).normal(size=(vocab_size - 128, 64)).astype(np.float32)
+  for name in ('model.embed_tokens.weight', 'lm_head.weight'):
+    tensors[name] = np.concatenate([tensors[name], rows])
+  safetensors.numpy.save_file(tensors, folder / 'model.safetensors')
+  (folder / 'config.json').write_text(json.dumps({**fixture_config('hf_llama'), 'vocab_size': vocab_size}))
+  return folder
+
+
+def assert_same_tokenizer(tokenizer: tokenizer_lib.Tokenizer, expected: tokenizer_lib.Tokenizer) -> None:
+  """Checks two tokenizers have the same file, special tokens and template."""
+  assert isinstance(tokenizer, tokenizer_lib.HFTokenizer)
+  assert tokenizer.serialized() == expected.serialized()
+  assert (tokenizer.bos_id, tokenizer.eos_ids, tokenizer.pad_id, tokenizer.add_bos, tokenizer.chat_template) == (
+      expected.bos_id, expected.eos_ids, expected.pad_id, expected.add_bos, expected.chat_template)
+
+
+def test_a_folder_s_tokenizer_json_goes_into_the_export_and_back(tmp_path):
+  expected = tokenizer_lib.from_hf_folder(FIXTURES / 'hf_tokenizer')
+  export_path, hf_path = tmp_path / 'export', tmp_path / 'hf'
+  convert.from_hf(str(with_tokenizer_json(tmp_path, 384)), str(export_path), None, 'bfloat16')
+  assert_same_tokenizer(workdir_lib.load_tokenizer(export_path), expected)
+  convert.to_hf(str(hf_path), str(export_path), '5GB')
+  assert {'tokenizer.json', 'tokenizer_config.json', 'model.safetensors'} <= {p.name for p in hf_path.iterdir()}
+  assert_same_tokenizer(tokenizer_lib.from_hf_folder(hf_path), expected)
+
+
+def test_a_tokenizer_with_more_ids_than_the_checkpoint_is_refused(tmp_path):
+  assert tokenizer_lib.from_hf_folder(FIXTURES / 'hf_tokenizer').vocab_size == 357
+  with pytest.raises(UserError, match=r'^the tokenizer has 357 ids and the model 128: its vocabulary is not the '):
+    convert.from_hf(str(with_tokenizer_json(tmp_path, 128)), str(tmp_path / 'out'), None, 'bfloat16')
+  assert not (tmp_path / 'out').exists()

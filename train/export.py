@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from flaxlm.configs.errors import UserError
@@ -58,8 +59,17 @@ def unwritable(output: str | os.PathLike, error: OSError) -> UserError:
 
 
 def cast(params: Any, dtype: str) -> Any:
-  """Returns `params` with every leaf cast to `dtype` (a name in DTYPES)."""
-  return jax.tree.map(lambda x: x.astype(DTYPES[dtype]), params)
+  """Returns `params` with every leaf cast to `dtype` (a name in DTYPES); a leaf already in it is not copied."""
+  return jax.tree.map(lambda x: x if x.dtype == DTYPES[dtype] else x.astype(DTYPES[dtype]), params)
+
+
+def params_checkpointer() -> ocp.Checkpointer:
+  """Returns Orbax's checkpointer of a params pytree, writing host (numpy) arrays as they are: Orbax's default first
+  copies every one of them (so that its caller may change them while it writes), which doubles a conversion's memory."""
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+      (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)))
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
 
 
 @contextlib.contextmanager
@@ -91,8 +101,8 @@ def write(output: str | os.PathLike, params: Any, config: ml_collections.ConfigD
   """Writes the export of `params` (cast to `dtype`), `config` and `tokenizer` at `output`; returns its path."""
   check_writable(output, dtype)
   with new_directory(output) as partial:
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(partial / PARAMS_DIR, cast(params, dtype))
+    with params_checkpointer() as checkpointer:
+      checkpointer.save(partial / PARAMS_DIR, args=ocp.args.PyTreeSave(cast(params, dtype)))
     tokenizer_lib.save(tokenizer, partial)
     (partial / 'config.json').write_text(config.to_json(indent=2))  # Last: what makes it an export.
   return files.absolute(output)
@@ -110,6 +120,18 @@ def check_is_export(path: str | os.PathLike) -> None:
                   'flaxlm-export or flaxlm-convert --from_hf.')
 
 
+def stored_dtype(path: str | os.PathLike) -> str:
+  """Returns the name (in DTYPES) of the dtype the params of the export at `path` are stored in, from their metadata
+  alone; float32 if they mix dtypes. Raises UserError if the metadata does not read."""
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      leaves = jax.tree.leaves(dict(checkpointer.metadata(files.absolute(path) / PARAMS_DIR).item_metadata))
+  except Exception as e:  # Orbax raises many kinds for damaged files.
+    raise damaged(path, e) from None
+  found = {np.dtype(leaf.dtype).name for leaf in leaves}
+  return found.pop() if len(found) == 1 and found <= DTYPES.keys() else 'float32'
+
+
 def read_params(path: str | os.PathLike, abstract: Any) -> Any:
   """Returns the exported params laid out as `abstract` says (shapes, shardings, and the dtype they are cast to);
   raises UserError if they do not restore (damaged files, or params of another shape than config.json's)."""
@@ -118,5 +140,10 @@ def read_params(path: str | os.PathLike, abstract: Any) -> Any:
     with ocp.StandardCheckpointer() as checkpointer:
       return checkpointer.restore(files.absolute(path) / PARAMS_DIR, abstract)
   except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
-    raise UserError(f'the params in {path} do not restore ({checkpoint.first_line(e)}): the export is damaged, or its '
-                    'config.json is not the one it was written with; export it again.') from None
+    raise damaged(path, e) from None
+
+
+def damaged(path: str | os.PathLike, error: Exception) -> UserError:
+  """Returns the error to raise when the params of the export at `path` do not read (`error`)."""
+  return UserError(f'the params in {path} do not restore ({checkpoint.first_line(error)}): the export is damaged, or '
+                   'its config.json is not the one it was written with; export it again.')

@@ -1,21 +1,27 @@
-"""`flaxlm-convert`: Hugging Face GPT-2 and Llama checkpoints to flaxlm exports and back, without torch.
+"""`flaxlm-convert`: Hugging Face checkpoints to flaxlm exports and back, without torch, a layer at a time.
 
-  flaxlm-convert --from_hf=/models/tinyllama --output=/tmp/tinyllama [--dtype=bfloat16] [--tokenizer=FILE.model]
-  flaxlm-sample --params=/tmp/tinyllama --prompt="Once upon a time"
-  flaxlm-convert --to_hf=/tmp/tinyllama_hf --params=/tmp/tinyllama
+  flaxlm-convert --from_hf=/models/llama-3.2-1b --output=/tmp/llama [--dtype=float32] [--tokenizer=FILE]
+  flaxlm-sample --params=/tmp/llama --prompt="Once upon a time"
+  flaxlm-convert --to_hf=/tmp/llama_hf --params=/tmp/llama [--max_shard_size=5GB]
 
-An HF folder holds config.json and the weights as *.safetensors (one file, or shards). The tokenizer comes from
-the folder's SentencePiece tokenizer.model (as Llama 2 ships one) or from --tokenizer; without either the
-conversion is refused, since GPT-2's BPE (vocab.json, merges.txt) and tokenizer.json files are not SentencePiece
-and a byte tokenizer would give the ids the wrong text. Back to HF, a SentencePiece tokenizer is written as
-tokenizer.model; flaxlm's byte and char tokenizers have no HF form and are left out.
+An HF folder holds config.json and the weights as *.safetensors (one file, or shards); the model types are those of
+model/hf_families.py. The shards are read lazily, a layer's tensors at a time, after every name, shape and dtype has
+been checked against the model; the params keep the checkpoint's dtype (bfloat16 stays bfloat16; float16 becomes
+float32, which holds it exactly), and the converted model computes in --dtype (bfloat16 unless asked otherwise).
+The tokenizer is the folder's tokenizer.json (with the special tokens and chat template of its tokenizer_config.json
+and generation_config.json), else its SentencePiece tokenizer.model, or --tokenizer; without any the conversion is
+refused, since a byte tokenizer would give the ids the wrong text. Back to HF, the params are written in the dtype
+they are stored in, into safetensors files of at most --max_shard_size, one at a time (several with the
+model.safetensors.index.json naming each tensor's file), with the export's tokenizer files; flaxlm's byte and char
+tokenizers have no HF form and are left out.
 """
 
 import json
 import pathlib
+import re
 
 import jax
-import safetensors.numpy
+import numpy as np
 from absl import flags
 
 from flaxlm.configs import base
@@ -28,11 +34,15 @@ from flaxlm.train.commands import cli
 
 FROM_HF = flags.DEFINE_string('from_hf', None, 'An HF model folder (config.json, *.safetensors) to convert.')
 OUTPUT = flags.DEFINE_string('output', None, 'With --from_hf: the flaxlm export directory to create.')
-TOKENIZER = flags.DEFINE_string('tokenizer', None, 'With --from_hf: "byte" or a SentencePiece .model file whose ids '
-                                'are the checkpoint\'s; default: the folder\'s tokenizer.model.')
-DTYPE = flags.DEFINE_string('dtype', 'float32', 'With --from_hf: what the params are stored in: float32 or bfloat16.')
+TOKENIZER = flags.DEFINE_string('tokenizer', None, 'With --from_hf: "byte", or a tokenizer.json or SentencePiece .model '
+                                'file whose ids are the checkpoint\'s; default: the folder\'s tokenizer.json, else '
+                                'its tokenizer.model.')
+DTYPE = flags.DEFINE_string('dtype', 'bfloat16', 'With --from_hf: the dtype the converted model computes in (its '
+                            'config\'s model.dtype): bfloat16 or float32. Its params keep the checkpoint\'s dtype.')
 TO_HF = flags.DEFINE_string('to_hf', None, 'An HF model folder to create from the export --params.')
 PARAMS = flags.DEFINE_string('params', None, 'With --to_hf: a flaxlm export (written by flaxlm-export or --from_hf).')
+MAX_SHARD_SIZE = flags.DEFINE_string('max_shard_size', '5GB', 'With --to_hf: the most each safetensors file holds '
+                                     '(as transformers\' save_pretrained: 5GB, 500MB, 2GiB); more make shards.')
 
 
 def read_hf_config(directory: str) -> dict:
@@ -51,94 +61,108 @@ def read_hf_config(directory: str) -> dict:
   return config
 
 
-def read_tensors(directory: str) -> hf.Tensors:
-  """Returns all the tensors of the *.safetensors files (one, or shards) in an HF model folder."""
+def read_checkpoint(directory: str) -> hf.Checkpoint:
+  """Returns the tensors of the *.safetensors files (one, or shards) in an HF model folder, their headers read (the
+  names, shapes and dtypes), their data read when each is converted."""
   shards = sorted(pathlib.Path(directory).glob('*.safetensors'))
   if not shards:
     raise UserError(f'{directory} has no *.safetensors weights: save the model with save_pretrained('
                     'safe_serialization=True).')
-  tensors = {}
-  for file in shards:
-    if not file.is_file():  # A directory, or a pipe (opening one waits for a writer forever).
-      raise UserError(f'{file} is not a regular file: pass a folder whose weights are *.safetensors files.')
-    try:
-      shard = safetensors.numpy.load_file(file)
-    except (safetensors.SafetensorError, OSError) as e:
-      raise UserError(f'{file} does not read as safetensors ({e}): it is cut short or damaged; download it '
-                      'again.') from None
-    twice = sorted(tensors.keys() & shard.keys())
-    if twice:
-      raise UserError(f'{file} holds the tensor {twice[0]}, which an earlier shard holds too: pass a folder with '
-                      'one checkpoint.')
-    tensors.update(shard)
-  return tensors
+  return hf.Checkpoint(shards)
+
+
+HF_KINDS = (tokenizer_lib.HFTokenizer, tokenizer_lib.SentencePieceTokenizer)  # the tokenizers HF folders hold
 
 
 def hf_tokenizer(directory: str, kind: str | None, vocab_size: int) -> tokenizer_lib.Tokenizer:
-  """Returns the tokenizer `kind` names ('byte' or a .model file), else the folder's SentencePiece tokenizer.model."""
-  path = pathlib.Path(directory) / tokenizer_lib.SentencePieceTokenizer.filename
-  if kind is None and not path.is_file():
-    raise UserError(f'{directory} has no SentencePiece tokenizer.model (GPT-2\'s vocab.json and merges.txt, and '
-                    'tokenizer.json, are not one): pass --tokenizer=FILE.model, a SentencePiece model with the '
-                    'checkpoint\'s ids, or --tokenizer=byte.')
+  """Returns the tokenizer `kind` names ('byte', or a tokenizer.json or SentencePiece .model file), else the folder's
+  own (its tokenizer.json, else its tokenizer.model); raises UserError if it has more ids than the model's
+  `vocab_size`."""
   if kind == 'byte':
     tokenizer = tokenizer_lib.ByteTokenizer()
   else:
-    tokenizer = sentencepiece_file(kind) if kind else tokenizer_lib.load(path)
+    tokenizer = tokenizer_file(kind) if kind else tokenizer_lib.from_hf_folder(directory)
   if tokenizer.vocab_size > vocab_size:
-    raise UserError(f'the tokenizer has {tokenizer.vocab_size:,} ids and the model {vocab_size:,}: pass a '
-                    '--tokenizer with the checkpoint\'s ids.')
+    raise UserError(f'the tokenizer has {tokenizer.vocab_size:,} ids and the model {vocab_size:,}: its vocabulary is '
+                    'not the checkpoint\'s; pass a --tokenizer with the checkpoint\'s ids.')
   return tokenizer
 
 
-def sentencepiece_file(path: str) -> tokenizer_lib.Tokenizer:
-  """Returns the SentencePiece model --tokenizer names; raises UserError if it is no file, or a flaxlm char or byte
-  tokenizer's JSON (whose ids are not the checkpoint's)."""
+def tokenizer_file(path: str) -> tokenizer_lib.Tokenizer:
+  """Returns the tokenizer.json or SentencePiece model --tokenizer names; raises UserError if it is no file, or a
+  flaxlm char or byte tokenizer's JSON (whose ids are not the checkpoint's)."""
   if not files.to_path(path).is_file():
-    raise UserError(f'--tokenizer={path} is not a file: pass the SentencePiece .model file with the checkpoint\'s ids, '
-                    'or --tokenizer=byte.')
+    raise UserError(f'--tokenizer={path} is not a file: pass the tokenizer.json or SentencePiece .model file with the '
+                    'checkpoint\'s ids, or --tokenizer=byte.')
   tokenizer = tokenizer_lib.load(path)
-  if not isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):
-    raise UserError(f'--tokenizer={path} is a flaxlm {type(tokenizer).__name__}, not a SentencePiece model: its ids '
-                    'are not the checkpoint\'s; pass the .model file the checkpoint was trained with.')
+  if not isinstance(tokenizer, HF_KINDS):
+    raise UserError(f'--tokenizer={path} is a flaxlm {type(tokenizer).__name__}, not a tokenizer.json or SentencePiece '
+                    'model: its ids are not the checkpoint\'s; pass the file the checkpoint was trained with.')
   return tokenizer
 
 
 def from_hf(directory: str, output: str, tokenizer_kind: str | None, dtype: str) -> list[str]:
-  """Writes the flaxlm export of the HF model folder `directory` at `output`; returns the lines to print."""
+  """Writes the flaxlm export of the HF model folder `directory` at `output`, its params in the checkpoint's dtype
+  and its model computing in `dtype`; returns the lines to print."""
   export.check_writable(output, dtype)
   hf_config = read_hf_config(directory)
   config = base.get_config()
-  config.model.update(hf_families.model_config(hf_config))
+  config.model.update(hf_families.model_config(hf_config), dtype=dtype)
   tokenizer = hf_tokenizer(directory, tokenizer_kind, config.model.vocab_size)
   config.data.tokenizer = tokenizer_kind or str(pathlib.Path(directory).absolute() / tokenizer.filename)
-  params = hf.params_from_hf(read_tensors(directory), ModelConfig.from_config(config.model, tokenizer.vocab_size))
-  path = export.write(output, params, config, tokenizer, dtype)
-  return [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in {dtype}']
+  params = hf.params_from_hf(read_checkpoint(directory), ModelConfig.from_config(config.model, tokenizer.vocab_size))
+  stored = dtype_name(params)
+  path = export.write(output, params, config, tokenizer, stored)
+  return [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model, stored in '
+          f'{stored}, computing in {dtype}']
 
 
-def write_hf(output: str, hf_config: dict, tensors: hf.Tensors, tokenizer: tokenizer_lib.Tokenizer) -> pathlib.Path:
-  """Writes config.json, model.safetensors and a SentencePiece tokenizer.model as a new folder; returns its path."""
+def dtype_name(params: hf.Tree) -> str:
+  """Returns the name of the dtype of `params` (converted ones all share one)."""
+  return jax.tree.leaves(params)[0].dtype.name
+
+
+def write_hf(output: str, hf_config: dict, params: hf.Tree, c: ModelConfig, tokenizer: tokenizer_lib.Tokenizer,
+             max_shard_bytes: int) -> list[str]:
+  """Writes config.json, the safetensors shards of `params` (model `c`), one at a time, and the tokenizer's files
+  where HF has a form for it (`HF_KINDS`) as a new folder; returns the names of the weight files."""
   with export.new_directory(output) as partial:
     (partial / 'config.json').write_text(json.dumps(hf_config, indent=2))
-    safetensors.numpy.save_file(tensors, partial / 'model.safetensors', metadata={'format': 'pt'})
-    if isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):
+    names = hf.write_shards(partial, hf.hf_groups(params, c), max_shard_bytes)
+    if isinstance(tokenizer, HF_KINDS):
       tokenizer_lib.save(tokenizer, partial)
-  return pathlib.Path(output).absolute()
+  return names
 
 
-def to_hf(output: str, params_path: str) -> list[str]:
-  """Writes the HF model folder of the flaxlm export `params_path` at `output`; returns the lines to print."""
+def to_hf(output: str, params_path: str, max_shard_size: str) -> list[str]:
+  """Writes the HF model folder of the flaxlm export `params_path` at `output`, in the dtype its params are stored
+  in, in safetensors files of at most `max_shard_size`; returns the lines to print."""
+  max_shard_bytes = size_in_bytes(max_shard_size)
   export.check_new_directory(output, 'to_hf')
   export.check_is_export(params_path)
   c = pretrained.model_config(params_path, workdir_lib.load_config(params_path).model, 0)
   hf_config = hf_families.hf_config(c)  # Refuses a model HF cannot express before its params are read.
-  _, params, tokenizer = pretrained.load(params_path, 'float32')
-  path = write_hf(output, hf_config, hf.params_to_hf(jax.device_get(params), c), tokenizer)
-  lines = [f'wrote {path}: {count_params(params):,} parameters of a {hf_config["model_type"]} model in float32']
-  if not isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):
+  dtype = export.stored_dtype(params_path)
+  hf_config.update(dtype=dtype, torch_dtype=dtype)  # transformers 5's key, and 4's
+  _, params, tokenizer = pretrained.load(params_path, dtype)
+  names = write_hf(output, hf_config, jax.tree.map(np.asarray, params), c, tokenizer, max_shard_bytes)
+  shards = [name for name in names if name.endswith('.safetensors')]
+  lines = [f'wrote {pathlib.Path(output).absolute()}: {count_params(params):,} parameters of a '
+           f'{hf_config["model_type"]} model in {dtype}, in {len(shards)} safetensors file(s)']
+  if not isinstance(tokenizer, HF_KINDS):
     lines.append('note: the export\'s tokenizer is flaxlm\'s byte or char one, which HF has no file for: not written.')
   return lines
+
+
+UNITS = {'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30}  # as transformers
+
+
+def size_in_bytes(size: str) -> int:
+  """Returns the bytes of a size such as 5GB, 500MB, 2GiB or 1000 (bytes); raises UserError for anything else."""
+  match = re.fullmatch(r'([0-9]+(?:\.[0-9]*)?)\s*([KMG]i?B|B)?', size.strip(), re.IGNORECASE)
+  if not match or float(match[1]) * UNITS[(match[2] or 'B').upper()] < 1:
+    raise UserError(f'--max_shard_size={size} is not a size: pass one such as 5GB, 500MB or 2GiB.')
+  return int(float(match[1]) * UNITS[(match[2] or 'B').upper()])
 
 
 def check_local(flag: flags.FlagHolder) -> None:
@@ -148,7 +172,8 @@ def check_local(flag: flags.FlagHolder) -> None:
                     'on local disk: copy it there (or from there) with gcloud storage cp --recursive.')
 
 
-DIRECTIONS = {'from_hf': (OUTPUT, TOKENIZER, DTYPE), 'to_hf': (PARAMS,)}  # The flags each direction takes.
+# The flags each direction takes.
+DIRECTIONS = {'from_hf': (OUTPUT, TOKENIZER, DTYPE), 'to_hf': (PARAMS, MAX_SHARD_SIZE)}
 
 
 def check_direction(other: flags.FlagHolder) -> None:
@@ -168,7 +193,7 @@ def convert() -> None:
     output = cli.required(OUTPUT, 'pass --output=PATH, the export directory to create.')
     lines = from_hf(FROM_HF.value, output, TOKENIZER.value, DTYPE.value)
   else:
-    lines = to_hf(TO_HF.value, cli.required(PARAMS, 'pass --params=PATH, a flaxlm export.'))
+    lines = to_hf(TO_HF.value, cli.required(PARAMS, 'pass --params=PATH, a flaxlm export.'), MAX_SHARD_SIZE.value)
   print('\n'.join(lines))
 
 
