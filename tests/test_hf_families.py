@@ -159,6 +159,20 @@ BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), wh
     ('hf_llama', {'head_dim': None, 'num_attention_heads': 3, 'num_key_value_heads': 1},
      'num_attention_heads=3, which does not divide hidden_size=64'),
     ('hf_qwen3', {'head_dim': 0}, 'head_dim=0, which is not a positive integer'),
+    ('hf_gpt2', {'activation_function': 'relu'}, "activation_function='relu'"),
+    ('hf_gpt2', {'n_layer': 0}, 'n_layer=0, which is not a positive integer'),
+    ('hf_gpt2', {'model_type': ['gpt2']}, f"model_type=['gpt2']: {SUPPORTED}"),
+    ('hf_llama', {'attention_bias': True}, 'attention_bias=True'),
+    ('hf_llama', {'mlp_bias': True}, 'mlp_bias=True'),
+    ('hf_llama', {'hidden_size': None}, "lacks 'hidden_size'"),
+    ('hf_llama', {'num_attention_heads': 'four'}, "num_attention_heads='four', which is not a positive integer"),
+    ('hf_llama', {'num_attention_heads': 4.0}, 'num_attention_heads=4.0, which is not a positive integer'),
+    ('hf_llama', {'vocab_size': -5}, 'vocab_size=-5, which is not a positive integer'),
+    ('hf_llama', {'num_key_value_heads': True}, 'num_key_value_heads=True, which is not a positive integer'),
+    ('hf_llama', {'rms_norm_eps': 'small'}, "rms_norm_eps='small', which is not a positive number"),
+    ('hf_llama', {'rope_parameters': {'rope_theta': float('inf')}}, 'rope_theta=inf, which is not a positive'),
+    ('hf_llama', {'rope_parameters': 'default'}, "rope_parameters='default', which is not an object"),
+    ('hf_llama', {'tie_word_embeddings': 'no'}, "tie_word_embeddings='no', which is not true or false"),
 ]
 
 
@@ -182,8 +196,15 @@ def test_models_hf_has_no_type_for_are_refused_on_export():
       (dataclasses.replace(llama, qkv_bias=True, qk_norm=True), 'qwen3 needs qkv_bias=False'),
       (dataclasses.replace(llama, mlp='geglu'), 'gemma needs norm_offset=1.0, scale_embeddings=True'),
       (dataclasses.replace(gpt2, head_dim=8), 'only models with head_dim=width/num_heads convert to GPT-2'),
+      (dataclasses.replace(gpt2, num_kv_heads=2), 'GPT-2 has no grouped-query attention'),
       (dataclasses.replace(llama, hf_model_type='bert'), "model.hf_model_type='bert' is not one of gpt2, llama"),
   ]
   for c, fragment in cases:
     with pytest.raises(UserError, match=fragment):
       hf_families.hf_config(c)
+
+
+def test_the_norm_epsilon_carries_over_both_ways():
+  for name, key in (('hf_gpt2', 'layer_norm_epsilon'), ('hf_qwen3', 'rms_norm_eps')):
+    c = model_of({**fixture_config(name), key: 1e-5})
+    assert c.norm_eps == 1e-5 and hf_families.hf_config(c)[key] == 1e-5
