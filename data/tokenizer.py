@@ -423,8 +423,8 @@ def from_hf_folder(directory: str | os.PathLike) -> Tokenizer:
   for name in (HFTokenizer.filename, SentencePieceTokenizer.filename):
     if (folder / name).is_file():
       return load(folder / name)
-  raise UserError(f'{directory} has neither a tokenizer.json nor a tokenizer.model: copy the tokenizer files of the '
-                  'model (from its Hugging Face repository) into it.')
+  raise UserError(f'{directory} is a directory with neither a tokenizer.json nor a tokenizer.model: pass a tokenizer '
+                  'file, or copy the tokenizer files of the model (from its Hugging Face repository) into it.')
 
 
 def hf_config(tokenizer: Tokenizer) -> dict:

@@ -163,7 +163,7 @@ def test_a_sentencepiece_model_in_a_hugging_face_folder_adds_bos(tmp_path):
 
 
 @pytest.mark.parametrize('files, message', [
-    ({}, 'has neither a tokenizer.json nor a tokenizer.model'),
+    ({}, 'is a directory with neither a tokenizer.json nor a tokenizer.model'),
     ({'tokenizer.json': '{"model": {"type": "BPE", "vocab": 5}}'}, 'is not a tokenizer.json the tokenizers library'),
     ({'tokenizer.json': '{"version": "1.0"}'}, 'is not a flaxlm tokenizer .* nor a Hugging Face tokenizer.json'),
     ({'tokenizer.json': None, 'tokenizer_config.json': '{"eos_token": "<|nope|>"}'},
