@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from flaxlm.configs.errors import UserError
 from flaxlm.model import quantize
 
 TARGETS = ('query', 'key', 'value', 'out', 'gate', 'up', 'down')  # every matrix an adapter can change.
@@ -52,11 +53,10 @@ def problem(rank: int, alpha: float, targets: str, mlp: str) -> str | None:
   return None
 
 
-def base_problem(storage: str) -> str | None:
-  """Returns what is wrong with `model.lora_base` (one line naming the key), or None if the base can be held so."""
+def check_base(storage: str) -> None:
+  """Raises UserError (naming the key) unless `model.lora_base` is one of BASES."""
   if storage not in BASES:
-    return f'model.lora_base={storage!r} is not one of {BASES}: set --config.model.lora_base.'
-  return None
+    raise UserError(f'model.lora_base={storage!r} is not one of {BASES}: set --config.model.lora_base.')
 
 
 def read_dtype(storage: str) -> Any:

@@ -52,6 +52,23 @@ def test_explicit_mesh_sizes_give_memory_per_device(monkeypatch, capsys):
   assert float(total) == round(4 * 6_738_415_616 / 2**30, 2) and float(per_device) == round(float(total) / 16, 2)
 
 
+def test_a_lora_fine_tune_counts_its_adapters_and_holds_its_base_as_lora_base(monkeypatch, capsys):
+  code, out, _ = info(monkeypatch, capsys, '--config=llama2_7b', '--config.model.lora_rank=16',
+                      '--config.model.lora_base=int8')
+  assert code == 0
+  adapters = 32 * 2 * 16 * (4096 + 4096)  # Layers x (query, value) x rank x (inputs + outputs).
+  assert row(out, 'LoRA: trained parameters')[0] == f'{adapters:,}'
+  # The layers' matrices a byte a weight, plus a float32 scale per output column (query, key, value, out, down: 4096;
+  # gate, up: 11008); norms, embedding and head bfloat16.
+  layer_matrices, scales = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008), 32 * 4 * (5 * 4096 + 2 * 11008)
+  bfloat16 = 2 * (32 * 2 * 4096 + 4096 + 2 * 32000 * 4096)
+  assert row(out, 'frozen base (int8)') == [f'{(layer_matrices + scales + bfloat16) / 2**30:,.3f}'] == ['6.525']
+  assert abs(float(row(out, 'AdamW moments (2 x float32)')[0]) - 8 * adapters / 2**30) <= 6e-4  # Rounded to 0.001.
+  code, out, err = info(monkeypatch, capsys, '--config=llama2_7b', '--config.model.lora_rank=16',
+                        '--config.model.lora_base=int3')
+  assert code == 1 and "model.lora_base='int3' is not one of" in err
+
+
 def test_a_char_tokenizer_needs_the_vocabulary_size(monkeypatch, capsys):
   code, out, err = info(monkeypatch, capsys, '--config=tiny')
   assert code == 1 and out == ''

@@ -128,9 +128,8 @@ def example_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.To
 def check_lora(c: ml_collections.ConfigDict) -> None:
   """Raises UserError if a LoRA model section (lora_rank > 0) names a storage of the base that is not one of
   lora.BASES."""
-  problem = c.lora_rank and lora.base_problem(c.lora_base)
-  if problem:
-    raise UserError(problem)
+  if c.lora_rank:
+    lora.check_base(c.lora_base)
 
 
 FORMATS = {'text': text_streams, 'examples': example_streams}

@@ -17,9 +17,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model import flops, quantize
-from flaxlm.model.transformer import count_params, param_shapes
-from flaxlm.train import estimate, sharding
+from flaxlm.model import flops, lora, quantize
+from flaxlm.model.transformer import ModelConfig, count_params, param_shapes, shapes_model
+from flaxlm.train import estimate, optimizer, sharding, state
 from flaxlm.train.commands import cli
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. llama2_7b) or a config file.', lock_config=True)
@@ -66,10 +66,30 @@ def report(config: ml_collections.ConfigDict) -> list[str]:
       f'{"training FLOPs per token":<32}{per_token:>16,.0f}',
       f'{"training FLOPs per step":<32}{per_token * tokens:>16.3e}  ({config.train.batch_size:,} x '
       f'{c.max_length:,} tokens)',
-      *estimate.memory_lines(params, parameter_shards(config.mesh)),
+      *(lora_lines(config, c) if c.lora_rank else estimate.memory_lines(params, parameter_shards(config.mesh))),
       'weights for sampling (flaxlm-sample --quantize):',
       *quantize.memory_table(shapes),
   ]
+
+
+def lora_lines(config: ml_collections.ConfigDict, c: ModelConfig) -> list[str]:
+  """Returns the lines of a LoRA fine-tune's memory, from the train state's shapes: the frozen base as
+  model.lora_base holds it, and the adapters with their gradients and AdamW moments (float32), in GiB."""
+  lora.check_base(config.model.lora_base)
+  tx = optimizer.make_optimizer(config.train)
+  abstract = state.abstract_state(shapes_model(c), tx, sharding.single_device_mesh(), config.model.lora_base)
+  trained, total = count_params(abstract.params), count_params(quantize.integers(state.model_params(abstract)))
+  sizes = {f'frozen base ({config.model.lora_base})': quantize.memory_bytes(abstract.frozen),
+           'adapters (float32)': quantize.memory_bytes(abstract.params),
+           'gradients (float32)': quantize.memory_bytes(abstract.params),
+           'AdamW moments (2 x float32)': quantize.memory_bytes(abstract.opt_state)}
+  shards = parameter_shards(config.mesh)
+  lines = [f'{"LoRA: trained parameters":<32}{trained:>16,}  ({trained / total:.2%}: rank {c.lora_rank} on '
+           f'{c.lora_targets})', f'{"memory (GiB)":<32}{"total":>16}' + (f'{"per device":>14}' if shards else '')]
+  for name, size in {**sizes, 'training total': sum(sizes.values())}.items():
+    lines.append(f'  {name:<30}{size / 2 ** 30:>16,.3f}' + (f'{size / 2 ** 30 / shards:>14,.3f}' if shards else ''))
+  lines.append('  activations come on top: they grow with the batch, the context and model.remat')
+  return lines
 
 
 def check_flags() -> None:
