@@ -147,12 +147,10 @@ def rope_options(hf: dict) -> dict:
       require(r, key, (None,), None)
   options = dict(rope_theta=number(r, 'rope_theta', hf.get('rope_theta', 10_000.0)), rope_scaling=ROPE_SCALINGS[kind])
   for key, option in ROPE_KEYS[kind].items():
-    if key == 'original_max_position_embeddings':  # transformers takes max_position_embeddings where it is absent
-      options[option] = integer(r, key, 0) if r.get(key) is not None else 0
-    elif r.get(key) is None:
+    if r.get(key) is not None:
+      options[option] = (integer if key == 'original_max_position_embeddings' else number)(r, key)
+    elif key != 'original_max_position_embeddings':  # which transformers, as flaxlm, takes as max_position_embeddings
       raise UserError(f'config.json has rope_type={kind!r} without its {key!r}: pass the folder\'s own config.json.')
-    else:
-      options[option] = number(r, key)
   return options
 
 

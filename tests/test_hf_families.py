@@ -208,3 +208,11 @@ def test_the_norm_epsilon_carries_over_both_ways():
   for name, key in (('hf_gpt2', 'layer_norm_epsilon'), ('hf_qwen3', 'rms_norm_eps')):
     c = model_of({**fixture_config(name), key: 1e-5})
     assert c.norm_eps == 1e-5 and hf_families.hf_config(c)[key] == 1e-5
+
+
+def test_an_absent_original_context_is_max_position_embeddings_as_transformers_takes_it():
+  config = fixture_config('hf_qwen2')
+  rope = {k: v for k, v in config['rope_parameters'].items() if k != 'original_max_position_embeddings'}
+  c = model_of({**config, 'rope_parameters': rope})
+  assert c.rope_original_length == 0 and c.rotary.original_length == config['max_position_embeddings'] == 64
+  assert hf_families.hf_config(c)['rope_parameters']['original_max_position_embeddings'] == 64
