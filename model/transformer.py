@@ -55,6 +55,7 @@ class ModelConfig:
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_targets: str = 'query,value'
+  # Options of the pretrained families (configs/base.py says what each does); the defaults are flaxlm's own models.
   head_dim: int = 0  # K; from_config replaces 0 by width / num_heads
   qkv_bias: bool = False
   qk_norm: bool = False
@@ -207,7 +208,7 @@ class RMSNorm(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Returns x normalized over its last axis (of any shape), in `dtype`."""
     init = nn.with_logical_partitioning(nn.initializers.constant(1.0 - self.offset), (self.axis,))
-    scale = self.param('scale', init, (x.shape[-1],), jnp.float32)
+    scale = self.param('scale', init, (x.shape[-1],), jnp.float32).astype(jnp.float32)  # 1 + a bfloat16 w loses w
     x = x.astype(jnp.float32)
     inverse = jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
     return (x * (inverse * (self.offset + scale))).astype(self.dtype)
