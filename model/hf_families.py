@@ -166,10 +166,10 @@ def rope_to_hf(c: ModelConfig) -> dict:
 def attention_shape(hf: dict) -> dict:
   """Returns the heads, key/value heads, width and head dimension of a rotary config.json, checked."""
   width, heads = integer(hf, 'hidden_size'), integer(hf, 'num_attention_heads')
-  kv_heads = integer(hf, 'num_key_value_heads', heads)
-  divides(('num_key_value_heads', kv_heads), ('num_attention_heads', heads))
   if hf.get('head_dim') is None:
     divides(('num_attention_heads', heads), ('hidden_size', width))
+  kv_heads = integer(hf, 'num_key_value_heads', heads)
+  divides(('num_key_value_heads', kv_heads), ('num_attention_heads', heads))
   return dict(num_heads=heads, num_kv_heads=kv_heads, width=width, head_dim=integer(hf, 'head_dim', width // heads))
 
 

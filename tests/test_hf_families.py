@@ -156,7 +156,7 @@ BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), wh
     ('hf_mistral', {'sliding_window': 32}, 'sliding_window=32, which flaxlm cannot express'),
     ('hf_gemma', {'hidden_act': 'relu'}, "hidden_act='relu', which flaxlm cannot express"),
     ('hf_gemma', {'use_bidirectional_attention': True}, 'use_bidirectional_attention=True'),
-    ('hf_llama', {'head_dim': None, 'num_attention_heads': 3, 'num_key_value_heads': 1},
+    ('hf_llama', {'head_dim': None, 'num_attention_heads': 3},
      'num_attention_heads=3, which does not divide hidden_size=64'),
     ('hf_qwen3', {'head_dim': 0}, 'head_dim=0, which is not a positive integer'),
     ('hf_gpt2', {'activation_function': 'relu'}, "activation_function='relu'"),
