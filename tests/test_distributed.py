@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, command
+from conftest import REPO, command, make_corpus
 from test_checkpoint import largest_file
 from test_cli import assert_one_line_error, run, train_args
 from test_resume import assert_same_run, losses
@@ -35,21 +35,36 @@ def run_two(*args: str) -> list[tuple[str, str]]:
   return outputs
 
 
+# Every run here: 36 tokens split over 2 devices; a constant learning rate after the warmup, so that a first run of 6
+# steps follows the same schedule as one of 10; a checkpoint every 3 steps.
+FLAGS = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36', '--config.train.log_every=1',
+         '--config.train.checkpoint_every=3', '--config.train.min_learning_rate=1e-3')
+FSDP = ('--config.mesh.data=1', '--config.mesh.fsdp=2')
+
+
+@pytest.fixture(scope='module')
+def shared(tmp_path_factory) -> dict:
+  """The corpus, one process's run of it, and the fsdp run of two processes that the tests compare against."""
+  root = tmp_path_factory.mktemp('distributed')
+  corpus = make_corpus(root / 'corpus.txt')
+  single = run(command('flaxlm-train'), *train_args(corpus, root / 'one', *FLAGS))
+  assert single.returncode == 0, single.stderr
+  return {'corpus': corpus, 'one': root / 'one', 'fsdp': root / 'fsdp',
+          'fsdp_outputs': run_two(*train_args(corpus, root / 'fsdp', *FLAGS, *FSDP))}
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize('mesh, printed', [
     (('--config.mesh.dcn_data=2',), "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}"),
-    (('--config.mesh.data=1', '--config.mesh.fsdp=2'), "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}"),
+    (FSDP, "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}"),
     (('--config.mesh.data=1', '--config.mesh.tensor=2'), "mesh {'data': 1, 'fsdp': 1, 'tensor': 2}"),
 ], ids=['data_across_processes', 'fsdp_across_processes', 'tensor_across_processes'])  # The second: each process holds the whole batch.
-def test_two_processes_give_the_same_losses_as_one(corpus, tmp_path, mesh, printed):
-  one, two = tmp_path / 'one', tmp_path / 'two'
-  splittable = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36')  # 36 tokens split over 2 devices.
-  single = run(command('flaxlm-train'), *train_args(corpus, one, *splittable))
-  assert single.returncode == 0, single.stderr
-  outputs = run_two(*train_args(corpus, two, *splittable, *mesh))
+def test_two_processes_give_the_same_losses_as_one(shared, tmp_path, mesh, printed):
+  two = shared['fsdp'] if mesh == FSDP else tmp_path / 'two'
+  outputs = shared['fsdp_outputs'] if mesh == FSDP else run_two(*train_args(shared['corpus'], two, *FLAGS, *mesh))
   assert printed in outputs[0][0] and 'step 10' in outputs[0][0]
   assert not [line for line in outputs[1][0].splitlines() if line.startswith(('model', 'step'))]  # process 0 logs.
-  expected, got = metrics.read_metrics(one), metrics.read_metrics(two)
+  expected, got = metrics.read_metrics(shared['one']), metrics.read_metrics(two)
   assert [r['step'] for r in got] == [r['step'] for r in expected]
   for a, b in zip(got, expected):
     # After AdamW steps, Adam's strays (conftest.adamw_params_differ) move a loss by ~|dL/dp| * 2 lr each: seen 3e-7,
@@ -60,24 +75,19 @@ def test_two_processes_give_the_same_losses_as_one(corpus, tmp_path, mesh, print
 
 
 @pytest.mark.timeout(300)
-def test_two_processes_resumed_past_a_checkpoint_damaged_for_one_give_bitwise_the_uninterrupted_run(corpus, tmp_path):
-  # A constant learning rate after the warmup, so that a first run of 6 steps follows the same schedule as one of 10.
-  flags = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36', '--config.mesh.data=1',
-           '--config.mesh.fsdp=2', '--config.train.log_every=1', '--config.train.checkpoint_every=3',
-           '--config.train.min_learning_rate=1e-3')
-  straight, workdir = tmp_path / 'straight', tmp_path / 'run'
-  run_two(*train_args(corpus, straight, *flags))
-  run_two(*train_args(corpus, workdir, *flags, '--config.train.steps=6'))  # Saves steps 3 and 6.
+def test_two_processes_resumed_past_a_checkpoint_damaged_for_one_give_bitwise_the_uninterrupted_run(shared, tmp_path):
+  workdir = tmp_path / 'run'
+  run_two(*train_args(shared['corpus'], workdir, *FLAGS, *FSDP, '--config.train.steps=6'))  # Saves steps 3 and 6.
   # Process 1 wrote its halves of the fsdp-sharded arrays there, and only it reads them back: process 0 restores step
   # 6, process 1 does not, and both must agree to resume from step 3.
   damaged = largest_file(workdir / 'checkpoints' / '6' / 'state' / 'ocdbt.process_1')
   damaged.write_bytes(damaged.read_bytes()[:100])
-  outputs = run_two(*train_args(corpus, workdir, *flags))
+  outputs = run_two(*train_args(shared['corpus'], workdir, *FLAGS, *FSDP))
   assert f'checkpoint {checkpoint.directory(workdir) / "6"} does not restore (it failed on another process)' \
          in outputs[0][1]
   assert 'resuming at step 3 of 10' in outputs[0][0] and (workdir / checkpoint.CORRUPT_DIR / '6').is_dir()
-  assert len(losses(straight)) == 10
-  assert_same_run(workdir, straight)  # Bitwise: the same programs on the same mesh from the same state and batches.
+  assert len(losses(shared['fsdp'])) == 10
+  assert_same_run(workdir, shared['fsdp'])  # Bitwise: the same programs on the same mesh from the same state and batches.
 
 
 def test_partial_coordinator_flags_are_refused(corpus, tmp_path):
