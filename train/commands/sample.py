@@ -105,13 +105,16 @@ def reply(tokens: list[int], tokenizer: Tokenizer) -> str:
 
 
 def streamer(tokenizer: Tokenizer):
-  """Returns a stream callback that prints the text of each new token as it is produced (an EOS as nothing)."""
+  """Returns a stream callback that prints the text of each new token as it is produced (an EOS as nothing; a
+  character whose UTF-8 bytes are split over tokens once it is whole)."""
   tokens, printed = [], ['']
 
   def stream(tokens_B: np.ndarray, emitted_B: np.ndarray) -> None:
     if emitted_B[0] and int(tokens_B[0]) not in tokenizer.eos_ids:
       tokens.append(int(tokens_B[0]))
       text = tokenizer.decode(tokens)
+      if text.endswith('\ufffd'):  # Bytes of a character still to come.
+        return
       sys.stdout.write(text[len(printed[0]):])
       sys.stdout.flush()
       printed[0] = text
