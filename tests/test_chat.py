@@ -2,7 +2,7 @@
 reference), the loss on assistant turns only, flaxlm's own template, templates that fail in one line, and
 flaxlm-sample --chat on a tiny export with the fixture's tokenizer.json."""
 
-import concurrent.futures
+import dataclasses
 import json
 import pathlib
 
@@ -16,8 +16,8 @@ from test_loop import tiny_config
 from flaxlm.configs.errors import UserError
 from flaxlm.data import chat, examples, tokenizer as tokenizer_lib
 from flaxlm.model import sampling
-from flaxlm.model.transformer import ModelConfig, param_shapes
-from flaxlm.train import export, pretrained, workdir as workdir_lib
+from flaxlm.model.transformer import ModelConfig, Transformer, param_shapes
+from flaxlm.train import export, workdir as workdir_lib
 
 FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'hf_tokenizer'
 REFERENCE = json.loads((FIXTURE / 'reference.json').read_text())
@@ -100,30 +100,23 @@ def test_a_chat_prompt_is_the_user_s_turn_or_a_json_conversation():
     chat.conversation('{"messages": [{"role": "robot", "content": "x"}]}')
 
 
-@pytest.fixture(scope='module')
-def hf_export(tmp_path_factory, hf) -> pathlib.Path:
-  """A tiny model with random params exported with the fixture's tokenizer (vocabulary 357)."""
-  path = tmp_path_factory.mktemp('chat') / 'export'
+def test_sample_chat_answers_in_the_tokenizer_s_template_and_stops_at_its_eos_ids(hf, tmp_path):
   config = tiny_config('', 10)
   config.model.max_length = 64
   config = workdir_lib.resolve(config, hf.vocab_size)
-  shapes = param_shapes(ModelConfig.from_config(config.model, hf.vocab_size))
+  model = Transformer(ModelConfig.from_config(config.model, hf.vocab_size))
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: 0.3 * rng.standard_normal(s.shape).astype(np.float32), shapes)
-  export.write(path, params, config, hf, 'float32')
-  return path
-
-
-def test_sample_chat_answers_in_the_tokenizer_s_template_and_stops_at_its_eos_ids(hf, hf_export):
+  params = jax.tree.map(lambda s: 0.3 * rng.standard_normal(s.shape).astype(np.float32), param_shapes(model.config))
   question = 'Where does the river run?'
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:  # The command spends seconds importing JAX: overlap it.
-    chatted = pool.submit(run, command('flaxlm-sample'), f'--params={hf_export}', '--temperature=0',
-                          '--max_new_tokens=6', '--chat', f'--prompt={question}')
-    model, params, tokenizer = pretrained.load(hf_export, 'float32')
-    prompt = chat.prompt_ids(hf, [{'role': 'user', 'content': question}])
-    [expected] = sampling.generate(model, params, [prompt], 6, settings=sampling.Settings(0.0, eos_ids=hf.eos_ids))
-    chatted = chatted.result()
-  assert tokenizer_lib.files_of(tokenizer) == tokenizer_lib.files_of(hf)  # The export kept every tokenizer file.
-  tokens = expected.tokens[:-1] if expected.tokens[-1] in hf.eos_ids else expected.tokens
+  prompt = chat.prompt_ids(hf, [{'role': 'user', 'content': question}])
+  [free] = sampling.generate(model, params, [prompt], 6, settings=sampling.Settings(0.0))
+  eos_ids = (*hf.eos_ids, free.tokens[3])  # generation_config.json's ids, and one the model writes within 6 tokens.
+  stop = next(i for i, token in enumerate(free.tokens) if token in eos_ids)
+  specials = dataclasses.replace(hf.specials, eos_ids=eos_ids[1:])
+  export.write(tmp_path / 'export', params, config, tokenizer_lib.HFTokenizer(hf.serialized(), specials), 'float32')
+  chatted = run(command('flaxlm-sample'), f'--params={tmp_path / "export"}', '--temperature=0', '--max_new_tokens=6',
+                '--chat', f'--prompt={question}')
   assert chatted.returncode == 0, chatted.stderr
-  assert chatted.stdout == hf.decode(tokens) + '\n'  # The reply alone, an EOS that ended it not shown.
+  assert chatted.stdout == hf.decode(free.tokens[:stop]) + '\n'  # The reply alone, ended by the id, not shown.
+  saved = tokenizer_lib.load(tmp_path / 'export' / 'tokenizer.json')  # The export kept every tokenizer file.
+  assert saved.eos_ids == eos_ids and saved.chat_template == hf.chat_template and saved.add_bos
