@@ -16,7 +16,7 @@ F MLP width, V vocabulary, L layers.
 
 from flaxlm.model.transformer import ModelConfig
 
-MLP_MATRICES = {'swiglu': 3, 'gelu': 2}  # SwiGLU: gate, up and down; GELU: up and down.
+MLP_MATRICES = {'swiglu': 3, 'geglu': 3, 'gelu': 2}  # Gated (SwiGLU, GeGLU): gate, up and down; GELU: up, down.
 
 
 def matmul_params(c: ModelConfig) -> int:

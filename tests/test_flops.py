@@ -39,9 +39,10 @@ def test_gpt2_124m_against_a_hand_count():
   assert flops.training_flops_per_token(c) == 797_815_296
 
 
-@pytest.mark.parametrize('tie_embeddings', [False, True])
-def test_matmul_params_are_the_models_weights_less_embedding_and_norms(tie_embeddings):
-  c = dataclasses.replace(small_config(), tie_embeddings=tie_embeddings)
+@pytest.mark.parametrize('tie_embeddings, mlp, head_dim', [(False, 'swiglu', 8), (True, 'swiglu', 8),
+                                                            (True, 'geglu', 12)])  # Gemma's: gated, K not D / H.
+def test_matmul_params_are_the_models_weights_less_embedding_and_norms(tie_embeddings, mlp, head_dim):
+  c = dataclasses.replace(small_config(), tie_embeddings=tie_embeddings, mlp=mlp, head_dim=head_dim)
   shapes = jax.eval_shape(lambda: nn.unbox(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
   norms = (2 * c.num_layers + 1) * c.width
   lookup_only = 0 if tie_embeddings else c.vocab_size * c.width  # Untied, the input embedding is in no matmul.
