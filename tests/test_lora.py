@@ -205,3 +205,19 @@ def test_a_quantized_base_computes_as_its_dequantized_copy_and_gives_the_same_ad
   # The same float32 operations on the same values, in one program or the other: equal to rounding.
   np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7), got[1], want[1])
+
+
+def test_the_step_makes_no_gradient_of_the_base():
+  # 8 layers of width 256: the base's float32 matrices (25.8 MB) dwarf a batch of 2 x 16 tokens' activations.
+  c = dataclasses.replace(model_config(4, 'query,value', width=256, num_heads=4, num_kv_heads=4), num_layers=8)
+  model, tx, mesh = Transformer(c), optimizer.make_optimizer(tiny.get_config().train), sharding.single_device_mesh()
+  abstract = state_lib.abstract_state(model, tx, mesh, 'float32')
+  batch = {k: jax.ShapeDtypeStruct((2, 16), np.float32 if k == 'weights' else np.int32)
+           for k in ('inputs', 'targets', 'positions', 'segment_ids', 'weights')}
+  train, _ = step_lib.jit_steps(model, tx, optimizer.schedule(tiny.get_config().train), 0, abstract, mesh)
+  with jax.set_mesh(mesh):
+    memory = train.lower(abstract, batch).compile().memory_analysis()
+  # A gradient of the base would be a base-sized temporary (the full fine-tune's step has twice the params: 52 MB);
+  # this one's are a few per-layer buffers (10 MB). The frozen base goes out as it came in, in place.
+  assert memory.temp_size_in_bytes < 0.5 * quantize.memory_bytes(abstract.frozen)
+  assert memory.output_size_in_bytes - memory.alias_size_in_bytes < 1024
