@@ -1,10 +1,12 @@
 """Tests of data/chat.py and flaxlm-sample --chat: chat templates rendered as transformers renders them (the fixture's
 reference), the loss on assistant turns only, flaxlm's own template, templates that fail in one line, and
-flaxlm-sample --chat on a tiny export with the fixture's tokenizer.json."""
+flaxlm-sample --chat and flaxlm-score on a tiny export with the fixture's tokenizer.json."""
 
+import concurrent.futures
 import dataclasses
 import json
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -100,7 +102,7 @@ def test_a_chat_prompt_is_the_user_s_turn_or_a_json_conversation():
     chat.conversation('{"messages": [{"role": "robot", "content": "x"}]}')
 
 
-def test_sample_chat_answers_in_the_tokenizer_s_template_and_stops_at_its_eos_ids(hf, tmp_path):
+def test_sample_chat_stops_at_the_tokenizer_s_eos_ids_and_score_reads_the_text_after_bos(hf, tmp_path):
   config = tiny_config('', 10)
   config.model.max_length = 64
   config = workdir_lib.resolve(config, hf.vocab_size)
@@ -114,8 +116,14 @@ def test_sample_chat_answers_in_the_tokenizer_s_template_and_stops_at_its_eos_id
   stop = next(i for i, token in enumerate(free.tokens) if token in eos_ids)
   specials = dataclasses.replace(hf.specials, eos_ids=eos_ids[1:])
   export.write(tmp_path / 'export', params, config, tokenizer_lib.HFTokenizer(hf.serialized(), specials), 'float32')
-  chatted = run(command('flaxlm-sample'), f'--params={tmp_path / "export"}', '--temperature=0', '--max_new_tokens=6',
-                '--chat', f'--prompt={question}')
+  model_flag = f'--params={tmp_path / "export"}'
+  commands = [('flaxlm-sample', model_flag, '--temperature=0', '--max_new_tokens=6', '--chat', f'--prompt={question}'),
+              ('flaxlm-score', model_flag, '--text=the river runs')]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # Each spends seconds importing JAX: overlap them.
+    chatted, scored = pool.map(lambda args: run(command(args[0]), *args[1:]), commands)
+  assert scored.returncode == 0, scored.stderr
+  rows = [line.split()[1] for line in scored.stdout.splitlines() if re.match(r'\d+  ', line)]
+  assert rows == [repr(hf.piece(token)) for token in hf.encode('the river runs')]  # After BOS: every token scored.
   assert chatted.returncode == 0, chatted.stderr
   assert chatted.stdout == hf.decode(free.tokens[:stop]) + '\n'  # The reply alone, ended by the id, not shown.
   saved = tokenizer_lib.load(tmp_path / 'export' / 'tokenizer.json')  # The export kept every tokenizer file.
