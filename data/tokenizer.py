@@ -363,7 +363,7 @@ def specials_of(side: dict[str, bytes], path: str | os.PathLike) -> Specials | N
   eos = generation.get('eos_token_id')
   eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
   add_bos = config.get('add_bos_token')
-  return Specials(config, add_bos if isinstance(add_bos, bool) else None, tuple(int(i) for i in eos),
+  return Specials(config, add_bos if isinstance(add_bos, bool) else None, tuple(i for i in eos if isinstance(i, int)),
                   template if isinstance(template, str) else None)
 
 
