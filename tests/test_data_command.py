@@ -1,6 +1,7 @@
 """Tests of flaxlm-data check as a user runs it: the report's counts, every malformed line, and the exit status."""
 
 import json
+import pathlib
 
 from conftest import command
 from test_cli import assert_one_line_error, run
@@ -31,10 +32,11 @@ def test_check_reports_lengths_empties_duplicates_and_every_malformed_line(tmp_p
   ]
 
 
-def test_a_clean_file_passes(tmp_path):
+def test_a_clean_file_passes_with_a_hugging_face_folders_tokenizer(tmp_path):
   path = tmp_path / 'data.jsonl'
   path.write_text(''.join(json.dumps({'prompt': f'p{i}', 'response': f'r{i}'}) + '\n' for i in range(3)))
-  result = run(command('flaxlm-data'), 'check', str(path), '--tokenizer=char', '--max_length=8')
+  folder = pathlib.Path(__file__).parent / 'fixtures' / 'hf_tokenizer'
+  result = run(command('flaxlm-data'), 'check', str(path), f'--tokenizer={folder}', '--max_length=8')
   assert result.returncode == 0, result.stderr
   assert 'examples: 3' in result.stdout and 'malformed lines: 0' in result.stdout
 

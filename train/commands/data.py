@@ -14,7 +14,8 @@ was stopped (the groups of input it finished are kept).
 prints the example count, the distribution of tokens per example (template and EOS included), how many
 examples max_length would truncate, the examples with an empty prompt or response, the duplicates, and
 every malformed line; it exits non-zero if any line is malformed or there is no example. --tokenizer takes what
---config.data.tokenizer does: 'byte', 'char' (built from the file's text) or a SentencePiece .model file; it and
+--config.data.tokenizer does: 'byte', 'char' (built from the file's text), a SentencePiece .model file, a
+tokenizer.json or a Hugging Face model folder (its tokenizer, chat template and BOS included); it and
 --max_length default to a training run's defaults (configs/base.py): set them as your training config does.
 
 Shape key: E examples.
@@ -32,8 +33,9 @@ from flaxlm.data import examples as examples_lib, prepare, tokenizer as tokenize
 from flaxlm.train.commands import cli
 
 DEFAULTS = base.get_config()
-TOKENIZER = flags.DEFINE_string('tokenizer', DEFAULTS.data.tokenizer, "'byte', 'char' (from the file's text) or a "
-                                '.model file, as the training config\'s data.tokenizer.')
+TOKENIZER = flags.DEFINE_string('tokenizer', DEFAULTS.data.tokenizer, "'byte', 'char' (from the file's text), a "
+                                '.model file, a tokenizer.json or a Hugging Face model folder, as the training '
+                                'config\'s data.tokenizer.')
 MAX_LENGTH = flags.DEFINE_integer('max_length', DEFAULTS.model.max_length, 'Sequence length T, as the training '
                                   'config\'s model.max_length: examples over T + 1 tokens are truncated.')
 OUTPUT = flags.DEFINE_string('output', None, 'prepare: the token store\'s directory (local or gs://), new or stopped.')
@@ -89,6 +91,15 @@ def report(examples: list[examples_lib.Example], errors: list[UserError], tokeni
   return lines + [f'  {error}' for error in errors]
 
 
+def check_tokenizer() -> None:
+  """Raises UserError unless --tokenizer names what a training config's data.tokenizer may: char, byte, a tokenizer
+  file or a Hugging Face model folder."""
+  if TOKENIZER.value not in ('char', 'byte') and not pathlib.Path(TOKENIZER.value).exists():
+    raise UserError(f'--tokenizer={TOKENIZER.value} is neither char, byte nor a tokenizer file or model folder that '
+                    'exists: pass one of them, as the training config\'s data.tokenizer (a .model file comes from '
+                    '`flaxlm-tokenizer train`; a tokenizer.json or a model folder from Hugging Face).')
+
+
 def check_arguments(files: list[str]) -> None:
   """Raises UserError unless one file is named and --max_length and --tokenizer are settings a training run takes."""
   if len(files) != 1:
@@ -96,10 +107,7 @@ def check_arguments(files: list[str]) -> None:
   if MAX_LENGTH.value <= 0:
     raise UserError(f'--max_length={MAX_LENGTH.value} must be positive: pass the training config\'s '
                     'model.max_length.')
-  if TOKENIZER.value not in ('char', 'byte') and not pathlib.Path(TOKENIZER.value).is_file():
-    raise UserError(f'--tokenizer={TOKENIZER.value} is neither char, byte nor a tokenizer file that exists: pass '
-                    'one of them, as the training config\'s data.tokenizer (a .model file comes from '
-                    '`flaxlm-tokenizer train`).')
+  check_tokenizer()
 
 
 def check_command(files: list[str]) -> None:
@@ -126,9 +134,7 @@ def check_prepare_arguments(inputs: list[str]) -> None:
       raise UserError(f'--{flag.name}={flag.value} must not be negative.')
   if GROUP_MB.value <= 0:
     raise UserError(f'--group_mb={GROUP_MB.value} must be positive: 256 say.')
-  if TOKENIZER.value not in ('char', 'byte') and not pathlib.Path(TOKENIZER.value).is_file():
-    raise UserError(f'--tokenizer={TOKENIZER.value} is neither char, byte nor a tokenizer file that exists: pass one '
-                    'of them (a .model file comes from `flaxlm-tokenizer train`).')
+  check_tokenizer()
 
 
 def prepare_command(inputs: list[str]) -> None:
