@@ -51,7 +51,8 @@ def test_the_state_trains_exactly_the_adapters_the_formula_counts(rank, targets,
   plain = state_lib.abstract_state(Transformer(dataclasses.replace(c, lora_rank=0)), tx,
                                    sharding.single_device_mesh()).params
   assert jax.tree.map(lambda x: x.shape, quantize.integers(abstract.frozen)) == jax.tree.map(lambda x: x.shape, plain)
-  dtypes = {'/'.join(path): x.dtype for path, x in traverse_util.flatten_dict(quantize.integers(abstract.frozen)).items()}
+  held = traverse_util.flatten_dict(quantize.integers(abstract.frozen))
+  dtypes = {'/'.join(path): x.dtype for path, x in held.items()}
   matrix = dtypes.pop('stack/layers/mlp/up/kernel')
   assert matrix == {'float32': np.float32, 'bfloat16': jnp.bfloat16, 'int8': np.int8}[lora_base]
   assert set(dtypes.values()) == {np.dtype(np.float32 if lora_base == 'float32' else jnp.bfloat16), matrix}

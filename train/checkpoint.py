@@ -1,8 +1,8 @@
 """Orbax checkpoints of a run in `WORKDIR/checkpoints/`: saved in the background, kept by policy, restored safely.
 
 A checkpoint holds the train state (params, optimizer state, step; the dropout key is derived from the seed
-and the step; never LoRA's frozen base, read again from train.init_from), the data iterator's state and the run's config. Orbax writes each one to a temporary
-directory and renames it into place when complete, so a save interrupted by a crash never counts. The
+and the step; never LoRA's frozen base, read again from train.init_from), the data iterator's state and the run's
+config. Orbax writes each one to a temporary directory and renames it into place when complete, so a save interrupted by a crash never counts. The
 workdir keeps the latest `train.keep_checkpoints` plus the one with the best validation loss. A
 checkpoint whose files are damaged is moved to `WORKDIR/corrupt_checkpoints/` (never deleted) once an
 earlier one has restored; a lack of memory or a failed read of storage is retried, never taken for damage. With

@@ -210,7 +210,7 @@ def build_steps(setup: Setup):
 
 def read_frozen(setup: Setup, abstract_frozen):
   """Returns a LoRA run's frozen base: train.init_from's params, read in model.lora_base's read dtype straight into
-  their devices, then held as it says, laid out as `abstract_frozen` (the same bits on every call: resumes are exact)."""
+  their devices, then held as it says, laid out as `abstract_frozen`. The same bits on every call: resumes are exact."""
   storage = setup.config.model.lora_base
   float_layout = lambda x: jax.ShapeDtypeStruct(x.shape, lora.read_dtype(storage), sharding=x.sharding)
   as_read = jax.tree.map(float_layout, quantize.integers(abstract_frozen))

@@ -135,8 +135,7 @@ def device_capacity(device: jax.Device) -> int | None:
 
 def check_fits(abstract: TrainState) -> None:
   """Raises UserError if the train state alone (params, frozen ones included, and optimizer moments) exceeds a
-  device's memory, before
-  anything is allocated: such a run could only fail, or stall for minutes trying."""
+  device's memory, before anything is allocated: such a run could only fail, or stall for minutes trying."""
   for device, size in bytes_per_device(abstract).items():
     capacity = device_capacity(device)
     if capacity is not None and size > capacity:
