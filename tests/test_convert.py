@@ -223,7 +223,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(converted, tmp_path):
   cases = [  # (flags, what the error says)
       ((f'--from_hf={folders["bert"]}', f'--output={out}'), "model_type='bert': flaxlm converts only gpt2, llama"),
       ((f'--from_hf={folders["empty"]}', f'--output={out}'), 'has no config.json'),
-      ((f'--from_hf={FIXTURES / "hf_gpt2"}', f'--output={out}'), 'has neither a tokenizer.json nor a tokenizer.model'),
+      ((f'--from_hf={FIXTURES / "hf_gpt2"}', f'--output={out}'), 'neither a tokenizer.json nor a tokenizer.model'),
       ((f'--to_hf={out}', f'--params={folders["layernorm_llama"]}'), 'is neither GPT-2'),
       ((f'--from_hf={FIXTURES / "hf_llama"}', f'--output={tmp_path / "missing" / "out"}'),
        f'--output={tmp_path / "missing" / "out"} is in {tmp_path / "missing"}, which is not a directory: create it'),

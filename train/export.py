@@ -64,12 +64,13 @@ def cast(params: Any, dtype: str) -> Any:
 
 
 def params_checkpointer() -> ocp.Checkpointer:
-  """Returns Orbax's checkpointer of a params pytree, writing host (numpy) arrays as they are: Orbax's default first
-  copies every one of them (so that its caller may change them while it writes), which doubles a conversion's memory."""
+  """Returns Orbax's checkpointer of a params pytree that holds no copy of them while it writes: host (numpy) arrays
+  are written as they are (Orbax's default first copies each, so that its caller may change them meanwhile), and
+  uncompressed (zstd would hold every array's compressed copy until written, for 10-25% less disk with bfloat16)."""
   registry = ocp.type_handlers.create_type_handler_registry(
       (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
       (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)))
-  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False))
 
 
 @contextlib.contextmanager
