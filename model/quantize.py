@@ -1,4 +1,5 @@
-"""Weight-only int8 and int4 quantization of a trained model's matrices, for sampling and evaluation.
+"""Weight-only int8 and int4 quantization of a trained model's matrices, for sampling and evaluation, and of LoRA's
+frozen base in training (model/lora.py's hold_base).
 
 Each matrix w is stored as integers q and float32 scales s, with w ~ q * s. The scales are symmetric (no zero
 point) and are taken along w's contraction axis C, the axis a matmul sums over, so that each output of the matmul
@@ -20,8 +21,9 @@ int4 values are stored as `jnp.int4`, which XLA packs two to a byte (checked on 
 Decoding (model/sampling.py) reads the integers and scales as they are stored: the decoding model expands each
 layer's matrices inside the layer scan (`expand`, in the model's dtype), the embedding lookup expands only the rows
 it reads (`take_rows`) and the output head multiplies its integers as stored (`dot`), so no float copy of the weights
-is ever made whole. `dequantize` expands a whole tree at once, for evaluating a quantized model with the ordinary
-(training) forward pass.
+is ever made whole. Training with LoRA on an int8/int4 base expands each layer's matrices inside the scan the same
+way (the gradients flow into the adapters alone). `dequantize` expands a whole tree at once, for evaluating a
+quantized model with the ordinary forward pass.
 
 Shape key: C the contraction axis (or axes, flattened), N the number of groups along it, G the group length.
 """
