@@ -32,8 +32,8 @@ BASES = ('float32', 'bfloat16', 'int8', 'int4')  # how the frozen base may be he
 
 
 def matrices(mlp: str) -> tuple[str, ...]:
-  """Returns the names of the matrices a model with this MLP kind has (GELU has no gate)."""
-  return tuple(t for t in TARGETS if not (t == 'gate' and mlp != 'swiglu'))
+  """Returns the names of the matrices a model with this MLP kind has (plain GELU has no gate; SwiGLU, GeGLU do)."""
+  return tuple(t for t in TARGETS if not (t == 'gate' and mlp == 'gelu'))
 
 
 def parse_targets(targets: str) -> tuple[str, ...]:

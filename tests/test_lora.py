@@ -92,6 +92,13 @@ def test_a_lora_target_that_names_no_matrix_is_refused(targets, mlp, message):
     model_config(4, targets, mlp=mlp)
 
 
+def test_a_gated_gelu_mlp_has_a_gate_to_adapt():
+  c = model_config(2, 'gate', mlp='geglu')  # Gemma's GeGLU, gated as SwiGLU is.
+  abstract = state_lib.abstract_state(Transformer(c), optimizer.make_optimizer(tiny.get_config().train),
+                                      sharding.single_device_mesh())
+  assert count_params(abstract.params) == expected_trained(c, 'gate')
+
+
 def tiny_config(path, steps: int):
   """Returns the tiny preset on `path`, trained for `steps`, evaluated and saved at the end."""
   config = tiny.get_config()
