@@ -26,6 +26,10 @@ def decay_mask(params):
 def make_optimizer(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Returns clip-by-global-norm then AdamW for the `train` config section `c`.
 
+  It is applied to the train state's trained params alone (train/state.py): with LoRA the adapters, so AdamW's
+  moments exist for them alone and the norm clipped is theirs. (Masking a whole-params optimizer instead, with
+  optax.masked, would need a gradient tree of the whole model's shape, and could not add updates to an int8 base.)
+
   With `train.nonfinite=skip`, an update whose gradients are not finite is dropped (Optax's apply_if_finite,
   never giving up) and counted in the optimizer state.
   """
