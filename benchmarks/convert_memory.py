@@ -6,11 +6,12 @@
    safetensors files, each written and freed before the next; TinyLlama's width (2048, MLP 5632, 32 heads, 4
    key/value heads, 32,000 tokens) with --layers layers: 571M parameters, 1.14 GB at 10 layers.
 2. Runs `flaxlm-convert --from_hf` on it (--tokenizer=byte), then `--to_hf` on the export with --max_shard_size
-   5GB (one file) and with --small_shard_size (several), each in its own process. For each: its peak resident set,
-   the largest input shard, the output (the params' bytes; for --to_hf the largest file written) and the ratio
-   peak / (largest shard + output), also with the baseline subtracted: the peak of a process that only imports flaxlm-convert (Python, JAX, Orbax, TensorStore).
-   The issue bounds peak less baseline at about 1.5 x largest shard + output. Peaks are each process's VmHWM (its
-   own high-water mark; ru_maxrss would also count the pages of the parent it was forked from).
+   5GB (one file) and with --small_shard_size (several), each in its own process. For each: its peak resident set
+   (its VmHWM, its own high-water mark; ru_maxrss would also count the pages of the parent it was forked from), the
+   largest shard (read by --from_hf, written by --to_hf), the params' bytes (written by --from_hf, read by --to_hf)
+   and the ratio peak / (largest shard + params), also with the baseline subtracted: the peak of a process that only
+   imports flaxlm-convert (Python, JAX, Orbax, TensorStore). The issue bounds peak less baseline at about 1.5 x the
+   largest shard plus the output.
 
 Every figure is printed as `name: value unit`. --python_path runs another checkout of flaxlm instead (prepended to
 the children's PYTHONPATH: a folder holding `flaxlm`, such as a `git archive` of an older commit), to compare.
@@ -123,13 +124,13 @@ def bytes_of(files: list[pathlib.Path]) -> float:
   return max(file.stat().st_size for file in files) / GB
 
 
-def report(name: str, peak: float, baseline: float, shard: float, output: float) -> None:
+def report(name: str, peak: float, baseline: float, shard: float, params: float) -> None:
   """Prints one direction's figures."""
   print(f'{name}_peak_rss: {peak:.3f} GB')
   print(f'{name}_largest_shard: {shard:.3f} GB')
-  print(f'{name}_output: {output:.3f} GB')
-  print(f'{name}_ratio: {peak / (shard + output):.2f} x (peak / (largest shard + output))')
-  print(f'{name}_ratio_less_baseline: {(peak - baseline) / (shard + output):.2f} x')
+  print(f'{name}_params: {params:.3f} GB')
+  print(f'{name}_ratio: {peak / (shard + params):.2f} x (peak / (largest shard + params))')
+  print(f'{name}_ratio_less_baseline: {(peak - baseline) / (shard + params):.2f} x')
 
 
 def benchmark() -> None:

@@ -184,7 +184,8 @@ def converted(tmp_path_factory) -> pathlib.Path:
   path = tmp_path_factory.mktemp('convert') / 'export'
   result = run(command('flaxlm-convert'), f'--from_hf={FIXTURES / "hf_llama"}', f'--output={path}')
   assert result.returncode == 0, result.stderr
-  assert result.stdout == f'wrote {path}: 90,432 parameters of a llama model, stored in float32, computing in bfloat16\n'
+  assert result.stdout == (f'wrote {path}: 90,432 parameters of a llama model, stored in float32, computing in '
+                           'bfloat16\n')
   return path
 
 
@@ -297,7 +298,8 @@ def shards_of(root: pathlib.Path, tensors: hf.Tensors, files: int) -> pathlib.Pa
   folder = root / 'sharded'
   shutil.copytree(FIXTURES / 'hf_llama', folder, ignore=shutil.ignore_patterns('*.safetensors', '*.npz'))
   for i, names in enumerate(np.array_split(list(tensors), files)):
-    safetensors.numpy.save_file({name: tensors[name] for name in names}, folder / f'model-{i + 1}-of-{files}.safetensors')
+    file = folder / f'model-{i + 1}-of-{files}.safetensors'
+    safetensors.numpy.save_file({name: tensors[name] for name in names}, file)
   return folder
 
 

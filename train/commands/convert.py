@@ -34,9 +34,9 @@ from flaxlm.train.commands import cli
 
 FROM_HF = flags.DEFINE_string('from_hf', None, 'An HF model folder (config.json, *.safetensors) to convert.')
 OUTPUT = flags.DEFINE_string('output', None, 'With --from_hf: the flaxlm export directory to create.')
-TOKENIZER = flags.DEFINE_string('tokenizer', None, 'With --from_hf: "byte", or a tokenizer.json or SentencePiece .model '
-                                'file whose ids are the checkpoint\'s; default: the folder\'s tokenizer.json, else '
-                                'its tokenizer.model.')
+TOKENIZER = flags.DEFINE_string('tokenizer', None, 'With --from_hf: "byte", or a tokenizer.json or SentencePiece '
+                                '.model file whose ids are the checkpoint\'s; default: the folder\'s tokenizer.json, '
+                                'else its tokenizer.model.')
 DTYPE = flags.DEFINE_string('dtype', 'bfloat16', 'With --from_hf: the dtype the converted model computes in (its '
                             'config\'s model.dtype): bfloat16 or float32. Its params keep the checkpoint\'s dtype.')
 TO_HF = flags.DEFINE_string('to_hf', None, 'An HF model folder to create from the export --params.')
