@@ -330,7 +330,7 @@ def test_import_holds_one_layer_s_tensors_at_a_time(tmp_path, monkeypatch):
   assert_logits_match('hf_llama', Transformer(c), params)
 
 
-def test_a_checkpoint_with_an_unreadable_tensor_is_refused_before_anything_is_read(tmp_path):
+def test_a_tensor_of_integers_is_refused_before_any_data_is_read(tmp_path):
   folder = shards_of(tmp_path, {**fixture_tensors('hf_llama'), 'model.norm.weight': np.ones(64, np.int8)}, 2)
   checkpoint = hf.Checkpoint(sorted(folder.glob('*.safetensors')))
   checkpoint.shard_of = {}  # A read would raise KeyError.
