@@ -338,6 +338,23 @@ def test_a_tensor_of_integers_is_refused_before_any_data_is_read(tmp_path):
     hf.params_from_hf(checkpoint, model_config('hf_llama'))
 
 
+def test_an_index_names_the_files_to_read(tmp_path):
+  folder = shards_of(tmp_path, fixture_tensors('hf_llama'), 3)
+  files = sorted(folder.glob('*.safetensors'))
+  weight_map = {name: file.name for file in files for name in safetensors.numpy.load_file(file)}
+  (folder / hf.INDEX).write_text(json.dumps({'metadata': {}, 'weight_map': weight_map}))
+  safetensors.numpy.save_file({'layers.0.attention.wq.weight': np.ones(2, np.float32)},  # as Mistral's folders hold
+                              folder / 'consolidated.safetensors')
+  assert convert.read_checkpoint(str(folder)).specs == hf.specs_of(fixture_tensors('hf_llama'))
+  files[0].unlink()
+  with pytest.raises(UserError, match=f'names {files[0].name}, which the folder lacks \\(1 missing\\)'):
+    convert.read_checkpoint(str(folder))
+  for bad in ('{"weight_map": ', '[]', '{"weight_map": {"a": 1}}'):
+    (folder / hf.INDEX).write_text(bad)
+    with pytest.raises(UserError, match='is not an index of safetensors files'):
+      convert.read_checkpoint(str(folder))
+
+
 def read_by_index(folder: pathlib.Path) -> hf.Tensors:
   """Returns the tensors of an HF folder's shards, each read from the file its model.safetensors.index.json names."""
   index = json.loads((folder / hf.INDEX).read_text())
@@ -368,6 +385,10 @@ def test_a_bfloat16_checkpoint_stays_bfloat16_both_ways_and_exports_in_shards(tm
     assert written[name].dtype == x.dtype and np.array_equal(written[name], x), name
   config = json.loads((hf_path / 'config.json').read_text())
   assert config['dtype'] == config['torch_dtype'] == 'bfloat16'
+  c = model_config('hf_llama')
+  again = hf.params_from_hf(convert.read_checkpoint(str(hf_path)), c)  # The shards read back, by their index.
+  assert jax.tree.all(jax.tree.map(lambda x, y: x.dtype == y.dtype and np.array_equal(x, y), again,
+                                   hf.params_from_hf(bfloat16, c)))
   assert (hf_path / 'tokenizer.model').read_bytes() == (FIXTURES / 'hf_llama' / 'tokenizer.model').read_bytes()
 
 

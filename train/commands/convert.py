@@ -62,13 +62,35 @@ def read_hf_config(directory: str) -> dict:
 
 
 def read_checkpoint(directory: str) -> hf.Checkpoint:
-  """Returns the tensors of the *.safetensors files (one, or shards) in an HF model folder, their headers read (the
-  names, shapes and dtypes), their data read when each is converted."""
-  shards = sorted(pathlib.Path(directory).glob('*.safetensors'))
+  """Returns the tensors of an HF model folder's weights, their headers read (names, shapes and dtypes) and their
+  data read when each is converted: the files its model.safetensors.index.json names (the folder may hold others,
+  as Mistral's hold a consolidated.safetensors of other names), else every *.safetensors file in it."""
+  folder = pathlib.Path(directory)
+  index = folder / hf.INDEX
+  shards = indexed_shards(index) if index.is_file() else sorted(folder.glob('*.safetensors'))
   if not shards:
     raise UserError(f'{directory} has no *.safetensors weights: save the model with save_pretrained('
                     'safe_serialization=True).')
   return hf.Checkpoint(shards)
+
+
+def indexed_shards(index: pathlib.Path) -> list[pathlib.Path]:
+  """Returns the files a model.safetensors.index.json names; raises UserError if it is not such an index, or a file
+  it names is missing."""
+  try:
+    content = json.loads(index.read_text())
+  except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8.
+    content = e
+  weight_map = content.get('weight_map') if isinstance(content, dict) else None
+  if not isinstance(weight_map, dict) or not all(isinstance(file, str) for file in weight_map.values()):
+    raise UserError(f'{index} is not an index of safetensors files (a "weight_map" from tensor names to files): '
+                    'download it again.')
+  shards = [index.parent / file for file in sorted(set(weight_map.values()))]
+  missing = [shard.name for shard in shards if not shard.exists()]
+  if missing:
+    raise UserError(f'{index} names {missing[0]}, which the folder lacks ({len(missing)} missing): download the '
+                    'missing files.')
+  return shards
 
 
 HF_KINDS = (tokenizer_lib.HFTokenizer, tokenizer_lib.SentencePieceTokenizer)  # the tokenizers HF folders hold
