@@ -124,11 +124,13 @@ def check_is_export(path: str | os.PathLike) -> None:
 def stored_dtype(path: str | os.PathLike) -> str:
   """Returns the name (in DTYPES) of the dtype the params of the export at `path` are stored in, from their metadata
   alone; float32 if they mix dtypes. Raises UserError if the metadata does not read."""
+  handler = ocp.PyTreeCheckpointHandler()  # A Checkpointer's metadata() would also log a damaged file's error.
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      leaves = jax.tree.leaves(dict(checkpointer.metadata(files.absolute(path) / PARAMS_DIR).item_metadata))
+    leaves = jax.tree.leaves(dict(handler.metadata(files.absolute(path) / PARAMS_DIR)))
   except Exception as e:  # Orbax raises many kinds for damaged files.
     raise damaged(path, e) from None
+  finally:
+    handler.close()
   found = {np.dtype(leaf.dtype).name for leaf in leaves}
   return found.pop() if len(found) == 1 and found <= DTYPES.keys() else 'float32'
 

@@ -100,6 +100,10 @@ def hf_tokenizer(directory: str, kind: str | None, vocab_size: int) -> tokenizer
   """Returns the tokenizer `kind` names ('byte', or a tokenizer.json or SentencePiece .model file), else the folder's
   own (its tokenizer.json, else its tokenizer.model); raises UserError if it has more ids than the model's
   `vocab_size`."""
+  if kind is None and not any((pathlib.Path(directory) / held.filename).is_file() for held in HF_KINDS):
+    raise UserError(f'{directory} has neither a tokenizer.json nor a tokenizer.model: copy the model\'s tokenizer '
+                    'files into it, or pass --tokenizer=FILE.json or --tokenizer=FILE.model with the checkpoint\'s '
+                    'ids (or --tokenizer=byte).')
   if kind == 'byte':
     tokenizer = tokenizer_lib.ByteTokenizer()
   else:
@@ -118,8 +122,8 @@ def tokenizer_file(path: str) -> tokenizer_lib.Tokenizer:
                     'checkpoint\'s ids, or --tokenizer=byte.')
   tokenizer = tokenizer_lib.load(path)
   if not isinstance(tokenizer, HF_KINDS):
-    raise UserError(f'--tokenizer={path} is a flaxlm {type(tokenizer).__name__}, not a tokenizer.json or SentencePiece '
-                    'model: its ids are not the checkpoint\'s; pass the file the checkpoint was trained with.')
+    raise UserError(f'--tokenizer={path} is a flaxlm {type(tokenizer).__name__}, not a SentencePiece model or a '
+                    'tokenizer.json: its ids are not the checkpoint\'s; pass the file the checkpoint was trained with.')
   return tokenizer
 
 
