@@ -204,7 +204,10 @@ def test_adapters_learn_on_a_frozen_base_held_as_lora_base_which_stays_bitwise(l
 
 
 def test_a_quantized_base_computes_as_its_dequantized_copy_and_gives_the_same_adapter_gradients(cycle_batch):
-  c = model_config(4, 'query,value,up,down')
+  # A Gemma-like layer with Qwen's extras (GeGLU, norms with the +1 offset, q/k norms and biases, heads of 16 on a
+  # width of 32): every kind of base parameter a converted model brings, quantized or left bfloat16.
+  c = model_config(4, 'query,value,gate,down', mlp='geglu', norm_offset=1.0, qk_norm=True, qkv_bias=True,
+                   head_dim=16, scale_embeddings=True)
   base, adapters = lora.split(noisy_params(c, 2))
   held = lora.hold_base(base, 'int4')  # The layers' matrices int4, expanded a layer at a time inside the scan.
   reference = quantize.dequantize(held, jnp.float32)  # The same numbers, expanded whole before the model runs.
