@@ -154,7 +154,8 @@ def fill(slots: Tree, values: Tree) -> None:
 
 
 def fill_outer(params: Tree, outer: Tree) -> None:
-  """Copies the embeddings and final norm `outer` into their places in `params`."""
+  """Copies the embeddings and final norm `outer` into their places in `params` (a call of its own, so that nothing
+  holds `outer`'s arrays once they are copied)."""
   fill({key: params[key] for key in outer}, outer)
 
 
