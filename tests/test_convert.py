@@ -170,6 +170,15 @@ def test_buffers_a_tied_head_and_bfloat16_weights_are_accepted_and_bfloat16_is_k
   assert {x.dtype for x in hf.params_to_hf(params, llama).values()} == {np.dtype(jnp.bfloat16)}
 
 
+def test_params_keep_the_checkpoint_s_one_dtype_else_float32():
+  llama = model_config('hf_llama')
+  dtypes = lambda tensors: {x.dtype for x in jax.tree.leaves(hf.params_from_hf(tensors, llama))}
+  tensors = fixture_tensors('hf_llama')
+  float16 = {name: x.astype(np.float16) for name, x in tensors.items()}
+  mixed = {name: x if name == 'model.norm.weight' else x.astype(jnp.bfloat16) for name, x in tensors.items()}
+  assert dtypes(float16) == dtypes(mixed) == {np.dtype(np.float32)}  # Each holds its tensors exactly.
+
+
 def test_the_norm_epsilon_carries_over_both_ways():
   for name, key in (('hf_gpt2', 'layer_norm_epsilon'), ('hf_llama', 'rms_norm_eps')):
     config = {**fixture_config(name), key: 1e-5}
