@@ -1,0 +1,125 @@
+"""The whole path a user takes with a pretrained model (issue 17): a Hugging Face folder (a tiny Qwen2 in bfloat16,
+with the fixture tokenizer.json and its Llama-3-like chat template) converted by flaxlm-convert, fine-tuned with LoRA
+on chat `messages` examples on a bfloat16 and on an int8 base, then asked with flaxlm-sample --chat."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from conftest import command
+from flaxlm.configs import base
+from flaxlm.data import chat, examples, tokenizer as tokenizer_lib
+from flaxlm.model import hf, hf_families, lora, sampling
+from flaxlm.model.transformer import ModelConfig
+from flaxlm.train import export, loop, metrics, pretrained, workdir as workdir_lib
+from flaxlm.train.commands import convert
+
+TOKENIZER = pathlib.Path(__file__).parent / 'fixtures' / 'hf_tokenizer'
+HF_CONFIG = {  # A Qwen2 (q/k/v biases, tied head) with the fixture tokenizer's 357 ids and room to spare.
+    'architectures': ['Qwen2ForCausalLM'], 'model_type': 'qwen2', 'hidden_act': 'silu', 'hidden_size': 32,
+    'intermediate_size': 64, 'num_attention_heads': 4, 'num_key_value_heads': 2, 'num_hidden_layers': 2,
+    'max_position_embeddings': 64, 'rms_norm_eps': 1e-6, 'rope_theta': 10000.0, 'tie_word_embeddings': True,
+    'use_sliding_window': False, 'vocab_size': 384, 'dtype': 'bfloat16'}
+STEPS = 60  # Of LoRA fine-tuning, each run: enough for the first answer token to lead its next by a logit or so.
+# Two questions and their answers; each answer ends with the template's <|eot_id|>, which ends a sample.
+QA = [('Where does the river run?', 'Over the stone.'), ('And then?', 'Into the sea.')]
+
+
+def hf_folder(directory: pathlib.Path) -> pathlib.Path:
+  """Writes a Hugging Face model folder: config.json, random bfloat16 weights under transformers' names (norm scales
+  near 1, so every layer passes its signal on) and the fixture's tokenizer files; returns it."""
+  directory.mkdir()
+  (directory / 'config.json').write_text(json.dumps(HF_CONFIG))
+  model = base.get_config().model
+  model.update(hf_families.model_config(HF_CONFIG))
+  c = ModelConfig.from_config(model, HF_CONFIG['vocab_size'])
+  rng = np.random.default_rng(0)
+  weight = lambda name, shape: (name.endswith('norm.weight') + 0.3 * rng.standard_normal(shape)).astype(
+      ml_dtypes.bfloat16)
+  prefix = hf_families.family_of(c)[1].prefix
+  safetensors.numpy.save_file({name: weight(name, shape) for name, shape in hf.hf_shapes(c, prefix).items()},
+                              directory / 'model.safetensors', metadata={'format': 'pt'})
+  for file in TOKENIZER.iterdir():
+    if file.name != 'reference.json':
+      shutil.copy(file, directory)
+  return directory
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory) -> pathlib.Path:
+  """The flaxlm export flaxlm-convert --from_hf makes of the folder (computing in float32: cheap on a CPU)."""
+  root = tmp_path_factory.mktemp('pretrained')
+  convert.from_hf(str(hf_folder(root / 'hf')), str(root / 'export'), None, 'float32')
+  return root / 'export'
+
+
+@pytest.fixture(scope='module')
+def chats(tmp_path_factory) -> pathlib.Path:
+  """A JSONL file of chat examples: each question and its answer, many times over."""
+  path = tmp_path_factory.mktemp('examples') / 'chat.jsonl'
+  lines = [json.dumps({'messages': [{'role': 'user', 'content': q}, {'role': 'assistant', 'content': a}]})
+           for _ in range(24) for q, a in QA]
+  path.write_text('\n'.join(lines) + '\n')
+  return path
+
+
+def tune(export: pathlib.Path, data: pathlib.Path, workdir: pathlib.Path, lora_base: str):
+  """Returns the final state and the per-step losses of a LoRA fine-tune of `export` on the chat examples, its base
+  held as `lora_base`."""
+  config = base.get_config()
+  config.model.update(workdir_lib.load_config(export).model.to_dict())
+  config.model.update(max_length=32, lora_rank=8, lora_targets='query,value,out,up,down', lora_base=lora_base)
+  config.data.update(path=str(data), format='examples')
+  config.train.update(init_from=str(export), steps=STEPS, batch_size=4, eval_every=STEPS, checkpoint_every=STEPS,
+                      log_every=1, eval_batches=1, learning_rate=3e-2, min_learning_rate=3e-3, warmup_steps=0)
+  state = loop.train(config, str(workdir))
+  return state, [r['loss'] for r in metrics.read_metrics(workdir)]
+
+
+def test_the_export_keeps_the_bfloat16_weights_and_the_tokenizer_s_specials(converted):
+  tokenizer = workdir_lib.load_tokenizer(converted)
+  assert isinstance(tokenizer, tokenizer_lib.HFTokenizer) and tokenizer.add_bos and set(tokenizer.eos_ids) == {1, 4}
+  assert tokenizer_lib.files_of(tokenizer) == tokenizer_lib.files_of(tokenizer_lib.from_hf_folder(TOKENIZER))
+  assert export.stored_dtype(converted) == 'bfloat16'  # As the checkpoint: the base LoRA reads is its own bits.
+
+
+def test_chat_examples_are_rendered_in_the_tokenizer_s_template(converted, chats):
+  tokenizer = workdir_lib.load_tokenizer(converted)
+  ids_N, trained_N = examples.tokenize(examples.read(chats)[0], tokenizer)
+  q, a = QA[0]
+  header = lambda role: f'<|start_header_id|>{role}<|end_header_id|>\n\n'
+  expected = tokenizer.encode(f'{header("user")}{q}<|eot_id|>{header("assistant")}{a}<|eot_id|>')
+  assert ids_N.tolist() == [tokenizer.bos_id] + expected.tolist()  # BOS once, written by the template.
+  assert tokenizer.decode(ids_N[trained_N]) == f'{a}<|eot_id|>'  # The loss on the answer and its end alone.
+
+
+def test_lora_on_a_bfloat16_and_an_int8_base_learns_the_answers_and_chat_sampling_stops_after_one(
+    converted, chats, tmp_path):
+  _, base_params, tokenizer = pretrained.load(converted, 'bfloat16')  # The checkpoint's bits.
+  runs = {lora_base: tmp_path / lora_base for lora_base in ('bfloat16', 'int8')}
+  sampled = None
+  for lora_base, workdir in runs.items():
+    state, losses = tune(converted, chats, workdir, lora_base)
+    # From a random base's loss (above ln 384 = 5.95) to about 1 per answer token: the adapters learn the answers.
+    assert np.mean(losses[-10:]) < losses[0] / 4, losses
+    # The base as it was held at the start, bit for bit: only the adapters were trained.
+    held = jax.device_get(lora.hold_base(base_params, lora_base))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.frozen), held)
+    if sampled is None:  # The CLI on the first run, while the second trains (each spends seconds importing JAX).
+      sampled = subprocess.Popen([command('flaxlm-sample'), f'--workdir={workdir}', '--chat', '--temperature=0',
+                                  f'--prompt={QA[0][0]}', '--max_new_tokens=12'], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+  model, params, _ = pretrained.load(runs['int8'])  # The other run in-process: both questions, greedily.
+  prompts = [chat.prompt_ids(tokenizer, [{'role': 'user', 'content': q}]) for q, _ in QA]
+  replies = sampling.generate(model, params, prompts, 12, settings=sampling.Settings(0.0, eos_ids=tokenizer.eos_ids))
+  assert [tokenizer.decode(r.tokens) for r in replies] == [f'{a}<|eot_id|>' for _, a in QA]  # Stopped at the end.
+  out, err = sampled.communicate(timeout=300)
+  assert sampled.returncode == 0, err
+  assert out == f'{QA[0][1]}\n'  # The answer alone, ended by <|eot_id|> (not shown) well before 12 tokens.
