@@ -1,6 +1,7 @@
 """Tests of train/loop.py and the workdir it writes: files, metrics, checkpoints and exact resumption."""
 
 import json
+import pathlib
 import shutil
 
 import jax
@@ -10,7 +11,7 @@ import pytest
 from flaxlm.configs import base, tiny
 from conftest import make_corpus
 from flaxlm.configs.errors import UserError
-from flaxlm.data import sources, tokenizer as tokenizer_lib
+from flaxlm.data import prepare, sources, tokenizer as tokenizer_lib
 from flaxlm.train import loop, metrics, sharding, state as state_lib, step as step_lib, workdir as workdir_lib
 
 
@@ -157,3 +158,20 @@ def test_validation_loss_is_the_mean_over_the_trained_tokens_of_all_batches(corp
   assert abs(mean_of_means - expected) > 0.05  # The two means differ here, by far more than the tolerance below.
   got = loop.evaluate(eval_fn, params, [sharding.global_batch(b, setup.mesh) for b in (full, sparse)])
   assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_store_prepared_with_another_bos_setting_of_the_same_tokenizer_json_is_refused(tmp_path):
+  fixture = pathlib.Path(__file__).parent / 'fixtures' / 'hf_tokenizer'
+  shutil.copytree(fixture, tmp_path / 'no_bos')
+  settings = json.loads((fixture / 'tokenizer_config.json').read_text())
+  (tmp_path / 'no_bos' / 'tokenizer_config.json').write_text(json.dumps({**settings, 'add_bos_token': False}))
+  (tmp_path / 'text.txt').write_text('the river runs\n' * 20)
+  store_path = str(tmp_path / 'store')
+  prepared = prepare.prepare(str(tmp_path / 'text.txt'), store_path, str(tmp_path / 'no_bos'), prepare.Settings(),
+                             workers=0)
+  config = tiny_config(store_path)
+  config.data.tokenizer = str(tmp_path / 'no_bos')
+  assert not loop.store_tokenizer(config, prepared).add_bos  # The store's own setting is taken.
+  config.data.tokenizer = str(fixture)  # The same tokenizer.json, adding BOS: the store's documents lack it.
+  with pytest.raises(UserError, match='holds the ids of another tokenizer than data.tokenizer='):
+    loop.store_tokenizer(config, prepared)

@@ -98,12 +98,16 @@ def prepared_store(config: ml_collections.ConfigDict) -> store.Store:
 
 
 def store_tokenizer(config: ml_collections.ConfigDict, prepared: store.Store) -> tokenizer_lib.Tokenizer:
-  """Returns the store's tokenizer; raises UserError if the run names another (a pretrained model's, or a file)."""
-  d, ids = config.data, prepared.tokenizer.serialized()
-  if config.train.init_from and workdir_lib.load_tokenizer(config.train.init_from).serialized() != ids:
+  """Returns the store's tokenizer; raises UserError if the run names another (a pretrained model's, or a file).
+
+  Tokenizers are compared by all their files (`tokenizer_lib.files_of`): the same tokenizer.json with another BOS or
+  EOS setting gives other ids, and the run keeps the store's files (its chat template too) as its own.
+  """
+  d, saved = config.data, tokenizer_lib.files_of(prepared.tokenizer)
+  if config.train.init_from and tokenizer_lib.files_of(workdir_lib.load_tokenizer(config.train.init_from)) != saved:
     raise UserError(f'token store {d.path} holds the ids of another tokenizer than train.init_from\'s: prepare the '
                     f'store with that model\'s tokenizer (flaxlm-data prepare --tokenizer=...).')
-  if d.tokenizer != 'char' and tokenizer_lib.for_corpus(d.tokenizer, '').serialized() != ids:
+  if d.tokenizer != 'char' and tokenizer_lib.files_of(tokenizer_lib.for_corpus(d.tokenizer, '')) != saved:
     raise UserError(f'token store {d.path} holds the ids of another tokenizer than data.tokenizer={d.tokenizer}: '
                     'prepare the store with it, or leave data.tokenizer at char to take the store\'s.')
   return prepared.tokenizer
