@@ -70,14 +70,14 @@ def chats(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-def tune(export: pathlib.Path, data: pathlib.Path, workdir: pathlib.Path, lora_base: str):
-  """Returns the final state and the per-step losses of a LoRA fine-tune of `export` on the chat examples, its base
-  held as `lora_base`."""
+def tune(converted: pathlib.Path, data: pathlib.Path, workdir: pathlib.Path, lora_base: str):
+  """Returns the final state and the per-step losses of a LoRA fine-tune of the export `converted` on the chat
+  examples, its base held as `lora_base`."""
   config = base.get_config()
-  config.model.update(workdir_lib.load_config(export).model.to_dict())
+  config.model.update(workdir_lib.load_config(converted).model.to_dict())  # The model section must be the export's.
   config.model.update(max_length=32, lora_rank=8, lora_targets='query,value,out,up,down', lora_base=lora_base)
   config.data.update(path=str(data), format='examples')
-  config.train.update(init_from=str(export), steps=STEPS, batch_size=4, eval_every=STEPS, checkpoint_every=STEPS,
+  config.train.update(init_from=str(converted), steps=STEPS, batch_size=4, eval_every=STEPS, checkpoint_every=STEPS,
                       log_every=1, eval_batches=1, learning_rate=3e-2, min_learning_rate=3e-3, warmup_steps=0)
   state = loop.train(config, str(workdir))
   return state, [r['loss'] for r in metrics.read_metrics(workdir)]
@@ -112,6 +112,8 @@ def test_lora_on_a_bfloat16_and_an_int8_base_learns_the_answers_and_chat_samplin
     # The base as it was held at the start, bit for bit: only the adapters were trained.
     held = jax.device_get(lora.hold_base(base_params, lora_base))
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.frozen), held)
+    saved = tokenizer_lib.files_of(workdir_lib.load_tokenizer(workdir))  # The run keeps the model's tokenizer files.
+    assert saved == tokenizer_lib.files_of(tokenizer)
     if sampled is None:  # The CLI on the first run, while the second trains (each spends seconds importing JAX).
       sampled = subprocess.Popen([command('flaxlm-sample'), f'--workdir={workdir}', '--chat', '--temperature=0',
                                   f'--prompt={QA[0][0]}', '--max_new_tokens=12'], stdout=subprocess.PIPE,
