@@ -12,7 +12,8 @@ from flaxlm.configs import base, tiny
 from conftest import make_corpus
 from flaxlm.configs.errors import UserError
 from flaxlm.data import prepare, sources, tokenizer as tokenizer_lib
-from flaxlm.train import loop, metrics, sharding, state as state_lib, step as step_lib, workdir as workdir_lib
+from flaxlm.train import (loop, metrics, pretrained as pretrained_lib, sharding, state as state_lib, step as step_lib,
+                          workdir as workdir_lib)
 
 
 def tiny_config(corpus, steps: int = 20):
@@ -117,11 +118,13 @@ def test_fine_tuning_starts_from_the_pretrained_params_with_a_fresh_optimizer(co
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(tuned.params), jax.device_get(pretrained.params))
   assert int(tuned.step) == 1 and int(tuned.opt_state[1][0].count) == 1  # A fresh optimizer: one update.
   assert (tmp_path / 'tuned' / 'tokenizer.json').read_text() == (tmp_path / 'base' / 'tokenizer.json').read_text()
-  config.model.width = 64
-  with pytest.raises(UserError, match=r"init_from=.*: parameter \['embed'\]\['embedding'\] is \(\d+, 32\) there and "
-                                      r"\(\d+, 64\) here"):
-    loop.train(config, str(tmp_path / 'wider'))
-  assert not (tmp_path / 'wider').exists()
+  config.model.update(width=64, mlp='gelu', norm_offset=1.0, rope_theta=5e5, dtype='bfloat16', max_length=8)
+  adopted, taken = pretrained_lib.adopt_model(config, workdir_lib.load_config(tmp_path / 'base'))
+  # The pretrained model, set however the run's config sets its own, and the run's own way of computing it.
+  assert adopted.model.to_dict() == {**workdir_lib.load_config(tmp_path / 'base').model.to_dict(),
+                                     'dtype': 'bfloat16', 'max_length': 8}
+  assert sorted(taken) == ["model.mlp='swiglu' (not 'gelu')", 'model.norm_offset=0.0 (not 1.0)',
+                          'model.rope_theta=10000.0 (not 500000.0)', 'model.width=32 (not 64)']
 
 
 def test_fine_tuning_on_examples_learns_the_responses(corpus, tmp_path):

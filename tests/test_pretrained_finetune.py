@@ -73,8 +73,7 @@ def chats(tmp_path_factory) -> pathlib.Path:
 def tune(converted: pathlib.Path, data: pathlib.Path, workdir: pathlib.Path, lora_base: str):
   """Returns the final state and the per-step losses of a LoRA fine-tune of the export `converted` on the chat
   examples, its base held as `lora_base`."""
-  config = base.get_config()
-  config.model.update(workdir_lib.load_config(converted).model.to_dict())  # The model section must be the export's.
+  config = base.get_config()  # Its model section is not the export's: training takes init_from's model.
   config.model.update(max_length=32, lora_rank=8, lora_targets='query,value,out,up,down', lora_base=lora_base)
   config.data.update(path=str(data), format='examples')
   config.train.update(init_from=str(converted), steps=STEPS, batch_size=4, eval_every=STEPS, checkpoint_every=STEPS,

@@ -139,11 +139,25 @@ def check_lora(c: ml_collections.ConfigDict) -> None:
 FORMATS = {'text': text_streams, 'examples': example_streams}
 
 
+def pretrained_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Returns `config` with train.init_from's model (pretrained.adopt_model), saying which of its values it took."""
+  try:
+    pretrained.check_source(config.train.init_from)
+  except UserError as e:
+    raise UserError(f'train.init_from: {e}') from None
+  adopted, taken = pretrained.adopt_model(config, workdir_lib.load_config(config.train.init_from))
+  if taken and jax.process_index() == 0:
+    print(f'model: train.init_from\'s, so {", ".join(taken)}', flush=True)
+  return adopted
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
   workdir_lib.check_usable(workdir)
   check_train_config(config.train)
   check_ranges(config)
+  if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
+    config = pretrained_model(config)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
   attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
   if config.data.format not in FORMATS:
@@ -152,8 +166,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   if config.model.lora_rank and not config.train.init_from:
     raise UserError(f'model.lora_rank={config.model.lora_rank} trains adapters on a pretrained model: set '
                     '--config.train.init_from to a flaxlm-export directory or a run\'s workdir.')
-  if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
-    workdir_lib.load_config(config.train.init_from)
   tokenizer, streams, digest = FORMATS[config.data.format](config)
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
   resolved.data.store_digest = digest

@@ -9,6 +9,7 @@ adapters: they are merged into the pretrained params it was trained on (its trai
 with the same care.
 """
 
+import copy
 import dataclasses
 import os
 from typing import Any
@@ -103,6 +104,31 @@ def check_source(path: str | os.PathLike) -> None:
   if (folder / 'config.json').is_file() and not any((folder / name).is_file() for name in workdir_lib.TOKENIZER_FILES):
     raise UserError(f'{path} has no tokenizer ({" or ".join(workdir_lib.TOKENIZER_FILES)}): restore the file the '
                     'model was saved with; no other tokenizer gives its ids the right text.')
+
+
+# The model keys a fine-tune sets itself: how it computes the pretrained model and adapts it, not what the model is.
+RUN_OWN = ('dtype', 'remat', 'attention', 'dropout', 'max_length', 'lora_rank', 'lora_alpha', 'lora_targets',
+           'lora_base')
+
+
+def adopt_model(config: ml_collections.ConfigDict,
+                saved: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """Returns (a copy of the run's `config` whose model section is the pretrained model's, `saved` being its
+  config.json, less the RUN_OWN keys; the values taken that the run's config set otherwise).
+
+  A fine-tune trains the pretrained model: its shape, but also what computes the same shapes differently (Gemma's norm
+  offset, a rotary scaling, an activation), which a model section typed by hand would silently get wrong. A run value
+  of 0 (derive it: vocab_size, num_kv_heads, mlp_width, head_dim) is no setting and is not listed.
+  """
+  adopted = copy.deepcopy(config)
+  taken = []
+  for key, value in saved.model.items():
+    if key in RUN_OWN or key not in adopted.model or adopted.model[key] == value:
+      continue
+    if adopted.model[key] != 0:
+      taken.append(f'model.{key}={value!r} (not {adopted.model[key]!r})')
+    adopted.model[key] = value
+  return adopted, taken
 
 
 def model_config(path: str | os.PathLike, section: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
