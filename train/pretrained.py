@@ -3,10 +3,10 @@
 It reads either kind of directory flaxlm writes: a training run's workdir (its latest checkpoint) or an export
 written by flaxlm-export (params alone). Only the params are read, never a run's optimizer moments, and each array
 goes straight into its shards on the devices that hold it (`read_params`), in the dtype asked for: the model's
-compute dtype to sample and score, float32 to fine-tune, export or convert. A LoRA run's checkpoint holds only its
-adapters: they are merged into the pretrained params it was trained on (its train.init_from), so every user of
-`load` sees a plain model. The texts a model is given from files (a prompt, a text to score) are read here too,
-with the same care.
+compute dtype to sample and score, float32 to fine-tune or export, the stored one to convert back to Hugging Face.
+A LoRA run's checkpoint holds only its adapters: they are merged into the pretrained params it was trained on (its
+train.init_from), so every user of `load` sees a plain model. The texts a model is given from files (a prompt, a
+text to score) are read here too, with the same care.
 """
 
 import copy
