@@ -127,6 +127,15 @@ def test_fine_tuning_starts_from_the_pretrained_params_with_a_fresh_optimizer(co
                           'model.rope_theta=10000.0 (not 500000.0)', 'model.width=32 (not 64)']
 
 
+def test_a_fine_tune_of_another_length_keeps_the_context_a_rotary_scaling_was_made_for():
+  saved = base.get_config()
+  saved.model.update(rope_scaling='yarn', rope_factor=4.0, max_length=64)  # rope_original_length 0: max_length's 64.
+  config = base.get_config()
+  config.model.max_length = 128
+  adopted, _ = pretrained_lib.adopt_model(config, saved)
+  assert adopted.model.max_length == 128 and adopted.model.rope_original_length == 64
+
+
 def test_fine_tuning_on_examples_learns_the_responses(corpus, tmp_path):
   loop.train(tiny_config(corpus, 20), str(tmp_path / 'base'))
   pairs = [('the king', ' and queen of the north'), ('spring', ' would come early'), ('ROMEO:', ' JULIET:')]

@@ -128,6 +128,8 @@ def adopt_model(config: ml_collections.ConfigDict,
     if adopted.model[key] != 0:
       taken.append(f'model.{key}={value!r} (not {adopted.model[key]!r})')
     adopted.model[key] = value
+  if adopted.model.rope_scaling != 'none' and not adopted.model.rope_original_length:  # 0 is max_length: keep the
+    adopted.model.rope_original_length = saved.model.max_length  # context the scaling was made for, not the run's.
   return adopted, taken
 
 
