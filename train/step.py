@@ -4,6 +4,7 @@ Shape key: B batch, T sequence length, D model width, V vocabulary.
 """
 
 import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
