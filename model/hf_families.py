@@ -1,7 +1,7 @@
 """Hugging Face model types: how each one's config.json and tensor names map onto flaxlm's model options and params.
 
 Pure: config.json dicts and {name: array} dicts in and out. One `Family` per supported HF model type says how its
-names and shapes map; model/hf.py converts whole checkpoints with them, and train/commands/convert.py reads and
+names and shapes map; model/hf.py converts whole checkpoints with them, and train/convert.py reads and
 writes the files.
 
 Shape key: D width, H query heads, G key/value heads, K head dimension, F MLP width, V vocabulary, P positions.

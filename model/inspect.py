@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxlm.model.transformer import Attention, Transformer, rotate
+from flaxlm.model import rope
+from flaxlm.model.transformer import Attention, Transformer
 
 
 def is_projection(module: nn.Module, method_name: str) -> bool:
@@ -39,8 +40,8 @@ def queries_and_keys(model: Transformer, params, tokens_BxT: jax.Array) -> tuple
   q_LxBxTxHxK, k_LxBxTxGxK, _ = per_layer(state['intermediates'], ('attention', 'project'), c.num_layers)
   if c.positions == 'rotary':
     positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
-    rotate_layers = jax.vmap(rotate, in_axes=(0, None, None))
-    q_LxBxTxHxK, k_LxBxTxGxK = (rotate_layers(x, positions_BxT, c.rope_theta) for x in (q_LxBxTxHxK, k_LxBxTxGxK))
+    rotate_layers = jax.vmap(functools.partial(rope.rotate, rope=c.rotary), in_axes=(0, None))
+    q_LxBxTxHxK, k_LxBxTxGxK = (rotate_layers(x, positions_BxT) for x in (q_LxBxTxHxK, k_LxBxTxGxK))
   return q_LxBxTxHxK.astype(jnp.float32), k_LxBxTxGxK.astype(jnp.float32)
 
 

@@ -39,7 +39,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
       '--config.model.num_kv_heads=1'], 'make model.num_kv_heads a multiple of 2'),
     (['--config.model.attention=cudnn'], "model.attention='cudnn' needs an NVIDIA GPU, and this platform (cpu) has: xla"),
     (['--config.data.format=csv'], "data.format='csv' is not one of ('text', 'examples')"),
-    (['--config.train.init_from=/nonexistent'], '/nonexistent holds no flaxlm run'),
+    (['--config.train.init_from=/nonexistent'], 'train.init_from: /nonexistent does not exist'),
 ])
 def test_bad_input_gets_one_line_and_writes_nothing(corpus, tmp_path, overrides, fragment):
   workdir = tmp_path / 'run'

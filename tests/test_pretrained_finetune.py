@@ -18,8 +18,7 @@ from flaxlm.configs import base
 from flaxlm.data import chat, examples, tokenizer as tokenizer_lib
 from flaxlm.model import hf, hf_families, lora, sampling
 from flaxlm.model.transformer import ModelConfig
-from flaxlm.train import export, loop, metrics, pretrained, workdir as workdir_lib
-from flaxlm.train.commands import convert
+from flaxlm.train import convert, export, loop, metrics, pretrained, workdir as workdir_lib
 
 TOKENIZER = pathlib.Path(__file__).parent / 'fixtures' / 'hf_tokenizer'
 HF_CONFIG = {  # A Qwen2 (q/k/v biases, tied head) with the fixture tokenizer's 357 ids and room to spare.
