@@ -24,6 +24,19 @@ import pytest  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 2)
 
+# The files that take longest, collected first: pytest-xdist's --dist loadfile hands whole files to its workers in
+# collection order, and the suite ends when its last file does. Collected alphabetically, test_tpu_compile.py (about
+# four minutes on a loaded 2-core machine) started last and ran alone at the end (seen: 764 s one run, 910 the next).
+LONGEST_FIRST = ('test_tpu_compile.py', 'test_resume.py', 'test_distributed.py', 'test_notebooks.py',
+                 'test_campaign_use.py', 'test_campaign_tools.py', 'test_campaign_train.py')
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+  """Puts the tests of LONGEST_FIRST's files first, in that order, each file's own order kept."""
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORDS = ('the king and queen of the north sent word to their people that spring would come early '
          'this year and every farmer should be ready to plant ROMEO: JULIET: ').split(' ')

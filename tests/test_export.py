@@ -65,7 +65,9 @@ def test_a_bfloat16_export_stores_the_params_cast_at_half_the_size(trained):
   assert_trees_equal(stored_params(trained / 'bfloat16'), as_bfloat16)
   _, loaded, _ = pretrained.load(trained / 'bfloat16')  # Loaded back as float32, exactly.
   assert_trees_equal(jax.device_get(loaded), jax.tree.map(lambda x: x.astype(np.float32), as_bfloat16))
-  assert size(trained / 'bfloat16' / 'params') < 0.55 * size(trained / 'float32' / 'params')
+  # The arrays' bytes halve; Orbax's metadata (about 15 kB beside this model's 132 kB of float32 arrays) does not. Left
+  # in float32, the export would be as large as the float32 one and fail by about 60 kB.
+  assert size(trained / 'bfloat16' / 'params') < 0.5 * size(trained / 'float32' / 'params') + 32_000
 
 
 def test_greedy_samples_from_an_export_match_those_from_the_run(trained):
