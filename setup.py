@@ -11,7 +11,7 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     # The repository's top-level folders install as one package, flaxlm: model/ is flaxlm.model, and so on.
-    packages=[f'flaxlm.{name}' for name in FOLDERS] + ['flaxlm.train.commands'],
+    packages=[f'flaxlm.{name}' for name in FOLDERS] + [f'flaxlm.train.{name}' for name in ('commands', 'plan', 'use')],
     package_dir={f'flaxlm.{name}': name for name in FOLDERS},
     package_data={'flaxlm.data': ['corpus/*.txt.gz']},
     python_requires='>=3.12',
@@ -37,7 +37,8 @@ setuptools.setup(
         'zstandard',  # .zst-compressed JSONL corpora.
         # gs:// paths: etils.epath reaches Cloud Storage through gcsfs. Pinned: gcsfs 2026.10.1 hangs in open() and
         # rmtree() against the fake-gcs-server emulator the tests run on; 2025.3.0 (with its fsspec) works there.
-        # (Seen before the tests drained the emulator's log pipe, whose filling also hangs clients: not re-tested.)
+        # (The hang was seen while the emulator's log pipe went undrained, which also hangs clients; 2026.10.1 has not
+        # been tried with the pipe drained.)
         'etils[epath]',
         'gcsfs==2025.3.0',
         'fsspec==2025.3.0',

@@ -16,7 +16,8 @@ import jax
 import ml_collections
 
 import mfu  # benchmarks/mfu.py: its flags (--presets, --batch_size, --max_length, --steps), presets and batches.
-from flaxlm.model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, count_params
 from flaxlm.train import checkpoint, optimizer, sharding, state as state_lib, step as step_lib
 from flaxlm.train.commands import cli
 

@@ -19,7 +19,8 @@ import ml_collections
 from absl import flags
 
 from flaxlm.configs import base
-from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer
 from flaxlm.train import optimizer, sharding, state as state_lib, step as step_lib
 from flaxlm.train.commands import cli
 

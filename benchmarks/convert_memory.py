@@ -10,7 +10,7 @@
    (its VmHWM, its own high-water mark; ru_maxrss would also count the pages of the parent it was forked from), the
    largest shard (read by --from_hf, written by --to_hf), the params' bytes (written by --from_hf, read by --to_hf)
    and the ratio peak / (largest shard + params), also with the baseline subtracted: the peak of a process that only
-   imports flaxlm-convert (Python, JAX, Orbax, TensorStore). The issue bounds peak less baseline at about 1.5 x the
+   imports flaxlm-convert (Python, JAX, Orbax, TensorStore). The target: peak less baseline at most about 1.5 x the
    largest shard plus the output.
 
 Every figure is printed as `name: value unit`. --python_path runs another checkout of flaxlm instead (prepended to

@@ -22,7 +22,8 @@ from absl import flags
 
 from flaxlm.configs import finetune_shakespeare
 from flaxlm.model import sampling
-from flaxlm.train import loop, metrics, pretrained
+from flaxlm.train import loop, metrics
+from flaxlm.train.use import pretrained
 from flaxlm.train.commands import cli
 
 PRETRAINED = flags.DEFINE_string('pretrained', None, 'Workdir (or export) of the pretrained Shakespeare model.')

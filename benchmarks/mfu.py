@@ -6,7 +6,7 @@
 The state is created sharded on a mesh of all devices and the step jitted as `flaxlm-train` does. Batches are
 random tokens (a step costs the same whatever the tokens), made once and reused; one untimed step compiles.
 MFU = training FLOPs per token (model/flops.py) x tokens per second per device / the device's peak FLOP/s
-(train/hardware.py); it is 'n/a' where the peak is not known, as on a CPU.
+(train/plan/hardware.py); it is 'n/a' where the peak is not known, as on a CPU.
 """
 
 import time
@@ -19,8 +19,10 @@ from absl import flags
 from flaxlm import configs
 from flaxlm.configs.errors import UserError
 from flaxlm.model import flops
-from flaxlm.model.transformer import ModelConfig, Transformer, count_params
-from flaxlm.train import hardware, optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, count_params
+from flaxlm.train import optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.train.plan import hardware
 from flaxlm.train.commands import cli
 
 PRESETS = flags.DEFINE_list('presets', ['gpt2_124m', 'llama_1b'], 'Preset names, comma-separated.')

@@ -16,8 +16,9 @@ from absl import flags
 
 from flaxlm.data import pipeline
 from flaxlm.model import quantize
-from flaxlm.train import loop, pretrained, step as step_lib, workdir as workdir_lib
+from flaxlm.train import loop, memory, step as step_lib, workdir as workdir_lib
 from flaxlm.train.commands import cli
+from flaxlm.train.use import pretrained
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir of a training run, holding a checkpoint.')
 EVAL_BATCHES = flags.DEFINE_integer('eval_batches', 0, 'Validation batches to evaluate; 0 takes the run\'s '
@@ -52,7 +53,7 @@ def rows(model, params, batches: list[pipeline.Example]) -> list[tuple[str, ...]
     float_perplexity = float_perplexity or perplexity
     groups = group_lengths(qparams) if mode == 'int4' else {'none': '-', 'int8': 'channel'}[mode]
     table.append((name, groups, f'{loss:.4f}', f'{perplexity:.4f}', f'{perplexity / float_perplexity - 1:+.2%}',
-                  f'{quantize.memory_bytes(qparams) / 2 ** 20:.3f}'))
+                  f'{memory.memory_bytes(qparams) / 2 ** 20:.3f}'))
   return table
 
 
@@ -67,7 +68,7 @@ def benchmark() -> None:
   print(' | '.join(('weights', 'group lengths', 'val loss', 'perplexity', 'vs float32', 'memory (MiB)')))
   for row in rows(model, params, batches):
     print(' | '.join(row), flush=True)
-  print('\n'.join(quantize.memory_table(params)))
+  print('\n'.join(memory.memory_table(params)))
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ import ml_collections
 from flaxlm.configs.errors import UserError
 
 FOLDER = pathlib.Path(__file__).parent
-NOT_PRESETS = ('__init__', 'base', 'errors')
+NOT_PRESETS = ('__init__', 'base', 'errors', 'options')
 
 
 def presets() -> list[str]:

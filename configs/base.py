@@ -1,58 +1,22 @@
-"""Every default of a flaxlm run, documented. Presets start from `get_config()` and change a few fields.
+"""Every default of a flaxlm run, documented, and the values each may take. Presets start from `get_config()` and
+change a few fields.
 
-Any field can be overridden from the command line, for example `--config.train.steps=100`.
+Any field can be overridden from the command line, for example `--config.train.steps=100`. `check` refuses a
+config whose values are outside their rules (configs/options.py), once, before a command starts; how fields relate
+to one another (a mesh that fits the devices, heads that divide the width) is checked where it is used.
 """
 
 import ml_collections
 
+from flaxlm.configs import options
+from flaxlm.configs.options import Interval, NonNegative, OneOf, Positive
+from flaxlm.model.config import ModelConfig
+
 
 def model_config() -> ml_collections.ConfigDict:
-  """Returns the transformer's shape and options (read by `model.transformer.ModelConfig`)."""
-  c = ml_collections.ConfigDict()
-  c.vocab_size = 0  # 0: taken from the tokenizer.
-  c.num_layers = 4
-  c.num_heads = 4
-  c.num_kv_heads = 0  # 0: same as num_heads (multi-head); fewer gives grouped-query attention.
-  c.width = 128  # D, the residual stream's width; must be a multiple of num_heads.
-  c.mlp_width = 0  # F; 0: 4 * width for gelu, 8/3 * width rounded up to a multiple of 64 for swiglu.
-  c.max_length = 64  # T, the context length the model is trained on.
-  c.positions = 'rotary'  # 'rotary' or 'learned'.
-  c.rope_theta = 10_000.0  # base wavelength of rotary positions.
-  c.norm = 'rmsnorm'  # 'rmsnorm' or 'layernorm'.
-  c.norm_eps = 1e-6  # added to the variance in the norms (GPT-2 and Llama 2 use 1e-5).
-  c.mlp = 'swiglu'  # 'swiglu' or 'gelu'.
-  c.tie_embeddings = False  # True: the output head reuses the token embedding matrix (GPT-2).
-  c.use_bias = False  # True: biases in the attention and MLP projections (GPT-2); Llama has none.
-  c.dropout = 0.0  # dropout rate on embeddings, attention output and MLP output.
-  c.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'; parameters stay float32.
-  c.scan_layers = True  # stack layers with nn.scan so compile time does not grow with depth.
-  c.remat = 'none'  # backward-pass recomputation per layer: 'none', 'full' (keep only layer inputs), or
-  # 'save_dots' (keep the weight matmuls' outputs, recompute the rest): less memory, more FLOPs.
-  c.attention = 'auto'  # 'xla' (any platform), 'cudnn' (NVIDIA flash attention, bfloat16), 'splash' (TPU
-  # Pallas kernel), or 'auto': the fastest the platform supports.
-  c.lora_rank = 0  # LoRA fine-tuning (model/lora.py): rank r of the adapters; 0 turns LoRA off. With r > 0 the
-  # pretrained weights (train.init_from, required) stay frozen and only the adapters are trained and checkpointed.
-  c.lora_alpha = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank.
-  c.lora_targets = 'query,value'  # comma-separated matrices that get adapters: query, key, value, out (attention),
-  # gate, up, down (MLP; gate only with swiglu).
-  c.lora_base = 'bfloat16'  # how LoRA holds the frozen pretrained weights: 'float32', 'bfloat16', or 'int8' / 'int4'
-  # (QLoRA-style: the layers' matrices quantized, expanded a layer at a time; embedding and head bfloat16). The
-  # adapters and their AdamW moments stay float32.
-  # Options of pretrained model families (flaxlm-convert sets them; the defaults are flaxlm's own models):
-  c.head_dim = 0  # K, the width of one attention head; 0: width / num_heads (Gemma and Qwen3 set it).
-  c.qkv_bias = False  # True: biases on the query, key and value projections alone (Qwen2).
-  c.qk_norm = False  # True: an RMSNorm over each head of the queries and keys, before the rotation (Qwen3).
-  c.norm_offset = 0.0  # the rmsnorms multiply by norm_offset + scale; Gemma's 1 (its checkpoints store scale - 1).
-  c.scale_embeddings = False  # True: token embeddings times sqrt(width) in the model's dtype (Gemma).
-  c.rope_scaling = 'none'  # rotary frequencies stretched for a longer context: 'none', 'linear' (all divided by
-  # rope_factor), 'llama3' (Llama 3.1's: long wavelengths divided, short kept) or 'yarn' (model/rope.py).
-  c.rope_factor = 1.0  # how many times the context is stretched (linear, llama3, yarn).
-  c.rope_original_length = 0  # llama3, yarn: the context the model was pretrained on; 0: max_length.
-  c.rope_low_freq_factor = 1.0  # llama3: wavelengths above rope_original_length / this are divided by rope_factor.
-  c.rope_high_freq_factor = 4.0  # llama3: wavelengths below rope_original_length / this are kept.
-  c.hf_model_type = ''  # the Hugging Face model_type the model was converted from, which flaxlm-convert --to_hf
-  # writes when the options allow it (llama and mistral have the same); '': the first type that fits the options.
-  return c
+  """Returns the transformer's shape and options at their defaults: `ModelConfig`'s options (model/config.py says
+  what each means and allows), the rotary and LoRA groups flattened as `rope_*` and `lora_*`."""
+  return options.section(ModelConfig)
 
 
 def train_config() -> ml_collections.ConfigDict:
@@ -91,8 +55,8 @@ def data_config() -> ml_collections.ConfigDict:
   c.text_field = 'text'  # the text field of JSONL records and TFDS examples.
   c.tfds_dir = ''  # where TFDS datasets are prepared; '' is TFDS's default (~/tensorflow_datasets).
   c.max_documents = 0  # read at most this many documents per TFDS split; 0 reads them all.
-  c.tokenizer = 'char'  # 'char' (built from the text; with a store: the store's), 'byte' (UTF-8 bytes), or a
-  # SentencePiece .model file.
+  c.tokenizer = 'char'  # 'char' (built from the text; with a store: the store's), 'byte' (UTF-8 bytes), a
+  # SentencePiece .model file, a Hugging Face tokenizer.json, or a Hugging Face model folder.
   c.val_fraction = 0.1  # the share held out for validation: of the text's documents (and pieces of a long text),
   # evenly spread; of fine-tuning examples, the last.
   c.store_digest = ''  # set by the run: the SHA-256 of its token store's manifest (a resume reads the same tokens).
@@ -109,6 +73,33 @@ def mesh_config() -> ml_collections.ConfigDict:
   c.dcn_data = 1  # multi-slice TPU (or multi-process) runs: how many slices (processes) the data axis spans.
   c.cpu_devices = 0  # on CPU, split the host into this many devices; 0: one per core that divides the batch.
   return c
+
+
+TRAIN_RULES = {
+    **{key: Positive() for key in ('steps', 'batch_size', 'microbatches', 'eval_every', 'eval_batches', 'log_every',
+                                   'checkpoint_every', 'keep_checkpoints')},
+    'learning_rate': Interval('[0', 'inf)', 'the peak step size, 1e-3 say; 0 leaves the params as they are'),
+    'min_learning_rate': Interval('[0', 'inf)', 'where the decay ends; 0 decays to nothing'),
+    'warmup_steps': Interval('[0', 'inf)', 'steps of linear warmup; 0 starts at the peak'),
+    'beta1': Interval('[0', '1)', "Adam's first-moment decay, 0.9 say"),
+    'beta2': Interval('[0', '1)', "Adam's second-moment decay, 0.99 say"),
+    'weight_decay': Interval('[0', 'inf)', '0 turns it off'),
+    'grad_clip': Interval('[0', 'inf)', 'the largest gradient norm; 0 turns clipping off'),
+    'nonfinite': OneOf(('stop', 'skip')),
+}
+DATA_RULES = {
+    'format': OneOf(('text', 'examples')),
+    'val_fraction': Interval('(0', '1)', 'the share of the text held out for validation, 0.1 say'),
+    'read_threads': Interval('[0', 'inf)', '0 prepares batches in the training thread'),
+}
+MESH_RULES = {'cpu_devices': NonNegative('one device per core that divides the batch; N splits the host into N')}
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first value of `config` that its rule refuses (nan fails every range)."""
+  for name, section_rules in (('model', options.rules(ModelConfig)), ('train', TRAIN_RULES), ('data', DATA_RULES),
+                              ('mesh', MESH_RULES)):
+    options.check(config[name], name, section_rules)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ Shape key: T sequence length, D model width, H query heads, G key/value heads, K
 F MLP width, V vocabulary, L layers.
 """
 
-from flaxlm.model.transformer import ModelConfig
+from flaxlm.model.config import ModelConfig
 
 MLP_MATRICES = {'swiglu': 3, 'geglu': 3, 'gelu': 2}  # Gated (SwiGLU, GeGLU): gate, up and down; GELU: up, down.
 

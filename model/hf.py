@@ -21,7 +21,8 @@ import safetensors.numpy
 
 from flaxlm.configs.errors import UserError
 from flaxlm.model.hf_families import Tensors, Tree, family_of
-from flaxlm.model.transformer import ModelConfig, param_shapes
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import param_shapes
 
 Spec = tuple[tuple[int, ...], str]  # a tensor's shape and numpy dtype name, known without reading its data
 # safetensors' dtype codes, by the names numpy gives them; codes numpy lacks (float8, ...) keep their code.

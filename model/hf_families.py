@@ -1,7 +1,7 @@
 """Hugging Face model types: how each one's config.json and tensor names map onto flaxlm's model options and params.
 
 Pure: config.json dicts and {name: array} dicts in and out. One `Family` per supported HF model type says how its
-names and shapes map; model/hf.py converts whole checkpoints with them, and train/convert.py reads and
+names and shapes map; model/hf.py converts whole checkpoints with them, and train/use/convert.py reads and
 writes the files.
 
 Shape key: D width, H query heads, G key/value heads, K head dimension, F MLP width, V vocabulary, P positions.
@@ -18,8 +18,9 @@ from typing import Any, Callable
 import numpy as np
 
 from flaxlm.configs.errors import UserError
+from flaxlm.configs.options import value as option_value
 from flaxlm.model import rope as rope_lib
-from flaxlm.model.transformer import ModelConfig
+from flaxlm.model.config import ModelConfig
 
 QKV = ('query', 'key', 'value')
 Tensors = dict[str, np.ndarray]
@@ -156,11 +157,11 @@ def rope_options(hf: dict) -> dict:
 
 def rope_to_hf(c: ModelConfig) -> dict:
   """Returns config.json's `rope_parameters` of model `c`."""
-  kind = {scaling: kind for kind, scaling in ROPE_SCALINGS.items()}[c.rope_scaling]
-  values = {key: getattr(c, option) for key, option in ROPE_KEYS[kind].items()}
+  kind = {scaling: kind for kind, scaling in ROPE_SCALINGS.items()}[c.rope.scaling]
+  values = {key: option_value(c, option) for key, option in ROPE_KEYS[kind].items()}
   if 'original_max_position_embeddings' in values:
     values['original_max_position_embeddings'] = c.rotary.original_length
-  return {'rope_theta': c.rope_theta, 'rope_type': kind, **values}
+  return {'rope_theta': c.rope.theta, 'rope_type': kind, **values}
 
 
 def attention_shape(hf: dict) -> dict:
@@ -190,7 +191,7 @@ def rotary_hf_config(c: ModelConfig, activation: str) -> dict:
               num_key_value_heads=c.num_kv_heads, hidden_size=c.width, head_dim=c.head_dim,
               intermediate_size=c.mlp_width, max_position_embeddings=c.max_length, hidden_act=activation,
               tie_word_embeddings=c.tie_embeddings, rms_norm_eps=c.norm_eps, rope_parameters=rope_to_hf(c),
-              rope_theta=c.rope_theta)
+              rope_theta=c.rope.theta)
 
 
 def llama_model_config(hf: dict) -> dict:
@@ -416,7 +417,7 @@ def family_of_hf(hf: dict) -> Family:
 def family_of(c: ModelConfig) -> tuple[str, Family]:
   """Returns (model_type, Family) of model `c`: its recorded `hf_model_type` if its options are that type's, else
   the first type whose options it has; raises UserError if HF has no such model type."""
-  fits = lambda family: all(getattr(c, key) == value for key, value in family.options.items())
+  fits = lambda family: all(option_value(c, key) == value for key, value in family.options.items())
   if c.hf_model_type and c.hf_model_type not in FAMILIES:
     raise UserError(f'model.hf_model_type={c.hf_model_type!r} is not one of {", ".join(FAMILIES)}: set '
                     '--config.model.hf_model_type (\'\' picks the first type that fits the model\'s options).')
@@ -424,7 +425,7 @@ def family_of(c: ModelConfig) -> tuple[str, Family]:
   if types:
     model_type = c.hf_model_type if c.hf_model_type in types else types[0]
     return model_type, FAMILIES[model_type]
-  differences = lambda family: ', '.join(f'{k}={v}' for k, v in family.options.items() if getattr(c, k) != v)
+  differences = lambda family: ', '.join(f'{k}={v}' for k, v in family.options.items() if option_value(c, k) != v)
   raise UserError(f'this model is neither GPT-2 nor any model type flaxlm exports ('
                   f'{"; ".join(f"{t} needs {differences(family)}" for t, family in FAMILIES.items())}): '
                   'Hugging Face has no model type for it.')

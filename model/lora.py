@@ -15,6 +15,7 @@ matrices int8/int4 (model/quantize.py; QLoRA-style), expanded one layer at a tim
 Shape key: B batch, T sequence length, R rank; `...I` the matrix's input axes, `...O` its output axes.
 """
 
+import dataclasses
 import math
 from typing import Any
 
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from flaxlm.configs.errors import UserError
+from flaxlm.configs.options import NonNegative, OneOf, option
 from flaxlm.model import quantize
 
 TARGETS = ('query', 'key', 'value', 'out', 'gate', 'up', 'down')  # every matrix an adapter can change.
@@ -41,22 +42,36 @@ def parse_targets(targets: str) -> tuple[str, ...]:
   return tuple(name.strip() for name in targets.split(',') if name.strip())
 
 
-def problem(rank: int, alpha: float, targets: str, mlp: str) -> str | None:
-  """Returns what is wrong with a LoRA setting (one line naming the key to change), or None if it can be built."""
-  if rank < 0 or (rank and alpha <= 0):
-    return f'model.lora_rank={rank} and model.lora_alpha={alpha} must be positive (rank 0 turns LoRA off).'
+@dataclasses.dataclass(frozen=True)
+class Lora:
+  """LoRA fine-tuning: the adapters' rank, scale and matrices, and how the frozen base is held."""
+  rank: int = option(0, 'rank r of the adapters; 0 turns LoRA off. With r > 0 the pretrained weights '
+                     '(train.init_from, required) stay frozen and only the adapters are trained and checkpointed',
+                     NonNegative('no LoRA'))
+  alpha: float = option(16.0, "the adapters' update is scaled by lora_alpha / lora_rank")
+  targets: str = option('query,value', 'comma-separated matrices that get adapters: query, key, value, out '
+                        '(attention), gate, up, down (MLP; gate only with swiglu or geglu)')
+  base: str = option('bfloat16', "how the frozen pretrained weights are held: 'float32', 'bfloat16', or 'int8' / "
+                     "'int4' (QLoRA-style: the layers' matrices quantized, expanded a layer at a time; embedding and "
+                     'head bfloat16). The adapters and their AdamW moments stay float32', OneOf(BASES))
+
+  @property
+  def adapted(self) -> tuple[str, ...]:
+    """Returns the names of the matrices that carry adapters (none when the rank is 0)."""
+    return parse_targets(self.targets) if self.rank else ()
+
+
+def problem(settings: Lora, mlp: str) -> str | None:
+  """Returns what is wrong with a LoRA setting's relations (one line naming the key to change), or None if it can be
+  built (each value's own range is its option's rule)."""
+  if settings.rank and not 0 < settings.alpha < math.inf:
+    return f'model.lora_alpha={settings.alpha} must be positive with model.lora_rank={settings.rank}: set it.'
   known = matrices(mlp)
-  unknown = [name for name in parse_targets(targets) if name not in known]
-  if rank and (unknown or not parse_targets(targets)):
-    return (f'model.lora_targets={targets!r} names no matrix {unknown[0]!r} in this model' if unknown else
+  unknown = [name for name in parse_targets(settings.targets) if name not in known]
+  if settings.rank and (unknown or not parse_targets(settings.targets)):
+    return (f'model.lora_targets={settings.targets!r} names no matrix {unknown[0]!r} in this model' if unknown else
             'model.lora_targets is empty') + f': set --config.model.lora_targets to some of {",".join(known)}.'
   return None
-
-
-def check_base(storage: str) -> None:
-  """Raises UserError (naming the key) unless `model.lora_base` is one of BASES."""
-  if storage not in BASES:
-    raise UserError(f'model.lora_base={storage!r} is not one of {BASES}: set --config.model.lora_base.')
 
 
 def read_dtype(storage: str) -> Any:

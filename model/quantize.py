@@ -14,9 +14,7 @@ of scanned (stacked) parameters always keeps scales of its own. The token embedd
 and, when tied, the output head contracting D: its scales run along D, one per row (or group of a row), serving both.
 Norms, biases and learned position embeddings stay float.
 
-int4 values are stored as `jnp.int4`, which XLA packs two to a byte (checked on CPU with jax 0.12:
-`jax.Array.on_device_size_in_bytes` is half of `nbytes`, which numpy's 1-byte itemsize overstates);
-`memory_bytes` counts the packed size.
+int4 values are stored as `jnp.int4`, which XLA packs two to a byte; train/memory.py counts what each storage takes.
 
 Decoding (model/sampling.py) reads the integers and scales as they are stored: the decoding model expands each
 layer's matrices inside the layer scan (`expand`, in the model's dtype), the embedding lookup expands only the rows
@@ -146,6 +144,11 @@ def expand(tree: Any, dtype: Any) -> Any:
   return jax.tree.map(lambda x: dequantize_array(x, dtype) if is_quantized(x) else x, tree, is_leaf=is_quantized)
 
 
+def holds_quantized(tree: Any) -> bool:
+  """Returns whether any leaf of `tree` is a QuantizedArray."""
+  return any(is_quantized(x) for x in jax.tree.leaves(tree, is_leaf=is_quantized))
+
+
 def integers(tree: Any) -> Any:
   """Returns `tree` with each QuantizedArray replaced by its integers, in the matrix's shape (to count or lay out the
   parameters it stands for); its other leaves as they are."""
@@ -156,39 +159,3 @@ def integers(tree: Any) -> Any:
 def dequantize(qparams: Any, dtype: Any = jnp.float32) -> Any:
   """Returns plain params of `dtype`: quantized matrices expanded, float parameters cast."""
   return jax.tree.map(lambda x: x.astype(dtype), expand(qparams, dtype))
-
-
-def array_bytes(x: jax.Array | jax.ShapeDtypeStruct) -> int:
-  """Returns the bytes an array holds on device: sub-byte types (int4) packed, as XLA stores them."""
-  return -(-math.prod(x.shape) * jax.dtypes.itemsize_bits(x.dtype) // 8)
-
-
-def memory_bytes(params: Any) -> int:
-  """Returns the bytes held by all arrays of `params` (concrete or jax.ShapeDtypeStruct), scales included."""
-  return sum(array_bytes(x) for x in jax.tree.leaves(params))
-
-
-def mode_bytes(params: Any, group_size: int = 128) -> dict[str, int]:
-  """Returns the bytes `params` take in float32, bfloat16, int8 and int4 (matrices quantized, the rest float32).
-
-  The sizes come from the shapes alone (`jax.eval_shape`), so `params` may be abstract: a 7B model counts on a laptop.
-  """
-  cast = lambda dtype: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), params)
-  quantized = lambda mode: jax.eval_shape(lambda p: quantize(p, mode, group_size), params)
-  return {'float32': memory_bytes(cast(jnp.float32)), 'bfloat16': memory_bytes(cast(jnp.bfloat16)),
-          'int8': memory_bytes(quantized('int8')), f'int4 (groups of {group_size})': memory_bytes(quantized('int4'))}
-
-
-def memory_table(params: Any, group_size: int = 128) -> list[str]:
-  """Returns the lines of a table of the parameters' memory per storage type, in GiB (MiB below 1 GiB).
-
-  `params` is a loaded model's params (float or not: only shapes count) or, for a preset, their shapes from
-  `jax.eval_shape` of the model's init. int8 and int4 include their float32 scales and the float32 parameters
-  left unquantized (norms, biases, position embeddings); they are exactly `memory_bytes(quantize(params, mode))`.
-  """
-  sizes, count = mode_bytes(params, group_size), sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-  unit, scale = ('GiB', 2 ** 30) if sizes['float32'] >= 2 ** 30 else ('MiB', 2 ** 20)
-  lines = [f'{f"parameter memory ({count:,} parameters)":<44}{unit:>10}{"bytes/param":>14}']
-  for name, size in sizes.items():
-    lines.append(f'  {name:<42}{size / scale:>10,.2f}{size / count:>14.3f}')
-  return lines

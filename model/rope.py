@@ -12,8 +12,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+
+from flaxlm.configs.options import NonNegative, OneOf, PositiveFinite, option
 
 SCALINGS = ('none', 'linear', 'llama3', 'yarn')  # 'none': the plain frequencies theta^(-2i/K).
 YARN_BETAS = (32.0, 1.0)  # YaRN's beta_fast and beta_slow, the rotation counts its ramp runs between (the paper's).
@@ -21,13 +22,18 @@ YARN_BETAS = (32.0, 1.0)  # YaRN's beta_fast and beta_slow, the rotation counts 
 
 @dataclasses.dataclass(frozen=True)
 class Rope:
-  """The rotary settings of a model (`model.rope_*` in configs/base.py)."""
-  theta: float  # the base wavelength
-  scaling: str = 'none'  # one of SCALINGS
-  factor: float = 1.0  # how many times longer the context is than the one trained without scaling
-  original_length: int = 0  # llama3 and yarn: that original context
-  low_freq_factor: float = 1.0  # llama3: wavelengths above original_length / low_freq_factor are divided by factor
-  high_freq_factor: float = 4.0  # llama3: those below original_length / high_freq_factor are kept
+  """Rotary positions: the base wavelength, and how the frequencies are stretched for a longer context."""
+  theta: float = option(10_000.0, 'base wavelength of rotary positions', PositiveFinite('10000'))
+  scaling: str = option('none', "rotary frequencies stretched for a longer context: 'none', 'linear' (all divided by "
+                        "rope_factor), 'llama3' (Llama 3.1's: long wavelengths divided, short kept) or 'yarn'",
+                        OneOf(SCALINGS))
+  factor: float = option(1.0, 'how many times the context is stretched (linear, llama3, yarn)',
+                         PositiveFinite('1, or the stretch'))
+  original_length: int = option(0, 'llama3, yarn: the context the model was pretrained on; 0: max_length',
+                                NonNegative('max_length'))
+  low_freq_factor: float = option(1.0, 'llama3: wavelengths above rope_original_length / this are divided by '
+                                  'rope_factor')
+  high_freq_factor: float = option(4.0, 'llama3: wavelengths below rope_original_length / this are kept')
 
   def frequencies(self, head_dim: int) -> np.ndarray:
     """Returns the K/2 angular frequencies (radians per position) of pairs (i, i + K/2), float32."""
@@ -82,14 +88,10 @@ def rotate(x_BxTxHxK: jax.Array, positions_BxT: jax.Array, rope: Rope) -> jax.Ar
   return rotated.astype(x_BxTxHxK.dtype)
 
 
-def problem(c: ml_collections.ConfigDict) -> str | None:
-  """Returns what is wrong with the model section's rotary settings, in one line naming the fix, or None."""
-  if not 0 < c.rope_factor < math.inf:
-    return f'model.rope_factor={c.rope_factor} must be a positive finite number: set --config.model.rope_factor.'
-  if c.rope_original_length < 0:
-    return (f'model.rope_original_length={c.rope_original_length} must not be negative (0 takes max_length): set '
-            '--config.model.rope_original_length.')
-  if c.rope_scaling == 'llama3' and not 0 < c.rope_low_freq_factor < c.rope_high_freq_factor < math.inf:
-    return (f'model.rope_low_freq_factor={c.rope_low_freq_factor} and model.rope_high_freq_factor='
-            f'{c.rope_high_freq_factor} must be positive with low < high (Llama 3.1 uses 1 and 4): set them.')
+def problem(r: Rope) -> str | None:
+  """Returns what is wrong with the relation between llama3's two factors, in one line naming the fix, or None
+  (each value's own range is its option's rule)."""
+  if r.scaling == 'llama3' and not 0 < r.low_freq_factor < r.high_freq_factor < math.inf:
+    return (f'model.rope_low_freq_factor={r.low_freq_factor} and model.rope_high_freq_factor='
+            f'{r.high_freq_factor} must be positive with low < high (Llama 3.1 uses 1 and 4): set them.')
   return None

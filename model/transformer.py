@@ -16,142 +16,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from flaxlm.configs.errors import UserError
 from flaxlm.model import attention, lora, quantize, rope
+from flaxlm.model.config import ModelConfig
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_POLICIES = {'full': jax.checkpoint_policies.nothing_saveable,
                   'save_dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 GATES = {'swiglu': nn.silu, 'geglu': functools.partial(nn.gelu, approximate=True)}  # gated MLPs' activations
-CHOICES = {'positions': ('rotary', 'learned'), 'norm': ('rmsnorm', 'layernorm'), 'mlp': (*GATES, 'gelu'),
-           'dtype': tuple(DTYPES), 'remat': ('none', *REMAT_POLICIES), 'attention': attention.IMPLEMENTATIONS,
-           'rope_scaling': rope.SCALINGS}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """The transformer's hyperparameters; `from_config` checks them and fills derived defaults."""
-  vocab_size: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  width: int
-  mlp_width: int
-  max_length: int
-  positions: str
-  rope_theta: float
-  norm: str
-  norm_eps: float
-  mlp: str
-  tie_embeddings: bool
-  use_bias: bool
-  dropout: float
-  dtype: str
-  scan_layers: bool
-  remat: str
-  attention: str
-  lora_rank: int = 0
-  lora_alpha: float = 16.0
-  lora_targets: str = 'query,value'
-  # Options of the pretrained families (configs/base.py says what each does); the defaults are flaxlm's own models.
-  head_dim: int = 0  # K; from_config replaces 0 by width / num_heads
-  qkv_bias: bool = False
-  qk_norm: bool = False
-  norm_offset: float = 0.0
-  scale_embeddings: bool = False
-  rope_scaling: str = 'none'
-  rope_factor: float = 1.0
-  rope_original_length: int = 0
-  rope_low_freq_factor: float = 1.0
-  rope_high_freq_factor: float = 4.0
-  hf_model_type: str = ''
-
-  @property
-  def adapted(self) -> tuple[str, ...]:
-    """Returns the names of the matrices that carry LoRA adapters (none when lora_rank is 0)."""
-    return lora.parse_targets(self.lora_targets) if self.lora_rank else ()
-
-  @property
-  def rotary(self) -> rope.Rope:
-    """Returns the rotary settings (model/rope.py); an original length of 0 is max_length."""
-    return rope.Rope(self.rope_theta, self.rope_scaling, self.rope_factor, self.rope_original_length or self.max_length,
-                     self.rope_low_freq_factor, self.rope_high_freq_factor)
-
-  @classmethod
-  def from_config(cls, c: ml_collections.ConfigDict, vocab_size: int) -> 'ModelConfig':
-    """Returns the checked model config for `c` (the `model` section), with zeros replaced by defaults."""
-    check_ranges(c, vocab_size)
-    check_shape(c)
-    fields = {f.name: c[f.name] for f in dataclasses.fields(cls) if f.name in c}
-    fields['vocab_size'] = c.vocab_size or vocab_size
-    fields['num_kv_heads'] = c.num_kv_heads or c.num_heads
-    fields['mlp_width'] = c.mlp_width or default_mlp_width(c.width, c.mlp)
-    fields['head_dim'] = head_dim(c)
-    return cls(**fields)
-
-
-def check_shape(c: ml_collections.ConfigDict) -> None:
-  """Raises UserError if the model section describes a transformer that cannot be built."""
-  for key, allowed in CHOICES.items():
-    if c[key] not in allowed:
-      raise UserError(f'model.{key}={c[key]!r} is not one of {allowed}: set --config.model.{key}.')
-  for key in ('num_layers', 'num_heads', 'width', 'max_length'):
-    if c[key] <= 0:
-      raise UserError(f'model.{key}={c[key]} must be positive: set --config.model.{key}.')
-  if c.width % c.num_heads and not c.head_dim:
-    raise UserError(f'model.num_heads={c.num_heads} does not divide model.width={c.width}: '
-                    'choose a width that is a multiple of num_heads, or set --config.model.head_dim.')
-  kv_heads = c.num_kv_heads or c.num_heads
-  if c.num_heads % kv_heads:
-    raise UserError(f'model.num_kv_heads={c.num_kv_heads} does not divide model.num_heads={c.num_heads}: '
-                    'choose num_kv_heads among the divisors of num_heads.')
-  if c.positions == 'rotary' and head_dim(c) % 2:
-    raise UserError(f'rotary positions need an even head dimension, not {head_dim(c)}: '
-                    'change model.head_dim (or width or num_heads), or set --config.model.positions=learned.')
-  if c.norm_offset and c.norm != 'rmsnorm':
-    raise UserError(f'model.norm_offset={c.norm_offset} applies to rmsnorm only: set --config.model.norm_offset=0 '
-                    'or --config.model.norm=rmsnorm.')
-  lora_problem = lora.problem(c.lora_rank, c.lora_alpha, c.lora_targets, c.mlp)
-  if lora_problem:
-    raise UserError(lora_problem)
-
-
-def check_ranges(c: ml_collections.ConfigDict, vocab_size: int) -> None:
-  """Raises UserError if a size, rate or constant of the model section is outside the range it has meaning in."""
-  for key, default in (('vocab_size', "the tokenizer's"), ('mlp_width', 'the default'), ('num_kv_heads', 'num_heads'),
-                       ('head_dim', 'width / num_heads')):
-    if c[key] < 0:
-      raise UserError(f'model.{key}={c[key]} must not be negative (0 takes {default}): set --config.model.{key}.')
-  if (c.vocab_size or vocab_size) <= 0:
-    raise UserError(f'the vocabulary has {c.vocab_size or vocab_size} tokens: set --config.model.vocab_size to a '
-                    'positive size (0 takes the tokenizer\'s).')
-  if not 0 <= c.dropout < 1:  # Also refuses nan, which fails every comparison.
-    raise UserError(f'model.dropout={c.dropout} must be in [0, 1): it is the fraction of activations dropped; '
-                    'set --config.model.dropout (0 turns dropout off).')
-  for key, usual in (('norm_eps', '1e-6 to 1e-5'), ('rope_theta', '10000')):
-    if not 0 < c[key] < math.inf:
-      raise UserError(f'model.{key}={c[key]} must be a positive finite number: set --config.model.{key} '
-                      f'(usually {usual}).')
-  if not -math.inf < c.norm_offset < math.inf:
-    raise UserError(f'model.norm_offset={c.norm_offset} must be a finite number: set --config.model.norm_offset '
-                    '(0, or 1 for Gemma).')
-  rope_problem = rope.problem(c)
-  if rope_problem:
-    raise UserError(rope_problem)
-
-
-def head_dim(c: ml_collections.ConfigDict) -> int:
-  """Returns K, the width of one attention head: model.head_dim, or width / num_heads where it is 0."""
-  return c.head_dim or c.width // c.num_heads
-
-
-def default_mlp_width(width: int, mlp: str) -> int:
-  """Returns F: 4D for GELU; for the gated MLPs 8D/3 (the same parameter count), rounded up to a multiple of 64."""
-  if mlp == 'gelu':
-    return 4 * width
-  return 64 * math.ceil(8 * width / 3 / 64)
 
 
 def param_init(std: float, axes: tuple[str | None, ...]) -> nn.initializers.Initializer:
@@ -167,9 +39,9 @@ def zeros_init(axes: tuple[str | None, ...]) -> nn.initializers.Initializer:
 def with_adapter(c: ModelConfig, name: str, x: jax.Array, y: jax.Array, in_axes: tuple[str, ...],
                  out_axes: tuple[str, ...]) -> jax.Array:
   """Returns y = x W, plus the LoRA update of x when `model.lora_targets` names matrix `name` (see model/lora.py)."""
-  if name not in c.adapted:
+  if name not in c.lora.adapted:
     return y
-  adapter = lora.LowRank(y.shape[-len(out_axes):], in_axes, out_axes, c.lora_rank, c.lora_alpha, DTYPES[c.dtype],
+  adapter = lora.LowRank(y.shape[-len(out_axes):], in_axes, out_axes, c.lora.rank, c.lora.alpha, DTYPES[c.dtype],
                          name=name + lora.SUFFIX)
   return y + adapter(x)
 
@@ -332,13 +204,12 @@ class Block(nn.Module):
     return x_BxTxD, None  # (carry, output) as nn.scan expects.
 
 
-def expanding(module: type[nn.Module], c: ModelConfig, initializing: bool) -> type[nn.Module]:
+def expanding(module: type[nn.Module], c: ModelConfig) -> type[nn.Module]:
   """Returns `module` reading int8/int4 params (model/quantize.py) expanded to the model's dtype where it is called:
   inside the layer scan, one layer's matrices at a time, never the whole tree. Decoding a quantized model and LoRA
-  on a quantized base (whose gradients flow into the adapters alone) both read them so; float params pass through.
+  on a quantized base (whose gradients flow into the adapters alone) both read them so.
   """
-  expand = functools.partial(quantize.expand, dtype=DTYPES[c.dtype])
-  return nn.map_variables(module, 'params', trans_in_fn=expand, init=initializing)
+  return nn.map_variables(module, 'params', trans_in_fn=functools.partial(quantize.expand, dtype=DTYPES[c.dtype]))
 
 
 class Stack(nn.Module):
@@ -349,8 +220,9 @@ class Stack(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool) -> jax.Array:
-    c = self.config
-    block = expanding(Block, c, self.is_initializing())
+    c, block = self.config, Block
+    if quantize.holds_quantized(self.variables.get('params', {})):
+      block = expanding(block, c)
     if c.remat != 'none' and not self.decode:  # Decoding takes no gradients: nothing to recompute. The expansion is
       # recomputed with the layer: the backward pass keeps no expanded copy of a quantized base.
       block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))

@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Callable
 
-PRELOADED = ('jax', 'flax', 'optax', 'orbax.checkpoint', 'flaxlm.train.loop', 'flaxlm.train.pretrained',
+PRELOADED = ('jax', 'flax', 'optax', 'orbax.checkpoint', 'flaxlm.train.loop', 'flaxlm.train.use.pretrained',
              'flaxlm.model.hf', 'flaxlm.model.hf_families')
 CLASSES = ('damage', 'message', 'traceback', 'accepted', 'hang')  # What each case would have been, unfixed.
 

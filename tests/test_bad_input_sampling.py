@@ -9,7 +9,8 @@ import pytest
 from conftest import command, make_corpus
 from test_cli import assert_one_line_error, run
 from test_loop import tiny_config
-from flaxlm.train import loop, pretrained
+from flaxlm.train import loop
+from flaxlm.train.use import pretrained
 
 
 @pytest.fixture(scope='module')
@@ -59,7 +60,7 @@ def test_more_tokens_than_the_vocabulary_are_refused_with_its_size(trained):
       ('flaxlm-sample', (run_dir, '--prompt=the', '--show_probs=100000'),
        f'--show_probs=100000 is more than the model\'s vocabulary of {vocab} tokens'),
   ])
-  # The default top_k (40) on this smaller vocabulary keeps every token, as before; the vocabulary size is allowed.
+  # The default top_k (40) on this smaller vocabulary keeps every token; the vocabulary size is allowed.
   assert vocab < 40
   default = run(command('flaxlm-sample'), run_dir, '--prompt=the', '--max_new_tokens=3')
   assert default.returncode == 0 and default.stdout.startswith('the'), default.stderr

@@ -14,7 +14,8 @@ from test_campaign_train import run_copy, write
 from test_plot import write_run
 from flaxlm.configs.errors import UserError
 from flaxlm.data import prepare
-from flaxlm.train import estimate, plot
+from flaxlm.train import plot
+from flaxlm.train.plan import estimate
 
 TOK_TRAIN = ('flaxlm-tokenizer', 'train', '--input={corpus}')
 ESTIMATE = ('flaxlm-estimate', '--params=1e9', '--tokens=2e10', '--device=a100')

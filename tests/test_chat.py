@@ -18,8 +18,10 @@ from test_loop import tiny_config
 from flaxlm.configs.errors import UserError
 from flaxlm.data import chat, examples, tokenizer as tokenizer_lib
 from flaxlm.model import sampling
-from flaxlm.model.transformer import ModelConfig, Transformer, param_shapes
-from flaxlm.train import export, workdir as workdir_lib
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, param_shapes
+from flaxlm.train import workdir as workdir_lib
+from flaxlm.train.use import export
 
 FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'hf_tokenizer'
 REFERENCE = json.loads((FIXTURE / 'reference.json').read_text())

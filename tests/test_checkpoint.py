@@ -15,7 +15,8 @@ import pytest
 
 from flaxlm.configs import tiny
 from flaxlm.configs.errors import UserError
-from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer
 from flaxlm.train import checkpoint, optimizer, sharding, state as state_lib
 from flaxlm.train.state import TrainState
 

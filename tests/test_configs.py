@@ -9,8 +9,10 @@ import pytest
 
 from flaxlm import configs
 from flaxlm.configs import lm1b
-from flaxlm.model.transformer import ModelConfig, Transformer, count_params
-from flaxlm.train import sharding, tpu_compile
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, count_params
+from flaxlm.train import sharding
+from flaxlm.train.plan import tpu_compile
 
 PRESETS = configs.presets()
 CONTRACT = ['data.path', 'train.steps', 'train.batch_size', 'train.eval_every', 'train.checkpoint_every',

@@ -22,8 +22,10 @@ from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.data import tokenizer as tokenizer_lib
 from flaxlm.model import hf, hf_families
-from flaxlm.model.transformer import ModelConfig, Transformer
-from flaxlm.train import convert, export, pretrained, workdir as workdir_lib
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer
+from flaxlm.train import workdir as workdir_lib
+from flaxlm.train.use import convert, export, pretrained
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 TOLERANCE = 1e-4  # float32 logits of a different program (XLA, not torch) computing the same function

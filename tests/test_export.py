@@ -1,4 +1,4 @@
-"""Tests of train/export.py, train/pretrained.py, flaxlm-export and flaxlm-sample --params."""
+"""Tests of train/use/export.py, train/use/pretrained.py, flaxlm-export and flaxlm-sample --params."""
 
 import pathlib
 import shutil
@@ -14,7 +14,8 @@ from test_cli import assert_one_line_error, run
 from test_loop import tiny_config
 from flaxlm.data import tokenizer as tokenizer_lib
 from flaxlm.model.transformer import count_params
-from flaxlm.train import export, loop, pretrained, workdir as workdir_lib
+from flaxlm.train import loop, workdir as workdir_lib
+from flaxlm.train.use import export, pretrained
 
 
 def size(path: pathlib.Path) -> int:

@@ -9,7 +9,8 @@ import pytest
 
 from flaxlm.configs import base, gpt2_124m
 from flaxlm.model import flops
-from flaxlm.model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, count_params
 
 
 def small_config() -> ModelConfig:

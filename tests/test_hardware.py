@@ -1,8 +1,8 @@
-"""Tests of train/hardware.py: device kinds find their own chip's peak, unknown kinds none, and MFU."""
+"""Tests of train/plan/hardware.py: device kinds find their own chip's peak, unknown kinds none, and MFU."""
 
 import pytest
 
-from flaxlm.train import hardware
+from flaxlm.train.plan import hardware
 
 
 @pytest.mark.parametrize('device_kind, peak', [

@@ -17,8 +17,10 @@ import safetensors.numpy
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
+from flaxlm.configs.options import value as option_value
 from flaxlm.model import hf, hf_families
-from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 NAMES = ('hf_gpt2', 'hf_llama', 'hf_llama3', 'hf_mistral', 'hf_qwen2', 'hf_qwen3', 'hf_gemma')
@@ -106,7 +108,7 @@ OPTIONS = {  # what each fixture exercises, as flaxlm's model options
 
 
 def test_each_fixture_exercises_its_family_s_options_and_exports_as_its_type(imported):
-  assert {key: getattr(imported.model, key) for key in OPTIONS[imported.name]} == OPTIONS[imported.name]
+  assert {key: option_value(imported.model, key) for key in OPTIONS[imported.name]} == OPTIONS[imported.name]
   assert hf_families.family_of(imported.model)[0] == imported.config['model_type']
 
 
@@ -122,7 +124,7 @@ def test_llama_and_mistral_are_told_apart_by_the_recorded_type_alone():
 def test_the_rotary_scaling_shows_in_the_reference_logits(name):
   """Without its scaling a fixture's logits are far outside the tolerance: the tests above check the scaling."""
   fixture = load(name)
-  plain = dataclasses.replace(fixture.model, rope_scaling='none')
+  plain = dataclasses.replace(fixture.model, rope=dataclasses.replace(fixture.model.rope, scaling='none'))
   with pytest.raises(AssertionError):
     assert_logits_match(name, plain, fixture.params)
 
@@ -214,5 +216,5 @@ def test_an_absent_original_context_is_max_position_embeddings_as_transformers_t
   config = fixture_config('hf_qwen2')
   rope = {k: v for k, v in config['rope_parameters'].items() if k != 'original_max_position_embeddings'}
   c = model_of({**config, 'rope_parameters': rope})
-  assert c.rope_original_length == 0 and c.rotary.original_length == config['max_position_embeddings'] == 64
+  assert c.rope.original_length == 0 and c.rotary.original_length == config['max_position_embeddings'] == 64
   assert hf_families.hf_config(c)['rope_parameters']['original_max_position_embeddings'] == 64

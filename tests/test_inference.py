@@ -1,4 +1,4 @@
-"""Tests of lean inference loading (train/pretrained.py): a run's params alone, read straight into their shardings on
+"""Tests of lean inference loading (train/use/pretrained.py): a run's params alone, read straight into their shardings on
 the inference mesh and in the dtype asked for; flaxlm-sample's and flaxlm-score's --dtype; train.init_from."""
 
 import concurrent.futures
@@ -18,8 +18,10 @@ from test_export import assert_trees_equal
 from test_loop import tiny_config
 from flaxlm.data import tokenizer as tokenizer_lib
 from flaxlm.model import sampling
-from flaxlm.model.transformer import ModelConfig, Transformer, count_params
-from flaxlm.train import checkpoint, loop, optimizer, pretrained, sharding, state, step, workdir as workdir_lib
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, count_params
+from flaxlm.train import checkpoint, loop, optimizer, sharding, state, step, workdir as workdir_lib
+from flaxlm.train.use import pretrained
 
 GREEDY_WITH_RUNNER_UP = sampling.Settings(temperature=0, candidates=2)
 PROMPT, NEW_TOKENS = 'ROMEO:', 20
@@ -131,7 +133,7 @@ def test_init_from_reads_the_params_straight_into_the_training_shardings(workdir
   mesh = sharding.make_mesh(config, jax.devices()[:2])
   model = Transformer(ModelConfig.from_config(config.model, 36))
   abstract = state.abstract_state(model, optimizer.make_optimizer(config.train), mesh).params
-  params = loop.init_params(str(workdir), abstract)
+  params = pretrained.read_initial_params(str(workdir), abstract)
   for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(abstract)):
     assert got.sharding == want.sharding and got.dtype == want.dtype == jnp.float32
   assert_trees_equal(jax.device_get(params), jax.device_get(whole_state_params(workdir)[1]))

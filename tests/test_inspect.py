@@ -8,7 +8,8 @@ import pytest
 
 from flaxlm.configs import tiny
 from flaxlm.model import inspect
-from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer
 
 VOCAB = 20
 VARIANTS = {'scanned, rotary, grouped-query': dict(),

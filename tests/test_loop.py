@@ -12,8 +12,8 @@ from flaxlm.configs import base, tiny
 from conftest import make_corpus
 from flaxlm.configs.errors import UserError
 from flaxlm.data import prepare, sources, tokenizer as tokenizer_lib
-from flaxlm.train import (loop, metrics, pretrained as pretrained_lib, sharding, state as state_lib, step as step_lib,
-                          workdir as workdir_lib)
+from flaxlm.train import inputs, loop, loss as loss_lib, metrics, sharding, state as state_lib, workdir as workdir_lib
+from flaxlm.train.use import pretrained as pretrained_lib
 
 
 def tiny_config(corpus, steps: int = 20):
@@ -165,8 +165,8 @@ def test_validation_loss_is_the_mean_over_the_trained_tokens_of_all_batches(corp
   sparse['weights'] = np.zeros_like(sparse['weights'])
   sparse['weights'][0, :3] = 1  # 3 trained tokens against the full batch's hundreds, as fine-tuning examples do.
   whole = {k: np.concatenate([full[k], sparse[k]]) for k in full}  # One batch holding both: its mean per token.
-  expected = float(step_lib.loss_fn(host_params, whole, setup.model, None))
-  mean_of_means = np.mean([float(step_lib.loss_fn(host_params, b, setup.model, None)) for b in (full, sparse)])
+  expected = float(loss_lib.loss_fn(host_params, whole, setup.model, None))
+  mean_of_means = np.mean([float(loss_lib.loss_fn(host_params, b, setup.model, None)) for b in (full, sparse)])
   assert abs(mean_of_means - expected) > 0.05  # The two means differ here, by far more than the tolerance below.
   got = loop.evaluate(eval_fn, params, [sharding.global_batch(b, setup.mesh) for b in (full, sparse)])
   assert got == pytest.approx(expected, rel=1e-5)
@@ -183,7 +183,7 @@ def test_a_store_prepared_with_another_bos_setting_of_the_same_tokenizer_json_is
                              workers=0)
   config = tiny_config(store_path)
   config.data.tokenizer = str(tmp_path / 'no_bos')
-  assert not loop.store_tokenizer(config, prepared).add_bos  # The store's own setting is taken.
+  assert not inputs.store_tokenizer(config, prepared).add_bos  # The store's own setting is taken.
   config.data.tokenizer = str(fixture)  # The same tokenizer.json, adding BOS: the store's documents lack it.
   with pytest.raises(UserError, match='holds the ids of another tokenizer than data.tokenizer='):
-    loop.store_tokenizer(config, prepared)
+    inputs.store_tokenizer(config, prepared)

@@ -16,8 +16,11 @@ from flaxlm.configs import tiny
 from flaxlm.configs.errors import UserError
 from conftest import command
 from flaxlm.model import lora, quantize
-from flaxlm.model.transformer import ModelConfig, Transformer, count_params
-from flaxlm.train import loop, metrics, optimizer, pretrained, sharding, state as state_lib, step as step_lib
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, count_params
+from flaxlm.train import (loop, loss as loss_lib, memory as memory_lib, metrics, optimizer, sharding, state as state_lib,
+                          step as step_lib)
+from flaxlm.train.use import pretrained
 
 ALL = 'query,key,value,out,gate,up,down'
 
@@ -34,7 +37,7 @@ def expected_trained(c: ModelConfig, targets: str) -> int:
   D, F, H, G, K = c.width, c.mlp_width, c.num_heads, c.num_kv_heads, c.head_dim
   sizes = {'query': (D, H * K), 'key': (D, G * K), 'value': (D, G * K), 'out': (H * K, D), 'gate': (D, F),
            'up': (D, F), 'down': (F, D)}
-  return c.num_layers * sum(c.lora_rank * sum(sizes[name]) for name in targets.split(','))
+  return c.num_layers * sum(c.lora.rank * sum(sizes[name]) for name in targets.split(','))
 
 
 @pytest.mark.parametrize('rank,targets,lora_base', [(1, 'query,value', 'bfloat16'), (4, ALL, 'int8'),
@@ -47,8 +50,8 @@ def test_the_state_trains_exactly_the_adapters_the_formula_counts(rank, targets,
   assert {x.dtype for x in jax.tree.leaves(abstract.params)} == {np.dtype('float32')}
   moments = [leaf for leaf in jax.tree.leaves(abstract.opt_state) if leaf.ndim]  # Adam's mu and nu, per adapter.
   assert count_params(moments) == 2 * expected_trained(c, targets)  # None for the base: 8 bytes an adapter weight.
-  assert quantize.memory_bytes(abstract.opt_state) - quantize.memory_bytes(moments) < 64  # Counts, scalars.
-  plain = state_lib.abstract_state(Transformer(dataclasses.replace(c, lora_rank=0)), tx,
+  assert memory_lib.memory_bytes(abstract.opt_state) - memory_lib.memory_bytes(moments) < 64  # Counts, scalars.
+  plain = state_lib.abstract_state(Transformer(c.without_lora()), tx,
                                    sharding.single_device_mesh()).params
   assert jax.tree.map(lambda x: x.shape, quantize.integers(abstract.frozen)) == jax.tree.map(lambda x: x.shape, plain)
   held = traverse_util.flatten_dict(quantize.integers(abstract.frozen))
@@ -67,9 +70,9 @@ def test_merged_params_give_the_logits_of_base_plus_adapters(scan_layers):
   base = jax.tree.map(jax.numpy.add, base, noise(base, 2))  # The head starts at zero: make every matrix count.
   adapters = noise(adapters, 3)
   with_adapters = Transformer(c).apply({'params': lora.combine(base, adapters)}, tokens_BxT)
-  merged = Transformer(dataclasses.replace(c, lora_rank=0)).apply(
-      {'params': lora.merge(lora.combine(base, adapters), c.lora_alpha, c.lora_rank)}, tokens_BxT)
-  without = Transformer(dataclasses.replace(c, lora_rank=0)).apply({'params': base}, tokens_BxT)
+  merged = Transformer(c.without_lora()).apply(
+      {'params': lora.merge(lora.combine(base, adapters), c.lora.alpha, c.lora.rank)}, tokens_BxT)
+  without = Transformer(c.without_lora()).apply({'params': base}, tokens_BxT)
   # x(W + s AB) against xW + s(xA)B: the same sums reassociated, ~1e-6 of the logits' scale; a wrong s errs by ~0.1.
   np.testing.assert_allclose(merged, with_adapters, atol=1e-5 * float(np.abs(with_adapters).max()))
   assert np.abs(np.asarray(with_adapters - without)).max() > 0.1  # The adapters do change the logits.
@@ -79,7 +82,7 @@ def test_fresh_adapters_leave_the_model_unchanged():
   c = model_config(2)
   params = nn.unbox(Transformer(c).init(jax.random.key(1), np.zeros((1, 4), np.int32))['params'])
   base, _ = lora.split(params)
-  jax.tree.map(np.testing.assert_array_equal, lora.merge(params, c.lora_alpha, c.lora_rank), base)  # W + 0 is W.
+  jax.tree.map(np.testing.assert_array_equal, lora.merge(params, c.lora.alpha, c.lora.rank), base)  # W + 0 is W.
 
 
 @pytest.mark.parametrize('targets,mlp,message', [
@@ -152,7 +155,7 @@ def test_a_lora_fine_tune_on_an_int8_base_learns_resumes_exactly_and_merges(corp
   assert [r['loss'] for r in after] == [r['loss'] for r in straight]
   _, base, _ = pretrained.load(tmp_path / 'base')
   model, merged, _ = pretrained.load(tmp_path / 'lora')  # The adapters merged into the base (float32, as saved).
-  assert model.config.lora_rank == 0
+  assert model.config.lora.rank == 0
   flat_base, flat_merged = traverse_util.flatten_dict(base), traverse_util.flatten_dict(merged)
   changed = {'/'.join(path) for path in flat_base if not np.array_equal(flat_base[path], flat_merged[path])}
   assert changed == {f'stack/layers/{module}/{name}/kernel' for module, name in
@@ -211,7 +214,7 @@ def test_a_quantized_base_computes_as_its_dequantized_copy_and_gives_the_same_ad
   base, adapters = lora.split(noisy_params(c, 2))
   held = lora.hold_base(base, 'int4')  # The layers' matrices int4, expanded a layer at a time inside the scan.
   reference = quantize.dequantize(held, jnp.float32)  # The same numbers, expanded whole before the model runs.
-  loss = lambda trained, frozen: step_lib.loss_fn(lora.combine(frozen, trained), cycle_batch, Transformer(c), None)
+  loss = lambda trained, frozen: loss_lib.loss_fn(lora.combine(frozen, trained), cycle_batch, Transformer(c), None)
   got, want = (jax.jit(jax.value_and_grad(loss))(adapters, frozen) for frozen in (held, reference))
   # The same float32 operations on the same values, in one program or the other: equal to rounding.
   np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
@@ -230,5 +233,5 @@ def test_the_step_makes_no_gradient_of_the_base():
     memory = train.lower(abstract, batch).compile().memory_analysis()
   # A gradient of the base would be a base-sized temporary (the full fine-tune's step has twice the params: 52 MB);
   # this one's are a few per-layer buffers (10 MB). The frozen base goes out as it came in, in place.
-  assert memory.temp_size_in_bytes < 0.5 * quantize.memory_bytes(abstract.frozen)
+  assert memory.temp_size_in_bytes < 0.5 * memory_lib.memory_bytes(abstract.frozen)
   assert memory.output_size_in_bytes - memory.alias_size_in_bytes < 1024

@@ -1,4 +1,5 @@
-"""Tests of train/loss.py: the chunked cross-entropy against optax's on the full logits, through step.py's loss."""
+"""Tests of train/loss.py: the cross-entropy of logits in hand, and the chunked loss training calls against optax's
+on the full logits."""
 
 import flax.linen as nn
 import jax
@@ -8,10 +9,20 @@ import optax
 import pytest
 
 from flaxlm.configs import tiny
-from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer
 from flaxlm.train import loss as loss_lib, step as step_lib
 
 V, B, T, CHUNK = 37, 3, 13, 4  # T = 3 chunks of 4 and one padded position: padding is exercised.
+
+
+def test_cross_entropy_is_minus_log_probability_of_the_target():
+  logits = jnp.log(jnp.array([[[0.6, 0.25, 0.15], [0.1, 0.1, 0.8]]]))
+  targets = jnp.array([[0, 1]])
+  expected = -(np.log(0.6) + np.log(0.1)) / 2
+  np.testing.assert_allclose(loss_lib.cross_entropy(logits, targets, jnp.ones((1, 2))), expected, rtol=1e-6)
+  only_first = loss_lib.cross_entropy(logits, targets, jnp.array([[1.0, 0.0]]))  # padding weighs nothing.
+  np.testing.assert_allclose(only_first, -np.log(0.6), rtol=1e-6)
 
 
 def small_model(tie_embeddings: bool, dropout: float) -> tuple[Transformer, dict]:
@@ -24,7 +35,7 @@ def small_model(tie_embeddings: bool, dropout: float) -> tuple[Transformer, dict
   return model, jax.tree.map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), jnp.float32), shapes)
 
 
-def batch() -> step_lib.Batch:
+def batch() -> loss_lib.Batch:
   """Returns a B x T batch of random tokens, two documents in row 0, and some positions weighing 0."""
   inputs, targets = np.random.default_rng(1).integers(0, V, (2, B, T), np.int32)
   segment_ids, positions = np.ones((B, T), np.int32), np.tile(np.arange(T, dtype=np.int32), (B, 1))
@@ -35,7 +46,7 @@ def batch() -> step_lib.Batch:
           'weights': weights}
 
 
-def plain_loss_sum(params, batch: step_lib.Batch, model: Transformer, dropout_rng: jax.Array | None) -> jax.Array:
+def plain_loss_sum(params, batch: loss_lib.Batch, model: Transformer, dropout_rng: jax.Array | None) -> jax.Array:
   """Returns the reference: optax's cross-entropy on all of `model`'s B x T x V logits, weighted and summed."""
   logits_BxTxV = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
                              deterministic=dropout_rng is None,
@@ -51,7 +62,7 @@ def test_chunked_loss_and_gradients_match_optax_on_the_full_logits(monkeypatch, 
   model, params = small_model(tie_embeddings, dropout)
   data, rng = batch(), jax.random.key(2) if dropout else None
   weight = data['weights'].sum()
-  chunked, chunked_grads = jax.jit(jax.value_and_grad(lambda p: step_lib.loss_fn(p, data, model, rng)))(params)
+  chunked, chunked_grads = jax.jit(jax.value_and_grad(lambda p: loss_lib.loss_fn(p, data, model, rng)))(params)
   plain, plain_grads = jax.jit(jax.value_and_grad(lambda p: plain_loss_sum(p, data, model, rng) / weight))(params)
   # The same float32 terms summed in another order: ~1e-7 relative (unit roundoff 6e-8 times a few); a lost chunk,
   # a padded position counted or a target misplaced changes the loss by ~1/32 (one token of 32).

@@ -1,4 +1,4 @@
-"""The whole path a user takes with a pretrained model (issue 17): a Hugging Face folder (a tiny Qwen2 in bfloat16,
+"""The whole path a user takes with a pretrained model: a Hugging Face folder (a tiny Qwen2 in bfloat16,
 with the fixture tokenizer.json and its Llama-3-like chat template) converted by flaxlm-convert, fine-tuned with LoRA
 on chat `messages` examples on a bfloat16 and on an int8 base, then asked with flaxlm-sample --chat."""
 
@@ -17,8 +17,9 @@ from conftest import command
 from flaxlm.configs import base
 from flaxlm.data import chat, examples, tokenizer as tokenizer_lib
 from flaxlm.model import hf, hf_families, lora, sampling
-from flaxlm.model.transformer import ModelConfig
-from flaxlm.train import convert, export, loop, metrics, pretrained, workdir as workdir_lib
+from flaxlm.model.config import ModelConfig
+from flaxlm.train import loop, metrics, workdir as workdir_lib
+from flaxlm.train.use import convert, export, pretrained
 
 TOKENIZER = pathlib.Path(__file__).parent / 'fixtures' / 'hf_tokenizer'
 HF_CONFIG = {  # A Qwen2 (q/k/v biases, tied head) with the fixture tokenizer's 357 ids and room to spare.

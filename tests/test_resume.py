@@ -17,7 +17,8 @@ import pytest
 
 from conftest import REPO, command
 from test_cli import assert_one_line_error, run
-from flaxlm.train import checkpoint, metrics, pretrained
+from flaxlm.train import checkpoint, metrics
+from flaxlm.train.use import pretrained
 
 STEPS = 20
 KILL_STEPS = sorted(random.Random(5).sample(range(2, STEPS), 2))  # Two steps, fixed so failures replay.

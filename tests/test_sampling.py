@@ -11,7 +11,8 @@ import pytest
 
 from flaxlm.configs import tiny
 from flaxlm.model import quantize, sampling
-from flaxlm.model.transformer import ModelConfig, Transformer, param_shapes
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, param_shapes
 from flaxlm.train import sharding
 
 VOCAB = 12

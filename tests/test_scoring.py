@@ -15,7 +15,8 @@ from test_cli import assert_one_line_error, run
 from test_loop import tiny_config
 from test_transformer import VOCAB, forward, init, make_model, random_params
 from flaxlm.model import scoring
-from flaxlm.train import loop, pretrained
+from flaxlm.train import loop
+from flaxlm.train.use import pretrained
 
 T = 16  # The context length of make_model.
 

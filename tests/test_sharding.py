@@ -14,7 +14,8 @@ from jax.sharding import PartitionSpec as P
 
 from flaxlm.configs import tiny
 from flaxlm.configs.errors import UserError
-from flaxlm.model.transformer import ModelConfig, Transformer
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer
 from flaxlm.train import sharding
 
 

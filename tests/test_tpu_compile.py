@@ -1,4 +1,4 @@
-"""Tests of train/tpu_compile.py and `flaxlm-info --compile_for`: every preset's train step compiles for the TPU slice
+"""Tests of train/plan/tpu_compile.py and `flaxlm-info --compile_for`: every preset's train step compiles for the TPU slice
 the preset names and fits its memory; a step that cannot fit is refused in one line.
 
 XLA:TPU (libtpu, the `tpu` extra) compiles for compile-only devices: no TPU is used. The compiles run in
@@ -21,7 +21,7 @@ from test_cli import assert_one_line_error
 from flaxlm import configs
 from flaxlm.configs.errors import UserError
 from flaxlm.model.transformer import count_params, param_shapes
-from flaxlm.train import estimate, tpu_compile
+from flaxlm.train.plan import estimate, tpu_compile
 
 GiB = 2 ** 30
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
@@ -32,7 +32,7 @@ VOCAB = {'finetune_shakespeare': 65, **estimate.PRESET_VOCAB}  # Presets whose t
 COMPILE_PRESETS = '''
 import importlib, json, sys
 from flaxlm import configs
-from flaxlm.train import tpu_compile
+from flaxlm.train.plan import tpu_compile
 for name, vocab in (arg.split('=') for arg in sys.argv[1:]):
   config = configs.load(name)
   config.model.vocab_size = config.model.vocab_size or int(vocab)
@@ -104,7 +104,7 @@ def test_the_total_counts_outputs_written_into_donated_arguments_once():
 
 @needs_libtpu
 def test_each_slice_has_the_chips_its_cloud_tpu_name_says():
-  script = ('import json; from flaxlm.train import tpu_compile\n'
+  script = ('import json; from flaxlm.train.plan import tpu_compile\n'
             'print(json.dumps({n: [d.device_kind for d in tpu_compile.slice_devices(n)] for n in tpu_compile.SLICES}))')
   result = compiling([sys.executable, '-c', script], timeout=120)
   assert result.returncode == 0 and result.stderr == '', result.stderr[-3000:]

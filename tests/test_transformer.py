@@ -12,7 +12,8 @@ import pytest
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.model import sampling
-from flaxlm.model.transformer import ModelConfig, Transformer, count_params
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, count_params
 
 VOCAB = 50
 

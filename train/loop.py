@@ -1,26 +1,24 @@
-"""The training loop: set up from a config, then step, evaluate, log and checkpoint until `train.steps`.
+"""The training loop: set up from a config (its inputs from train/inputs.py, a pretrained start from
+train/use/pretrained.py), then step, evaluate, log and checkpoint until `train.steps`.
 
 The loop dispatches step s+1 before it pulls step s's metrics to the host, so logging never stalls the device.
 """
 
 import dataclasses
-import math
-import pathlib
 
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
+from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import examples as examples_lib, pipeline, prepare as prepare_lib, store, tokenizer as tokenizer_lib
+from flaxlm.data import pipeline, tokenizer as tokenizer_lib
 from flaxlm.model import attention, flops, lora, quantize
-from flaxlm.model.transformer import ModelConfig, Transformer, count_params, param_shapes, shape_differences
-from flaxlm.train import (checkpoint, metrics, optimizer, preemption, sharding, state as state_lib, step as step_lib,
-                   pretrained, throughput, workdir as workdir_lib)
-
-POSITIVE_TRAIN_KEYS = ('steps', 'batch_size', 'microbatches', 'eval_every', 'eval_batches', 'log_every',
-                       'checkpoint_every', 'keep_checkpoints')
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import Transformer, count_params
+from flaxlm.train import (checkpoint, inputs, memory, metrics, optimizer, preemption, sharding, state as state_lib,
+                          step as step_lib, throughput, workdir as workdir_lib)
+from flaxlm.train.use import pretrained
 
 
 @dataclasses.dataclass
@@ -34,139 +32,19 @@ class Setup:
   mesh: jax.sharding.Mesh
 
 
-# Each number's allowed interval as (low, high, what it means), for `section.key`; `(` excludes an end, `[` includes it.
-RANGES = {
-    'train.learning_rate': ('[0', 'inf)', 'the peak step size, 1e-3 say (0 leaves the params as they are)'),
-    'train.min_learning_rate': ('[0', 'inf)', 'where the decay ends; 0 decays to nothing'),
-    'train.warmup_steps': ('[0', 'inf)', 'steps of linear warmup; 0 starts at the peak'),
-    'train.beta1': ('[0', '1)', "Adam's first-moment decay, 0.9 say"),
-    'train.beta2': ('[0', '1)', "Adam's second-moment decay, 0.99 say"),
-    'train.weight_decay': ('[0', 'inf)', '0 turns it off'),
-    'train.grad_clip': ('[0', 'inf)', 'the largest gradient norm; 0 turns clipping off'),
-    'data.val_fraction': ('(0', '1)', 'the share of the text held out for validation, 0.1 say'),
-    'data.read_threads': ('[0', 'inf)', '0 prepares batches in the training thread'),
-}
-
-
-def check_ranges(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError naming the first number of RANGES outside its interval (or not finite: nan fails them all)."""
-  for name, (low, high, meaning) in RANGES.items():
-    section, key = name.split('.')
-    value, lo, hi = config[section][key], float(low[1:]), float(high[:-1])
-    above = value > lo if low[0] == '(' else value >= lo
-    below = value < hi if high[-1] == ')' else value <= hi
-    if not (above and below and math.isfinite(value)):
-      raise UserError(f'{name}={value} must be in {low}, {high}: {meaning}; set --config.{name}.')
-
-
-def check_train_config(c: ml_collections.ConfigDict) -> None:
-  """Raises UserError if a count in the `train` section is not a positive number, or a choice is unknown."""
-  for key in POSITIVE_TRAIN_KEYS:
-    if c[key] <= 0:
-      raise UserError(f'train.{key}={c[key]} must be positive: set --config.train.{key}.')
-  if c.nonfinite not in optimizer.NONFINITE:
-    raise UserError(f'train.nonfinite={c.nonfinite!r} is not one of {optimizer.NONFINITE}: '
-                    'set --config.train.nonfinite.')
-
-
-def run_tokenizer(config: ml_collections.ConfigDict, text: str) -> tokenizer_lib.Tokenizer:
-  """Returns the pretrained model's tokenizer with `train.init_from`, else the one `data.tokenizer` names."""
-  if config.train.init_from:
-    return workdir_lib.load_tokenizer(config.train.init_from)
-  return tokenizer_lib.for_corpus(config.data.tokenizer, text)
-
-
-def prepared_store(config: ml_collections.ConfigDict) -> store.Store:
-  """Returns the token store `data.path` names, or the one its text is prepared into (in the cache, once).
-
-  The first process prepares while the others wait, then finds the store there (or, on a host of its own, prepares
-  its own copy: preparation is deterministic).
-  """
-  d = config.data
-  if not d.path:
-    raise UserError('no training text given: set --config.data.path to a token store, text, JSONL or Parquet files, '
-                    'or tfds:NAME.')
-  if store.is_store(d.path):
-    return store.open_store(d.path)
-  tokenizer = workdir_lib.load_tokenizer(config.train.init_from) if config.train.init_from else d.tokenizer
-  settings = prepare_lib.Settings(d.text_field, d.val_fraction, d.tfds_dir, d.max_documents)
-  if jax.process_index() == 0:
-    prepared = prepare_lib.cached(d.path, tokenizer, settings)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('flaxlm: token store prepared')
-  return prepared if jax.process_index() == 0 else prepare_lib.cached(d.path, tokenizer, settings)
-
-
-def store_tokenizer(config: ml_collections.ConfigDict, prepared: store.Store) -> tokenizer_lib.Tokenizer:
-  """Returns the store's tokenizer; raises UserError if the run names another (a pretrained model's, or a file).
-
-  Tokenizers are compared by all their files (`tokenizer_lib.files_of`): the same tokenizer.json with another BOS or
-  EOS setting gives other ids, and the run keeps the store's files (its chat template too) as its own.
-  """
-  d, saved = config.data, tokenizer_lib.files_of(prepared.tokenizer)
-  if config.train.init_from and tokenizer_lib.files_of(workdir_lib.load_tokenizer(config.train.init_from)) != saved:
-    raise UserError(f'token store {d.path} holds the ids of another tokenizer than train.init_from\'s: prepare the '
-                    f'store with that model\'s tokenizer (flaxlm-data prepare --tokenizer=...).')
-  if d.tokenizer != 'char' and tokenizer_lib.files_of(tokenizer_lib.for_corpus(d.tokenizer, '')) != saved:
-    raise UserError(f'token store {d.path} holds the ids of another tokenizer than data.tokenizer={d.tokenizer}: '
-                    'prepare the store with it, or leave data.tokenizer at char to take the store\'s.')
-  return prepared.tokenizer
-
-
-def text_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.Tokenizer, list[pipeline.Stream], str]:
-  """Returns the tokenizer, the (train, validation) splits of `data.path`'s token store, and the store's digest."""
-  prepared = prepared_store(config)
-  return store_tokenizer(config, prepared), [prepared.split(name) for name in store.SPLITS], prepared.digest
-
-
-def example_streams(config: ml_collections.ConfigDict) -> tuple[tokenizer_lib.Tokenizer, list[pipeline.Stream], str]:
-  """Returns the tokenizer and the (train, validation) streams of `data.path`'s examples (responses learned), and
-  no store digest: the examples file is read anew each time."""
-  split = examples_lib.split(examples_lib.read(pathlib.Path(config.data.path)), config.data.val_fraction)
-  text = ''.join(text for example in split.train + split.validation for _, text in example.pieces)
-  tokenizer = run_tokenizer(config, text)
-  return tokenizer, [examples_lib.token_stream(part, tokenizer, config.model.max_length)
-                     for part in (split.train, split.validation)], ''
-
-
-def check_lora(c: ml_collections.ConfigDict) -> None:
-  """Raises UserError if a LoRA model section (lora_rank > 0) names a storage of the base that is not one of
-  lora.BASES."""
-  if c.lora_rank:
-    lora.check_base(c.lora_base)
-
-
-FORMATS = {'text': text_streams, 'examples': example_streams}
-
-
-def pretrained_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Returns `config` with train.init_from's model (pretrained.adopt_model), saying which of its values it took."""
-  try:
-    pretrained.check_source(config.train.init_from)
-  except UserError as e:
-    raise UserError(f'train.init_from: {e}') from None
-  adopted, taken = pretrained.adopt_model(config, workdir_lib.load_config(config.train.init_from))
-  if taken and jax.process_index() == 0:
-    print(f'model: train.init_from\'s, so {", ".join(taken)}', flush=True)
-  return adopted
-
-
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
+  base.check(config)
+  sharding.configure_cpu_devices(config)
   workdir_lib.check_usable(workdir)
-  check_train_config(config.train)
-  check_ranges(config)
   if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
-    config = pretrained_model(config)
+    config = pretrained.adopt(config)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
   attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
-  if config.data.format not in FORMATS:
-    raise UserError(f'data.format={config.data.format!r} is not one of {tuple(FORMATS)}: set --config.data.format.')
-  check_lora(config.model)
   if config.model.lora_rank and not config.train.init_from:
     raise UserError(f'model.lora_rank={config.model.lora_rank} trains adapters on a pretrained model: set '
                     '--config.train.init_from to a flaxlm-export directory or a run\'s workdir.')
-  tokenizer, streams, digest = FORMATS[config.data.format](config)
+  tokenizer, streams, digest = inputs.streams(config)
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
   resolved.data.store_digest = digest
   for change in workdir_lib.check_compatible(workdir, resolved, tokenizer):
@@ -181,19 +59,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
                       f'fewer than one batch of {config.train.batch_size}: use a longer text, or a smaller '
                       '--config.train.batch_size or --config.model.max_length.')
   return Setup(resolved, tokenizer, train_examples, val_examples, model, sharding.make_mesh(config))
-
-
-def init_params(path: str, abstract_params):
-  """Returns the params of the export or run at `path` (never a run's optimizer moments), read directly into
-  `abstract_params`' shapes, dtypes and shardings; raises UserError, before reading any, naming the first parameter
-  whose shape differs from this config's model."""
-  saved, _ = pretrained.saved_model(path)
-  differences = shape_differences(param_shapes(pretrained.plain_config(saved.config)), abstract_params)
-  if differences:
-    name, there, here = differences[0]
-    raise UserError(f'train.init_from={path}: parameter {name} is {there or "missing"} there and {here or "missing"} '
-                    'here: set the model section to the pretrained model\'s (its config.json).')
-  return pretrained.read_params(path, abstract_params)
 
 
 def validation_batches(setup: Setup) -> list[dict[str, jax.Array]]:
@@ -230,7 +95,8 @@ def read_frozen(setup: Setup, abstract_frozen):
   storage = setup.config.model.lora_base
   float_layout = lambda x: jax.ShapeDtypeStruct(x.shape, lora.read_dtype(storage), sharding=x.sharding)
   as_read = jax.tree.map(float_layout, quantize.integers(abstract_frozen))
-  return state_lib.hold_frozen(init_params(setup.config.train.init_from, as_read), abstract_frozen, storage)
+  initial = pretrained.read_initial_params(setup.config.train.init_from, as_read)
+  return state_lib.hold_frozen(initial, abstract_frozen, storage)
 
 
 def describe_params(state: state_lib.TrainState) -> str:
@@ -247,17 +113,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
 
   Stops early, with a checkpoint saved, on SIGTERM; raises UserError if the loss stops being finite.
   """
-  sharding.configure_cpu_devices(config)
   setup = prepare(config, workdir)
   c = setup.config.train
   tx, abstract, train_fn, eval_fn = build_steps(setup)
-  state_lib.check_fits(abstract)
+  memory.check_fits(abstract)
   lead = jax.process_index() == 0  # Only the first process writes files and prints.
   data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
                                  sharding.process_rows(setup.mesh, c.batch_size))
   restored = checkpoint.restore_latest(workdir, abstract, check=lambda restored: data.set_state(restored[1]))
   lora_run = abstract.frozen is not None
-  initial = init_params(c.init_from, abstract.params) if c.init_from and not restored and not lora_run else None
+  starts_pretrained = c.init_from and not restored and not lora_run
+  initial = pretrained.read_initial_params(c.init_from, abstract.params) if starts_pretrained else None
   frozen = read_frozen(setup, abstract.frozen) if lora_run else None  # Read again on resuming: not checkpointed.
   if lead:
     workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)

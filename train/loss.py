@@ -1,4 +1,8 @@
-"""The next-token cross-entropy, computed a chunk of positions at a time so the B x T x V logits never exist at once.
+"""The loss: the next-token cross-entropy, how surprised the model is by each true next token, averaged.
+
+`loss_fn` is what training minimizes (train/step.py calls it once per batch or microbatch): the model's final-norm
+output, then the cross-entropy computed a chunk of positions at a time, so the B x T x V logits never exist at once.
+`cross_entropy` is the same loss of logits already in hand (the notebooks compute it so).
 
 Shape key: B batch, T sequence length, D model width, V vocabulary, N chunks, C positions per chunk.
 
@@ -13,10 +17,40 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from flaxlm.model.transformer import Transformer
 
 LOGITS_PER_CHUNK = 2 ** 25  # Logits of one sequence's chunk: 128 MiB in float32, whatever the vocabulary.
+
+Batch = dict[str, jax.Array]
+
+
+def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
+            total_weight: jax.Array | None = None) -> jax.Array:
+  """Returns the next-token loss of `params` (all the model's: with LoRA, the adapters on the base) on `batch`
+  (dropout on when `dropout_rng` is given).
+
+  The weighted token losses are summed and divided by `total_weight` (default: this batch's weights), so the
+  losses of a batch's microbatches, each divided by the whole batch's weight, add up to the batch's loss.
+  """
+  variables = {'params': params}
+  x_BxTxD = model.apply(variables, batch['inputs'], batch['positions'], batch['segment_ids'],
+                        deterministic=dropout_rng is None,
+                        rngs={'dropout': dropout_rng} if dropout_rng is not None else None, method=Transformer.hidden)
+  loss_sum = cross_entropy_sum(model, variables, x_BxTxD, batch['targets'], batch['weights'])
+  return loss_sum / (batch_weight(batch['weights']) if total_weight is None else total_weight)
+
+
+def batch_weight(weights_BxT: jax.Array) -> jax.Array:
+  """Returns the sum of the loss weights, at least 1 (so a batch of padding alone has loss 0, not nan)."""
+  return jnp.maximum(weights_BxT.sum(), 1)
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
+  """Returns the weighted mean over tokens of -log p(target), from logits already computed: `loss_fn`'s loss."""
+  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  return (losses_BxT * weights_BxT).sum() / batch_weight(weights_BxT)
 
 
 def chunk_length(vocab_size: int, length: int) -> int:

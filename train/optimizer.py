@@ -7,7 +7,6 @@ import ml_collections
 import optax
 
 DECAYED = ('kernel', 'embedding')  # parameter names that get weight decay; norms' scales do not.
-NONFINITE = ('stop', 'skip')  # what a step with a non-finite loss or gradient does: stop the run, or skip the update.
 
 
 def schedule(c: ml_collections.ConfigDict) -> optax.Schedule:

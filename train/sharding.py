@@ -16,7 +16,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model.transformer import ModelConfig
+from flaxlm.model.config import ModelConfig
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 RULES = (
@@ -41,9 +41,6 @@ def cpu_device_count(config: ml_collections.ConfigDict) -> int:
   One device per core runs the data-parallel shards side by side, which XLA's CPU runtime does not do for a
   single device on small matrices. jax before 0.12 deadlocks in CPU all-reduces, so there auto means 1.
   """
-  if config.mesh.cpu_devices < 0:
-    raise UserError(f'mesh.cpu_devices={config.mesh.cpu_devices} must not be negative: 0 takes one device per core, '
-                    'N splits the host into N; set --config.mesh.cpu_devices.')
   if config.mesh.cpu_devices:
     return config.mesh.cpu_devices
   if tuple(int(v) for v in jax.__version__.split('.')[:2]) < (0, 12):

@@ -1,9 +1,7 @@
 """The train state (step, params, optimizer state), created directly in its shardings on the mesh."""
 
-import collections
 import functools
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -12,8 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flaxlm.configs.errors import UserError
-from flaxlm.model import lora, quantize
+from flaxlm.model import lora
 from flaxlm.train import sharding
 
 
@@ -53,7 +50,7 @@ def boxed_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Arr
   """Returns a fresh state (its frozen part left out) whose trained parameters and their optimizer moments still
   carry logical axis names: all the params, or with LoRA the adapters."""
   params = boxed_params(model, rng)
-  if model.config.lora_rank:
+  if model.config.lora.rank:
     params = lora.split(params)[1]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
@@ -78,7 +75,7 @@ def abstract_frozen(model: nn.Module, mesh: jax.sharding.Mesh, lora_base: str) -
   An int8/int4 matrix's integers are split as the float matrix is; its scales too, along each axis the split divides
   (a contraction axis shrunk to its groups may not split: int8's single scale per output is whole on each device).
   """
-  if not model.config.lora_rank:
+  if not model.config.lora.rank:
     return None
   base = placed(lora.split(jax.eval_shape(functools.partial(boxed_params, model), jax.random.key(0)))[0], mesh)
   held = jax.eval_shape(functools.partial(lora.hold_base, storage=lora_base), base)
@@ -108,37 +105,3 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, seed: int, ab
   init = lambda rng: nn.unbox(boxed_state(model, tx, rng))
   shardings = jax.tree.map(lambda x: x.sharding, abstract.replace(frozen=None))
   return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
-
-
-def bytes_per_device(abstract: Any) -> dict[jax.Device, int]:
-  """Returns the bytes of `abstract` (shape structs with shardings) that each of this process's devices holds: its
-  shards' sizes. Other hosts' devices are left out: their memory cannot be asked about from here, and each host
-  checks its own."""
-  held = collections.Counter()
-  for x in jax.tree.leaves(abstract):
-    shard_bytes = quantize.array_bytes(jax.ShapeDtypeStruct(x.sharding.shard_shape(x.shape), x.dtype))
-    for device in x.sharding.addressable_devices:
-      held[device] += shard_bytes
-  return dict(held)
-
-
-def device_capacity(device: jax.Device) -> int | None:
-  """Returns the bytes of memory `device` offers: its allocator's limit on accelerators; on a CPU, the host's memory
-  shared by its CPU devices; None where neither is known."""
-  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
-  if stats and 'bytes_limit' in stats:
-    return stats['bytes_limit']
-  if device.platform == 'cpu':
-    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // len(jax.local_devices(backend='cpu'))
-  return None
-
-
-def check_fits(abstract: TrainState) -> None:
-  """Raises UserError if the train state alone (params, frozen ones included, and optimizer moments) exceeds a
-  device's memory, before anything is allocated: such a run could only fail, or stall for minutes trying."""
-  for device, size in bytes_per_device(abstract).items():
-    capacity = device_capacity(device)
-    if capacity is not None and size > capacity:
-      raise UserError(f'the train state needs {size / 2**30:,.1f} GiB on each device, more than the '
-                      f'{capacity / 2**30:,.1f} GiB a {device.platform} device has: shrink the model (model.width, '
-                      'model.num_layers), or split it over more devices (mesh.fsdp, mesh.tensor).')

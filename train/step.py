@@ -1,6 +1,6 @@
-"""One training step, read like the loop it is: predict, measure the loss, backpropagate, update.
+"""One training step, read like the loop it is: predict and measure the loss (train/loss.py), backpropagate, update.
 
-Shape key: B batch, T sequence length, D model width, V vocabulary.
+Shape key: B batch, T sequence length, M microbatches.
 """
 
 import functools
@@ -11,47 +11,9 @@ import jax.numpy as jnp
 import optax
 
 from flaxlm.model import lora
-from flaxlm.model.transformer import Transformer
 from flaxlm.train import sharding
-from flaxlm.train.loss import cross_entropy_sum
+from flaxlm.train.loss import Batch, batch_weight, loss_fn
 from flaxlm.train.state import TrainState, model_params
-
-Batch = dict[str, jax.Array]
-
-
-def batch_weight(weights_BxT: jax.Array) -> jax.Array:
-  """Returns the sum of the loss weights, at least 1 (so a batch of padding alone has loss 0, not nan)."""
-  return jnp.maximum(weights_BxT.sum(), 1)
-
-
-def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
-                  total_weight: jax.Array | None = None) -> jax.Array:
-  """Returns the weighted mean over tokens of -log p(target): how surprised the model is by the true next token.
-
-  The weighted sum is divided by `total_weight` when given (a microbatch's share of its whole batch's mean).
-  For logits already in hand: `loss_fn` takes the same loss a chunk of positions at a time (train/loss.py).
-  """
-  losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  total_weight = batch_weight(weights_BxT) if total_weight is None else total_weight
-  return (losses_BxT * weights_BxT).sum() / total_weight
-
-
-def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
-            total_weight: jax.Array | None = None) -> jax.Array:
-  """Returns the next-token loss of `params` (all the model's: with LoRA, the adapters on the base) on `batch`
-  (dropout on when `dropout_rng` is given).
-
-  The weighted token losses are summed and divided by `total_weight` (default: this batch's weights), so the
-  losses of a batch's microbatches, each divided by the whole batch's weight, add up to the batch's loss.
-  The logits are made a chunk of positions at a time (train/loss.py), never all B x T x V at once.
-  """
-  variables = {'params': params}
-  x_BxTxD = model.apply(variables, batch['inputs'], batch['positions'], batch['segment_ids'],
-                        deterministic=dropout_rng is None,
-                        rngs={'dropout': dropout_rng} if dropout_rng is not None else None, method=Transformer.hidden)
-  loss_sum = cross_entropy_sum(model, variables, x_BxTxD, batch['targets'], batch['weights'])
-  return loss_sum / (batch_weight(batch['weights']) if total_weight is None else total_weight)
-
 
 def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
   """Returns x as M x B/M: microbatch m holds rows m, m+M, m+2M..., so each takes rows from every data shard."""

@@ -5,7 +5,7 @@ import time
 
 import jax
 
-from flaxlm.train import hardware
+from flaxlm.train.plan import hardware
 
 
 class Throughput:

@@ -1,21 +1,20 @@
 """A run's workdir: `config.json` (the resolved config), the tokenizer's files, and the checks that keep runs apart."""
 
-import dataclasses
 import json
 import os
 
 import ml_collections
 
-from flaxlm.configs import base
+from flaxlm.configs import base, options
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files, tokenizer as tokenizer_lib
-from flaxlm.model.transformer import ModelConfig
+from flaxlm.model.config import ModelConfig
 
 
 def with_model(config: ml_collections.ConfigDict, model: ModelConfig) -> ml_collections.ConfigDict:
   """Returns a copy of `config` whose model section states every field of `model`."""
   described = ml_collections.ConfigDict(config.to_dict())
-  described.model.update({k: v for k, v in dataclasses.asdict(model).items() if k in described.model})
+  described.model.update({k: v for k, v in options.values(model).items() if k in described.model})
   return described
 
 

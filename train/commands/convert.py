@@ -20,8 +20,8 @@ from absl import flags
 
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files
-from flaxlm.train import convert as convert_lib
 from flaxlm.train.commands import cli
+from flaxlm.train.use import convert as convert_lib
 
 FROM_HF = flags.DEFINE_string('from_hf', None, 'An HF model folder (config.json, *.safetensors) to convert.')
 OUTPUT = flags.DEFINE_string('output', None, 'With --from_hf: the flaxlm export directory to create.')

@@ -14,9 +14,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model.transformer import ModelConfig, count_params, param_shapes
-from flaxlm.train import estimate
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import count_params, param_shapes
+from flaxlm.train import memory
 from flaxlm.train.commands import cli
+from flaxlm.train.plan import estimate
 
 PARAMS = flags.DEFINE_float('params', None, 'The parameter count N, e.g. 175e9 (or --config).')
 CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. llama_1b) or config file: its exact N and '
@@ -30,7 +32,8 @@ CHIPS = flags.DEFINE_integer('chips', 1, 'How many chips train together.')
 MFU = flags.DEFINE_float('mfu', None, 'The fraction of peak FLOP/s the run uses, e.g. 0.4 (or --workdir).')
 WORKDIR = flags.DEFINE_string('workdir', None, 'A run whose measured MFU to use: the median of its metrics.jsonl '
                               'mfu records after the first (or --mfu).')
-PRESETS_TABLE = flags.DEFINE_bool('presets_table', False, "Print the README's table of the presets and stop.")
+PRESETS_TABLE = flags.DEFINE_bool('presets_table', False,
+                                  'Print the table of the presets (docs/estimating.md) and stop.')
 
 
 def exactly_one(first: flags.FlagHolder, second: flags.FlagHolder) -> None:
@@ -98,9 +101,9 @@ def report() -> list[str]:
       raise UserError('--chips, --mfu and --workdir time the run on a device: pass --device too, one of '
                       f'{", ".join(estimate.DEVICES)}.')
     return head + [f'{"time":<32}{"pass --device":>16}  (and --chips, --mfu) for device-hours and days',
-                   *estimate.memory_lines(int(params), None), ADAMW_NOTE]
+                   *memory.training_lines(int(params), None), ADAMW_NOTE]
   return head + time_lines(total) + [
-      *estimate.memory_lines(int(params), CHIPS.value), ADAMW_NOTE,
+      *memory.training_lines(int(params), CHIPS.value), ADAMW_NOTE,
       f'  per device: split evenly over the {CHIPS.value:,} chips, as FSDP splits it; data parallelism keeps the '
       'total on every chip',
   ]
@@ -123,7 +126,8 @@ def time_lines(total: float) -> list[str]:
 
 
 def presets_table() -> list[str]:
-  """Returns the README's table of the presets; raises UserError if a flag of a single estimate was given too."""
+  """Returns the table of the presets (docs/estimating.md); raises UserError if a flag of a single estimate was
+  given too."""
   given = [f'--{flag.name}' for flag in (PARAMS, CONFIG, TOKENS, DATASET_TOKENS, EPOCHS, DEVICE, CHIPS, MFU, WORKDIR)
            if flag.present]
   if given:
@@ -133,7 +137,7 @@ def presets_table() -> list[str]:
 
 
 def print_estimate() -> None:
-  """Prints the estimate for the flags given, or with --presets_table the README's table of the presets."""
+  """Prints the estimate for the flags given, or with --presets_table the table of the presets."""
   print('\n'.join(presets_table() if PRESETS_TABLE.value else report()))
 
 

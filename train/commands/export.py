@@ -9,8 +9,9 @@ import dataclasses
 from absl import flags
 
 from flaxlm.model.transformer import count_params
-from flaxlm.train import export, pretrained, workdir as workdir_lib
+from flaxlm.train import workdir as workdir_lib
 from flaxlm.train.commands import cli
+from flaxlm.train.use import export, pretrained
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is exported).')
 OUTPUT = flags.DEFINE_string('output', None, 'Directory to create for the export; it must not exist yet.')

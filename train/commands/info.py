@@ -8,7 +8,7 @@
 Nothing is allocated: the parameter shapes come from `jax.eval_shape`, so a 7B model is counted on a laptop.
 With --compile_for=SLICE (the `tpu` extra installed; no TPU needed) the train step, or with --decode the decode
 step, is compiled by XLA:TPU for that slice and its memory per device is printed; a step that does not fit exits
-non-zero with one line naming the excess and the keys to change (train/tpu_compile.py).
+non-zero with one line naming the excess and the keys to change (train/plan/tpu_compile.py).
 """
 
 import jax
@@ -18,9 +18,11 @@ from ml_collections import config_flags
 
 from flaxlm.configs.errors import UserError
 from flaxlm.model import flops, lora, quantize
-from flaxlm.model.transformer import ModelConfig, count_params, param_shapes, shapes_model
-from flaxlm.train import estimate, optimizer, sharding, state
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import count_params, param_shapes, shapes_model
+from flaxlm.train import memory, optimizer, sharding, state
 from flaxlm.train.commands import cli
+from flaxlm.train.plan import estimate
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. llama2_7b) or a config file.', lock_config=True)
 COMPILE_FOR = flags.DEFINE_string('compile_for', None, 'A TPU slice (v5e-8, v5p-16, v6e-8, v4-8, ...): compile the '
@@ -53,8 +55,6 @@ def parameter_shards(mesh: ml_collections.ConfigDict) -> int | None:
 def report(config: ml_collections.ConfigDict) -> list[str]:
   """Returns the lines flaxlm-info prints for `config`."""
   c = estimate.model_config(config)
-  if config.train.batch_size <= 0:
-    raise UserError(f'train.batch_size={config.train.batch_size} must be positive: set --config.train.batch_size.')
   shapes = param_shapes(c)
   params = count_params(shapes)
   per_token = flops.training_flops_per_token(c)
@@ -66,26 +66,25 @@ def report(config: ml_collections.ConfigDict) -> list[str]:
       f'{"training FLOPs per token":<32}{per_token:>16,.0f}',
       f'{"training FLOPs per step":<32}{per_token * tokens:>16.3e}  ({config.train.batch_size:,} x '
       f'{c.max_length:,} tokens)',
-      *(lora_lines(config, c) if c.lora_rank else estimate.memory_lines(params, parameter_shards(config.mesh))),
+      *(lora_lines(config, c) if c.lora.rank else memory.training_lines(params, parameter_shards(config.mesh))),
       'weights for sampling (flaxlm-sample --quantize):',
-      *quantize.memory_table(shapes),
+      *memory.memory_table(shapes),
   ]
 
 
 def lora_lines(config: ml_collections.ConfigDict, c: ModelConfig) -> list[str]:
   """Returns the lines of a LoRA fine-tune's memory, from the train state's shapes: the frozen base as
   model.lora_base holds it, and the adapters with their gradients and AdamW moments (float32), in GiB."""
-  lora.check_base(config.model.lora_base)
   tx = optimizer.make_optimizer(config.train)
   abstract = state.abstract_state(shapes_model(c), tx, sharding.single_device_mesh(), config.model.lora_base)
   trained, total = count_params(abstract.params), count_params(quantize.integers(state.model_params(abstract)))
-  sizes = {f'frozen base ({config.model.lora_base})': quantize.memory_bytes(abstract.frozen),
-           'adapters (float32)': quantize.memory_bytes(abstract.params),
-           'gradients (float32)': quantize.memory_bytes(abstract.params),
-           'AdamW moments (2 x float32)': quantize.memory_bytes(abstract.opt_state)}
+  sizes = {f'frozen base ({config.model.lora_base})': memory.memory_bytes(abstract.frozen),
+           'adapters (float32)': memory.memory_bytes(abstract.params),
+           'gradients (float32)': memory.memory_bytes(abstract.params),
+           'AdamW moments (2 x float32)': memory.memory_bytes(abstract.opt_state)}
   shards = parameter_shards(config.mesh)
-  lines = [f'{"LoRA: trained parameters":<32}{trained:>16,}  ({trained / total:.2%}: rank {c.lora_rank} on '
-           f'{c.lora_targets})', f'{"memory (GiB)":<32}{"total":>16}' + (f'{"per device":>14}' if shards else '')]
+  lines = [f'{"LoRA: trained parameters":<32}{trained:>16,}  ({trained / total:.2%}: rank {c.lora.rank} on '
+           f'{c.lora.targets})', f'{"memory (GiB)":<32}{"total":>16}' + (f'{"per device":>14}' if shards else '')]
   for name, size in {**sizes, 'training total': sum(sizes.values())}.items():
     lines.append(f'  {name:<30}{size / 2 ** 30:>16,.3f}' + (f'{size / 2 ** 30 / shards:>14,.3f}' if shards else ''))
   lines.append('  activations come on top: they grow with the batch, the context and model.remat')
@@ -108,7 +107,7 @@ def info() -> None:
   check_flags()
   jax.config.update('jax_platforms', 'cpu')  # Nothing is allocated: no accelerator is started, nor libtpu loaded.
   if COMPILE_FOR.value:
-    from flaxlm.train import tpu_compile  # Only here: it imports the training step, which counting needs not.
+    from flaxlm.train.plan import tpu_compile  # Only here: it imports the training step, which counting needs not.
     tpu_compile.prepare_environment(COMPILE_FOR.value)  # Before report() starts JAX's backends.
   print('\n'.join(report(config)), flush=True)
   if COMPILE_FOR.value:

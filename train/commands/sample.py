@@ -23,8 +23,9 @@ from flaxlm.data import chat, tokenizer as tokenizer_lib
 from flaxlm.data.tokenizer import Tokenizer
 from flaxlm.model import quantize, sampling
 from flaxlm.model.transformer import Transformer
-from flaxlm.train import pretrained, sharding, step as step_lib
+from flaxlm.train import memory, sharding, step as step_lib
 from flaxlm.train.commands import cli
+from flaxlm.train.use import pretrained
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is used).')
 PARAMS = flags.DEFINE_string('params', None, 'Directory written by flaxlm-export (instead of --workdir).')
@@ -138,7 +139,7 @@ def sample() -> None:
   check_vocabulary(model.config.vocab_size)
   prompt = encode_prompt(text, tokenizer, model)
   if QUANTIZE.value != 'none':
-    print('\n'.join(quantize.memory_table(params)), file=sys.stderr)
+    print('\n'.join(memory.memory_table(params)), file=sys.stderr)
     params = quantize.quantize(params, QUANTIZE.value)
   settings = sampling.Settings(TEMPERATURE.value, TOP_K.value, TOP_P.value, tokenizer.eos_ids, SHOW_PROBS.value)
   one = NUM_SAMPLES.value == 1 and not SHOW_PROBS.value

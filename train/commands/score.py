@@ -19,8 +19,9 @@ from flaxlm.configs.errors import UserError
 from flaxlm.data import tokenizer as tokenizer_lib
 from flaxlm.data.tokenizer import Tokenizer
 from flaxlm.model import scoring
-from flaxlm.train import pretrained, sharding, step as step_lib
+from flaxlm.train import sharding, step as step_lib
 from flaxlm.train.commands import cli
+from flaxlm.train.use import pretrained
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its latest checkpoint is used).')
 PARAMS = flags.DEFINE_string('params', None, 'Directory written by flaxlm-export (instead of --workdir).')

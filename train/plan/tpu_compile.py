@@ -30,7 +30,8 @@ import ml_collections
 from flaxlm.configs.errors import UserError
 from flaxlm.model import attention, quantize, sampling
 from flaxlm.model.transformer import DTYPES, Transformer, shapes_model
-from flaxlm.train import estimate, loop, optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.train import memory, optimizer, sharding, state as state_lib, step as step_lib
+from flaxlm.train.plan import estimate
 
 GiB = 2 ** 30
 OOM = re.compile(r'\(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)')  # XLA:TPU's CompileTimeHbmOom, in GiB.
@@ -102,12 +103,6 @@ def slice_devices(name: str) -> list:
                                          wrap=(False, False, False)).devices
   assert len(devices) == tpu.devices, f'{name}: libtpu gave {len(devices)} devices, the table says {tpu.devices}'
   return devices
-
-
-def shard_bytes(tree: Any) -> int:
-  """Returns the bytes one device holds of `tree` (shape structs whose shardings split them evenly), int4 packed."""
-  shard = lambda x: jax.ShapeDtypeStruct(x.sharding.shard_shape(x.shape), x.dtype)
-  return sum(quantize.array_bytes(shard(x)) for x in jax.tree.leaves(tree))
 
 
 def abstract_batch(mesh: jax.sharding.Mesh, batch_size: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -198,8 +193,6 @@ def train_fixes(config: ml_collections.ConfigDict) -> str:
 def train_report(config: ml_collections.ConfigDict, name: str) -> list[str]:
   """Returns the lines describing the train step of `config` compiled for the slice `name` and its memory per
   device; raises UserError if it does not fit."""
-  loop.check_train_config(config.train)
-  loop.check_lora(config.model)
   c = estimate.model_config(config)
   mesh = sharding.make_mesh(config, slice_devices(name))
   model, tx = Transformer(c), optimizer.make_optimizer(config.train)
@@ -210,13 +203,13 @@ def train_report(config: ml_collections.ConfigDict, name: str) -> list[str]:
     train, _ = step_lib.jit_steps(model, tx, optimizer.schedule(config.train), config.train.seed, abstract, mesh,
                                   config.train.microbatches)
     compiled = compile_for(train, (abstract, batch), mesh, name, what, fixes)
-  arguments = [('train state', shard_bytes(state_lib.checkpointed(abstract))),
-               ('frozen params', shard_bytes(abstract.frozen)), ('batch', shard_bytes(batch))]
+  arguments = [('train state', memory.shard_bytes(state_lib.checkpointed(abstract))),
+               ('frozen params', memory.shard_bytes(abstract.frozen)), ('batch', memory.shard_bytes(batch))]
   described = {'step': f'train, {config.train.batch_size:,} x {c.max_length:,} tokens in '
                        f'{config.train.microbatches} microbatch(es)',
                'attention': attention.resolve(c.attention, 'tpu', c.dtype, c.head_dim)}
-  if c.lora_rank:
-    described['LoRA'] = f'rank {c.lora_rank} on {c.lora_targets}, the frozen base {config.model.lora_base}'
+  if c.lora.rank:
+    described['LoRA'] = f'rank {c.lora.rank} on {c.lora.targets}, the frozen base {config.model.lora_base}'
   return report(name, mesh, described, compiled, [a for a in arguments if a[1] or a[0] == 'batch'], what, fixes)
 
 
@@ -261,7 +254,7 @@ def decode_report(config: ml_collections.ConfigDict, name: str, mode: str, batch
   """Returns the lines describing the decode step of `config` (one new token for each of `batch_size` sequences,
   with a key/value cache of all T positions; weights held as `mode`) compiled for the slice `name`, and its memory
   per device; raises UserError if it does not fit."""
-  c = dataclasses.replace(estimate.model_config(config), lora_rank=0)  # Sampling merges LoRA's adapters.
+  c = estimate.model_config(config).without_lora()  # Sampling merges LoRA's adapters.
   mesh = sharding.inference_mesh(c, slice_devices(name))
   model, replicated = Transformer(c), sharding.replicated(mesh)
   tokens = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=replicated)
@@ -274,7 +267,7 @@ def decode_report(config: ml_collections.ConfigDict, name: str, mode: str, batch
                    in_shardings=(shardings(weights), shardings(cache), replicated, replicated),
                    out_shardings=(replicated, shardings(cache)), donate_argnums=1)
     compiled = compile_for(step, (weights, cache, tokens, tokens), mesh, name, what, fixes)
-  arguments = [('weights', shard_bytes(weights)), ('cache', shard_bytes(cache)), ('tokens', 2 * shard_bytes(tokens))]
+  arguments = [('weights', memory.shard_bytes(weights)), ('cache', memory.shard_bytes(cache)), ('tokens', 2 * memory.shard_bytes(tokens))]
   described = {'step': f'decode, 1 new token for each of {batch_size:,} sequence(s), a cache of {c.max_length:,} '
                        'positions',
                'weights': c.dtype if mode == 'none' else mode}

@@ -21,8 +21,10 @@ import optax
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model import lora
-from flaxlm.model.transformer import DTYPES, ModelConfig, Transformer
-from flaxlm.train import checkpoint, export, sharding, state, workdir as workdir_lib
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import DTYPES, Transformer, param_shapes, shape_differences
+from flaxlm.train import checkpoint, sharding, state, workdir as workdir_lib
+from flaxlm.train.use import export
 
 
 def load(path: str | os.PathLike, dtype: str | None = None,
@@ -57,7 +59,7 @@ def saved_model(path: str | os.PathLike) -> tuple[Transformer, tokenizer_lib.Tok
 
 def plain_config(config: ModelConfig, dtype: str | None = None) -> ModelConfig:
   """Returns `config` without LoRA adapters (what `load` merges them into), computing in `dtype` if given."""
-  return dataclasses.replace(config, lora_rank=0, dtype=dtype or config.dtype)
+  return dataclasses.replace(config.without_lora(), dtype=dtype or config.dtype)
 
 
 def abstract_params(model: Transformer, mesh: jax.sharding.Mesh) -> Any:
@@ -76,12 +78,12 @@ def read_params(path: str | os.PathLike, abstract: Any) -> Any:
     return export.read_params(path, abstract)
   saved, _ = saved_model(path)
   c = saved.config
-  if not c.lora_rank:
+  if not c.lora.rank:
     return checkpoint_params(path, abstract)
   # The adapters are small: kept float32, so that the merge rounds once, to the base's dtype.
   adapters = checkpoint_params(path, state.abstract_state(saved, optax.identity(), sharding.mesh_of(abstract)).params)
   base = read_params(workdir_lib.load_config(path).train.init_from, abstract)
-  merged = lora.merge(lora.combine(base, adapters), c.lora_alpha, c.lora_rank)
+  merged = lora.merge(lora.combine(base, adapters), c.lora.alpha, c.lora.rank)
   return jax.device_put(merged, jax.tree.map(lambda x: x.sharding, abstract))  # Merged kernels: their shardings.
 
 
@@ -131,6 +133,32 @@ def adopt_model(config: ml_collections.ConfigDict,
   if adopted.model.rope_scaling != 'none' and not adopted.model.rope_original_length:  # 0 is max_length: keep the
     adopted.model.rope_original_length = saved.model.max_length  # context the scaling was made for, not the run's.
   return adopted, taken
+
+
+def adopt(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Returns `config` with train.init_from's model (`adopt_model`), saying which of its values it took; raises
+  UserError if train.init_from holds no run or export."""
+  try:
+    check_source(config.train.init_from)
+  except UserError as e:
+    raise UserError(f'train.init_from: {e}') from None
+  adopted, taken = adopt_model(config, workdir_lib.load_config(config.train.init_from))
+  if taken and jax.process_index() == 0:
+    print(f'model: train.init_from\'s, so {", ".join(taken)}', flush=True)
+  return adopted
+
+
+def read_initial_params(path: str, abstract_params: Any) -> Any:
+  """Returns the params of the export or run at `path` (never a run's optimizer moments), read directly into
+  `abstract_params`' shapes, dtypes and shardings; raises UserError, before reading any, naming the first parameter
+  whose shape differs from this config's model."""
+  saved, _ = saved_model(path)
+  differences = shape_differences(param_shapes(plain_config(saved.config)), abstract_params)
+  if differences:
+    name, there, here = differences[0]
+    raise UserError(f'train.init_from={path}: parameter {name} is {there or "missing"} there and {here or "missing"} '
+                    'here: set the model section to the pretrained model\'s (its config.json).')
+  return read_params(path, abstract_params)
 
 
 def model_config(path: str | os.PathLike, section: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:

@@ -24,8 +24,10 @@ from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model import hf, hf_families
-from flaxlm.model.transformer import ModelConfig, count_params
-from flaxlm.train import export, pretrained, workdir as workdir_lib
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import count_params
+from flaxlm.train import workdir as workdir_lib
+from flaxlm.train.use import export, pretrained
 
 
 def read_hf_config(directory: str) -> dict:

@@ -24,13 +24,16 @@ import statistics
 import ml_collections
 
 from flaxlm import configs
+from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.data import tokenizer as tokenizer_lib
-from flaxlm.model import flops, quantize
-from flaxlm.model.transformer import ModelConfig, count_params, param_shapes
-from flaxlm.train import hardware, metrics
+from flaxlm.model import flops
+from flaxlm.model.config import ModelConfig
+from flaxlm.model.transformer import count_params, param_shapes
+from flaxlm.train import memory, metrics
+from flaxlm.train.plan import hardware
 
-DEVICES = {  # --device names, and the device kind JAX reports for each (train/hardware.py keys its table on those).
+DEVICES = {  # --device names, and the device kind JAX reports for each (hardware.py keys its table on those).
     'tpu-v4': 'TPU v4',
     'tpu-v5e': 'TPU v5 lite',
     'tpu-v5p': 'TPU v5',
@@ -63,7 +66,9 @@ def vocab_size(config: ml_collections.ConfigDict) -> int:
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  """Returns the checked model shape of a config, its vocabulary size resolved as `vocab_size` does."""
+  """Returns the model shape of a config, its vocabulary size resolved as `vocab_size` does; raises UserError if a
+  value of the config is outside its rule (configs/base.py) or the model cannot be built."""
+  base.check(config)
   model = ModelConfig.from_config(config.model, vocab_size(config))
   for key in INT32_SIZES:
     if getattr(model, key) >= 2 ** 31:
@@ -136,7 +141,7 @@ def measured_mfu(workdir: str | pathlib.Path) -> float:
   values = [r['mfu'] for r in records if 'mfu' in r]
   if not values:
     raise UserError(f'{workdir}/metrics.jsonl has no mfu records (MFU is logged only on the chips of '
-                    'train/hardware.py, never on a CPU): pass --mfu=0.4.')
+                    'train/plan/hardware.py, never on a CPU): pass --mfu=0.4.')
   median = statistics.median(values[1:] or values)
   if not 0 < median <= 1:  # NaN fails too.
     raise UserError(f'{workdir}/metrics.jsonl gives a median MFU of {median:g}, outside (0, 1]: flaxlm-train did not '
@@ -144,29 +149,9 @@ def measured_mfu(workdir: str | pathlib.Path) -> float:
   return median
 
 
-def memory_bytes(params: int) -> dict[str, int]:
-  """Returns the bytes of float32 weights, gradients, AdamW's two moments, their total, and bfloat16 weights."""
-  weights = 4 * params
-  return {'weights (float32)': weights, 'gradients (float32)': weights, 'AdamW moments (2 x float32)': 2 * weights,
-          'training total': 4 * weights, 'weights (bfloat16, inference)': weights // 2}
-
-
-def memory_lines(params: int, shards: int | None) -> list[str]:
-  """Returns the memory table's lines, in GiB (MiB below 1 GiB): the total, and per device if the split is known."""
-  sizes = memory_bytes(params)
-  unit, scale = ('GiB', 2 ** 30) if sizes['training total'] >= 2 ** 30 else ('MiB', 2 ** 20)
-  lines = [f'{f"memory ({unit})":<32}{"total":>16}' + (f'{"per device":>14}' if shards else '')]
-  for name, size in sizes.items():
-    lines.append(f'  {name:<30}{size / scale:>16,.2f}' + (f'{size / scale / shards:>14,.2f}' if shards else ''))
-  if shards is None:
-    lines.append('  per device: divide by mesh.fsdp x mesh.tensor, the devices each parameter is split over')
-  lines.append('  activations come on top: they grow with the batch, the context and model.remat')
-  return lines
-
-
 @dataclasses.dataclass(frozen=True)
 class Preset:
-  """A preset's model shape, exact parameter count and weight memory per storage type (quantize.mode_bytes)."""
+  """A preset's model shape, exact parameter count and weight memory per storage type (memory.mode_bytes)."""
   name: str
   model: ModelConfig
   params: int
@@ -179,7 +164,7 @@ def load_preset(name: str) -> Preset:
   config.model.vocab_size = config.model.vocab_size or PRESET_VOCAB[name]
   model = model_config(config)
   shapes = param_shapes(model)
-  return Preset(name, model, count_params(shapes), quantize.mode_bytes(shapes))
+  return Preset(name, model, count_params(shapes), memory.mode_bytes(shapes))
 
 
 def format_bytes(size: int) -> str:
@@ -190,7 +175,8 @@ def format_bytes(size: int) -> str:
 
 
 def presets_table(presets: tuple[str, ...] = PRESETS) -> list[str]:
-  """Returns the README's Markdown table: each preset's parameters, weight memory and days to train on 1T tokens."""
+  """Returns the Markdown table of docs/estimating.md: each preset's parameters, weight memory and days to train on
+  1T tokens."""
   slices = [(device_peak(device), chips) for device, chips in TABLE_SLICES]
   header = ['preset', 'parameters', 'float32', 'bfloat16', 'int8', 'int4',
             *[f'days on {chips} x {device}' for device, chips in TABLE_SLICES]]

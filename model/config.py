@@ -1,0 +1,119 @@
+"""The model's options, in one place: each one's default, what it means and the values it may take.
+
+configs/base.py builds every config's `model` section from `ModelConfig` (configs/options.py), with the groups
+flattened under their prefixes (`rope.theta` is `model.rope_theta`, `lora.rank` is `model.lora_rank`), so the
+defaults and their documentation cannot drift apart. `from_config` reads a section back, checked, with the values
+left at 0 filled in (the vocabulary from the tokenizer, the MLP width, the head width, the key/value heads).
+"""
+
+import dataclasses
+import math
+
+import ml_collections
+
+from flaxlm.configs import options
+from flaxlm.configs.errors import UserError
+from flaxlm.configs.options import Finite, Interval, NonNegative, OneOf, Positive, PositiveFinite, group, option
+from flaxlm.model import lora, rope
+from flaxlm.model.attention import IMPLEMENTATIONS
+from flaxlm.model.lora import Lora
+from flaxlm.model.rope import Rope
+
+DTYPES = ('float32', 'bfloat16')
+MLPS = ('swiglu', 'geglu', 'gelu')  # the first two gated (silu, tanh-GELU), as Llama and Gemma; gelu as GPT-2.
+REMATS = ('none', 'full', 'save_dots')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The transformer's shape and options; `from_config` checks a config's and fills the values left at 0."""
+  vocab_size: int = option(0, 'V; 0: the tokenizer\'s', NonNegative("the tokenizer's"))
+  num_layers: int = option(4, 'L, the transformer blocks', Positive())
+  num_heads: int = option(4, 'H, the query heads', Positive())
+  num_kv_heads: int = option(0, 'G, the key/value heads; 0: num_heads (multi-head); fewer gives grouped-query '
+                             'attention', NonNegative('num_heads'))
+  width: int = option(128, 'D, the residual stream\'s width; a multiple of num_heads unless head_dim is set',
+                      Positive())
+  head_dim: int = option(0, 'K, the width of one attention head; 0: width / num_heads (Gemma and Qwen3 set it)',
+                         NonNegative('width / num_heads'))
+  mlp_width: int = option(0, 'F; 0: 4 * width for gelu, 8/3 * width rounded up to a multiple of 64 for the gated '
+                          'MLPs', NonNegative('the default'))
+  max_length: int = option(64, 'T, the context length the model is trained on', Positive())
+  positions: str = option('rotary', "'rotary' or 'learned'", OneOf(('rotary', 'learned')))
+  norm: str = option('rmsnorm', "'rmsnorm' or 'layernorm'", OneOf(('rmsnorm', 'layernorm')))
+  norm_eps: float = option(1e-6, 'added to the variance in the norms (GPT-2 and Llama 2 use 1e-5)',
+                           PositiveFinite('1e-6 to 1e-5'))
+  norm_offset: float = option(0.0, "the rmsnorms multiply by norm_offset + scale; Gemma's 1 (its checkpoints store "
+                              'scale - 1)', Finite('0, or 1 for Gemma'))
+  mlp: str = option('swiglu', "'swiglu', 'geglu' (Gemma) or 'gelu' (GPT-2)", OneOf(MLPS))
+  tie_embeddings: bool = option(False, 'True: the output head reuses the token embedding matrix (GPT-2, Gemma)')
+  use_bias: bool = option(False, 'True: biases in the attention and MLP projections (GPT-2); Llama has none')
+  qkv_bias: bool = option(False, 'True: biases on the query, key and value projections alone (Qwen2)')
+  qk_norm: bool = option(False, 'True: an RMSNorm over each head of the queries and keys, before the rotation '
+                         '(Qwen3)')
+  scale_embeddings: bool = option(False, 'True: token embeddings times sqrt(width) in the model\'s dtype (Gemma)')
+  dropout: float = option(0.0, 'dropout rate on embeddings, attention output and MLP output',
+                          Interval('[0', '1)', 'the fraction of activations dropped; 0 turns dropout off'))
+  dtype: str = option('float32', "compute dtype: 'float32' or 'bfloat16'; parameters stay float32", OneOf(DTYPES))
+  scan_layers: bool = option(True, 'stack layers with nn.scan so compile time does not grow with depth')
+  remat: str = option('none', "backward-pass recomputation per layer: 'none', 'full' (keep only layer inputs), or "
+                      "'save_dots' (keep the weight matmuls' outputs, recompute the rest): less memory, more FLOPs",
+                      OneOf(REMATS))
+  attention: str = option('auto', "'xla' (any platform), 'cudnn' (NVIDIA flash attention, bfloat16), 'splash' (TPU "
+                          "Pallas kernel), or 'auto': the fastest the platform supports",
+                          OneOf(IMPLEMENTATIONS))
+  hf_model_type: str = option('', 'the Hugging Face model_type the model was converted from, which flaxlm-convert '
+                              '--to_hf writes when the options allow it (llama and mistral have the same); \'\': the '
+                              'first type that fits the options')
+  rope: Rope = group(Rope)
+  lora: Lora = group(Lora)
+
+  @property
+  def rotary(self) -> Rope:
+    """Returns the rotary settings (model/rope.py), an original length of 0 read as max_length."""
+    return dataclasses.replace(self.rope, original_length=self.rope.original_length or self.max_length)
+
+  def without_lora(self) -> 'ModelConfig':
+    """Returns the same model with no adapters: the model a LoRA model's merged params belong to."""
+    return dataclasses.replace(self, lora=Lora())
+
+  @classmethod
+  def from_config(cls, c: ml_collections.ConfigDict, vocab_size: int) -> 'ModelConfig':
+    """Returns the checked model config for `c` (the `model` section), with zeros replaced by defaults."""
+    options.check(c, 'model', options.rules(cls))
+    declared = options.read(cls, c)
+    check_relations(declared, vocab_size)
+    return dataclasses.replace(
+        declared, vocab_size=declared.vocab_size or vocab_size,
+        num_kv_heads=declared.num_kv_heads or declared.num_heads,
+        mlp_width=declared.mlp_width or default_mlp_width(declared.width, declared.mlp),
+        head_dim=declared.head_dim or declared.width // declared.num_heads)
+
+
+def check_relations(c: ModelConfig, vocab_size: int) -> None:
+  """Raises UserError if the options, each in its range, do not describe a transformer that can be built."""
+  if (c.vocab_size or vocab_size) <= 0:
+    raise UserError(f'the vocabulary has {c.vocab_size or vocab_size} tokens: set --config.model.vocab_size to a '
+                    'positive size (0 takes the tokenizer\'s).')
+  if c.width % c.num_heads and not c.head_dim:
+    raise UserError(f'model.num_heads={c.num_heads} does not divide model.width={c.width}: '
+                    'choose a width that is a multiple of num_heads, or set --config.model.head_dim.')
+  if c.num_heads % (c.num_kv_heads or c.num_heads):
+    raise UserError(f'model.num_kv_heads={c.num_kv_heads} does not divide model.num_heads={c.num_heads}: '
+                    'choose num_kv_heads among the divisors of num_heads.')
+  if c.positions == 'rotary' and (c.head_dim or c.width // c.num_heads) % 2:
+    raise UserError(f'rotary positions need an even head dimension, not {c.head_dim or c.width // c.num_heads}: '
+                    'change model.head_dim (or width or num_heads), or set --config.model.positions=learned.')
+  if c.norm_offset and c.norm != 'rmsnorm':
+    raise UserError(f'model.norm_offset={c.norm_offset} applies to rmsnorm only: set --config.model.norm_offset=0 '
+                    'or --config.model.norm=rmsnorm.')
+  for problem in (rope.problem(c.rope), lora.problem(c.lora, c.mlp)):
+    if problem:
+      raise UserError(problem)
+
+
+def default_mlp_width(width: int, mlp: str) -> int:
+  """Returns F: 4D for GELU; for the gated MLPs 8D/3 (the same parameter count), rounded up to a multiple of 64."""
+  if mlp == 'gelu':
+    return 4 * width
+  return 64 * math.ceil(8 * width / 3 / 64)
