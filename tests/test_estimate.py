@@ -1,4 +1,5 @@
-"""Tests of train/estimate.py and flaxlm-estimate: published FLOP counts, time, memory, the README table, bad input."""
+"""Tests of train/plan/estimate.py and flaxlm-estimate: published FLOP counts, time, memory, the presets table of
+docs/estimating.md, bad input."""
 
 import json
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 from conftest import REPO, command
 from flaxlm.configs.errors import UserError
 from test_cli import run
-from flaxlm.train import estimate, hardware
+from flaxlm.train.plan import estimate, hardware
 
 # Runs flaxlm-estimate's main once per argv in one interpreter (in-process, as tests/test_info_command.py runs
 # flaxlm-info) and prints [exit code, stdout, stderr] of each as JSON. It is a separate interpreter because
@@ -155,10 +156,10 @@ def test_checks_name_the_flag_and_the_fix(check, fragment):
   assert fragment in str(raised.value)
 
 
-def test_the_installed_command_prints_the_readme_table():
+def test_the_installed_command_prints_the_documented_presets_table():
   result = run(command('flaxlm-estimate'), '--presets_table')  # estimate.presets_table()
   table = result.stdout
-  assert result.returncode == 0 and table in (REPO / 'README.md').read_text(), f'paste into README.md:\n{table}'
+  assert result.returncode == 0 and table in (REPO / 'docs/estimating.md').read_text(), f'paste it in there:\n{table}'
   llama = next(line for line in table.splitlines() if '`llama2_7b`' in line).split(' | ')
   # 42,863,689,728 FLOPs per token (tests/test_info_command.py) x 1e12 tokens over 256 x 197e12 x 0.4 FLOP/s.
   assert llama[1:3] == ['6,738,415,616', '25.1 GiB'] and float(llama[6]) == pytest.approx(
