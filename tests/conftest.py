@@ -15,8 +15,10 @@ os.environ['FLAXLM_CACHE'] = tempfile.mkdtemp(prefix='flaxlm-test-cache-')
 
 # The CPU is JAX's only backend here and in the commands the tests start: with libtpu installed (the `tpu` extra,
 # for tests/test_tpu_compile.py) every other JAX process would try to start a TPU backend, and print libtpu's
-# warnings on stderr where the tests expect a command's one line.
-os.environ['JAX_PLATFORMS'] = 'cpu'
+# warnings on stderr where the tests expect a command's one line. FLAXLM_TEST_DEVICE=1 leaves JAX_PLATFORMS as it
+# is, so JAX takes the machine's GPU or TPU: for tests/test_device.py, which skips without one.
+if os.environ.get('FLAXLM_TEST_DEVICE') != '1':
+  os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import jax  # noqa: E402  (after XLA_FLAGS is set)
 import numpy as np  # noqa: E402
