@@ -27,10 +27,10 @@ import pytest  # noqa: E402
 jax.config.update('jax_num_cpu_devices', 2)
 
 # The files that take longest, collected first: pytest-xdist's --dist loadfile hands whole files to its workers in
-# collection order, and the suite ends when its last file does. Collected alphabetically, test_tpu_compile.py (about
-# four minutes on a loaded 2-core machine) started last and ran alone at the end (seen: 764 s one run, 910 the next).
-LONGEST_FIRST = ('test_tpu_compile.py', 'test_resume.py', 'test_distributed.py', 'test_notebooks.py',
-                 'test_campaign_use.py', 'test_campaign_tools.py', 'test_campaign_train.py')
+# collection order, and the suite ends when its last file does. The presets' TPU compiles, split in two files, start
+# first, one on each worker (collected last, the compiles ran alone at the end of the suite).
+LONGEST_FIRST = ('test_tpu_compile.py', 'test_tpu_compile_llama.py', 'test_resume.py', 'test_distributed.py',
+                 'test_notebooks.py', 'test_campaign_use.py', 'test_campaign_tools.py', 'test_campaign_train.py')
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
