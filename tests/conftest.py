@@ -1,7 +1,9 @@
 """Shared test setup: two CPU devices (so data parallelism is tested without accelerators) and small corpora."""
 
+import atexit
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 
@@ -12,6 +14,18 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 
 # Runs prepare their text's token store in a cache of the test session's own, not in the user's home.
 os.environ['FLAXLM_CACHE'] = tempfile.mkdtemp(prefix='flaxlm-test-cache-')
+
+# Compiled programs are shared through JAX's persistent cache by the suite's processes and the commands the tests
+# start, which compile the same small programs again and again: one folder for the test session, made by the first
+# process (the controller under pytest-xdist) and inherited by its workers and their subprocesses. Every program is
+# cached, however small or quick to compile; a size limit turns on the cache's file lock, so that no process reads an
+# entry another is still writing.
+if 'PYTEST_XDIST_WORKER' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='flaxlm-test-jax-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
+os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(2 ** 40)
 
 # The CPU is JAX's only backend here and in the commands the tests start: with libtpu installed (the `tpu` extra,
 # for tests/test_tpu_compile.py) every other JAX process would try to start a TPU backend, and print libtpu's
