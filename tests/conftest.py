@@ -41,8 +41,8 @@ import pytest  # noqa: E402
 jax.config.update('jax_num_cpu_devices', 2)
 
 # The files that take longest, collected first: pytest-xdist's --dist loadfile hands whole files to its workers in
-# collection order, and the suite ends when its last file does. The presets' TPU compiles, split in two files, start
-# first, one on each worker (collected last, the compiles ran alone at the end of the suite).
+# collection order (pytest.ini turns off its reordering by test count), and the suite ends when its last file does.
+# The presets' TPU compiles, split in two files, start first, one on each worker.
 LONGEST_FIRST = ('test_tpu_compile.py', 'test_tpu_compile_llama.py', 'test_resume.py', 'test_distributed.py',
                  'test_notebooks.py', 'test_campaign_use.py', 'test_campaign_tools.py', 'test_campaign_train.py')
 
