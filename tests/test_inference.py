@@ -20,7 +20,7 @@ from flaxlm.data import tokenizer as tokenizer_lib
 from flaxlm.model import sampling
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer, count_params
-from flaxlm.train import checkpoint, loop, optimizer, sharding, state, step, workdir as workdir_lib
+from flaxlm.train import checkpoint, optimizer, sharding, state, step, workdir as workdir_lib
 from flaxlm.train.use import pretrained
 
 GREEDY_WITH_RUNNER_UP = sampling.Settings(temperature=0, candidates=2)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxlm.configs import llama2_7b, tiny
+from flaxlm.configs import tiny
 from flaxlm.configs.errors import UserError
 from flaxlm.model import quantize
 from flaxlm.model.config import ModelConfig

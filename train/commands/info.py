@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model import flops, lora, quantize
+from flaxlm.model import flops, quantize
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import count_params, param_shapes, shapes_model
 from flaxlm.train import memory, optimizer, sharding, state
