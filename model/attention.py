@@ -12,8 +12,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import PartitionSpec as P
 
 from flaxlm.configs.errors import UserError
@@ -79,8 +77,11 @@ def splash_block(length: int) -> int:
   return next(block for block in SPLASH_BLOCKS if length % block == 0)
 
 
-def make_splash_kernel(length: int, heads: int, interpret: bool) -> splash_kernel.SplashAttentionKernel:
+def make_splash_kernel(length: int, heads: int, interpret: bool):
   """Returns the causal splash kernel for one sequence: (H x T x K, G x T x K, G x T x K, segment ids) -> H x T x K."""
+  # Imported here, not at the top: Pallas's TPU kernels cost every command a seventh of a second to import.
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
   mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((length, length)) for _ in range(heads)])
   block = splash_block(length)
   sizes = splash_kernel.BlockSizes(block_q=block, block_kv=block, block_q_dkv=block, block_kv_dkv=block,
@@ -95,6 +96,7 @@ def splash_local(q_BxTxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Arra
   kernel = make_splash_kernel(length, heads, interpret)
   q_BxHxTxK = jnp.swapaxes(q_BxTxHxK, 1, 2) * head_dim ** -0.5  # The kernel does not scale the logits.
   k_BxGxTxK, v_BxGxTxK = jnp.swapaxes(k_BxTxGxK, 1, 2), jnp.swapaxes(v_BxTxGxK, 1, 2)
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
   segments = splash_kernel.SegmentIds(q=segment_ids_BxT, kv=segment_ids_BxT)
   out_BxHxTxK = jax.vmap(kernel)(q_BxHxTxK, k_BxGxTxK, v_BxGxTxK, segments)
   return jnp.swapaxes(out_BxHxTxK, 1, 2)

@@ -9,7 +9,6 @@ import json
 import os
 
 import jax
-import tensorboardX
 
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files
@@ -22,6 +21,7 @@ class MetricsLog:
     self.active = jax.process_index() == 0
     if self.active:
       self.file = files.appender(files.to_path(workdir) / 'metrics.jsonl')
+      import tensorboardX  # Here, not at the top: the commands that only read metrics need not pay its import.
       self.tensorboard = tensorboardX.SummaryWriter(str(files.to_path(workdir) / 'tensorboard'))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
