@@ -43,9 +43,12 @@ def execute(tmp_path_factory):
       tmp = tmp_path_factory.mktemp(path.stem)
       env = {**os.environ, 'FLAXLM_WORKDIR': str(tmp / 'workdir')}
       notebook = nbformat.read(path, as_version=4)
-      client = nbclient.NotebookClient(notebook, km=kernel_manager(tmp / 'kernels'), timeout=300,
-                                       resources={'metadata': {'path': str(REPO)}})
-      client.execute(env=env)
+      km = kernel_manager(tmp / 'kernels')
+      client = nbclient.NotebookClient(notebook, km=km, timeout=300, resources={'metadata': {'path': str(REPO)}})
+      try:
+        client.execute(env=env)
+      finally:
+        km.shutdown_kernel(now=True)  # nbclient leaves a kernel it was given running.
       done[path] = Executed(notebook, sources.read_text('flaxlm:tinyshakespeare'), tmp / 'workdir')
     return done[path]
 
