@@ -6,12 +6,13 @@ import sys
 
 import pytest
 
+import commands
 from conftest import REPO, command
 
 
 def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
   """Runs a command from the repository root and returns its completed process (text output)."""
-  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  return commands.run(*args, cwd=REPO, timeout=timeout)
 
 
 def train_args(corpus, workdir, *overrides: str) -> list[str]:

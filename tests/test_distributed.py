@@ -1,10 +1,10 @@
 """Tests of train/distributed.py: two processes on localhost train exactly like one process, and resume exactly."""
 
 import socket
-import subprocess
 
 import pytest
 
+import commands
 from conftest import REPO, command, make_corpus
 from test_checkpoint import largest_file
 from test_cli import assert_one_line_error, run, train_args
@@ -23,15 +23,15 @@ def run_two(*args: str) -> list[tuple[str, str]]:
   """Runs flaxlm-train with `args` as the two processes of one run on localhost; returns each one's (stdout, stderr),
   having checked that both exited 0."""
   address = f'127.0.0.1:{free_port()}'
-  processes = [subprocess.Popen(
-      [command('flaxlm-train'), *args, f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  processes = [commands.start(command('flaxlm-train'), *args, f'--coordinator_address={address}', '--num_processes=2',
+                               f'--process_id={i}', cwd=REPO) for i in (0, 1)]
   try:
-    outputs = [p.communicate(timeout=240) for p in processes]
+    codes = [p.wait(timeout=240) for p in processes]
   finally:
     for p in processes:
       p.kill()  # Only if one is still running: the other's wait timed out.
-  assert [p.returncode for p in processes] == [0, 0], outputs
+  outputs = [p.output() for p in processes]
+  assert codes == [0, 0], outputs
   return outputs
 
 

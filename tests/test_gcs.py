@@ -4,6 +4,7 @@ exported and plotted with its store, workdir and export in a bucket; a bucket th
 import json
 import subprocess
 
+import commands
 from conftest import REPO, command
 from gcs import Emulator, emulator  # noqa: F401  (the fixture)
 from test_cli import assert_one_line_error
@@ -13,8 +14,7 @@ SHIPPED_CORPUS = REPO / 'data/corpus/tinyshakespeare.txt.gz'
 
 def run(emulator: Emulator, name: str, *args: str) -> subprocess.CompletedProcess:
   """Runs the flaxlm command `name` with the emulator's environment; checks it succeeded."""
-  result = subprocess.run([command(name), *args], cwd=REPO, env=emulator.env, capture_output=True, text=True,
-                          timeout=300)
+  result = commands.run(command(name), *args, cwd=REPO, env=emulator.env)
   assert result.returncode == 0, result.stderr
   return result
 
@@ -51,7 +51,7 @@ def test_a_run_in_a_bucket_trains_resumes_and_is_sampled_exported_and_plotted(em
 
 def test_a_bucket_that_does_not_exist_is_refused_and_not_created(emulator):
   before = emulator.buckets()
-  result = subprocess.run([command('flaxlm-train'), '--config=tiny', '--workdir=gs://no-such-bucket/run'], cwd=REPO,
-                          env=emulator.env, capture_output=True, text=True, timeout=300)
+  result = commands.run(command('flaxlm-train'), '--config=tiny', '--workdir=gs://no-such-bucket/run', cwd=REPO,
+                        env=emulator.env)
   assert_one_line_error(result, 'gs://no-such-bucket, which does not exist')
   assert emulator.buckets() == before

@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import json
-import subprocess
 
 import flax.linen as nn
 from flax import traverse_util
@@ -14,6 +13,7 @@ import pytest
 
 from flaxlm.configs import tiny
 from flaxlm.configs.errors import UserError
+import commands
 from conftest import command
 from flaxlm.model import lora, quantize
 from flaxlm.model.config import ModelConfig
@@ -161,8 +161,7 @@ def test_a_lora_fine_tune_on_an_int8_base_learns_resumes_exactly_and_merges(corp
   assert changed == {f'stack/layers/{module}/{name}/kernel' for module, name in
                      [('attention', 'query'), ('attention', 'value'), ('attention', 'out'), ('mlp', 'up'),
                       ('mlp', 'down')]}  # All else bitwise the base.
-  exported = subprocess.run([command('flaxlm-export'), f'--workdir={tmp_path / "lora"}', f'--output={tmp_path / "out"}'],
-                            capture_output=True, text=True, timeout=300)
+  exported = commands.run(command('flaxlm-export'), f'--workdir={tmp_path / "lora"}', f'--output={tmp_path / "out"}')
   assert exported.returncode == 0, exported.stderr
   assert json.loads((tmp_path / 'out' / 'config.json').read_text())['model']['lora_rank'] == 0  # Merged: plain.
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import commands
 from conftest import command
 from test_cli import assert_one_line_error
 from flaxlm import configs
@@ -12,7 +13,7 @@ from flaxlm.data import sources
 
 def run_in(folder, *args: str) -> subprocess.CompletedProcess:
   """Runs a command with `folder` as the working directory (not the repository), as a user would."""
-  return subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=300)
+  return commands.run(*args, cwd=folder)
 
 
 def test_the_folders_import_as_flaxlm_subpackages_only(tmp_path):

@@ -5,7 +5,6 @@ on chat `messages` examples on a bfloat16 and on an int8 base, then asked with f
 import json
 import pathlib
 import shutil
-import subprocess
 
 import jax
 import ml_dtypes
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+import commands
 from conftest import command
 from flaxlm.configs import base
 from flaxlm.data import chat, examples, tokenizer as tokenizer_lib
@@ -114,13 +114,13 @@ def test_lora_on_a_bfloat16_and_an_int8_base_learns_the_answers_and_chat_samplin
     saved = tokenizer_lib.files_of(workdir_lib.load_tokenizer(workdir))  # The run keeps the model's tokenizer files.
     assert saved == tokenizer_lib.files_of(tokenizer)
     if sampled is None:  # The CLI on the first run, while the second trains (each spends seconds importing JAX).
-      sampled = subprocess.Popen([command('flaxlm-sample'), f'--workdir={workdir}', '--chat', '--temperature=0',
-                                  f'--prompt={QA[0][0]}', '--max_new_tokens=12'], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+      sampled = commands.start(command('flaxlm-sample'), f'--workdir={workdir}', '--chat', '--temperature=0',
+                               f'--prompt={QA[0][0]}', '--max_new_tokens=12')
   model, params, _ = pretrained.load(runs['int8'])  # The other run in-process: both questions, greedily.
   prompts = [chat.prompt_ids(tokenizer, [{'role': 'user', 'content': q}]) for q, _ in QA]
   replies = sampling.generate(model, params, prompts, 12, settings=sampling.Settings(0.0, eos_ids=tokenizer.eos_ids))
   assert [tokenizer.decode(r.tokens) for r in replies] == [f'{a}<|eot_id|>' for _, a in QA]  # Stopped at the end.
-  out, err = sampled.communicate(timeout=300)
-  assert sampled.returncode == 0, err
+  code = sampled.wait(timeout=300)
+  out, err = sampled.output()
+  assert code == 0, err
   assert out == f'{QA[0][1]}\n'  # The answer alone, ended by <|eot_id|> (not shown) well before 12 tokens.

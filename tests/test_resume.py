@@ -7,14 +7,13 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import tempfile
 import time
 
 import jax
 import numpy as np
 import pytest
 
+import commands
 from conftest import REPO, command
 from test_cli import assert_one_line_error, run
 from flaxlm.train import checkpoint, metrics
@@ -36,9 +35,8 @@ def stop_at(step: int, sig: int, argv: list[str], again_on: str | None = None,
   """Runs `argv`, sends `sig` once it has logged `step` (and again when it prints a line starting `again_on`, if
   given; or `then` = (signal, seconds): that signal so long after the first), and returns its exit code and what it
   printed after the first signal (stdout, then stderr)."""
-  errors = tempfile.TemporaryFile('w+')  # A file, not a pipe: a full pipe would block the run.
-  process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=errors, text=True)
-  for line in process.stdout:
+  process = commands.start(*argv, cwd=REPO)
+  for line in process.lines:
     if line.startswith(f'step {step} |'):
       process.send_signal(sig)
       if then:
@@ -46,13 +44,12 @@ def stop_at(step: int, sig: int, argv: list[str], again_on: str | None = None,
         process.send_signal(then[0])
       break
   rest = []
-  for line in process.stdout:
+  for line in process.lines:
     rest.append(line)
     if again_on and line.startswith(again_on):
       process.send_signal(sig)
   code = process.wait(timeout=120)
-  errors.seek(0)
-  return code, ''.join(rest) + errors.read()
+  return code, ''.join(rest) + process.output()[1]
 
 
 def losses(workdir) -> list[tuple]:
