@@ -41,28 +41,36 @@ class Case:
 
 
 def digest(root: pathlib.Path) -> dict[str, str]:
-  """Returns what every entry below `root` is: a file's SHA-256 and mode, a symlink's target, a folder's mode."""
+  """Returns what every entry below `root` is: a file's SHA-256 and mode, a symlink's target (not followed), a
+  folder's (or other entry's) mode."""
   out = {}
-  for path in sorted(root.rglob('*')):
-    key, info = str(path.relative_to(root)), path.lstat()
-    if stat.S_ISLNK(info.st_mode):
-      out[key] = 'link ' + os.readlink(path)
-    elif stat.S_ISREG(info.st_mode):
-      out[key] = f'file {oct(info.st_mode)} ' + sha256(path, info)
-    else:
-      out[key] = f'dir {oct(info.st_mode)}'
+
+  def visit(folder: str, prefix: str) -> None:
+    for entry in os.scandir(folder):
+      key, info = prefix + entry.name, entry.stat(follow_symlinks=False)
+      if stat.S_ISLNK(info.st_mode):
+        out[key] = 'link ' + os.readlink(entry.path)
+      elif stat.S_ISREG(info.st_mode):
+        out[key] = f'file {oct(info.st_mode)} ' + sha256(entry.path, info)
+      else:
+        out[key] = f'dir {oct(info.st_mode)}'
+        if stat.S_ISDIR(info.st_mode):
+          visit(entry.path, key + '/')
+
+  visit(str(root), '')
   return out
 
 
 HASHED: dict[tuple, str] = {}
 
 
-def sha256(path: pathlib.Path, info: os.stat_result) -> str:
+def sha256(path: str, info: os.stat_result) -> str:
   """Returns the SHA-256 of the file `path`, hashed again only if its inode, size, mtime or ctime changed (no write
   to a file leaves all four as they were: the kernel sets its ctime, which no program can set back)."""
-  key = (str(path), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+  key = (path, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
   if key not in HASHED:
-    HASHED[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, 'rb') as f:
+      HASHED[key] = hashlib.sha256(f.read()).hexdigest()
   return HASHED[key]
 
 
