@@ -44,8 +44,8 @@ class Tokenizer(Protocol):
   def encode(self, text: str) -> np.ndarray:
     """Returns the int32 ids of `text`."""
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Returns the text of a sequence of ids."""
+  def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+    """Returns the text of a sequence of ids; with `skip_special`, special tokens (BOS, EOS, ...) write no text."""
 
   def piece(self, token: int) -> str:
     """Returns what one id stands for, as a person would read it."""
@@ -78,8 +78,8 @@ class CharTokenizer:
                       'use only characters that occur in the training text.')
     return np.fromiter((self.ids[ch] for ch in text), dtype=np.int32, count=len(text))
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Returns the text of a sequence of ids."""
+  def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+    """Returns the text of a sequence of ids (there are no special ids)."""
     return ''.join(self.chars[int(i)] for i in ids)
 
   def piece(self, token: int) -> str:
@@ -103,8 +103,8 @@ class ByteTokenizer:
     """Returns the int32 ids of the UTF-8 bytes of `text`."""
     return np.frombuffer(text.encode('utf-8'), dtype=np.uint8).astype(np.int32) + self.offset
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Returns the text of the byte ids, skipping special ids; invalid UTF-8 becomes U+FFFD."""
+  def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+    """Returns the text of the byte ids, always skipping special ids; invalid UTF-8 becomes U+FFFD."""
     data = bytes(int(i) - self.offset for i in ids if int(i) >= self.offset)
     return data.decode('utf-8', errors='replace')
 
@@ -161,8 +161,8 @@ class SentencePieceTokenizer:
     """Returns the int32 ids of `text`."""
     return np.asarray(self.processor.encode(text), dtype=np.int32)
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Returns the text of a sequence of ids."""
+  def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+    """Returns the text of a sequence of ids; SentencePiece's control ids (BOS, EOS) always write no text."""
     return self.processor.decode([int(i) for i in ids])
 
   def piece(self, token: int) -> str:
@@ -216,9 +216,9 @@ class HFTokenizer:
     """Returns the int32 ids of `text` (no BOS or EOS added)."""
     return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
-  def decode(self, ids: Iterable[int]) -> str:
-    """Returns the text of a sequence of ids, special tokens included."""
-    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+  def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+    """Returns the text of a sequence of ids, special tokens included unless `skip_special`."""
+    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
   def piece(self, token: int) -> str:
     """Returns the vocabulary entry of `token` (byte-level BPE shows a space as 'Ġ')."""

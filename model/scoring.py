@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxlm.configs.errors import UserError
+from flaxlm.model import quantize
+from flaxlm.model.transformer import DTYPES
 
 
 def stride(length: int) -> int:
@@ -36,13 +38,17 @@ def windows(num_tokens: int, length: int) -> list[tuple[int, int]]:
 
 
 @functools.partial(jax.jit, static_argnames='model')
-def window_scores(model: nn.Module, params, window_T: jax.Array,
-                  targets_T: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Returns T-long (log p of targets[t], the top id, its log p), position t seeing window[:t + 1]."""
-  logits_1xTxV = model.apply({'params': params}, window_T[None])
-  log_probs_TxV = jax.nn.log_softmax(logits_1xTxV[0], axis=-1)
-  target_T = jnp.take_along_axis(log_probs_TxV, targets_T[:, None], axis=-1)[:, 0]
-  return target_T, jnp.argmax(log_probs_TxV, axis=-1), jnp.max(log_probs_TxV, axis=-1)
+def window_scores(model: nn.Module, params, windows_BxT: jax.Array,
+                  targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Returns B x T (log p of targets[b, t], the top id, its log p), position t of row b seeing windows[b, :t + 1].
+
+  int8/int4 params (model/quantize.py) are expanded to the model's dtype inside the computation."""
+  if any(quantize.is_quantized(x) for x in jax.tree.leaves(params, is_leaf=quantize.is_quantized)):
+    params = quantize.dequantize(params, DTYPES[model.config.dtype])
+  logits_BxTxV = model.apply({'params': params}, windows_BxT)
+  log_probs_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  target_BxT = jnp.take_along_axis(log_probs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  return target_BxT, jnp.argmax(log_probs_BxTxV, axis=-1), jnp.max(log_probs_BxTxV, axis=-1)
 
 
 def token_log_probs(model: nn.Module, params, tokens_N: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,11 +59,11 @@ def token_log_probs(model: nn.Module, params, tokens_N: np.ndarray) -> tuple[np.
   padded = np.zeros(num_tokens + length + 1, np.int32)
   padded[:num_tokens] = tokens_N
   plan = windows(num_tokens, length)
-  scores = [window_scores(model, params, padded[start:start + length], padded[start + 1:start + length + 1])
+  scores = [window_scores(model, params, padded[None, start:start + length], padded[None, start + 1:start + length + 1])
             for start, _ in plan]
   scores = jax.device_get(scores)  # Every window is dispatched before the first result is pulled to the host.
   keeps = [slice(first - start - 1, min(start + length, num_tokens - 1) - start) for start, first in plan]
-  return tuple(np.concatenate([window[i][keep] for window, keep in zip(scores, keeps)]) for i in range(3))
+  return tuple(np.concatenate([window[i][0, keep] for window, keep in zip(scores, keeps)]) for i in range(3))
 
 
 def mean_loss(log_probs_M: np.ndarray) -> float:
