@@ -50,6 +50,8 @@ setuptools.setup(
         # libtpu, for TPUs and for compiling for one anywhere (flaxlm-info --compile_for): jax[tpu] pins the libtpu
         # its jax was released with (jax 0.12.0.1: libtpu 0.0.50.*), whose compiler the tests' memory figures are from.
         'tpu': ['jax[tpu]>=0.11.2'],
+        # flaxlm-eval and train.eval_tasks: EleutherAI's lm-evaluation-harness (its base install has no torch).
+        'eval': ['lm-eval==0.4.13'],
     },
     entry_points={
         'console_scripts': [
@@ -63,6 +65,7 @@ setuptools.setup(
             'flaxlm-data=flaxlm.train.commands.data:main',
             'flaxlm-estimate=flaxlm.train.commands.estimate:main',
             'flaxlm-plot=flaxlm.train.commands.plot:main',
+            'flaxlm-eval=flaxlm.train.commands.eval:main',
         ],
     },
 )
