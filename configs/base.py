@@ -34,6 +34,10 @@ def train_config() -> ml_collections.ConfigDict:
   c.grad_clip = 1.0  # global-norm gradient clipping; 0 turns it off.
   c.eval_every = 250  # steps between validation evaluations (and at the last step).
   c.eval_batches = 50  # validation batches per evaluation, the same ones every time.
+  c.eval_tasks = ''  # lm-evaluation-harness tasks to score during training, as flaxlm-eval's --tasks (names or task
+  # YAML paths, comma-separated; shakespeare_word_order is shipped); '' scores none.
+  c.eval_tasks_every = 0  # steps between task scores (and at the last step); 0: at every validation evaluation.
+  c.eval_tasks_limit = 0  # documents scored per task; 0: all of them.
   c.log_every = 10  # steps between metrics lines.
   c.checkpoint_every = 500  # steps between checkpoints (and at the last step).
   c.keep_checkpoints = 3  # how many recent checkpoints the workdir keeps (plus the best by val_loss).
@@ -86,6 +90,8 @@ TRAIN_RULES = {
     'weight_decay': Interval('[0', 'inf)', '0 turns it off'),
     'grad_clip': Interval('[0', 'inf)', 'the largest gradient norm; 0 turns clipping off'),
     'nonfinite': OneOf(('stop', 'skip')),
+    'eval_tasks_every': NonNegative('0 scores the tasks at every validation evaluation'),
+    'eval_tasks_limit': NonNegative('0 scores every document of each task'),
 }
 DATA_RULES = {
     'format': OneOf(('text', 'examples')),

@@ -5,6 +5,7 @@ The loop dispatches step s+1 before it pulls step s's metrics to the host, so lo
 """
 
 import dataclasses
+from typing import Any
 
 import jax
 import ml_collections
@@ -30,6 +31,7 @@ class Setup:
   val_examples: pipeline.PackedExamples
   model: Transformer
   mesh: jax.sharding.Mesh
+  tasks: Any = None  # train.eval_tasks' (names, the harness's task manager), their data read; None without tasks.
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
@@ -58,7 +60,35 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
       raise UserError(f'the {name} split holds {len(examples)} sequences of {config.model.max_length} tokens, '
                       f'fewer than one batch of {config.train.batch_size}: use a longer text, or a smaller '
                       '--config.train.batch_size or --config.model.max_length.')
-  return Setup(resolved, tokenizer, train_examples, val_examples, model, sharding.make_mesh(config))
+  return Setup(resolved, tokenizer, train_examples, val_examples, model, sharding.make_mesh(config),
+               eval_tasks(config.train.eval_tasks))
+
+
+def eval_tasks(tasks: str) -> tuple[list[str], Any] | None:
+  """Returns train.eval_tasks' (names, task manager) with every task's data read, None for ''; raises UserError
+  naming a task that cannot run."""
+  if not tasks:
+    return None
+  try:
+    from flaxlm.train.use import evaluate  # The harness is imported by the runs that score tasks alone.
+    names = evaluate.task_names(tasks)
+    manager = evaluate.task_manager(names, None)
+    evaluate.load_tasks(names, manager)
+  except UserError as e:
+    raise UserError(f'train.eval_tasks: {e}') from None
+  return names, manager
+
+
+def task_scores(setup: Setup, params) -> dict[str, float]:
+  """Returns the scores of train.eval_tasks for `params` (`evaluate.flat_scores`), run in batches of at most a GiB of
+  float32 logits per device."""
+  from flaxlm.train.use import evaluate, harness
+  c, names_manager = setup.model.config, setup.tasks
+  per_device = max(1, min(16, 2**30 // (4 * c.max_length * c.vocab_size)))
+  rows = per_device * setup.mesh.shape['data'] * setup.mesh.shape['fsdp']
+  lm = harness.FlaxLM(setup.model, params, setup.tokenizer, rows)
+  limit = setup.config.train.eval_tasks_limit or None
+  return evaluate.flat_scores(evaluate.evaluate(lm, *names_manager, limit=limit))
 
 
 def validation_batches(setup: Setup) -> list[dict[str, jax.Array]]:
@@ -184,8 +214,9 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
       log.write(*timer.finish(*pending))
       pending = None
     due = lambda every: done % every == 0 or done == c.steps
+    tasks_due = setup.tasks is not None and due(c.eval_tasks_every or c.eval_every)
     stop = preempted(done)
-    if due(c.log_every) or due(c.eval_every) or stop:
+    if due(c.log_every) or due(c.eval_every) or tasks_due or stop:
       pending = (done, step_metrics, {})
     if due(c.eval_every) or due(c.checkpoint_every) or stop:
       check_finite(*unchecked, manager)  # Waits for the step, which counts as training time.
@@ -193,6 +224,9 @@ def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn
     if due(c.eval_every):
       with timer.paused():
         pending[2]['val_loss'] = evaluate(eval_fn, state_lib.model_params(state), val_batches)
+    if tasks_due:
+      with timer.paused():
+        pending[2].update(task_scores(setup, state_lib.model_params(state)))
     if due(c.checkpoint_every) or stop:
       with timer.paused(), preemption.sigint_held():  # A Ctrl-C counts once this save is under way whole.
         checkpoint.save(manager, state, data.get_state(), setup.config, pending and pending[2].get('val_loss'))

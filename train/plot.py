@@ -15,12 +15,17 @@ from flaxlm.train import metrics, workdir as workdir_lib
 
 
 def loss_figure(records: list[dict], tokens_per_step: int, title: str) -> Figure:
-  """Returns a Figure of training and validation loss over steps (tokens on the top axis), with the learning rate below.
+  """Returns a Figure of training and validation loss over steps (tokens on the top axis), with the learning rate below,
+  and, for a run that scored multiple-choice tasks (train.eval_tasks), their centered accuracy between them.
 
   `records` are metrics.jsonl's records; `tokens_per_step` is batch_size x max_length, the tokens one step trains on.
   """
-  figure = Figure(figsize=(8, 6), layout='constrained')
-  loss_ax, rate_ax = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  centered = sorted({key for r in records for key in r if key.endswith(CENTERED)})
+  figure = Figure(figsize=(8, 8 if centered else 6), layout='constrained')
+  axes = figure.subplots(2 + bool(centered), 1, sharex=True, height_ratios=(3, 2, 1) if centered else (3, 1))
+  loss_ax, rate_ax = axes[0], axes[-1]
+  if centered:
+    tasks_figure(axes[1], records, centered)
   evals = [r for r in records if 'val_loss' in r]
   loss_ax.plot([r['step'] for r in records], [r['loss'] for r in records], label='training loss')
   loss_ax.plot([r['step'] for r in evals], [r['val_loss'] for r in evals], 'o-', label='validation loss')
@@ -38,6 +43,18 @@ def loss_figure(records: list[dict], tokens_per_step: int, title: str) -> Figure
   return figure
 
 
+def tasks_figure(ax, records: list[dict], keys: list[str]) -> None:
+  """Draws each 'TASK/centered' score of `keys` over the steps it was scored at."""
+  for key in keys:
+    scored = [r for r in records if key in r]
+    ax.plot([r['step'] for r in scored], [r[key] for r in scored], 'o-', label=key.removesuffix(CENTERED))
+  ax.axhline(0, color='gray', linewidth=0.8)
+  ax.set_ylabel('centered accuracy\n(0: chance, 1: all right)')
+  ax.legend()
+  ax.grid(alpha=0.3)
+
+
+CENTERED = '/centered'  # The metrics.jsonl key suffix of a multiple-choice task's score above chance.
 PLOTTED = ('loss', 'learning_rate')  # What every record must have: training records all do.
 
 
