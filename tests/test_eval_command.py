@@ -2,6 +2,7 @@
 scores during training (train.eval_tasks)."""
 
 import json
+import os
 
 import pytest
 
@@ -49,8 +50,10 @@ def test_two_models_are_scored_side_by_side_on_the_shipped_task(models, tmp_path
 
 
 def test_two_processes_write_the_results_file_of_one(models, tmp_path):
-  args = (command('flaxlm-eval'), f'--params={models["llama"]}', SHIPPED, '--limit=6')
-  one = run(*args, f'--output={tmp_path / "one.json"}')
+  # Both on the same mesh (tensor-parallel over 2 CPU devices), every request kind, the model in its own bfloat16.
+  args = (command('flaxlm-eval'), f'--params={models["llama"]}', '--limit=6', '--log_samples',
+          '--tasks=shakespeare_word_order,fixture_rolling,fixture_gen', f'--include_path={FIXTURES / "tasks"}')
+  one = commands.run(*args, f'--output={tmp_path / "one.json"}', cwd=REPO, env={**os.environ, 'JAX_NUM_CPU_DEVICES': '2'})
   assert one.returncode == 0, one.stderr
   address = f'127.0.0.1:{free_port()}'
   processes = [commands.start(*args, f'--output={tmp_path / "two.json"}', f'--coordinator_address={address}',

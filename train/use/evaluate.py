@@ -244,4 +244,4 @@ def side_by_side(results: dict[str, dict]) -> list[str]:
   means = [mean_centered(r) for r in results.values()]
   lines.append(f'{"mean":<{width}}  ' + '  '.join(f'{m:>+8.4f}{"":10}' if m is not None else f'{"-":>18}'
                                                    for m in means))
-  return lines
+  return [line.rstrip() for line in lines]
