@@ -5,7 +5,8 @@
   harness's own Hugging Face backend encodes them (`TemplateLM`: the whole text, BOS first where the tokenizer adds
   it, split where the context's ids end; an empty context is the prefix token), and a pair longer than the context
   window keeps its last T + 1 tokens, as that backend does. Requests are sorted longest first and run B at a time,
-  each batch padded on the right to a power of two (at least 64, at most T), so a task compiles a handful of times.
+  each batch padded on the right to one of four widths per octave (at least 16, at most T), so a task compiles a
+  handful of times and pads at most a quarter of a batch.
 - loglikelihood_rolling(text): the log-probability of a whole document, in the harness's own windows
   (`lm_eval.utils.get_rolling_token_windows`: T tokens predicted per window, each window's input the T tokens before
   its last; the first seeing the prefix token), which are scored as loglikelihood requests. The harness's
@@ -21,7 +22,7 @@ The prefix token, read before the text of a rolling document or an empty context
 newline (flaxlm's character and byte tokenizers have neither BOS nor EOS). Every process of a multi-host job runs the
 same requests on the global mesh and gets the same answers.
 
-Shape key: B requests per batch, L padded length (a power of two, at most T), T context length.
+Shape key: B requests per batch, L padded length (`padded_width`), T context length.
 """
 
 import dataclasses
@@ -45,7 +46,8 @@ from flaxlm.model.transformer import Transformer
 from flaxlm.train import sharding, step as step_lib
 from flaxlm.train.use import pretrained
 
-MIN_WIDTH = 64  # the shortest padded batch: short requests share one shape (the padding costs little).
+MIN_WIDTH = 16  # the shortest padded batch: short requests share one shape (the padding costs little).
+STEPS_PER_OCTAVE = 4  # padded widths between two powers of two: at most a quarter of a batch is padding.
 FIRST_ROUND = 16  # tokens generated before the first look for stop strings; each later round doubles.
 SAMPLING_KEYS = ('until', 'max_gen_toks', 'do_sample', 'temperature', 'top_p', 'top_k')  # what generate_until reads.
 
@@ -94,6 +96,15 @@ def to_host(tree: Any) -> Any:
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def padded_width(n: int, length: int) -> int:
+  """Returns the width a batch whose longest row reads `n` ids is padded to: at least MIN_WIDTH, at most T, else `n`
+  rounded up to one of STEPS_PER_OCTAVE evenly spaced widths between two powers of two."""
+  if n <= MIN_WIDTH:
+    return min(MIN_WIDTH, length)
+  step = max(1, (1 << (n - 1).bit_length()) // (2 * STEPS_PER_OCTAVE))
+  return min(-(-n // step) * step, length)
+
+
 def score_pairs(model: Transformer, params, pairs: list[Pair], batch_size: int) -> list[tuple[float, bool]]:
   """Returns (sum of the continuation's log p, whether every one of its ids is the model's top id) per pair, scored
   longest first in batches of `batch_size` rows padded to a power-of-two length (at least MIN_WIDTH)."""
@@ -103,7 +114,7 @@ def score_pairs(model: Transformer, params, pairs: list[Pair], batch_size: int) 
   scores = step_lib.with_mesh(scoring.window_scores, sharding.mesh_of(params))
   results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
   for rows in batches(order, batch_size):
-    width = min(max(sampling.bucket(len(windows[rows[0]][0]) - 1, length), MIN_WIDTH), length)
+    width = padded_width(len(windows[rows[0]][0]) - 1, length)
     ids_BxL1 = np.zeros((batch_size, width + 1), np.int32)
     for row, i in enumerate(rows):
       ids_BxL1[row, :len(windows[i][0])] = windows[i][0]
