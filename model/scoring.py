@@ -21,8 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model import quantize
-from flaxlm.model.transformer import DTYPES
 
 
 def stride(length: int) -> int:
@@ -40,11 +38,8 @@ def windows(num_tokens: int, length: int) -> list[tuple[int, int]]:
 @functools.partial(jax.jit, static_argnames='model')
 def window_scores(model: nn.Module, params, windows_BxT: jax.Array,
                   targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Returns B x T (log p of targets[b, t], the top id, its log p), position t of row b seeing windows[b, :t + 1].
-
-  int8/int4 params (model/quantize.py) are expanded to the model's dtype inside the computation."""
-  if any(quantize.is_quantized(x) for x in jax.tree.leaves(params, is_leaf=quantize.is_quantized)):
-    params = quantize.dequantize(params, DTYPES[model.config.dtype])
+  """Returns B x T (log p of targets[b, t], the top id, its log p), position t of row b seeing windows[b, :t + 1];
+  int8/int4 params (model/quantize.py) are read as stored, a layer's matrices expanded inside the layer scan."""
   logits_BxTxV = model.apply({'params': params}, windows_BxT)
   log_probs_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
   target_BxT = jnp.take_along_axis(log_probs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]

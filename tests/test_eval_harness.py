@@ -11,7 +11,7 @@ pytest.importorskip('lm_eval')  # The `eval` extra.
 from lm_eval.api.instance import Instance
 
 from conftest import REPO
-from flaxlm.model import scoring
+from flaxlm.model import quantize, scoring
 from flaxlm.train.use import convert, evaluate, harness, pretrained
 
 FIXTURES = REPO / 'tests' / 'fixtures' / 'lm_eval'
@@ -92,3 +92,11 @@ def test_task_samples_and_scores_are_the_hf_backends(family, monkeypatch):
     for metric, value in theirs['results'].items():
       if 'stderr' not in metric and isinstance(value, float):
         np.testing.assert_allclose(results['results'][task][metric], value, rtol=RTOL, err_msg=f'{task} {metric}')
+
+
+def test_int8_weights_answer_as_the_float_weights_within_their_rounding(family):
+  lm, reference = family
+  quantized = harness.FlaxLM(lm.model, quantize.quantize(lm.params, 'int8'), lm.flaxlm_tokenizer, batch_size=4)
+  rows = reference['requests']['loglikelihood']
+  answers = quantized.loglikelihood(instances('loglikelihood', rows, answers=2))
+  np.testing.assert_allclose([a[0] for a in answers], [r[2] for r in rows], rtol=0.02)

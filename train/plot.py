@@ -25,7 +25,7 @@ def loss_figure(records: list[dict], tokens_per_step: int, title: str) -> Figure
   axes = figure.subplots(2 + bool(centered), 1, sharex=True, height_ratios=(3, 2, 1) if centered else (3, 1))
   loss_ax, rate_ax = axes[0], axes[-1]
   if centered:
-    tasks_figure(axes[1], records, centered)
+    draw_task_scores(axes[1], records, centered)
   evals = [r for r in records if 'val_loss' in r]
   loss_ax.plot([r['step'] for r in records], [r['loss'] for r in records], label='training loss')
   loss_ax.plot([r['step'] for r in evals], [r['val_loss'] for r in evals], 'o-', label='validation loss')
@@ -43,7 +43,7 @@ def loss_figure(records: list[dict], tokens_per_step: int, title: str) -> Figure
   return figure
 
 
-def tasks_figure(ax, records: list[dict], keys: list[str]) -> None:
+def draw_task_scores(ax, records: list[dict], keys: list[str]) -> None:
   """Draws each 'TASK/centered' score of `keys` over the steps it was scored at."""
   for key in keys:
     scored = [r for r in records if key in r]
