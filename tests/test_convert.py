@@ -18,6 +18,7 @@ import safetensors.numpy
 
 from conftest import command
 from test_cli import assert_one_line_error, run
+from test_transformer import forward
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.data import tokenizer as tokenizer_lib
@@ -57,7 +58,7 @@ def model_config(name: str, scan_layers: bool = True) -> ModelConfig:
 def assert_logits_match(name: str, model: Transformer, params) -> None:
   """Checks the flaxlm model computes the fixture's logits."""
   tokens_BxT, expected_BxTxV = reference(name)
-  logits_BxTxV = np.asarray(model.apply({'params': params}, tokens_BxT))
+  logits_BxTxV = np.asarray(forward(model, params, tokens_BxT))
   np.testing.assert_allclose(logits_BxTxV, expected_BxTxV, rtol=0, atol=TOLERANCE)
 
 

@@ -15,6 +15,7 @@ from flaxlm.configs import tiny
 from flaxlm.configs.errors import UserError
 import commands
 from conftest import command
+from test_transformer import forward, init
 from flaxlm.model import lora, quantize
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer, count_params
@@ -65,14 +66,14 @@ def test_the_state_trains_exactly_the_adapters_the_formula_counts(rank, targets,
 def test_merged_params_give_the_logits_of_base_plus_adapters(scan_layers):
   c = model_config(4, scan_layers=scan_layers)
   tokens_BxT = jax.random.randint(jax.random.key(0), (2, 16), 0, 50)
-  base, adapters = lora.split(nn.unbox(Transformer(c).init(jax.random.key(1), tokens_BxT)['params']))
+  base, adapters = lora.split(init(Transformer(c), seed=1))
   noise = lambda tree, seed: jax.tree.map(lambda x: 0.1 * jax.random.normal(jax.random.key(seed), x.shape), tree)
   base = jax.tree.map(jax.numpy.add, base, noise(base, 2))  # The head starts at zero: make every matrix count.
   adapters = noise(adapters, 3)
-  with_adapters = Transformer(c).apply({'params': lora.combine(base, adapters)}, tokens_BxT)
-  merged = Transformer(c.without_lora()).apply(
-      {'params': lora.merge(lora.combine(base, adapters), c.lora.alpha, c.lora.rank)}, tokens_BxT)
-  without = Transformer(c.without_lora()).apply({'params': base}, tokens_BxT)
+  with_adapters = forward(Transformer(c), lora.combine(base, adapters), tokens_BxT)
+  merged = forward(Transformer(c.without_lora()), lora.merge(lora.combine(base, adapters), c.lora.alpha, c.lora.rank),
+                   tokens_BxT)
+  without = forward(Transformer(c.without_lora()), base, tokens_BxT)
   # x(W + s AB) against xW + s(xA)B: the same sums reassociated, ~1e-6 of the logits' scale; a wrong s errs by ~0.1.
   np.testing.assert_allclose(merged, with_adapters, atol=1e-5 * float(np.abs(with_adapters).max()))
   assert np.abs(np.asarray(with_adapters - without)).max() > 0.1  # The adapters do change the logits.
@@ -80,7 +81,7 @@ def test_merged_params_give_the_logits_of_base_plus_adapters(scan_layers):
 
 def test_fresh_adapters_leave_the_model_unchanged():
   c = model_config(2)
-  params = nn.unbox(Transformer(c).init(jax.random.key(1), np.zeros((1, 4), np.int32))['params'])
+  params = init(Transformer(c), seed=1)
   base, _ = lora.split(params)
   jax.tree.map(np.testing.assert_array_equal, lora.merge(params, c.lora.alpha, c.lora.rank), base)  # W + 0 is W.
 
@@ -168,9 +169,9 @@ def test_a_lora_fine_tune_on_an_int8_base_learns_resumes_exactly_and_merges(corp
 
 def noisy_params(c: ModelConfig, seed: int) -> dict:
   """Returns random params of `c`'s model, every matrix non-zero (an init's head and adapters' B are zero)."""
-  init = lambda: nn.unbox(Transformer(c).init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))['params'])
+  fresh = lambda: nn.unbox(Transformer(c).init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))['params'])
   noise = lambda x: x + 0.1 * jax.random.normal(jax.random.key(seed + 1), x.shape)
-  return jax.jit(lambda: jax.tree.map(noise, init()))()
+  return jax.jit(lambda: jax.tree.map(noise, fresh()))()
 
 
 @pytest.fixture(scope='module')

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from test_transformer import init
 from flaxlm.configs import llama2_7b, tiny
 from flaxlm.configs.errors import UserError
 from flaxlm.model import quantize
@@ -22,7 +23,7 @@ def params() -> dict:
   c = tiny.get_config().model
   c.update(width=128, vocab_size=256)
   model = Transformer(ModelConfig.from_config(c, 256))
-  return nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))['params']
+  return init(model)
 
 
 @pytest.mark.parametrize('mode', ['int8', 'int4'])

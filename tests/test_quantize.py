@@ -1,11 +1,11 @@
 """Tests of model/quantize.py: error bounds, which parameters are quantized, the bytes held, logits."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_transformer import init
 from flaxlm.configs import tiny
 from flaxlm.configs.errors import UserError
 from flaxlm.model import quantize
@@ -30,8 +30,7 @@ def model_and_params(**overrides) -> tuple[Transformer, dict]:
   c = tiny.get_config().model
   c.update(width=128, vocab_size=256, **overrides)
   model = Transformer(ModelConfig.from_config(c, 256))
-  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))['params']
-  return model, params
+  return model, init(model)
 
 
 def test_each_weight_is_within_half_a_scale_of_its_dequantized_value():

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_transformer import init
 from flaxlm.configs import tiny
 from flaxlm.model import quantize, sampling
 from flaxlm.model.config import ModelConfig
@@ -25,8 +26,7 @@ def trained_like_model(**overrides):
   config.model.tie_embeddings = True
   config.model.update(overrides)
   model = Transformer(ModelConfig.from_config(config.model, VOCAB))
-  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params'])
-  params = jax.tree.map(lambda x: x + jax.random.normal(jax.random.key(1), x.shape), params)
+  params = jax.jit(lambda p: jax.tree.map(lambda x: x + jax.random.normal(jax.random.key(1), x.shape), p))(init(model))
   return model, params
 
 
