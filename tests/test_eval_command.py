@@ -3,6 +3,7 @@ scores during training (train.eval_tasks)."""
 
 import json
 import os
+import re
 
 import pytest
 
@@ -34,14 +35,19 @@ def results_of(path) -> dict:
   return json.loads(path.read_text())['models']
 
 
-def test_two_models_are_scored_side_by_side_on_the_shipped_task(models, tmp_path):
+def test_a_fine_tune_its_base_and_another_model_are_scored_side_by_side(models, tmp_path):
+  tune = tiny_config('flaxlm:tinyshakespeare', steps=2)  # Two steps of full fine-tuning on the Llama fixture.
+  tune.model.max_length, tune.train.init_from = 64, models['llama']
+  loop.train(tune, str(tmp_path / 'tuned'))
   output = tmp_path / 'scores.json'
-  result = run(command('flaxlm-eval'), f'--params={models["llama"]},{models["gpt2"]}', SHIPPED, '--limit=8',
-               f'--output={output}', '--log_samples')
+  result = run(command('flaxlm-eval'), f'--workdir={tmp_path / "tuned"}', '--base', f'--params={models["gpt2"]}',
+               SHIPPED, '--limit=8', f'--output={output}', '--log_samples')
   assert result.returncode == 0, result.stderr
-  assert 'centered accuracy' in result.stdout and result.stdout.count('shakespeare_word_order') >= 3
+  header = result.stdout.splitlines()[result.stdout.splitlines().index(
+      'centered accuracy: (acc - chance) / (1 - chance); acc in parentheses') + 1]
+  assert header.split() == ['multiple', 'choice', 'llama', 'tuned', 'gpt2']  # The base beside its fine-tune.
   scored = results_of(output)
-  assert set(scored) == {models['llama'], models['gpt2']}
+  assert set(scored) == {models['llama'], str(tmp_path / 'tuned'), models['gpt2']}
   for results in scored.values():
     centered = results['centered']['shakespeare_word_order']
     assert centered['chance'] == 0.25 and results['results']['shakespeare_word_order']['sample_len'] == 8
@@ -90,6 +96,7 @@ def write_task(folder, rows: list[dict], path: str = 'json', **fields) -> None:
 
 @pytest.mark.parametrize('case, fragment', [
     ('unknown_task', 'unknown task'),
+    ('base_of_a_run_not_fine_tuned', 'was not fine-tuned'),
     ('hub_dataset', 'reads its data from the Hugging Face hub'),
     ('unparsable_yaml', 'does not parse as YAML'),
     ('missing_data_file', 'names a data file that does not exist'),
@@ -112,6 +119,8 @@ def test_bad_inputs_are_refused_in_one_line_writing_nothing(models, tmp_path, ca
   elif case == 'missing_data_file':
     write_task(tasks, [row])
     (tasks / 'bad.jsonl').unlink()
+  elif case == 'base_of_a_run_not_fine_tuned':
+    args = [SHIPPED, '--base', f'--workdir={models["gpt2"]}']
   elif case == 'zero_limit':
     args = [SHIPPED, '--limit=0']
   elif case == 'existing_output':
@@ -146,3 +155,18 @@ def test_a_training_task_that_cannot_run_is_refused_before_the_workdir_is_writte
                f'--config.train.eval_tasks={tmp_path / "missing.yaml"}')
   assert_one_line_error(result, 'train.eval_tasks: task file')
   assert not workdir.exists()
+
+
+def test_the_readmes_own_multiple_choice_task_runs(models, tmp_path):
+  readme = (REPO / 'README.md').read_text()
+  yaml = readme[readme.index('```yaml\ntask: my_task') + len('```yaml\n'):]
+  (tmp_path / 'my_tasks').mkdir()
+  (tmp_path / 'my_tasks' / 'my_task.yaml').write_text(yaml[:yaml.index('```')])
+  questions = [{'question': 'Which planet is largest?', 'choices': ['Mars', 'Jupiter', 'Venus', 'Earth'], 'answer': 1},
+               {'question': 'What is the capital of France?', 'choices': ['Paris', 'Rome', 'Oslo'], 'answer': 0}]
+  (tmp_path / 'my_tasks' / 'my_task.jsonl').write_text(''.join(json.dumps(q) + '\n' for q in questions))
+  result = commands.run(command('flaxlm-eval'), f'--params={models["llama"]}', '--tasks=my_task',
+                        '--include_path=my_tasks/', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  acc = float(re.search(r'^my_task\s+[+-]\d\.\d{4} \((\d\.\d{4})\)$', result.stdout, re.M)[1])
+  assert acc in (0.0, 0.5, 1.0) and '|my_task|' in result.stdout.replace(' ', '')  # The table, then centered scores.
