@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip('lm_eval')  # The `eval` extra.
+import lm_eval.api.registry
 from lm_eval.api.instance import Instance
 
 from conftest import REPO
@@ -106,3 +107,13 @@ def test_int8_weights_answer_as_the_float_weights_within_their_rounding(tmp_path
   rows = reference['requests']['loglikelihood'][:8]  # A few requests: each new shape compiles for the int8 tree.
   answers = quantized.loglikelihood(instances('loglikelihood', rows, answers=2))
   np.testing.assert_allclose([a[0] for a in answers], [r[2] for r in rows], rtol=0.02)
+
+
+def test_the_harness_finds_the_backend_by_name_and_loads_a_model_from_its_arguments(tmp_path):
+  convert.from_hf(str(FIXTURES / 'gpt2'), str(tmp_path / 'model'), None, 'float32')
+  lm = lm_eval.api.registry.get_model('flaxlm').create_from_arg_string(f'path={tmp_path / "model"},dtype=float32',
+                                                                       {'batch_size': 4})
+  assert isinstance(lm, harness.FlaxLM) and lm.rows == 4
+  rows = json.loads((FIXTURES / 'gpt2' / 'reference.json').read_text())['requests']['loglikelihood'][:4]
+  answers = lm.loglikelihood(instances('loglikelihood', rows, answers=2))
+  np.testing.assert_allclose([a[0] for a in answers], [r[2] for r in rows], rtol=RTOL)

@@ -73,8 +73,8 @@ def prefix_id(tokenizer: Tokenizer) -> int:
 
 
 def window(pair: Pair, length: int) -> tuple[list[int], int]:
-  """Returns (the ids the model reads: context and continuation less its last id, their last T + 1 kept; how many of
-  its last positions predict the continuation); raises UserError for a continuation longer than the context window."""
+  """Returns (the last T + 1 ids of context and continuation, of which the model reads all but the last; how many of
+  them are the continuation's); raises UserError for a continuation longer than the context window."""
   if len(pair.continuation) > length:
     raise UserError(f'a continuation is {len(pair.continuation)} tokens, longer than the model\'s whole context of '
                     f'{length}: it cannot be scored (a long context is cut from the left, a continuation is not); '
@@ -107,7 +107,7 @@ def padded_width(n: int, length: int) -> int:
 
 def score_pairs(model: Transformer, params, pairs: list[Pair], batch_size: int) -> list[tuple[float, bool]]:
   """Returns (sum of the continuation's log p, whether every one of its ids is the model's top id) per pair, scored
-  longest first in batches of `batch_size` rows padded to a power-of-two length (at least MIN_WIDTH)."""
+  longest first in batches of `batch_size` rows, each batch padded to its `padded_width`."""
   length = model.config.max_length
   windows = [window(pair, length) for pair in pairs]
   order = sorted(range(len(pairs)), key=lambda i: (-len(windows[i][0]), windows[i][0]))
