@@ -149,11 +149,16 @@ def test_training_scores_its_tasks_beside_the_validation_loss_and_plots_them(tmp
   assert len(plot.run_figure(tmp_path / 'run').axes) == 3  # Losses, task scores, learning rate.
 
 
-def test_a_training_task_that_cannot_run_is_refused_before_the_workdir_is_written(tmp_path):
+@pytest.mark.parametrize('case, fragment', [
+    ('missing_yaml', 'train.eval_tasks: task file'),
+    ('characters_the_tokenizer_cannot_write', 'train.eval_tasks: characters'),  # A char model of another text.
+])
+def test_a_training_task_that_cannot_run_is_refused_before_the_workdir_is_written(corpus, tmp_path, case, fragment):
   workdir = tmp_path / 'run'
-  result = run(command('flaxlm-train'), '--config=tiny', f'--workdir={workdir}', '--config.data.path=flaxlm:tinyshakespeare',
-               f'--config.train.eval_tasks={tmp_path / "missing.yaml"}')
-  assert_one_line_error(result, 'train.eval_tasks: task file')
+  task = tmp_path / 'missing.yaml' if case == 'missing_yaml' else 'shakespeare_word_order'
+  result = run(command('flaxlm-train'), '--config=tiny', f'--workdir={workdir}', f'--config.data.path={corpus}',
+               '--config.model.max_length=64', f'--config.train.eval_tasks={task}')
+  assert_one_line_error(result, fragment)
   assert not workdir.exists()
 
 

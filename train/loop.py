@@ -61,19 +61,21 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
                       f'fewer than one batch of {config.train.batch_size}: use a longer text, or a smaller '
                       '--config.train.batch_size or --config.model.max_length.')
   return Setup(resolved, tokenizer, train_examples, val_examples, model, sharding.make_mesh(config),
-               eval_tasks(config.train.eval_tasks))
+               eval_tasks(config.train, model, tokenizer))
 
 
-def eval_tasks(tasks: str) -> tuple[list[str], Any] | None:
-  """Returns train.eval_tasks' (names, task manager) with every task's data read, None for ''; raises UserError
-  naming a task that cannot run."""
-  if not tasks:
+def eval_tasks(c: ml_collections.ConfigDict, model: Transformer,
+               tokenizer: tokenizer_lib.Tokenizer) -> tuple[list[str], Any] | None:
+  """Returns train.eval_tasks' (names, task manager), None for ''; raises UserError naming a task that cannot run:
+  each is loaded and its requests (the train.eval_tasks_limit first documents') encoded and checked in a dry run."""
+  if not c.eval_tasks:
     return None
   try:
-    from flaxlm.train.use import evaluate  # The harness is imported by the runs that score tasks alone.
-    names = evaluate.task_names(tasks)
+    from flaxlm.train.use import evaluate, harness  # The harness is imported by the runs that score tasks alone.
+    names = evaluate.task_names(c.eval_tasks)
     manager = evaluate.task_manager(names, None)
     evaluate.load_tasks(names, manager)
+    evaluate.evaluate(harness.FlaxLM(model, None, tokenizer), names, manager, limit=c.eval_tasks_limit or None)
   except UserError as e:
     raise UserError(f'train.eval_tasks: {e}') from None
   return names, manager

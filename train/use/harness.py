@@ -107,9 +107,12 @@ def padded_width(n: int, length: int) -> int:
 
 def score_pairs(model: Transformer, params, pairs: list[Pair], batch_size: int) -> list[tuple[float, bool]]:
   """Returns (sum of the continuation's log p, whether every one of its ids is the model's top id) per pair, scored
-  longest first in batches of `batch_size` rows, each batch padded to its `padded_width`."""
+  longest first in batches of `batch_size` rows, each batch padded to its `padded_width`; with params None (a dry
+  run), checks the pairs alone and returns zeros."""
   length = model.config.max_length
   windows = [window(pair, length) for pair in pairs]
+  if params is None:
+    return [(0.0, False)] * len(pairs)
   order = sorted(range(len(pairs)), key=lambda i: (-len(windows[i][0]), windows[i][0]))
   scores = step_lib.with_mesh(scoring.window_scores, sharding.mesh_of(params))
   results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
@@ -152,12 +155,15 @@ def sampling_settings(kwargs: dict, tokenizer: Tokenizer) -> tuple[sampling.Sett
 
 def generate(model: Transformer, params, tokenizer: Tokenizer, contexts: list[list[int]], kwargs: dict,
              batch_size: int, seed: int = 0) -> list[str]:
-  """Returns each context's generation for one set of generation kwargs, cut before its first stop string."""
+  """Returns each context's generation for one set of generation kwargs, cut before its first stop string; with
+  params None (a dry run), checks the kwargs alone and returns empty texts."""
   settings, until, max_gen_toks = sampling_settings(kwargs, tokenizer)
   room = model.config.max_length - max_gen_toks
   if room <= 0:
     raise UserError(f'a task asks for max_gen_toks={max_gen_toks}, not fewer than the model\'s context of '
                     f'{model.config.max_length} tokens: set its generation_kwargs max_gen_toks below that.')
+  if params is None:  # A dry run: the requests are checked, nothing is generated.
+    return [''] * len(contexts)
   contexts = [c[-room:] for c in contexts]
   run = step_lib.with_mesh(sampling.generate, sharding.mesh_of(params))
   texts = [''] * len(contexts)
@@ -191,7 +197,9 @@ class FlaxLM(TemplateLM):
 
   In Python: `FlaxLM(model, params, tokenizer)` with what `pretrained.load` returns, or by name,
   `lm_eval.simple_evaluate(model='flaxlm', model_args='path=DIR,dtype=float32,quantize=int8,batch_size=16', ...)`
-  once this module is imported.
+  once this module is imported. With params None it is a dry run: every request is encoded and checked (a character
+  the tokenizer cannot write, a continuation longer than the context, generation kwargs the sampler does not read)
+  and answered with zeros, so that a training run refuses a task it could not score before it writes anything.
   """
 
   def __init__(self, model: Transformer, params, tokenizer: Tokenizer, batch_size: int = 16):
