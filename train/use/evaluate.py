@@ -38,7 +38,6 @@ from flaxlm.train.use import harness, pretrained  # noqa: E402
 SHIPPED = 'shakespeare_word_order'
 BOOTSTRAP_ITERS = 1000  # resamples for the standard errors of metrics that have no closed form (perplexities).
 KEPT = ('results', 'groups', 'group_subtasks', 'configs', 'versions', 'n-shot', 'higher_is_better', 'n-samples')
-LOCAL_BUILDERS = ('json', 'csv', 'parquet', 'text', 'arrow')  # `datasets` builders that read local files.
 
 logging.getLogger('lm_eval').setLevel(logging.ERROR)  # Its notices (a default fewshot, a cache) bury the results.
 # The results flaxlm keeps carry no commit hash; the harness would run git in the working directory for one (and git
@@ -178,6 +177,8 @@ def centered(out: dict) -> dict[str, dict[str, float]]:
     if out['configs'].get(task, {}).get('output_type') != 'multiple_choice' or 'acc,none' not in metrics:
       continue
     chance = sum(1 / len(s['arguments']) for s in samples) / max(len(samples), 1)
+    if chance >= 1:  # Every question has one choice: there is nothing above chance to measure.
+      continue
     scores[task] = {'acc': metrics['acc,none'], 'chance': chance,
                     'centered': (metrics['acc,none'] - chance) / (1 - chance)}
   return scores
