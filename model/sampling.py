@@ -166,6 +166,11 @@ class Sample:
   top_probs: list[list[float]]
 
 
+def without_eos(tokens: list[int], eos_ids: tuple[int, ...]) -> list[int]:
+  """Returns a sample's tokens without the EOS id that ended it, if one did."""
+  return tokens[:-1] if tokens and tokens[-1] in eos_ids else tokens
+
+
 def generate(model: Transformer, params, prompts: list[np.ndarray], max_new_tokens: int, seed: int = 0,
              settings: Settings = Settings(), stream: Callable[[np.ndarray, np.ndarray], None] | None = None
              ) -> list[Sample]:

@@ -102,7 +102,7 @@ def encode_prompt(text: str, tokenizer: Tokenizer, model: Transformer) -> np.nda
 
 def reply(tokens: list[int], tokenizer: Tokenizer) -> str:
   """Returns the text of a sample's tokens, the EOS that ended it left out."""
-  return tokenizer.decode(tokens[:-1] if tokens and tokens[-1] in tokenizer.eos_ids else tokens)
+  return tokenizer.decode(sampling.without_eos(tokens, tokenizer.eos_ids))
 
 
 def streamer(tokenizer: Tokenizer):

@@ -32,8 +32,7 @@ except ImportError:
                   '"flaxlm[eval]" (lm-eval==0.4.13, without torch).') from None
 
 from flaxlm.data import files, word_order  # noqa: E402
-from flaxlm.model import quantize  # noqa: E402
-from flaxlm.train.use import harness, pretrained  # noqa: E402
+from flaxlm.train.use import harness  # noqa: E402
 
 SHIPPED = 'shakespeare_word_order'
 BOOTSTRAP_ITERS = 1000  # resamples for the standard errors of metrics that have no closed form (perplexities).
@@ -202,12 +201,8 @@ def flat_scores(results: dict) -> dict[str, float]:
 def score_model(path: str, names: list[str], manager: TaskManager, dtype: str | None = None, quantized: str = 'none',
                 batch_size: int = 16, num_fewshot: int | None = None, limit: float | None = None,
                 log_samples: bool = False) -> dict:
-  """Returns `evaluate`'s results for the run or export at `path`, computing in `dtype`, its weights held as
-  `quantized` (none, int8 or int4)."""
-  model, params, tokenizer = pretrained.load(path, dtype)
-  if quantized != 'none':
-    params = quantize.quantize(params, quantized)
-  return evaluate(harness.FlaxLM(model, params, tokenizer, batch_size), names, manager, num_fewshot, limit,
+  """Returns `evaluate`'s results for the run or export at `path`, loaded as `harness.FlaxLM.load` does."""
+  return evaluate(harness.FlaxLM.load(path, dtype, quantized, batch_size), names, manager, num_fewshot, limit,
                   log_samples)
 
 

@@ -177,18 +177,13 @@ def generate(model: Transformer, params, tokenizer: Tokenizer, contexts: list[li
       samples = run(model, params, prompts, size, seed, settings)
       for i, sample in zip(list(active), samples):
         made[i] += sample.tokens
-        text = tokenizer.decode(strip_eos(made[i], tokenizer), skip_special=True)
+        text = tokenizer.decode(sampling.without_eos(made[i], tokenizer.eos_ids), skip_special=True)
         texts[i] = model_utils.postprocess_generated_text(text, until, None)
         ended = (made[i] and made[i][-1] in tokenizer.eos_ids) or len(made[i]) >= max_gen_toks
         if ended or texts[i] != text:
           active.remove(i)
       size *= 2
   return texts
-
-
-def strip_eos(tokens: list[int], tokenizer: Tokenizer) -> list[int]:
-  """Returns `tokens` without the EOS id that ended them."""
-  return tokens[:-1] if tokens and tokens[-1] in tokenizer.eos_ids else tokens
 
 
 @register_model('flaxlm')
@@ -208,14 +203,20 @@ class FlaxLM(TemplateLM):
     self.prefix = prefix_id(tokenizer)
 
   @classmethod
+  def load(cls, path: str, dtype: str | None = None, quantized: str = 'none', batch_size: int = 16) -> 'FlaxLM':
+    """Returns the backend of the run or export at `path`, computing in `dtype`, its weights held as `quantized`
+    (none, int8 or int4)."""
+    model, params, tokenizer = pretrained.load(path, dtype)
+    if quantized != 'none':
+      params = quantize.quantize(params, quantized)
+    return cls(model, params, tokenizer, batch_size)
+
+  @classmethod
   def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> 'FlaxLM':
     """Returns the backend of `path=DIR[,dtype=...][,quantize=int8|int4][,batch_size=N]`, as lm-eval passes it."""
     args = lm_eval_utils.simple_parse_args_string(arg_string) | {
         k: v for k, v in (additional_config or {}).items() if k == 'batch_size' and v is not None}
-    model, params, tokenizer = pretrained.load(args['path'], args.get('dtype'))
-    if args.get('quantize', 'none') != 'none':
-      params = quantize.quantize(params, args['quantize'])
-    return cls(model, params, tokenizer, int(args.get('batch_size', 16)))
+    return cls.load(args['path'], args.get('dtype'), args.get('quantize', 'none'), int(args.get('batch_size', 16)))
 
   @property
   def eot_token_id(self) -> int:
