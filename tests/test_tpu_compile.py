@@ -1,5 +1,6 @@
-"""Tests of train/plan/tpu_compile.py and `flaxlm-info --compile_for`: every preset's train step compiles for the TPU slice
-the preset names and fits its memory; a step that cannot fit is refused in one line.
+"""Tests of train/plan/tpu_compile.py and `flaxlm-info --compile_for`: the one-chip presets' train steps, and a small
+model's sharded over a slice, compile for TPU and fit its memory; a step that cannot fit is refused in one line. The
+large presets compile in 20 to 40 s each, so their fit on their slices is checked by benchmarks/preset_fit.py.
 
 XLA:TPU (libtpu, the `tpu` extra) compiles for compile-only devices: no TPU is used. The compiles run in
 subprocesses with their own environment, so this process (and the rest of the suite) stays on the CPU backend.
@@ -28,16 +29,19 @@ needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                                   reason='libtpu is not installed: pip install -e ".[tpu]" (CI installs it)')
 VOCAB = {'finetune_shakespeare': 65, **estimate.PRESET_VOCAB}  # Presets whose tokenizer sets the vocabulary.
 
-# Compiles the train step of each NAME=VOCAB argument's preset for its slice; prints [name, report lines] for each.
-COMPILE_PRESETS = '''
-import importlib, json, sys
+# Compiles the train step of each argument's config for its slice, prints [argument, report lines] for each. An argument
+# is a JSON list: [preset, slice, {dotted key: value}].
+COMPILE = '''
+import json, sys
 from flaxlm import configs
 from flaxlm.train.plan import tpu_compile
-for name, vocab in (arg.split('=') for arg in sys.argv[1:]):
+for argument in sys.argv[1:]:
+  name, slice_name, overrides = json.loads(argument)
   config = configs.load(name)
-  config.model.vocab_size = config.model.vocab_size or int(vocab)
-  lines = tpu_compile.train_report(config, importlib.import_module(f'flaxlm.configs.{name}').TPU_SLICE)
-  print(json.dumps([name, lines]), flush=True)
+  for key, value in overrides.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  print(json.dumps([argument, tpu_compile.train_report(config, slice_name)]), flush=True)
 '''
 
 
@@ -115,40 +119,54 @@ def test_each_slice_has_the_chips_its_cloud_tpu_name_says():
     assert devices == [kinds[generation]] * chips, name
 
 
-LLAMAS = ('llama_1b', 'llama2_7b')  # Compiled by tests/test_tpu_compile_llama.py, which the other worker runs.
+ONE_CHIP = ('tiny', 'shakespeare_char', 'finetune_shakespeare')  # The presets whose TPU_SLICE is one chip.
+SHARDED = {'model.vocab_size': 512, 'model.width': 256, 'model.num_heads': 8, 'model.max_length': 256,
+           'train.batch_size': 16, 'mesh.fsdp': 4, 'mesh.tensor': 2}  # tiny's shape, grown to split over v5e-8.
 
 
-def assert_presets_compile_for_their_slices_and_fit(presets: list[str]) -> None:
-  """Compiles the train step of each preset for its slice in one subprocess, and checks its report: the batch, that
-  it fits, and the train state's bytes per device against AdamW's 12 bytes a parameter."""
-  result = compiling([sys.executable, '-c', COMPILE_PRESETS, *[f'{name}={VOCAB.get(name, 0)}' for name in presets]],
-                     timeout=900)
+def compile_configs(runs: list[tuple[str, str, dict]]) -> list[list[str]]:
+  """Compiles the train step of each (preset, slice, overrides) in one subprocess; returns the reports in order."""
+  arguments = [json.dumps(run) for run in runs]
+  result = compiling([sys.executable, '-c', COMPILE, *arguments], timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   reports = dict(json.loads(line) for line in result.stdout.splitlines())
-  assert sorted(reports) == sorted(presets)
-  for name, lines in reports.items():
-    config = preset_config(name)
-    capacity = tpu_compile.SLICES[importlib.import_module(f'flaxlm.configs.{name}').TPU_SLICE].hbm_bytes / GiB
-    assert f'train, {config.train.batch_size:,} x {config.model.max_length:,} tokens' in '\n'.join(lines), name
-    assert lines[-1].split()[:2] == ['fits', 'yes:'] and number(lines, 'total') <= capacity, (name, lines)
-    # Independently of the compiler: AdamW's state is 12 bytes a parameter (float32 weights and two moments), split
-    # over mesh.fsdp x mesh.tensor devices (every preset's sizes divide evenly); the report rounds to 0.001 GiB.
-    params = count_params(param_shapes(estimate.model_config(config)))
-    mesh = mesh_sizes(lines)
-    assert abs(arguments(lines)['train state'] - 12 * params / (mesh['fsdp'] * mesh['tensor']) / GiB) <= 6e-4, name
+  return [reports[argument] for argument in arguments]
+
+
+def assert_fits(config, slice_name: str, lines: list[str]) -> None:
+  """Checks the report of `config`'s train step on `slice_name`: its batch, that it fits, and the train state's
+  bytes per device against AdamW's 12 bytes a parameter."""
+  capacity = tpu_compile.SLICES[slice_name].hbm_bytes / GiB
+  assert f'train, {config.train.batch_size:,} x {config.model.max_length:,} tokens' in '\n'.join(lines), lines
+  assert lines[-1].split()[:2] == ['fits', 'yes:'] and number(lines, 'total') <= capacity, lines
+  # Independently of the compiler: AdamW's state is 12 bytes a parameter (float32 weights and two moments), split
+  # over mesh.fsdp x mesh.tensor devices (every size here divides evenly); the report rounds to 0.001 GiB.
+  params = count_params(param_shapes(estimate.model_config(config)))
+  mesh = mesh_sizes(lines)
+  assert abs(arguments(lines)['train state'] - 12 * params / (mesh['fsdp'] * mesh['tensor']) / GiB) <= 6e-4, lines
 
 
 @needs_libtpu
-def test_every_preset_but_the_llamas_compiles_for_its_slice_and_fits():
-  assert set(LLAMAS) < set(configs.presets())  # The llamas are compiled beside this, on the other worker.
-  assert_presets_compile_for_their_slices_and_fit([name for name in configs.presets() if name not in LLAMAS])
+def test_the_one_chip_presets_and_a_model_sharded_over_a_slice_compile_and_fit():
+  runs = [(name, importlib.import_module(f'flaxlm.configs.{name}').TPU_SLICE, {'model.vocab_size': VOCAB[name]})
+          for name in ONE_CHIP] + [('tiny', 'v5e-8', SHARDED)]
+  assert sorted(name for name in configs.presets() if importlib.import_module(f'flaxlm.configs.{name}').TPU_SLICE
+                == 'v5e-1') == sorted(ONE_CHIP)
+  for (name, slice_name, overrides), lines in zip(runs, compile_configs(runs)):
+    config = preset_config(name)
+    for key, value in overrides.items():
+      section, field = key.split('.')
+      config[section][field] = value
+    assert_fits(config, slice_name, lines)
+  assert mesh_sizes(lines) == {'data': 1, 'fsdp': 4, 'tensor': 2}
 
 
 @needs_libtpu
 def test_a_step_that_cannot_fit_is_refused_in_one_line_naming_the_excess_and_the_keys():
-  result = compiling([command('flaxlm-info'), '--config=gpt2_124m', '--config.train.batch_size=64',
-                      '--config.train.microbatches=1', '--config.mesh.data=4', '--compile_for=v5e-4'])
-  assert_one_line_error(result, 'the train step (64 x 1024 tokens) does not fit v5e-4')
+  result = compiling([command('flaxlm-info'), '--config=tiny', '--config.model.vocab_size=65',
+                      '--config.model.width=512', '--config.model.max_length=2048', '--config.train.batch_size=2048',
+                      '--config.mesh.data=4', '--compile_for=v5e-4'])
+  assert_one_line_error(result, 'the train step (2048 x 2048 tokens) does not fit v5e-4')
   assert re.search(r'needs [\d.]+ GiB per device, [\d.]+ GiB more than the 15\.75 GiB a TPU v5 lite device has',
                    result.stderr), result.stderr
   for key in ('--config.mesh.fsdp', '--config.model.remat', '--config.train.microbatches', '--config.train.batch_size'):
@@ -167,10 +185,12 @@ def test_info_without_compile_for_loads_no_libtpu():
 @needs_libtpu
 def test_decode_step_with_int8_weights_prints_the_weights_and_cache_bytes():
   result = compiling([command('flaxlm-info'), '--config=lm1b', '--config.model.vocab_size=32000', '--compile_for=v5e-4',
-                      '--decode', '--quantize=int8', '--decode_batch=64'])
+                      '--config.model.num_layers=2', '--decode', '--quantize=int8', '--decode_batch=64'])
   assert result.returncode == 0 and result.stderr == '', result.stderr[-3000:]
   lines = result.stdout[result.stdout.index('compiled for v5e-4'):].splitlines()
-  c = estimate.model_config(preset_config('lm1b'))
+  config = preset_config('lm1b')
+  config.model.num_layers = 2  # As deep as it needs to be: all 6 layers take several times as long to compile.
+  c = estimate.model_config(config)
   tensor = mesh_sizes(lines)['tensor']
   assert tensor == 2  # The most devices that split every tensor-parallel size: lm1b's 2 key/value heads.
   # Independently of the compiler, per device: the int8 matrices take a byte a parameter (and their float32 scales
