@@ -6,24 +6,25 @@ piece and writes the group's shard of each split, so memory stays bounded howeve
 store's content does not depend on how many workers made it. Within a group, documents (and the pieces, of at
 most a megabyte, of a long text file) go to the validation split evenly, `val_fraction` of them (TFDS datasets
 bring their own split). A document begins with BOS where the tokenizer adds it (tokenizer.model_ids) and is
-followed by EOS where the tokenizer has one. A stopped preparation
-resumes after the groups it finished; the manifest is written last, so the store is complete or not at all.
+followed by EOS where the tokenizer has one. A stopped preparation (Ctrl-C, SIGTERM) resumes after the groups it
+finished, each trusted only if its shards are on disk as its record says (size and SHA-256); the manifest is
+written last, so the store is complete or not at all. A preparation that fails leaves nothing it made behind: a new
+store's folder is removed, a stopped one keeps only its finished groups.
 """
 
 import concurrent.futures
 import dataclasses
 import functools
-import gzip
-import io
 import json
 import math
 import multiprocessing
 import os
+import signal
 from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
-import zstandard
 from etils import epath
 
 from flaxlm.configs.errors import UserError
@@ -111,31 +112,31 @@ def parquet_file(path: str) -> pq.ParquetFile:
     raise UserError(f'{path} is not a Parquet file ({str(e).splitlines()[0]}): check the file.') from None
 
 
+def is_text(kind: pa.DataType) -> bool:
+  """Returns whether a Parquet column of Arrow type `kind` holds text (strings, dictionary-encoded or not, or nulls)."""
+  kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+  return any(test(kind) for test in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                     pa.types.is_null))
+
+
 def check_field(path: str, field: str) -> None:
-  """Raises UserError if a Parquet file has no column `field`, or a JSONL file's first record no text `field`."""
+  """Raises UserError if a Parquet file has no text column `field`, or a JSONL file's first record no text `field`."""
   kind = kind_of(path)
+  fix = 'set the text field (--text_field in flaxlm-data prepare, --config.data.text_field in flaxlm-train).'
   if kind == 'parquet':
-    columns = parquet_file(path).schema_arrow.names
-    if field not in columns:
-      raise UserError(f'{path} has no column {field!r} (it has {columns}): set the text field (--text_field in '
-                      'flaxlm-data prepare, --config.data.text_field in flaxlm-train).')
+    schema = parquet_file(path).schema_arrow
+    if field not in schema.names:
+      raise UserError(f'{path} has no column {field!r} (it has {schema.names}): {fix}')
+    if not is_text(schema.field(field).type):
+      raise UserError(f'{path} column {field!r} holds {schema.field(field).type}, not text: {fix}')
   elif kind == 'jsonl':
     next(jsonl_units({'path': path, 'start': 0, 'stop': None}, field), None)
-
-
-def open_binary(path: str):
-  """Returns `path` opened for reading bytes, decompressed on the fly if it ends in .gz or .zst."""
-  if path.endswith('.gz'):
-    return gzip.open(path, 'rb')
-  if path.endswith('.zst'):  # Buffered: zstandard's own reader has no readline.
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, 'rb'), closefd=True))
-  return open(path, 'rb')
 
 
 def lines(group: dict) -> Iterator[tuple[str, bytes]]:
   """Yields (where, line) for the lines that begin in the group's byte range; `where` names the line for a person:
   'FILE:NUMBER', or 'FILE (the line at byte N)' in a group that starts inside the file."""
-  with sources.reading(epath.Path(group['path'])), open_binary(group['path']) as f:
+  with sources.reading(epath.Path(group['path'])), sources.open_binary(group['path']) as f:
     if group['start']:
       f.seek(group['start'] - 1)
       f.readline()  # The rest of the line that began before the range: the previous group's.
@@ -255,12 +256,24 @@ def group_alphabet(group: dict, settings: Settings) -> set[str]:
 
 
 def run_all(function: Callable, calls: list[tuple], workers: int) -> list:
-  """Returns `function(*call)` for each call, in order: here if `workers` is 0, else in that many processes."""
+  """Returns `function(*call)` for each call, in order: here if `workers` is 0, else in that many processes.
+
+  The workers ignore Ctrl-C (sent to the whole process group): this process decides. If a call fails or this
+  process is interrupted, the workers are ended at once, their calls unfinished, rather than waited for.
+  """
   if not workers or len(calls) < 2:
     return [function(*call) for call in calls]
   spawn = multiprocessing.get_context('spawn')  # Forking a process that runs JAX's threads is unsafe.
-  with concurrent.futures.ProcessPoolExecutor(min(workers, len(calls)), mp_context=spawn) as pool:
+  pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(calls)), mp_context=spawn,
+                                                initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+  try:
     return list(pool.map(function, *zip(*calls)))
+  except BaseException:
+    for process in list((pool._processes or {}).values()):  # The executor would wait for their calls to end.
+      process.terminate()
+    raise
+  finally:
+    pool.shutdown(cancel_futures=True)
 
 
 def source_sizes(groups: list[dict]) -> list[dict]:
@@ -302,7 +315,17 @@ def check_resumable(folder: epath.Path, plan: dict) -> None:
     if any(folder.iterdir()):
       raise UserError(f'{folder} is a directory that holds no token store: pass a new directory as the store\'s path.')
     return
-  if json.loads((folder / store.PLAN).read_text()) != plan:
+  try:
+    existing = json.loads((folder / store.PLAN).read_text())
+  except ValueError as e:
+    existing = e
+  if not isinstance(existing, dict):
+    raise UserError(f'{folder / store.PLAN} is not a plan flaxlm wrote ({existing}): pass a new directory as the '
+                    'store\'s path, or delete that one.')
+  if existing.get('version') != plan['version']:
+    raise UserError(f'{folder} holds a token store of another flaxlm (store version {existing.get("version")}, this '
+                    f'one writes {plan["version"]}): pass a new directory as the store\'s path, or delete that one.')
+  if existing != plan:
     raise UserError(f'{folder} holds a token store of other inputs or settings (or its inputs changed since): pass '
                     'a new directory, or the same inputs and settings to finish it.')
 
@@ -330,13 +353,27 @@ def tokenizer_in(folder: epath.Path, tokenizer: str | tokenizer_lib.Tokenizer, p
   return spec
 
 
+def check_splits(plan: dict, splits: dict) -> None:
+  """Raises UserError if a split of the store would be empty: a run needs tokens to train on and to validate with."""
+  fraction = plan['settings']['val_fraction']
+  if not splits['validation']['tokens']:
+    raise UserError(f'{plan["inputs"]} leaves the validation split empty: --val_fraction={fraction} holds out none '
+                    'of its documents (nor of the pieces of a text, about a thousandth of a file, 1 KB at least): '
+                    'raise --val_fraction (--config.data.val_fraction in flaxlm-train), or give more text.')
+  if not splits['train']['tokens']:
+    raise UserError(f'{plan["inputs"]} leaves the training split empty (--val_fraction={fraction}): lower '
+                    '--val_fraction (--config.data.val_fraction in flaxlm-train), or give more text.')
+
+
 def manifest(plan: dict, tokenizer: tokenizer_lib.Tokenizer, records: list[dict]) -> dict:
-  """Returns a finished store's manifest: sources, tokenizer, counts, and each split's non-empty shards in order."""
+  """Returns a finished store's manifest: sources, tokenizer, counts, and each split's non-empty shards in order;
+  raises UserError if a split is empty."""
   splits = {}
   for split in store.SPLITS:
     shards = [record['shards'][split] for record in records if record['shards'][split]['tokens']]
     splits[split] = {'tokens': sum(s['tokens'] for s in shards), 'documents': sum(s['documents'] for s in shards),
                      'shards': shards}
+  check_splits(plan, splits)
   return {'version': store.VERSION, 'sources': plan['sources'], 'settings': plan['settings'],
           'dtype': store.dtype_for(tokenizer.vocab_size).name, 'chunk_tokens': store.CHUNK,
           'tokenizer': {'file': tokenizer.filename, 'sha256': store.digest(tokenizer.serialized()),
@@ -363,7 +400,12 @@ def prepare(inputs: str, output: str, tokenizer: str | tokenizer_lib.Tokenizer, 
 
 def prepare_plan(plan: dict, output: str, tokenizer: str | tokenizer_lib.Tokenizer, workers: int | None = None,
                  report: Callable[[str], None] = lambda line: None) -> store.Store:
-  """Prepares the store of `plan` at `output` (see `prepare`), keeping the groups a stopped preparation finished."""
+  """Prepares the store of `plan` at `output` (see `prepare`), keeping the groups a stopped preparation finished.
+
+  A failure leaves nothing it made: a new folder is removed, but for the finished groups of a stopped preparation
+  (KeyboardInterrupt: Ctrl-C, or SIGTERM as the commands raise it; raised again saying what was kept), which a rerun
+  finishes.
+  """
   folder = epath.Path(output)
   check_resumable(folder, plan)
   if (folder / store.MANIFEST).exists():
@@ -372,24 +414,78 @@ def prepare_plan(plan: dict, output: str, tokenizer: str | tokenizer_lib.Tokeniz
   folder.mkdir(parents=True, exist_ok=True)
   try:
     return write_store(plan, folder, tokenizer, default_workers(plan) if workers is None else workers, report)
-  except UserError:
-    if new:  # Bad input found while reading (a malformed line): leave nothing, as a check before writing would.
+  except BaseException as error:
+    kept = forget_unfinished(folder, len(plan['groups']))
+    stopped = isinstance(error, KeyboardInterrupt)
+    if new and not (stopped and kept):
       folder.rmtree()
+    if stopped:
+      raise KeyboardInterrupt(stop_message(output, kept, len(plan['groups']), removed=new and not kept)) from None
     raise
+
+
+def stop_message(output: str, kept: int, count: int, removed: bool) -> str:
+  """Returns what a stopped preparation says: what it kept of `output`, and how to finish it."""
+  if removed:
+    return f'stopped before any of the {count} input groups was prepared: {output} is removed.'
+  return f'{kept} of {count} input groups prepared and kept in {output}: run the same command to finish.'
+
+
+def group_files(folder: epath.Path, index: int) -> list[epath.Path]:
+  """Returns every file group `index` may have written: its record and shards, whole or partial."""
+  names = [store.group_name(index), *(store.shard_name(split, index) for split in store.SPLITS)]
+  return [folder / name for name in names] + [path for name in names for path in folder.glob(f'.{name}.partial*')]
+
+
+def forget_unfinished(folder: epath.Path, count: int) -> int:
+  """Removes what the groups without a record wrote (a stopped group's shards) and returns how many have one."""
+  unfinished = [index for index in range(count) if not (folder / store.group_name(index)).exists()]
+  for index in unfinished:
+    for path in group_files(folder, index):
+      path.unlink(missing_ok=True)
+  return count - len(unfinished)
+
+
+def intact(folder: epath.Path, split: str, index: int, shard: object) -> bool:
+  """Returns whether a group record's `shard` of `split` is what group `index` wrote, and on disk as recorded."""
+  path = folder / store.shard_name(split, index)
+  if not isinstance(shard, dict) or shard.get('file') != path.name:
+    return False
+  if not shard.get('records'):  # No token, no file.
+    return shard.get('tokens') == 0
+  try:
+    store.check_shard(split, shard)
+  except ValueError:
+    return False
+  return path.is_file() and path.stat().length == shard['bytes'] and store.file_digest(path) == shard['sha256']
+
+
+def trusted(folder: epath.Path, index: int, group: dict) -> bool:
+  """Returns whether group `index` is finished: its record parses, describes `group`, and its shards are intact."""
+  try:
+    record = json.loads((folder / store.group_name(index)).read_text())
+  except (FileNotFoundError, ValueError):
+    return False
+  return (isinstance(record, dict) and record.get('group') == group and isinstance(record.get('shards'), dict) and
+          all(intact(folder, split, index, record['shards'].get(split)) for split in store.SPLITS))
 
 
 def write_store(plan: dict, folder: epath.Path, tokenizer: str | tokenizer_lib.Tokenizer, workers: int,
                 report: Callable[[str], None]) -> store.Store:
-  """Writes the plan, the tokenizer, the groups not yet written, then the manifest; returns the store."""
+  """Writes the plan, the tokenizer, the groups not yet written (or damaged since), then the manifest; returns the
+  store."""
   output = str(folder)
   files.replace(folder / store.PLAN, json.dumps(plan).encode())
   spec = tokenizer_in(folder, tokenizer, plan, workers)
   groups, settings, saved = plan['groups'], Settings(**plan['settings']), tuple(tokenizer_lib.files_of(spec).items())
-  todo = [(output, i, group, settings, saved) for i, group in enumerate(groups)
-          if not (folder / store.group_name(i)).exists()]
+  todo = [i for i, group in enumerate(groups) if not trusted(folder, i, group)]
+  redone = sum((folder / store.group_name(i)).exists() for i in todo)
+  for path in (path for i in todo for path in group_files(folder, i)):
+    path.unlink(missing_ok=True)
   report(f'{len(groups) - len(todo)} of {len(groups)} input groups already prepared; preparing {len(todo)} with '
-         f'{workers or "no"} worker processes')
-  run_all(write_group, todo, workers)
+         f'{workers or "no"} worker processes' + (f' ({redone} of them again: their record or shards were damaged)'
+                                                  if redone else ''))
+  run_all(write_group, [(output, i, groups[i], settings, saved) for i in todo], workers)
   records = [json.loads((folder / store.group_name(i)).read_text()) for i in range(len(groups))]
   files.replace(folder / store.MANIFEST, json.dumps(manifest(plan, spec, records), indent=1).encode())
   return store.open_store(output)

@@ -12,6 +12,7 @@ import contextlib
 import glob
 import gzip
 import importlib.resources
+import io
 import json
 import pathlib
 import socket
@@ -64,9 +65,55 @@ def json_record(line: str, where: str) -> object:
                     'remove that line.') from None
 
 
+class ZstdFrames(io.RawIOBase):
+  """The decompressed bytes of a .zst file, frame after frame, each read to its end marker: a file that ends inside a
+  frame (truncated) raises EOFError, as gzip's reader does, where zstandard's own reader would end quietly."""
+
+  READ = 2**16  # Compressed bytes decompressed at a time: what one read may expand, so memory stays bounded.
+
+  def __init__(self, path: str | pathlib.Path):
+    self.file, self.frame, self.out = open(path, 'rb'), None, memoryview(b'')
+
+  def readable(self) -> bool:
+    """Says that the file reads."""
+    return True
+
+  def readinto(self, buffer) -> int:
+    """Fills `buffer` with the next decompressed bytes; returns how many (0 at the end of the last whole frame)."""
+    while not self.out:
+      rest = b''
+      if self.frame is not None and self.frame.eof:  # The frame ended: what follows begins the next one.
+        rest, self.frame = self.frame.unused_data, None
+      data = rest or self.file.read(self.READ)
+      if not data:
+        if self.frame is not None:
+          raise EOFError('the file ends inside a zstd frame, before its end marker')
+        return 0
+      if self.frame is None:
+        self.frame = zstandard.ZstdDecompressor().decompressobj()
+      self.out = memoryview(self.frame.decompress(data))
+    size = min(len(buffer), len(self.out))
+    buffer[:size], self.out = self.out[:size], self.out[size:]
+    return size
+
+  def close(self) -> None:
+    """Closes the compressed file."""
+    self.file.close()
+    super().close()
+
+
+def open_binary(path: str | pathlib.Path):
+  """Returns `path` opened for reading bytes, decompressed on the fly if it ends in .gz or .zst."""
+  if str(path).endswith('.gz'):
+    return gzip.open(path, 'rb')
+  if str(path).endswith('.zst'):
+    return io.BufferedReader(ZstdFrames(path))
+  return open(path, 'rb')
+
+
 def open_text(path: pathlib.Path):
-  """Returns `path` opened as UTF-8 text, decompressed on the fly if its name ends in .gz."""
-  return gzip.open(path, 'rt', encoding='utf-8') if path.suffix == '.gz' else path.open(encoding='utf-8')
+  """Returns `path` opened as UTF-8 text, decompressed on the fly if its name ends in .gz or .zst."""
+  return io.TextIOWrapper(open_binary(path), encoding='utf-8')
 
 
 def jsonl_documents(path: pathlib.Path, field: str) -> Iterator[str]:
@@ -100,7 +147,7 @@ def reading(path: pathlib.Path) -> Iterator[None]:
 def documents_of(path: pathlib.Path, field: str) -> Iterator[str]:
   """Yields a file's documents: each JSONL record's text, or the whole of a plain text file."""
   with reading(path):
-    if path.name.removesuffix('.gz').endswith('.jsonl'):
+    if path.name.removesuffix('.gz').removesuffix('.zst').endswith('.jsonl'):
       yield from jsonl_documents(path, field)
     else:
       with open_text(path) as f:
@@ -108,7 +155,7 @@ def documents_of(path: pathlib.Path, field: str) -> Iterator[str]:
 
 
 def read_text(path: str) -> str:
-  """Returns the whole text of one local file (plain or .gz) or of a shipped corpus, `flaxlm:NAME`."""
+  """Returns the whole text of one local file (plain, .gz or .zst) or of a shipped corpus, `flaxlm:NAME`."""
   files = expand(path)
   if len(files) != 1:
     raise UserError(f'{path} names {len(files)} files: name one.')

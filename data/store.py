@@ -1,7 +1,8 @@
 """The token store: a corpus tokenized once into ArrayRecord shards of token ids, which training reads by index.
 
 A store is a directory:
-  manifest.json              written last: a store without one is incomplete (its preparation stopped or runs)
+  manifest.json              written last: a store without one is incomplete (its preparation stopped or runs);
+                             it records each shard's counts (tokens, documents, records), size and SHA-256
   tokenizer.json or .model   the tokenizer whose ids the shards hold
   plan.json                  the inputs and settings it was prepared from (a resumed preparation must match)
   train-00000.array_record   each split's tokens, group by group; a group's shard of a split may be absent
@@ -14,6 +15,11 @@ the tokens in the record that begin a document: record = uint32 count n, n uint3
 ids are uint16 where the vocabulary fits, else uint32. Reading a window costs one or two records however large
 the store is; only the manifest (a few numbers per shard) is held in memory.
 
+A store proves its integrity at two costs. `open_store` checks the manifest's every field and each shard's size on
+disk (a stat per shard), so a store that is incomplete, truncated, from an older flaxlm or hand-edited is refused
+before a run writes anything; `verify` (`flaxlm-data verify`) also reads every shard: its SHA-256, then every
+record's counts and token ids.
+
 Shape key: L tokens of a window.
 """
 
@@ -21,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -34,7 +41,10 @@ from flaxlm.data import files, tokenizer as tokenizer_lib
 MANIFEST, PLAN = 'manifest.json', 'plan.json'
 SPLITS = ('train', 'validation')
 CHUNK = 16_384  # Tokens per record: a window reads one or two, and the reader's index stays small.
-VERSION = 1
+VERSION = 2  # 2: the manifest records each shard's size and SHA-256.
+COUNTS = ('tokens', 'documents', 'records', 'bytes')  # A shard's counts in its manifest entry.
+DAMAGED = ('prepare it again into a new directory with `flaxlm-data prepare`, or run `flaxlm-data verify {path}` to '
+           'see its damage.')
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -106,17 +116,22 @@ class ShardWriter:
     self.records += 1
 
   def close(self) -> dict:
-    """Writes what remains, renames the shard into place and returns its counts (no file if it holds no token)."""
+    """Writes what remains, renames the shard into place and returns its manifest entry: counts, size and SHA-256
+    (no file if it holds no token: size 0, no SHA-256)."""
     self.flush(whole_records_only=False)
+    entry = {'file': self.path.name, 'tokens': self.tokens, 'documents': self.documents, 'records': self.records,
+             'bytes': 0, 'sha256': ''}
     if self.writer is not None:
       self.writer.close()
+      # ArrayRecord writes the file itself, unseen: it is hashed once written, while it is in the page cache.
+      entry.update(bytes=os.path.getsize(self.partial), sha256=file_digest(self.partial))
       if not files.is_cloud(self.path):
         self.partial.replace(self.path)  # A shard a stopped preparation left is written anew.
       else:
         with self.partial.open('rb') as local, self.path.open('wb') as remote:
           shutil.copyfileobj(local, remote, 2**24)
         self.partial.unlink()
-    return {'file': self.path.name, 'tokens': self.tokens, 'documents': self.documents, 'records': self.records}
+    return entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,10 +166,13 @@ class Split:
   def window(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, None]:
     """Returns tokens [start, stop) as int32, whether each begins a document, and None (every token is trained)."""
     spans = self.spans(start, min(stop, len(self)))
-    records = [self.source[key] for key, _, _ in spans]  # One at a time: __getitems__ starts threads per call.
+    records = [self.read(key) for key, _, _ in spans]  # One at a time: __getitems__ starts threads per call.
     tokens, begins = [], []
-    for record, (_, first, last) in zip(records, spans):
+    for record, (key, first, last) in zip(records, spans):
       ids, offsets = decode_record(record, self.dtype)
+      if len(ids) < last:  # The manifest counts more tokens than the shard holds.
+        raise UserError(f'record {key} of {self.shard_of(key)} holds {len(ids)} tokens, fewer than its manifest '
+                        'counts: the store is damaged; run `flaxlm-data verify` on it.')
       starts = np.zeros(last - first, bool)
       starts[offsets[(offsets >= first) & (offsets < last)] - first] = True
       tokens.append(ids[first:last])
@@ -162,6 +180,18 @@ class Split:
     if not spans:
       return np.zeros(0, np.int32), np.zeros(0, bool), None
     return np.concatenate(tokens).astype(np.int32), np.concatenate(begins), None
+
+  def shard_of(self, key: int) -> str:
+    """Returns the path of the shard that holds record `key`."""
+    return self.paths[int(np.searchsorted(self.record_starts, key, side='right')) - 1]
+
+  def read(self, key: int) -> bytes:
+    """Returns record `key`; raises UserError naming its shard if the shard cannot be read (changed since written)."""
+    try:
+      return self.source[key]
+    except (RuntimeError, IndexError, OSError) as e:
+      raise UserError(f'{self.shard_of(key)} cannot be read ({str(e).splitlines()[0]}): the store is damaged; run '
+                      '`flaxlm-data verify` on it.') from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +220,103 @@ def digest(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
+def file_digest(path: epath.Path | str) -> str:
+  """Returns the SHA-256 of the file at `path` in hex, read a block at a time."""
+  with epath.Path(path).open('rb') as f:
+    return hashlib.file_digest(f, 'sha256').hexdigest()
+
+
+def field(entry: object, key: str, kind: type, where: str) -> object:
+  """Returns `entry[key]`; raises ValueError naming `where` unless `entry` is a dict holding a `kind` there (an int
+  that is not negative, not a bool)."""
+  value = entry.get(key) if isinstance(entry, dict) else None
+  if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+    raise ValueError(f'{where}{key} is {"missing" if value is None else repr(value)}, not a'
+                     f'{" non-negative int" if kind is int else " " + kind.__name__}')
+  return value
+
+
+def check_shard(split: str, shard: object) -> str:
+  """Returns a manifest shard entry's file name; raises ValueError saying what is wrong with the entry."""
+  name = field(shard, 'file', str, f'a {split} shard\'s ')
+  if not re.fullmatch(rf'{split}-\d{{5}}\.array_record', name):
+    raise ValueError(f'its {split} shard {name!r} is not named {split}-NNNNN.array_record')
+  tokens, documents, records, _ = (field(shard, key, int, f'shard {name}\'s ') for key in COUNTS)
+  if records != -(-tokens // CHUNK) or documents > tokens:
+    raise ValueError(f'shard {name}\'s counts disagree ({tokens} tokens in {records} records of {CHUNK}, '
+                     f'{documents} documents)')
+  if not re.fullmatch('[0-9a-f]{64}', str(field(shard, 'sha256', str, f'shard {name}\'s '))):
+    raise ValueError(f'shard {name}\'s sha256 is not a SHA-256')
+  return name
+
+
+def check_split(name: str, split: object) -> list[str]:
+  """Returns the file names of a manifest split's shards; raises ValueError saying what is wrong with the split."""
+  shards = field(split, 'shards', list, f'the {name} split\'s ')
+  names = [check_shard(name, shard) for shard in shards]
+  for key in ('tokens', 'documents'):
+    total = field(split, key, int, f'the {name} split\'s ')
+    if total != sum(shard[key] for shard in shards):
+      raise ValueError(f'the {name} split\'s {key} ({total}) are not its shards\' sum')
+  if not split['tokens']:
+    raise ValueError(f'its {name} split is empty')
+  return names
+
+
+def check_manifest(manifest: object, vocab_size: int) -> None:
+  """Raises ValueError saying what is wrong if `manifest` is not the manifest of a store whose tokenizer has
+  `vocab_size` ids: every field present, of its type and range, and every count consistent."""
+  stated = field(field(manifest, 'tokenizer', dict, ''), 'vocab_size', int, 'the tokenizer\'s ')
+  if stated != vocab_size:
+    raise ValueError(f'its vocab_size {stated} is not its tokenizer\'s {vocab_size}')
+  if field(manifest, 'dtype', str, '') != dtype_for(vocab_size).name:
+    raise ValueError(f'its dtype {manifest["dtype"]!r} is not {dtype_for(vocab_size).name}, the ids of a '
+                     f'{vocab_size}-token vocabulary')
+  if field(manifest, 'chunk_tokens', int, '') != CHUNK:
+    raise ValueError(f'its chunk_tokens {manifest["chunk_tokens"]} is not {CHUNK}')
+  splits = field(manifest, 'splits', dict, '')
+  if sorted(splits) != sorted(SPLITS):
+    raise ValueError(f'its splits are {sorted(splits)}, not {" and ".join(SPLITS)}')
+  names = [name for split in SPLITS for name in check_split(split, splits[split])]
+  if len(set(names)) != len(names):
+    raise ValueError('it lists a shard twice')
+
+
+def check_sizes(folder: epath.Path, manifest: dict) -> None:
+  """Raises ValueError naming the first shard that is missing or not of the size the manifest records."""
+  for split in SPLITS:
+    for shard in manifest['splits'][split]['shards']:
+      path = folder / shard['file']
+      if not path.is_file():
+        raise ValueError(f'its shard {shard["file"]} is missing')
+      if path.stat().length != shard['bytes']:
+        raise ValueError(f'its shard {shard["file"]} is {path.stat().length} bytes, not the {shard["bytes"]} its '
+                         'manifest records')
+
+
+def check_version(manifest: object, path: str) -> None:
+  """Raises UserError if the manifest is of a store an older (or newer) flaxlm wrote."""
+  version = manifest.get('version') if isinstance(manifest, dict) else None
+  if isinstance(version, int) and version != VERSION:
+    raise UserError(f'token store {path} was made by {"an older" if version < VERSION else "a newer"} flaxlm (store '
+                    f'version {version}, this one reads {VERSION}): prepare it again with `flaxlm-data prepare` into '
+                    'a new directory (the same command, another --output).')
+
+
+def manifest_tokenizer(folder: epath.Path, manifest: object) -> tokenizer_lib.Tokenizer:
+  """Returns the tokenizer the manifest names; raises ValueError if its file is not the one the manifest hashes."""
+  entry = field(manifest, 'tokenizer', dict, '')
+  name = field(entry, 'file', str, 'the tokenizer\'s ')
+  if '/' in name or name.startswith('.') or not (folder / name).is_file():
+    raise ValueError(f'its tokenizer file {name!r} is not in the store')
+  if digest((folder / name).read_bytes()) != entry.get('sha256'):
+    raise ValueError('its tokenizer file does not match the manifest')
+  return tokenizer_lib.load(folder / name)
+
+
 def open_store(path: str) -> Store:
-  """Returns the complete store at `path`; raises UserError if it is incomplete or not a store flaxlm wrote."""
+  """Returns the complete store at `path`; raises UserError if it is incomplete, not a store this flaxlm wrote, or
+  its manifest or the sizes of its shards are not as written (the cheap checks: no shard is read)."""
   folder = epath.Path(path)
   if not (folder / MANIFEST).exists():
     done = len(list(folder.glob('group-*.json')))
@@ -200,11 +325,59 @@ def open_store(path: str) -> Store:
   data = (folder / MANIFEST).read_bytes()
   try:
     manifest = json.loads(data)
-    tokenizer_file = folder / manifest['tokenizer']['file']
-    if manifest['version'] != VERSION or digest(tokenizer_file.read_bytes()) != manifest['tokenizer']['sha256']:
-      raise ValueError('its tokenizer file does not match the manifest')
-    tokenizer = tokenizer_lib.load(tokenizer_file)
-  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-    raise UserError(f'token store {path} is damaged ({e}): prepare it again with `flaxlm-data prepare` into a new '
-                    'directory.') from None
+    check_version(manifest, path)
+    field(manifest, 'version', int, '')
+    tokenizer = manifest_tokenizer(folder, manifest)
+    check_manifest(manifest, tokenizer.vocab_size)
+    check_sizes(folder, manifest)
+  except ValueError as e:
+    raise UserError(f'token store {path} is damaged ({e}): {DAMAGED.format(path=path)}') from None
   return Store(folder, manifest, digest(data), tokenizer)
+
+
+def record_counts(path: epath.Path, dtype: np.dtype, vocab_size: int) -> dict:
+  """Returns what a shard's records hold: its counts (tokens, documents, records), read record by record; raises
+  ValueError at a record that is not as the writer makes them (CHUNK tokens but the last, ordered document starts,
+  ids below `vocab_size`)."""
+  reader = array_record_module.ArrayRecordReader(str(path))
+  counts = {'tokens': 0, 'documents': 0, 'records': reader.num_records()}
+  for start in range(0, counts['records'], 64):
+    for key, record in enumerate(reader.read(start, min(start + 64, counts['records'])), start):
+      ids, begins = decode_record(record, dtype)
+      if (len(ids) != CHUNK and key < counts['records'] - 1) or np.any(np.diff(begins.astype(np.int64)) <= 0) or (
+          len(begins) and begins[-1] >= len(ids)):
+        raise ValueError(f'its record {key} is not one flaxlm writes ({len(ids)} tokens, {len(begins)} starts)')
+      if len(ids) and int(ids.max()) >= vocab_size:
+        raise ValueError(f'its record {key} holds id {int(ids.max())}, beyond the {vocab_size}-token vocabulary')
+      counts['tokens'] += len(ids)
+      counts['documents'] += len(begins)
+  reader.close()
+  return counts
+
+
+def shard_damage(path: epath.Path, shard: dict, dtype: np.dtype, vocab_size: int) -> str:
+  """Returns what is wrong with a shard the manifest lists ('' if nothing): its SHA-256, then what its records hold."""
+  if file_digest(path) != shard['sha256']:
+    return 'has another SHA-256 than the manifest records: its bytes changed after it was written'
+  try:
+    counts = record_counts(path, dtype, vocab_size)
+  except (ValueError, RuntimeError, IndexError) as e:  # RuntimeError: ArrayRecord's for a file it cannot parse.
+    return f'cannot be read as written ({str(e).splitlines()[0]})'
+  stated = {key: shard[key] for key in counts}
+  told = lambda c: ', '.join(f'{c[key]} {key}' for key in c)
+  return '' if counts == stated else f'holds {told(counts)}, where the manifest records {told(stated)}'
+
+
+def verify(path: str) -> Store:
+  """Returns the store at `path` once all of it is proven as written: `open_store`'s checks, then each shard's
+  SHA-256, then every record read (its counts, and its token ids below the vocabulary size); raises UserError
+  naming the first shard damaged and how."""
+  opened = open_store(path)
+  for split in SPLITS:
+    for shard in opened.manifest['splits'][split]['shards']:
+      damage = shard_damage(opened.path / shard['file'], shard, np.dtype(opened.manifest['dtype']),
+                            opened.tokenizer.vocab_size)
+      if damage:
+        raise UserError(f'token store {path} is damaged: its shard {shard["file"]} {damage}: prepare it again into '
+                        'a new directory with `flaxlm-data prepare`.')
+  return opened

@@ -143,7 +143,8 @@ CASES = [
     new('data_not_utf8', 'traceback', 'UTF-8', '--config.data.path={case}/latin.txt',
         setup=write('latin.txt', 'caf\xe9 '.encode('latin-1') * 2000)),
     new('data_too_short_for_a_batch', 'message', 'fewer than one batch', '--config.data.path={case}/short.txt',
-        setup=write('short.txt', 'to be or not to be\n')),
+        '--config.data.val_fraction=0.5', '--config.train.batch_size=128',  # Two pieces of text: one a split.
+        setup=write('short.txt', 'to be or not to be\n' * 110)),
     new('jsonl_without_the_field', 'message', '--config.data.text_field', '--config.data.path={jsonl}',
         '--config.data.text_field=body'),
     new('jsonl_garbled', 'traceback', 'bad.jsonl', '--config.data.path={case}/bad.jsonl',

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import tensorflow_datasets as tfds
+import zstandard
 
 from flaxlm.configs.errors import UserError
 from flaxlm.data import sources
@@ -77,3 +78,12 @@ def test_gzip_text_is_read_and_a_truncated_gzip_is_refused(tmp_path):
   (tmp_path / 'b.txt.gz').write_bytes(good.read_bytes()[:12])
   with pytest.raises(UserError, match='is not a complete compressed file'):
     sources.read_text(str(tmp_path / 'b.txt.gz'))
+
+
+def test_zstd_text_is_read_across_frames_and_a_truncated_zstd_is_refused(tmp_path):
+  good = tmp_path / 'a.txt.zst'
+  good.write_bytes(zstandard.compress(b'hello\n') + zstandard.compress(b'world\n'))  # As zstd -T and pzstd write.
+  assert sources.read_text(str(good)) == 'hello\nworld\n'
+  (tmp_path / 'b.jsonl.zst').write_bytes(zstandard.compress(json.dumps({'text': 'one two'}).encode() * 50)[:-4])
+  with pytest.raises(UserError, match='b.jsonl.zst is not a complete compressed file .*before its end marker'):
+    list(sources.lines(str(tmp_path / 'b.jsonl.zst')))

@@ -1,12 +1,19 @@
-"""`flaxlm-data prepare`: a corpus into a token store, once; `flaxlm-data check`: a fine-tuning file's examples.
+"""`flaxlm-data prepare`: a corpus into a token store, once; `flaxlm-data verify`: a store proven whole;
+`flaxlm-data check`: a fine-tuning file's examples.
 
   flaxlm-data prepare 'web/*.jsonl.zst,books/*.txt' --output=/data/store --tokenizer=tok.model
   flaxlm-data prepare fineweb/*.parquet --output=gs://bucket/store --tokenizer=tok.model --workers=32
   flaxlm-data prepare tfds:lm1b --output=/data/lm1b --tokenizer=byte
 
 tokenizes text, JSONL (.gz, .zst), Parquet files or a TFDS dataset in worker processes and writes a token store
-(data/store.py) that `--config.data.path=STORE` trains on; run the same command again to finish a preparation that
-was stopped (the groups of input it finished are kept).
+(data/store.py) that `--config.data.path=STORE` trains on. Ctrl-C or SIGTERM stops it within seconds, keeping the
+groups of input it finished (it says how many); run the same command again to finish it.
+
+  flaxlm-data verify /data/store
+
+checks what a run checks when it opens the store (the manifest's fields and counts, each shard's size), then reads
+every shard: its SHA-256 against the manifest's, every record's counts and token ids. It prints the store's splits
+and 'verified', or one line naming the damaged shard and the damage, and exits non-zero.
 
   flaxlm-data check examples.jsonl                  # the defaults of a training run: char tokens, T = 64
   flaxlm-data check examples.jsonl --tokenizer=tok.model --max_length=1024
@@ -29,7 +36,7 @@ from absl import flags
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import examples as examples_lib, prepare, tokenizer as tokenizer_lib
+from flaxlm.data import examples as examples_lib, prepare, store, tokenizer as tokenizer_lib
 from flaxlm.train.commands import cli
 
 DEFAULTS = base.get_config()
@@ -146,14 +153,32 @@ def prepare_command(inputs: list[str]) -> None:
   prepared = prepare.prepare(','.join(inputs), output, TOKENIZER.value, settings, WORKERS.value, GROUP_MB.value << 20,
                              report=print)
   seconds = time.perf_counter() - start
-  for name, split in prepared.manifest['splits'].items():
-    print(f'{name}: {split["tokens"]:,} tokens, {split["documents"]:,} documents, {len(split["shards"])} shards')
+  print('\n'.join(split_lines(prepared.manifest)))
   total = sum(split['tokens'] for split in prepared.manifest['splits'].values())
   print(f'token store {output} is complete ({prepared.manifest["dtype"]} ids of a {prepared.tokenizer.vocab_size:,}-'
         f'token vocabulary; {total / max(seconds, 1e-9):,.0f} tokens/s this run); manifest digest {prepared.digest}')
 
 
-COMMANDS = {'prepare': prepare_command, 'check': check_command}
+def split_lines(manifest: dict) -> list[str]:
+  """Returns a line per split of a store's manifest: its tokens, documents and shards."""
+  return [f'{name}: {split["tokens"]:,} tokens, {split["documents"]:,} documents, {len(split["shards"])} shards'
+          for name, split in manifest['splits'].items()]
+
+
+def verify_command(stores: list[str]) -> None:
+  """Verifies one token store and prints what it holds."""
+  if len(stores) != 1:
+    raise UserError('name one token store: flaxlm-data verify STORE.')
+  if not store.is_store(stores[0]):
+    raise UserError(f'{stores[0]} is not a token store (no manifest.json, no plan.json): pass the --output of a '
+                    '`flaxlm-data prepare`.')
+  verified = store.verify(stores[0])
+  print('\n'.join(split_lines(verified.manifest)))
+  print(f'token store {stores[0]} is verified: every shard\'s SHA-256, records, counts and token ids (below '
+        f'{verified.tokenizer.vocab_size:,}) are as its manifest records.')
+
+
+COMMANDS = {'prepare': prepare_command, 'check': check_command, 'verify': verify_command}
 
 
 def dispatch(args: list[str]) -> None:
