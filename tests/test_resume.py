@@ -16,6 +16,7 @@ import pytest
 import commands
 from conftest import REPO, command
 from test_cli import assert_one_line_error, run
+from flaxlm.data import lock
 from flaxlm.train import checkpoint, metrics
 from flaxlm.train.use import pretrained
 
@@ -85,10 +86,33 @@ def assert_same_run(workdir, straight_workdir) -> None:
 def test_a_run_killed_at_any_step_resumes_to_bitwise_the_same_result(straight, tmp_path, step):
   corpus, reference = straight
   stop_at(step, signal.SIGKILL, args(corpus, tmp_path / 'run'))
-  assert checkpoint.directory(tmp_path / 'run').is_dir()
+  assert checkpoint.directory(tmp_path / 'run').is_dir() and (tmp_path / 'run' / lock.LOCK).is_file()
   resumed = run(*args(corpus, tmp_path / 'run'))
   assert resumed.returncode == 0, resumed.stderr
+  assert f'took over the lock of {tmp_path / "run"} from process ' in resumed.stdout  # The killed run's, left behind.
   assert_same_run(tmp_path / 'run', reference)
+  assert not (tmp_path / 'run' / lock.LOCK).exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_second_writer_is_refused_and_readers_run_while_the_first_trains_on_undisturbed(straight, tmp_path):
+  corpus, reference = straight
+  workdir = tmp_path / 'run'
+  first = commands.start(*args(corpus, workdir), cwd=REPO)
+  for line in first.lines:
+    if line.startswith('step 7 |'):  # Step 6's save began once step 3's was whole: readers have one to read.
+      first.send_signal(signal.SIGSTOP)  # Held still, alive, while the others run.
+      break
+  try:
+    second = run(*args(corpus, workdir))
+    assert_one_line_error(second, f'{workdir} is being written by process {first.pid} on ')
+    assert 'pass --take_over' in second.stderr
+    sampled = run(command('flaxlm-sample'), f'--workdir={workdir}', '--prompt=the', '--max_new_tokens=4', '--seed=1')
+    assert sampled.returncode == 0, sampled.stderr
+  finally:
+    first.send_signal(signal.SIGCONT)
+  assert first.wait(timeout=120) == 0, first.output()[1]
+  assert_same_run(workdir, reference)
 
 
 @pytest.mark.timeout(300)

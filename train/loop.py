@@ -4,16 +4,18 @@ train/use/pretrained.py), then step, evaluate, log and checkpoint until `train.s
 The loop dispatches step s+1 before it pulls step s's metrics to the host, so logging never stalls the device.
 """
 
+import contextlib
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import pipeline, tokenizer as tokenizer_lib
+from flaxlm.data import lock, pipeline, tokenizer as tokenizer_lib
 from flaxlm.model import attention, flops, lora, quantize
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer, count_params
@@ -36,9 +38,6 @@ class Setup:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
-  base.check(config)
-  sharding.configure_cpu_devices(config)
-  workdir_lib.check_usable(workdir)
   if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
     config = pretrained.adopt(config)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
@@ -140,38 +139,53 @@ def describe_params(state: state_lib.TrainState) -> str:
   return f'{total:,} parameters, {trained:,} trained (LoRA adapters: {trained / total:.2%})'
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
-  """Trains (or resumes) the run in `workdir` to `config.train.steps` and returns the final state.
+@contextlib.contextmanager
+def writing(workdir: str, take_over: bool) -> Iterator[bool]:
+  """Holds the lock of `workdir` (data/lock.py) while the block runs and yields whether the workdir is new (made by
+  this run): process 0 takes the lock, and every process learns whether it did; raises UserError, having written
+  nothing, if another run holds it."""
+  with contextlib.ExitStack() as stack:
+    refused, new = None, False
+    if jax.process_index() == 0:
+      try:
+        new = stack.enter_context(lock.held(workdir, '--workdir', take_over))
+      except UserError as e:
+        refused = e
+    if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(np.int32(refused is None)):
+      raise refused or UserError(f'process 0 could not lock --workdir={workdir}: its error line says why.')
+    if refused:
+      raise refused
+    yield new
 
-  Stops early, with a checkpoint saved, on SIGTERM; raises UserError if the loss stops being finite.
+
+def train(config: ml_collections.ConfigDict, workdir: str, take_over: bool = False) -> state_lib.TrainState:
+  """Trains (or resumes) the run in `workdir` to `config.train.steps` and returns the final state; `take_over`
+  takes the workdir's lock from a run that holds it (one known to be gone).
+
+  Stops early, with a checkpoint saved, on SIGTERM; raises UserError if the loss stops being finite, or, having
+  written nothing, if an input is wrong or another run writes the workdir.
   """
-  setup = prepare(config, workdir)
-  c = setup.config.train
-  tx, abstract, train_fn, eval_fn = build_steps(setup)
-  memory.check_fits(abstract)
-  lead = jax.process_index() == 0  # Only the first process writes files and prints.
-  data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
-                                 sharding.process_rows(setup.mesh, c.batch_size))
-  restored = checkpoint.restore_latest(workdir, abstract, check=lambda restored: data.set_state(restored[1]))
-  lora_run = abstract.frozen is not None
-  starts_pretrained = c.init_from and not restored and not lora_run
-  initial = pretrained.read_initial_params(c.init_from, abstract.params) if starts_pretrained else None
-  frozen = read_frozen(setup, abstract.frozen) if lora_run else None  # Read again on resuming: not checkpointed.
-  if lead:
-    workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
-  if restored:
-    state = restored[0]  # The data iterator took the checkpoint's position in restore_latest's check.
-  else:
-    state = state_lib.init_state(setup.model, tx, c.seed, abstract)
-    state = state if initial is None else state.replace(params=initial)
-  state = state.replace(frozen=frozen)
-  start = int(state.step)
-  if lead:
-    metrics.drop_after(workdir, start)
-    print(f'model: {describe_params(state)}; mesh {dict(setup.mesh.shape)}; '
-          f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} '
-          f'padding); {"resuming at" if start else "starting from"} step {start} of {c.steps}', flush=True)
-  manager, log = checkpoint.checkpoint_manager(workdir, c.keep_checkpoints), metrics.MetricsLog(workdir)
+  base.check(config)
+  sharding.configure_cpu_devices(config)
+  workdir_lib.check_usable(workdir)
+  with writing(workdir, take_over) as new:
+    return train_locked(config, workdir, new)
+
+
+def train_locked(config: ml_collections.ConfigDict, workdir: str, new: bool) -> state_lib.TrainState:
+  """Trains the run in `workdir`, whose lock this process holds (see `train`); a `new` workdir whose run stops
+  before its first step is emptied again (its lock then removes it)."""
+  try:
+    setup, state, data, train_fn, eval_fn = start(config, workdir)
+    manager = checkpoint.checkpoint_manager(workdir, setup.config.train.keep_checkpoints)
+    log = metrics.MetricsLog(workdir)
+  except BaseException as e:
+    if new and jax.process_index() == 0:
+      workdir_lib.remove_run_files(workdir)
+    if isinstance(e, KeyboardInterrupt):
+      raise KeyboardInterrupt('before the first step: nothing was written; run the same command to start again.' if new
+                              else f'before the first step: {last_saved(workdir)}') from None
+    raise
   with preemption.watch(manager) as preempted:  # Until the last save is written: a signal then waits for it.
     try:
       return run_steps(setup, state, data, train_fn, eval_fn, manager, log, preempted)
@@ -184,6 +198,47 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
         manager.wait_until_finished()
         manager.close()
       log.close()
+
+
+def start(config: ml_collections.ConfigDict, workdir: str):
+  """Checks and sets up the run in `workdir`, then writes its run files; returns (setup, state, data iterator,
+  train_fn, eval_fn). Everything that can fail on the inputs does so before the first write."""
+  setup = prepare(config, workdir)
+  c = setup.config.train
+  tx, abstract, train_fn, eval_fn = build_steps(setup)
+  memory.check_fits(abstract)
+  lead = jax.process_index() == 0  # Only the first process writes files and prints.
+  data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
+                                 sharding.process_rows(setup.mesh, c.batch_size))
+  restored = checkpoint.restore_latest(workdir, abstract, check=lambda restored: data.set_state(restored[1]))
+  lora_run = abstract.frozen is not None
+  starts_pretrained = c.init_from and not restored and not lora_run
+  initial = pretrained.read_initial_params(c.init_from, abstract.params) if starts_pretrained else None
+  frozen = read_frozen(setup, abstract.frozen) if lora_run else None  # Read again on resuming: not checkpointed.
+  check_first_batch(data)
+  if lead:
+    workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
+  if restored:
+    state = restored[0]  # The data iterator took the checkpoint's position in restore_latest's check.
+  else:
+    state = state_lib.init_state(setup.model, tx, c.seed, abstract)
+    state = state if initial is None else state.replace(params=initial)
+  state = state.replace(frozen=frozen)
+  step = int(state.step)
+  if lead:
+    metrics.drop_after(workdir, step)
+    print(f'model: {describe_params(state)}; mesh {dict(setup.mesh.shape)}; '
+          f'{len(setup.train_examples):,} training sequences ({setup.train_examples.padding_fraction():.2%} '
+          f'padding); {"resuming at" if step else "starting from"} step {step} of {c.steps}', flush=True)
+  return setup, state, data, train_fn, eval_fn
+
+
+def check_first_batch(data) -> None:
+  """Reads the next batch of `data` and puts the iterator back: data that cannot be read fails before the run writes
+  anything."""
+  position = data.get_state()
+  next(data)
+  data.set_state(position)
 
 
 def last_saved(workdir: str) -> str:

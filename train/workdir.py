@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import shutil
 
 import ml_collections
 
@@ -42,6 +44,8 @@ def check_usable(workdir: str | os.PathLike) -> None:
   if files.is_cloud(workdir):
     files.check_bucket(workdir, 'workdir')
   path = files.to_path(workdir)
+  if files.is_link(path) and not path.exists():
+    raise UserError(f'--workdir={workdir} is a symlink to nothing: pass a directory (new, or a run\'s to resume it).')
   if not path.exists():
     return
   if not path.is_dir():
@@ -116,6 +120,17 @@ def lookup(config: ml_collections.ConfigDict, key: str):
   """Returns the value of the dotted `key` ('train.seed') in `config`, None where it has no such key."""
   section, name = key.split('.')
   return config.get(section, {}).get(name)
+
+
+def remove_run_files(workdir: str) -> None:
+  """Removes what a run writes in the local `workdir` (FILES and FOLDERS): a new run that failed to start leaves
+  nothing."""
+  for name in FILES + FOLDERS:
+    entry = pathlib.Path(workdir) / name
+    if entry.is_dir() and not entry.is_symlink():
+      shutil.rmtree(entry)
+    elif files.exists(entry):
+      entry.unlink()
 
 
 def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict,

@@ -13,6 +13,8 @@ from flaxlm.train.commands import cli
 CONFIG = config_flags.DEFINE_config_file('config', None, 'A preset (e.g. shakespeare_char) or a config file.',
                                          lock_config=True)
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the run: config, tokenizer, checkpoints, metrics.')
+TAKE_OVER = flags.DEFINE_bool('take_over', False, 'Take the workdir\'s lock from the run that holds it, when that run '
+                              'is known to be gone (a crashed host whose lease has not yet expired).')
 join_hosts = distributed.define_flags(__name__)
 
 
@@ -20,7 +22,7 @@ def train() -> None:
   """Joins the other hosts, if any, then trains."""
   config, workdir = cli.config(CONFIG), cli.required(WORKDIR, 'pass --workdir=DIR for the run\'s files.')
   join_hosts()
-  loop.train(config, workdir)
+  loop.train(config, workdir, TAKE_OVER.value)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,193 @@
+"""One writer per folder: a run's workdir, or a token store, is written by one process at a time.
+
+The writer holds the lock file `LOCK` in the folder: a JSON record of its host, process id, boot, start time and the
+time it last renewed the record. The file is created atomically (a local file opened with O_EXCL, a Cloud Storage
+object written with ifGenerationMatch=0), so of two writers starting together one gets it and the other is refused
+in one line naming the first. While the writer runs, a thread renews the record every RENEW_SECONDS: its lease. At
+exit the file is removed. Readers (sampling, scoring, exports, plots, evaluations) take no lock.
+
+A writer that died without removing its lock left it stale. On the host that wrote it, a lock whose process no
+longer runs, or was written before the host restarted, is stale; from another host, or in a bucket, a lock whose lease was not renewed for
+LEASE_SECONDS is. A stale lock is taken over with a line saying whose it was; a lock that still looks live is taken
+over only when the user says its writer is gone (`take_over`, the commands' --take_over).
+"""
+
+import contextlib
+import datetime
+import json
+import os
+import pathlib
+import socket
+import threading
+import time
+import uuid
+from typing import Callable, Iterator
+
+from flaxlm.configs.errors import UserError
+from flaxlm.data import files
+
+LOCK = '.flaxlm-lock.json'
+RENEW_SECONDS = 60.0
+LEASE_SECONDS = 300.0  # Five missed renewals: a writer this late is gone (or its host's clock is far off).
+
+
+def boot_id() -> str:
+  """Returns this machine's boot id ('' where the system has none): a process id names a process within a boot."""
+  try:
+    return pathlib.Path('/proc/sys/kernel/random/boot_id').read_text().strip()
+  except OSError:
+    return ''
+
+
+def new_record() -> dict:
+  """Returns the lock record of this process, started and renewed now."""
+  now = time.time()
+  return {'host': socket.gethostname(), 'pid': os.getpid(), 'boot': boot_id(), 'started': now, 'renewed': now,
+          'token': uuid.uuid4().hex}
+
+
+def describe(record: dict) -> str:
+  """Returns who holds a lock, for a person: 'process 123 on host-a since 2026-12-07 08:01:02 UTC'."""
+  since = datetime.datetime.fromtimestamp(record['started'], datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
+  return f'process {record["pid"]} on {record["host"]} since {since}'
+
+
+def read(path: files.Path) -> dict | None:
+  """Returns the lock record at `path`; None if there is none, or it is not one (a garbled file is no writer's)."""
+  try:
+    record = json.loads(path.read_bytes())
+  except (FileNotFoundError, ValueError, UnicodeDecodeError):
+    return None
+  fields = {'host': str, 'pid': int, 'boot': str, 'started': float, 'renewed': float, 'token': str}
+  valid = isinstance(record, dict) and all(isinstance(record.get(k), t if t is not float else (int, float))
+                                           for k, t in fields.items())
+  return record if valid else None
+
+
+def is_running(pid: int) -> bool:
+  """Returns whether a process `pid` runs on this host."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Another user's process.
+    return True
+  return True
+
+
+def is_stale(record: dict | None) -> bool:
+  """Returns whether the lock `record` holds nothing: none or garbled, its process gone from this host, or (from
+  another host) its lease expired."""
+  if record is None:
+    return True
+  if record['host'] != socket.gethostname():
+    return time.time() - record['renewed'] > LEASE_SECONDS
+  if record['boot'] != boot_id():  # The host restarted since (a preempted TPU VM, say): its processes are gone.
+    return True
+  return record['pid'] != os.getpid() and not is_running(record['pid'])
+
+
+def create(path: files.Path, data: bytes) -> bool:
+  """Creates the file `path` holding `data` unless something is there; returns whether it did (atomically)."""
+  if files.is_cloud(path):
+    import gcsfs  # etils.epath reaches Cloud Storage through gcsfs; only its own call takes a precondition.
+    try:
+      gcsfs.GCSFileSystem().pipe_file(os.fspath(path), data, mode='create')
+    except FileExistsError:
+      return False
+    return True
+  try:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(descriptor, 'wb') as f:
+    f.write(data)
+  return True
+
+
+def acquire(path: files.Path, flag: str, take_over: bool, report: Callable[[str], None]) -> dict:
+  """Takes the lock file `path` and returns its record; raises UserError naming the holder if another writer has it."""
+  record = new_record()
+  data = json.dumps(record).encode()
+  if create(path, data):
+    return record
+  holder = read(path)
+  if not (take_over or is_stale(holder)):
+    raise UserError(f'{path.parent} is being written by {describe(holder)}: wait for it to end or stop it; if it is '
+                    f'gone (a crashed host), pass --take_over to take its lock ({flag} has one writer at a time).')
+  files.replace(path, data)
+  if (read(path) or {}).get('token') != record['token']:  # Another process took it over at the same moment.
+    raise UserError(f'{path.parent} was just locked by another process: only one may write it; try again.')
+  if holder is not None:
+    report(f'took over the lock of {path.parent} from {describe(holder)}, '
+           f'{"as --take_over asked" if take_over else "which is no longer running"}')
+  return record
+
+
+def renew_until(path: files.Path, record: dict, stop: threading.Event) -> None:
+  """Renews the lock `record` at `path` every RENEW_SECONDS until `stop` is set, while it is still this process's."""
+  while not stop.wait(RENEW_SECONDS):
+    if (read(path) or {}).get('token') != record['token']:
+      return
+    record['renewed'] = time.time()
+    with contextlib.suppress(OSError):  # A missed renewal is one of five before the lease ends.
+      files.replace(path, json.dumps(record).encode())
+
+
+def release(path: files.Path, record: dict) -> None:
+  """Removes the lock file `path` if it still holds `record`."""
+  if (read(path) or {}).get('token') == record['token']:
+    path.unlink()
+
+
+def first_missing(path: pathlib.Path) -> pathlib.Path | None:
+  """Returns the outermost folder of the absolute `path` that does not exist (`path` itself, or an ancestor), None if
+  it exists."""
+  missing = None
+  while not os.path.lexists(path):
+    missing, path = path, path.parent
+  return missing
+
+
+def remove_empty(path: files.Path, top: pathlib.Path | None) -> None:
+  """Removes the folders from `path` up to `top` (made by `held`) that are empty: a failed start leaves none."""
+  if top is None:
+    return
+  for folder in [path.absolute(), *path.absolute().parents]:
+    if any(folder.iterdir()):
+      return
+    folder.rmdir()
+    if folder == top:
+      return
+
+
+@contextlib.contextmanager
+def held(folder: str | os.PathLike, flag: str, take_over: bool = False,
+         report: Callable[[str], None] = lambda line: print(line, flush=True)) -> Iterator[bool]:
+  """Holds the lock of `folder` while the block runs, and yields whether the folder is new (made now); `flag` names
+  it in messages ('--workdir'). A new local folder is removed again if the block fails and leaves it empty.
+
+  Raises UserError, before anything is written, if another live writer holds it.
+  """
+  path = files.to_path(folder)
+  top = None if files.is_cloud(path) else first_missing(path.absolute())
+  if top:
+    try:
+      path.mkdir(parents=True)
+    except OSError as e:
+      raise UserError(f'cannot create {flag}={folder} ({e.strerror}): pass a path in a writable directory.') from None
+  try:
+    record = acquire(path / LOCK, flag, take_over, report)
+  except BaseException:
+    remove_empty(path, top)
+    raise
+  stop = threading.Event()
+  renewer = threading.Thread(target=renew_until, args=(path / LOCK, record, stop), daemon=True)
+  renewer.start()
+  try:
+    yield top is not None
+  finally:
+    stop.set()
+    renewer.join()
+    release(path / LOCK, record)
+    remove_empty(path, top)
