@@ -34,18 +34,16 @@ def preset_row(name: str) -> str:
   start = time.perf_counter()
   lines = tpu_compile.train_report(config, slice_name)
   seconds = time.perf_counter() - start
-  total = float(re.match(r'[\d.]+', report_value(lines, 'total'))[0])
-  capacity = tpu_compile.SLICES[slice_name].hbm_bytes / 2**30
   state = re.search(r'train state ([\d.]+)', report_value(lines, 'arguments'))[1]
-  return (f'| {name} | {slice_name} | {report_value(lines, "mesh")} | {state} | {total:.3f} | {capacity:.2f} | '
+  return (f'| {name} | {slice_name} | {report_value(lines, "mesh")} | {state} | {report_value(lines, "total")} | '
           f'{report_value(lines, "fits")} | {seconds:.1f} |')
 
 
 def main(argv: list[str]) -> None:
   """Prints one table row per preset."""
   del argv
-  print('| preset | slice | mesh | train state GiB | total GiB | of | fits | compile s |')
-  print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  print('| preset | slice | mesh | train state GiB | total GiB | fits | compile s |')
+  print('| --- | --- | --- | --- | --- | --- | --- |')
   for name in PRESETS.value or configs.presets():
     print(preset_row(name), flush=True)
 
