@@ -61,6 +61,12 @@ class Emulator:
     with urllib.request.urlopen(f'{self.url}/storage/v1/b/{bucket}/o/{quoted}?alt=media') as response:
       return response.read()
 
+  def write(self, bucket: str, name: str, data: bytes) -> None:
+    """Writes `data` as the object `name` in `bucket`."""
+    query = urllib.parse.urlencode({'uploadType': 'media', 'name': name})
+    request = urllib.request.Request(f'{self.url}/upload/storage/v1/b/{bucket}/o?{query}', data=data, method='POST')
+    urllib.request.urlopen(request).close()
+
 
 @pytest.fixture(scope='module')
 def emulator() -> Iterator[Emulator]:

@@ -1,5 +1,6 @@
-"""gs:// paths end to end against a local Cloud Storage emulator: a run trained on a token store, resumed, sampled,
-exported and plotted with its store, workdir and export in a bucket; a bucket that does not exist is refused."""
+"""gs:// paths end to end against a local Cloud Storage emulator: a run trained on a token store, refused while
+another host's lease holds its workdir, resumed taking that lock over, sampled, exported and plotted with its store,
+workdir and export in a bucket; a bucket that does not exist is refused."""
 
 import json
 import subprocess
@@ -8,6 +9,7 @@ import commands
 from conftest import REPO, command
 from gcs import Emulator, emulator  # noqa: F401  (the fixture)
 from test_cli import assert_one_line_error
+from flaxlm.data import lock
 
 SHIPPED_CORPUS = REPO / 'data/corpus/tinyshakespeare.txt.gz'
 
@@ -24,14 +26,22 @@ def test_a_run_in_a_bucket_trains_resumes_and_is_sampled_exported_and_plotted(em
   workdir, exported, tokens = f'{emulator.create_bucket(bucket)}/run', f'gs://{bucket}/export', f'gs://{bucket}/store'
   run(emulator, 'flaxlm-data', 'prepare', str(SHIPPED_CORPUS), f'--output={tokens}', '--tokenizer=char')
   assert {'store/manifest.json', 'store/train-00000.array_record'} <= set(emulator.objects(bucket, 'store/'))
-  train = lambda steps: run(emulator, 'flaxlm-train', '--config=tiny', f'--workdir={workdir}',
-                            f'--config.data.path={tokens}', f'--config.train.steps={steps}')
+  train = lambda steps, *flags: run(emulator, 'flaxlm-train', '--config=tiny', f'--workdir={workdir}',
+                                   f'--config.data.path={tokens}', f'--config.train.steps={steps}', *flags)
   assert 'step 10 |' in train(10).stdout
   assert {'run/config.json', 'run/tokenizer.json', 'run/metrics.jsonl'} <= set(emulator.objects(bucket, 'run/'))
   assert 'run/checkpoints/10/' in ' '.join(emulator.objects(bucket, 'run/checkpoints/'))
 
-  resumed = train(20).stdout
+  assert 'run/' + lock.LOCK not in emulator.objects(bucket, 'run/')  # Released at exit.
+  theirs = {**lock.new_record(), 'host': 'another-host', 'pid': 4321}  # A live writer elsewhere, its lease fresh.
+  emulator.write(bucket, 'run/' + lock.LOCK, json.dumps(theirs).encode())
+  refused = commands.run(command('flaxlm-train'), '--config=tiny', f'--workdir={workdir}',
+                         f'--config.data.path={tokens}', '--config.train.steps=20', cwd=REPO, env=emulator.env)
+  assert_one_line_error(refused, f'{workdir} is being written by process 4321 on another-host since ')
+  resumed = train(20, '--take_over').stdout
+  assert f'took over the lock of {workdir} from process 4321 on another-host' in resumed
   assert 'step 5 |' not in resumed and 'step 20 |' in resumed  # Continues from step 10's checkpoint.
+  assert 'run/' + lock.LOCK not in emulator.objects(bucket, 'run/')
   records = [json.loads(line) for line in emulator.read(bucket, 'run/metrics.jsonl').decode().splitlines()]
   assert [r['step'] for r in records if 'loss' in r] == [5, 10, 15, 20]
   assert any(name.startswith('run/tensorboard/events') for name in emulator.objects(bucket, 'run/tensorboard/'))
