@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 
 import numpy as np
@@ -123,15 +122,25 @@ class ShardWriter:
              'bytes': 0, 'sha256': ''}
     if self.writer is not None:
       self.writer.close()
-      # ArrayRecord writes the file itself, unseen: it is hashed once written, while it is in the page cache.
-      entry.update(bytes=os.path.getsize(self.partial), sha256=file_digest(self.partial))
+      entry['bytes'] = os.path.getsize(self.partial)
       if not files.is_cloud(self.path):
+        # ArrayRecord writes the file itself, unseen: it is hashed once written, while it is in the page cache.
+        entry['sha256'] = file_digest(self.partial)
         self.partial.replace(self.path)  # A shard a stopped preparation left is written anew.
       else:
-        with self.partial.open('rb') as local, self.path.open('wb') as remote:
-          shutil.copyfileobj(local, remote, 2**24)
+        entry['sha256'] = upload(self.partial, self.path)
         self.partial.unlink()
     return entry
+
+
+def upload(local: epath.Path, remote: epath.Path) -> str:
+  """Copies the file `local` to `remote` and returns its SHA-256, computed on the way."""
+  sha256 = hashlib.sha256()
+  with local.open('rb') as source, remote.open('wb') as target:
+    while block := source.read(2**24):
+      sha256.update(block)
+      target.write(block)
+  return sha256.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +240,7 @@ def field(entry: object, key: str, kind: type, where: str) -> object:
   that is not negative, not a bool)."""
   value = entry.get(key) if isinstance(entry, dict) else None
   if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
-    raise ValueError(f'{where}{key} is {"missing" if value is None else repr(value)}, not a'
+    raise ValueError(f'{where}{key} is {"missing" if value is None else repr(value)[:40]}, not a'
                      f'{" non-negative int" if kind is int else " " + kind.__name__}')
   return value
 

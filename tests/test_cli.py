@@ -58,8 +58,9 @@ def test_an_empty_data_file_is_refused_through_python_dash_m(tmp_path):
 
 def test_a_corpus_shorter_than_a_batch_of_sequences_is_refused(tmp_path):
   short = tmp_path / 'short.txt'
-  short.write_text('only a few words here\n')
-  result = run(command('flaxlm-train'), *train_args(short, tmp_path / 'run'))
+  short.write_text('only a few words here\n' * 100)  # Three pieces of text, one held out.
+  result = run(command('flaxlm-train'), *train_args(short, tmp_path / 'run', '--config.data.val_fraction=0.5',
+                                                    '--config.train.batch_size=128'))
   assert_one_line_error(result, 'fewer than one batch')
   assert not (tmp_path / 'run').exists()
 

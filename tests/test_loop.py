@@ -177,10 +177,10 @@ def test_a_store_prepared_with_another_bos_setting_of_the_same_tokenizer_json_is
   shutil.copytree(fixture, tmp_path / 'no_bos')
   settings = json.loads((fixture / 'tokenizer_config.json').read_text())
   (tmp_path / 'no_bos' / 'tokenizer_config.json').write_text(json.dumps({**settings, 'add_bos_token': False}))
-  (tmp_path / 'text.txt').write_text('the river runs\n' * 20)
+  (tmp_path / 'text.txt').write_text('the river runs\n' * 150)  # Two pieces of text: one a split.
   store_path = str(tmp_path / 'store')
-  prepared = prepare.prepare(str(tmp_path / 'text.txt'), store_path, str(tmp_path / 'no_bos'), prepare.Settings(),
-                             workers=0)
+  prepared = prepare.prepare(str(tmp_path / 'text.txt'), store_path, str(tmp_path / 'no_bos'),
+                             prepare.Settings(val_fraction=0.5), workers=0)
   config = tiny_config(store_path)
   config.data.tokenizer = str(tmp_path / 'no_bos')
   assert not inputs.store_tokenizer(config, prepared).add_bos  # The store's own setting is taken.
