@@ -7,9 +7,10 @@ in one line naming the first. While the writer runs, a thread renews the record 
 exit the file is removed. Readers (sampling, scoring, exports, plots, evaluations) take no lock.
 
 A writer that died without removing its lock left it stale. On the host that wrote it, a lock whose process no
-longer runs, or was written before the host restarted, is stale; from another host, or in a bucket, a lock whose lease was not renewed for
-LEASE_SECONDS is. A stale lock is taken over with a line saying whose it was; a lock that still looks live is taken
-over only when the user says its writer is gone (`take_over`, the commands' --take_over).
+longer runs, or that was written before the host restarted, is stale; from another host, or in a bucket, a lock
+whose lease was not renewed for LEASE_SECONDS is. A stale lock is taken over with a line saying whose it was; a
+live-looking lock written elsewhere only when the user says its writer is gone (`take_over`, the commands'
+--take_over); the lock of a writer running on this host never is.
 """
 
 import contextlib
@@ -56,7 +57,7 @@ def read(path: files.Path) -> dict | None:
   """Returns the lock record at `path`; None if there is none, or it is not one (a garbled file is no writer's)."""
   try:
     record = json.loads(path.read_bytes())
-  except (FileNotFoundError, ValueError, UnicodeDecodeError):
+  except (OSError, ValueError, UnicodeDecodeError):  # Gone, unreadable or garbled.
     return None
   fields = {'host': str, 'pid': int, 'boot': str, 'started': float, 'renewed': float, 'token': str}
   valid = isinstance(record, dict) and all(isinstance(record.get(k), t if t is not float else (int, float))
@@ -75,16 +76,21 @@ def is_running(pid: int) -> bool:
   return True
 
 
+def is_local(record: dict) -> bool:
+  """Returns whether the lock `record` was written on this host since it last started."""
+  return record['host'] == socket.gethostname() and record['boot'] == boot_id()
+
+
 def is_stale(record: dict | None) -> bool:
   """Returns whether the lock `record` holds nothing: none or garbled, its process gone from this host, or (from
   another host) its lease expired."""
   if record is None:
     return True
-  if record['host'] != socket.gethostname():
-    return time.time() - record['renewed'] > LEASE_SECONDS
-  if record['boot'] != boot_id():  # The host restarted since (a preempted TPU VM, say): its processes are gone.
+  if is_local(record):
+    return record['pid'] != os.getpid() and not is_running(record['pid'])
+  if record['host'] == socket.gethostname():  # Restarted since (a preempted TPU VM): its processes are gone.
     return True
-  return record['pid'] != os.getpid() and not is_running(record['pid'])
+  return time.time() - record['renewed'] > LEASE_SECONDS
 
 
 def create(path: files.Path, data: bytes) -> bool:
@@ -111,8 +117,15 @@ def acquire(path: files.Path, flag: str, take_over: bool, report: Callable[[str]
   data = json.dumps(record).encode()
   if create(path, data):
     return record
+  if files.is_link(path) or not path.is_file():
+    raise UserError(f'{path} is not a lock file flaxlm wrote (a folder or a link): remove it, then run again.')
   holder = read(path)
-  if not (take_over or is_stale(holder)):
+  if is_stale(holder):
+    take_over = False  # Nothing to ask: the lock is no one's.
+  elif take_over and is_local(holder):
+    raise UserError(f'{path.parent} is being written by {describe(holder)}, which runs on this host: stop it first '
+                    '(--take_over is for a writer known to be gone).')
+  elif not take_over:
     raise UserError(f'{path.parent} is being written by {describe(holder)}: wait for it to end or stop it; if it is '
                     f'gone (a crashed host), pass --take_over to take its lock ({flag} has one writer at a time).')
   files.replace(path, data)

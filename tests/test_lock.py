@@ -67,6 +67,13 @@ def test_a_live_lock_from_another_host_is_refused_unless_taken_over(tmp_path):
   assert said == [f'took over the lock of {tmp_path} from {lock.describe(theirs)}, as --take_over asked']
 
 
+def test_a_writer_running_on_this_host_keeps_its_lock_even_against_take_over(tmp_path):
+  write_record(tmp_path, pid=1)  # Process 1 always runs.
+  with pytest.raises(UserError, match=r'by process 1 on .*, which runs on this host: stop it first \(--take_over is for a writer known'):
+    with lock.held(tmp_path, '--workdir', take_over=True):
+      pass
+
+
 def test_the_lease_is_renewed_while_the_writer_runs(tmp_path, monkeypatch):
   monkeypatch.setattr(lock, 'RENEW_SECONDS', 0.05)
   with lock.held(tmp_path, '--workdir'):
@@ -85,6 +92,14 @@ def test_a_new_folder_is_made_and_removed_again_with_its_new_parents_if_the_writ
   with lock.held(folder, '--workdir'):
     (folder / 'kept').write_text('x')
   assert [p.name for p in folder.iterdir()] == ['kept']
+
+
+def test_a_lock_path_that_is_not_a_file_is_refused_untouched(tmp_path):
+  (tmp_path / lock.LOCK).mkdir()
+  with pytest.raises(UserError, match='is not a lock file flaxlm wrote .*: remove it'):
+    with lock.held(tmp_path, '--workdir'):
+      pass
+  assert (tmp_path / lock.LOCK).is_dir()
 
 
 def test_an_uncreatable_folder_is_refused_in_one_line(tmp_path):
