@@ -27,7 +27,8 @@ CLASSES = ('damage', 'message', 'traceback', 'accepted', 'hang')  # What each ca
 class Case:
   """One bad input: `argv` is the command's name and arguments, with `{name}` for the sandbox's paths (`{root}`,
   `{case}` for this case's own folder, and whatever the module's sandbox provides); `fragment` must appear in the
-  one error line. `setup(case_dir, paths)`, if given, makes the case's own files first (a damaged copy, say)."""
+  one error line. `setup(case_dir, paths)`, if given, makes the case's own files first (a damaged copy, say); `env`
+  sets environment variables for the command (with `{name}`s as argv)."""
   id: str
   kind: str
   argv: tuple[str, ...]
@@ -35,6 +36,7 @@ class Case:
   setup: Callable[[pathlib.Path, dict], None] | None = None
   stdin: str = ''
   timeout: float = 120
+  env: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     assert self.kind in CLASSES, self.kind
@@ -114,7 +116,8 @@ def run_campaign(cases: list[Case], root: pathlib.Path, paths: dict[str, str]) -
     argv = [command(case.argv[0]), *(a.format(**names) for a in case.argv[1:])]
     before = digest(root)
     try:
-      done = commands.run(*argv, cwd=case_dir, stdin=case.stdin, timeout=case.timeout)
+      env = {**os.environ, **{name: value.format(**names) for name, value in case.env}}
+      done = commands.run(*argv, cwd=case_dir, stdin=case.stdin, timeout=case.timeout, env=env)
       code, stderr = done.returncode, done.stderr
     except subprocess.TimeoutExpired as e:
       code, stderr = None, e.stderr or ''

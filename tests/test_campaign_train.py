@@ -1,4 +1,5 @@
-"""The bad-input campaign (tests/campaign.py) against flaxlm-train: configs, overrides, data, workdirs, checkpoints."""
+"""The bad-input campaign (tests/campaign.py) against flaxlm-train: configs, overrides, data, workdirs, checkpoints,
+and the one writer a workdir has at a time."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from campaign import Case, assert_refused, build_sandbox, run_campaign
-from flaxlm.data import prepare
+from flaxlm.data import lock, prepare
 
 NEW = ('flaxlm-train', '--config=tiny', '--workdir={case}/new', '--config.data.path={corpus}',
        '--config.train.steps=10', '--config.mesh.cpu_devices=1')
@@ -59,6 +60,15 @@ def garble_all(part: str, data: bytes = b'{"garbled'):
     for path in checkpoint_files(run, part):
       path.write_bytes(data)
   return change
+
+
+def locked(folder: str = 'run', **fields):
+  """Returns a setup writing a live writer's lock into the case's `folder` (made if new): a fresh record of this
+  process with `fields` changed (another host's, or process 1's, which always runs here)."""
+  def setup(case: pathlib.Path, paths: dict) -> None:
+    (case / folder).mkdir(exist_ok=True)
+    (case / folder / lock.LOCK).write_text(json.dumps({**lock.new_record(), **fields}))
+  return setup
 
 
 def read_only(run: pathlib.Path) -> None:
@@ -194,6 +204,20 @@ CASES = [
          setup=run_copy(lambda run: (run / 'tokenizer.json').write_text('{"kind": '))),
     Case('metrics_is_a_directory', 'traceback', RESUME, 'metrics.jsonl',
          setup=run_copy(lambda run: ((run / 'metrics.jsonl').unlink(), (run / 'metrics.jsonl').mkdir()))),
+    # One writer: a live writer's lock refuses a second before anything is read or written.
+    Case('resume_while_another_host_writes', 'damage', RESUME, 'is being written by process 4321 on another-host',
+         setup=lambda case, paths: (run_copy()(case, paths), locked(host='another-host', pid=4321)(case, paths))),
+    Case('resume_while_a_process_here_writes', 'damage', RESUME, 'is being written by process 1 on',
+         setup=lambda case, paths: (run_copy()(case, paths), locked(pid=1)(case, paths))),
+    Case('take_over_from_a_process_here', 'damage', (*RESUME, '--take_over'), 'which runs on this host: stop it',
+         setup=lambda case, paths: (run_copy()(case, paths), locked(pid=1)(case, paths))),
+    Case('new_run_while_another_host_starts_it', 'damage', NEW, 'is being written by process 4321 on another-host',
+         setup=locked('new', host='another-host', pid=4321)),
+    Case('lock_is_a_folder', 'message', RESUME, 'is not a lock file flaxlm wrote',
+         setup=lambda case, paths: (run_copy()(case, paths), (case / 'run' / lock.LOCK).mkdir())),
+    Case('workdir_is_a_dangling_symlink', 'traceback', (*NEW[:2], '--workdir={case}/link', *NEW[3:]),
+         'is a symlink to nothing', setup=lambda case, paths: (case / 'link').symlink_to(case / 'nowhere')),
+    Case('workdir_inside_a_file', 'traceback', (*NEW[:2], '--workdir={corpus}/run', *NEW[3:]), 'cannot create'),
     # Checkpoints: every one damaged, so none restores and nothing may be moved.
     Case('every_state_truncated', 'damage', RESUME, 'no checkpoint',
          setup=run_copy(lambda run: [p.write_bytes(p.read_bytes()[:50]) for p in checkpoint_files(run, 'state')])),
