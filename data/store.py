@@ -160,28 +160,30 @@ class Split:
   def __len__(self) -> int:
     return int(self.token_starts[-1])
 
-  def spans(self, start: int, stop: int) -> list[tuple[int, int, int]]:
-    """Returns (record key, first, last) of each record slice that together hold tokens [start, stop)."""
+  def spans(self, start: int, stop: int) -> list[tuple[int, int, int, int]]:
+    """Returns (record key, first, last, the record's tokens) of each record slice that together hold tokens
+    [start, stop)."""
     spans = []
     while start < stop:
       shard = int(np.searchsorted(self.token_starts, start, side='right')) - 1
-      local = start - int(self.token_starts[shard])
+      local, end = start - int(self.token_starts[shard]), int(self.token_starts[shard + 1])
       first = local % CHUNK
-      take = min(stop - start, CHUNK - first, int(self.token_starts[shard + 1]) - start)
-      spans.append((int(self.record_starts[shard]) + local // CHUNK, first, first + take))
+      take = min(stop - start, CHUNK - first, end - start)
+      length = min(CHUNK, end - (start - first))  # CHUNK, but in a shard's last record.
+      spans.append((int(self.record_starts[shard]) + local // CHUNK, first, first + take, length))
       start += take
     return spans
 
   def window(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, None]:
     """Returns tokens [start, stop) as int32, whether each begins a document, and None (every token is trained)."""
     spans = self.spans(start, min(stop, len(self)))
-    records = [self.read(key) for key, _, _ in spans]  # One at a time: __getitems__ starts threads per call.
+    records = [self.read(key) for key, *_ in spans]  # One at a time: __getitems__ starts threads per call.
     tokens, begins = [], []
-    for record, (key, first, last) in zip(records, spans):
+    for record, (key, first, last, length) in zip(records, spans):
       ids, offsets = decode_record(record, self.dtype)
-      if len(ids) < last:  # The manifest counts more tokens than the shard holds.
-        raise UserError(f'record {key} of {self.shard_of(key)} holds {len(ids)} tokens, fewer than its manifest '
-                        'counts: the store is damaged; run `flaxlm-data verify` on it.')
+      if len(ids) != length:  # The shard is not the one its manifest counted (replaced, or the counts edited).
+        raise UserError(f'record {key} of {self.shard_of(key)} holds {len(ids)} tokens, not the {length} its '
+                        'manifest counts: the store is damaged; run `flaxlm-data verify` on it.')
       starts = np.zeros(last - first, bool)
       starts[offsets[(offsets >= first) & (offsets < last)] - first] = True
       tokens.append(ids[first:last])

@@ -108,7 +108,8 @@ def jsonl(count: int) -> str:
   return ''.join(json.dumps({'text': f'document {i} of a few words'}) + '\n' for i in range(count))
 
 
-# Damage a run's cheap checks see (the manifest, each shard's size): refused by flaxlm-train and by verify alike.
+# Damage a run's cheap checks see (the manifest, each shard's size): (id, kind, fragment, change), refused by
+# flaxlm-train before it writes anything and by verify alike.
 SEEN = [
     ('shard_deleted', 'damage', f'its shard {SHARD} is missing', lambda store: (store / SHARD).unlink()),
     ('shard_truncated', 'damage', 'is 65536 bytes, not the 131072', lambda store: os.truncate(store / SHARD, 65536)),
@@ -147,24 +148,30 @@ SEEN = [
     ('tokenizer_edited', 'message', 'tokenizer file does not match the manifest',
      lambda store: (store / 'tokenizer.json').write_text('{"kind": "byte"}')),
 ]
-# Damage only reading every shard finds: a run would start on it (and fail at its first read, or not at all), so
-# verify alone is asked.
-UNSEEN = [
-    ('shard_zeroed', 'has another SHA-256 than the manifest records', zero),
-    ('shard_replaced_by_another', 'has another SHA-256 than the manifest records',
+# Damage seen by reading a shard: by a run at its first read of it, before it writes anything (the records do not
+# read, or do not hold the tokens the manifest counts), and by verify: (id, kind, run's fragment, verify's, change).
+READ = [
+    ('shard_zeroed', 'damage', 'cannot be read (Corrupted Riegeli', 'has another SHA-256 than the manifest records', zero),
+    ('shard_replaced_by_another', 'damage', 'holds 2724 tokens, not the 12699 its manifest counts',
+     'has another SHA-256 than the manifest records',
      lambda store: shutil.copyfile(store / store_lib.shard_name('validation', 0), store / SHARD)),
+    ('manifest_tokens_consistently', 'accepted', 'holds 12699 tokens, not the 12698 its manifest counts',
+     'holds 12699 tokens, 3 documents, 1 records, where the manifest records 12698 tokens', both_counts('tokens', -1)),
+]
+# Damage only verify finds, where a run reads the right tokens: (id, fragment, change).
+UNSEEN = [
     ('manifest_sha256', 'has another SHA-256 than the manifest records',
      train_shard(lambda shard: shard.update(sha256='0' * 64))),
-    ('manifest_tokens_consistently', 'holds 12699 tokens, 3 documents, 1 records, where the manifest '
-     'records 12698 tokens', both_counts('tokens', -1)),
     ('manifest_documents_consistently', 'holds 12699 tokens, 3 documents, 1 records, where the manifest '
      'records 12699 tokens, 2 documents', both_counts('documents', -1)),
 ]
 
 CASES = [
     *(Case(f'train_on_{id}', kind, TRAIN, fragment, setup=copied(change)) for id, kind, fragment, change in SEEN),
-    *(Case(f'verify_{id}', 'message', VERIFY, fragment, setup=copied(change))
-      for id, fragment, change in [(id, fragment, change) for id, _, fragment, change in SEEN] + UNSEEN),
+    *(Case(f'train_on_{id}', kind, TRAIN, fragment, setup=copied(change)) for id, kind, fragment, _, change in READ),
+    *(Case(f'verify_{id}', 'message', VERIFY, fragment, setup=copied(change)) for id, fragment, change in [
+        *((id, fragment, change) for id, _, fragment, change in SEEN),
+        *((id, fragment, change) for id, _, _, fragment, change in READ), *UNSEEN]),
     Case('verify_without_a_store', 'message', ('flaxlm-data', 'verify'), 'name one token store'),
     Case('verify_a_folder_of_other_files', 'message', ('flaxlm-data', 'verify', '{case}'), 'is not a token store',
          setup=write('notes.txt', 'hello')),
