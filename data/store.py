@@ -17,8 +17,9 @@ the store is; only the manifest (a few numbers per shard) is held in memory.
 
 A store proves its integrity at two costs. `open_store` checks the manifest's every field and each shard's size on
 disk (a stat per shard), so a store that is incomplete, truncated, from an older flaxlm or hand-edited is refused
-before a run writes anything; `verify` (`flaxlm-data verify`) also reads every shard: its SHA-256, then every
-record's counts and token ids.
+before a run writes anything, and the reader checks each record it reads holds the tokens the manifest counts (a
+shard replaced by another of its size is refused at its first read); `verify` (`flaxlm-data verify`) reads every
+shard: its SHA-256, then every record's counts and token ids.
 
 Shape key: L tokens of a window.
 """
