@@ -32,6 +32,14 @@ RENEW_SECONDS = 60.0
 LEASE_SECONDS = 300.0  # Five missed renewals: a writer this late is gone (or its host's clock is far off).
 
 
+class Busy(UserError):
+  """The folder is locked by another live writer, `holder` (its lock record)."""
+
+  def __init__(self, message: str, holder: dict):
+    super().__init__(message)
+    self.holder = holder
+
+
 def boot_id() -> str:
   """Returns this machine's boot id ('' where the system has none): a process id names a process within a boot."""
   try:
@@ -126,8 +134,8 @@ def acquire(path: files.Path, flag: str, take_over: bool, report: Callable[[str]
     raise UserError(f'{path.parent} is being written by {describe(holder)}, which runs on this host: stop it first '
                     '(--take_over is for a writer known to be gone).')
   elif not take_over:
-    raise UserError(f'{path.parent} is being written by {describe(holder)}: wait for it to end or stop it; if it is '
-                    f'gone (a crashed host), pass --take_over to take its lock ({flag} has one writer at a time).')
+    raise Busy(f'{path.parent} is being written by {describe(holder)}: wait for it to end or stop it; if it is gone '
+               f'(a crashed host), pass --take_over to take its lock ({flag} has one writer at a time).', holder)
   files.replace(path, data)
   if (read(path) or {}).get('token') != record['token']:  # Another process took it over at the same moment.
     raise UserError(f'{path.parent} was just locked by another process: only one may write it; try again.')
@@ -191,6 +199,9 @@ def held(folder: str | os.PathLike, flag: str, take_over: bool = False,
       raise UserError(f'cannot create {flag}={folder} ({e.strerror}): pass a path in a writable directory.') from None
   try:
     record = acquire(path / LOCK, flag, take_over, report)
+  except OSError as e:
+    remove_empty(path, top)
+    raise UserError(f'cannot write in {flag} {folder} ({e.strerror}): pass a directory you can write.') from None
   except BaseException:
     remove_empty(path, top)
     raise

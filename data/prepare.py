@@ -13,6 +13,7 @@ store's folder is removed, a stopped one keeps only its finished groups.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
@@ -20,6 +21,7 @@ import math
 import multiprocessing
 import os
 import signal
+import time
 from typing import Callable, Iterator
 
 import numpy as np
@@ -28,7 +30,7 @@ import pyarrow.parquet as pq
 from etils import epath
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import files, sources, store, tokenizer as tokenizer_lib
+from flaxlm.data import files, lock, sources, store, tokenizer as tokenizer_lib
 
 GROUP_BYTES = 256 * 2**20  # Input bytes per group (a shard of each split); compressed files are one group each.
 TFDS_GROUP = 65_536  # TFDS records per group.
@@ -312,7 +314,7 @@ def check_resumable(folder: epath.Path, plan: dict) -> None:
   if not folder.is_dir():
     raise UserError(f'{folder} is a file: pass a new directory as the store\'s path.')
   if not (folder / store.PLAN).exists():
-    if any(folder.iterdir()):
+    if any(path.name != lock.LOCK for path in folder.iterdir()):
       raise UserError(f'{folder} is a directory that holds no token store: pass a new directory as the store\'s path.')
     return
   try:
@@ -389,39 +391,59 @@ def default_workers(plan: dict) -> int:
 
 def prepare(inputs: str, output: str, tokenizer: str | tokenizer_lib.Tokenizer, settings: Settings,
             workers: int | None = None, group_bytes: int = GROUP_BYTES,
-            report: Callable[[str], None] = lambda line: None) -> store.Store:
+            report: Callable[[str], None] = lambda line: None, take_over: bool = False) -> store.Store:
   """Prepares (or finishes preparing) the store at `output` from `inputs` and returns it.
 
   `tokenizer` is 'char', 'byte', a tokenizer file or a tokenizer; `workers` None picks by the input's size. The
-  input is checked (files exist, text fields are there) before anything is written; `report` gets progress lines.
+  input is checked (files exist, text fields are there) before anything is written; `report` gets progress lines;
+  `take_over` takes the store's lock from a writer known to be gone.
   """
-  return prepare_plan(make_plan(inputs, settings, tokenizer, group_bytes), output, tokenizer, workers, report)
+  return prepare_plan(make_plan(inputs, settings, tokenizer, group_bytes), output, tokenizer, workers, report,
+                      take_over)
 
 
 def prepare_plan(plan: dict, output: str, tokenizer: str | tokenizer_lib.Tokenizer, workers: int | None = None,
-                 report: Callable[[str], None] = lambda line: None) -> store.Store:
-  """Prepares the store of `plan` at `output` (see `prepare`), keeping the groups a stopped preparation finished.
-
-  A failure leaves nothing it made: a new folder is removed, but for the finished groups of a stopped preparation
-  (KeyboardInterrupt: Ctrl-C, or SIGTERM as the commands raise it; raised again saying what was kept), which a rerun
-  finishes.
-  """
+                 report: Callable[[str], None] = lambda line: None, take_over: bool = False) -> store.Store:
+  """Prepares the store of `plan` at `output` (see `prepare`), keeping the groups a stopped preparation finished;
+  returns a complete one as it is. Its lock (data/lock.py) is held while it is written: another writer is refused,
+  and `take_over` takes a lock whose writer is gone."""
   folder = epath.Path(output)
   check_resumable(folder, plan)
   if (folder / store.MANIFEST).exists():
     return store.open_store(output)
   new = not folder.exists()
-  folder.mkdir(parents=True, exist_ok=True)
+  with lock.held(folder, 'the token store', take_over, report):
+    return finish(plan, folder, tokenizer, workers, report, new)
+
+
+def finish(plan: dict, folder: epath.Path, tokenizer: str | tokenizer_lib.Tokenizer, workers: int | None,
+           report: Callable[[str], None], new: bool) -> store.Store:
+  """Prepares the store of `plan` in `folder`, whose lock this process holds, unless it is complete; returns it.
+
+  A failure leaves nothing it made: a `new` folder is emptied, but for the finished groups of a stopped preparation
+  (KeyboardInterrupt: Ctrl-C, or SIGTERM as the commands raise it; raised again saying what was kept), which a rerun
+  finishes.
+  """
+  check_resumable(folder, plan)  # Again: another writer may have finished or begun it before this one had the lock.
+  if (folder / store.MANIFEST).exists():
+    return store.open_store(str(folder))
   try:
     return write_store(plan, folder, tokenizer, default_workers(plan) if workers is None else workers, report)
   except BaseException as error:
     kept = forget_unfinished(folder, len(plan['groups']))
     stopped = isinstance(error, KeyboardInterrupt)
     if new and not (stopped and kept):
-      folder.rmtree()
+      empty(folder)
     if stopped:
-      raise KeyboardInterrupt(stop_message(output, kept, len(plan['groups']), removed=new and not kept)) from None
+      raise KeyboardInterrupt(stop_message(str(folder), kept, len(plan['groups']), removed=new and not kept)) from None
     raise
+
+
+def empty(folder: epath.Path) -> None:
+  """Removes everything in `folder` but its lock (whose holder removes it, and the folder with it)."""
+  for path in folder.iterdir():
+    if path.name != lock.LOCK:
+      path.rmtree() if path.is_dir() else path.unlink()
 
 
 def stop_message(output: str, kept: int, count: int, removed: bool) -> str:
@@ -499,7 +521,44 @@ def cache_path(plan: dict) -> epath.Path:
   return epath.Path(os.environ.get('FLAXLM_CACHE', '~/.cache/flaxlm')).expanduser() / 'stores' / name
 
 
-def cached(inputs: str, tokenizer: str | tokenizer_lib.Tokenizer, settings: Settings) -> store.Store:
-  """Returns the store of `inputs`, prepared into the cache the first time (how a run trains on plain text)."""
+def hold_when_free(stack: contextlib.ExitStack, folder: epath.Path, report: Callable[[str], None]) -> None:
+  """Takes the lock of `folder` into `stack` once no other live writer holds it, waiting (and saying so) meanwhile."""
+  waiting = False
+  while True:
+    try:
+      stack.enter_context(lock.held(folder, '$FLAXLM_CACHE', report=report))
+      return
+    except lock.Busy as busy:
+      if not waiting:
+        report(f'waiting for {lock.describe(busy.holder)} to finish with the cached token store {folder}')
+        waiting = True
+      time.sleep(1)
+
+
+@contextlib.contextmanager
+def cached(inputs: str, tokenizer: str | tokenizer_lib.Tokenizer, settings: Settings,
+           report: Callable[[str], None] = lambda line: print(line, flush=True)) -> Iterator[store.Store]:
+  """Yields the store of `inputs` from the cache, prepared there the first time (how a run trains on plain text), its
+  lock held while the block runs: a run starting meanwhile on the same inputs waits (saying so), and a store made
+  here is removed if the block fails (a run that does not start leaves no cache entry)."""
+  plan = make_plan(inputs, settings, tokenizer, GROUP_BYTES)
+  folder = cache_path(plan)
+  check_resumable(folder, plan)
+  new = not folder.exists()
+  with contextlib.ExitStack() as holding:
+    hold_when_free(holding, folder, report)
+    made = not (folder / store.MANIFEST).exists()
+    prepared = finish(plan, folder, tokenizer, None, lambda line: None, new)
+    try:
+      yield prepared
+    except BaseException:
+      if made:
+        empty(folder)
+      raise
+
+
+def open_cached(inputs: str, tokenizer: str | tokenizer_lib.Tokenizer, settings: Settings) -> store.Store:
+  """Returns the store of `inputs` from the cache, prepared there if it is not (under its lock), holding no lock
+  once it is complete: how the other processes of a multi-host run find the store process 0 prepared."""
   plan = make_plan(inputs, settings, tokenizer, GROUP_BYTES)
   return prepare_plan(plan, str(cache_path(plan)), tokenizer)

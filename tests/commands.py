@@ -16,6 +16,7 @@ child's pid once it has forked, then with its exit code once it has ended.
 """
 
 import atexit
+import contextlib
 import json
 import os
 import pathlib
@@ -169,7 +170,8 @@ class Process:
   def kill(self) -> None:
     """Kills the command's whole process group."""
     if self.returncode is None:
-      os.killpg(self.pid, signal.SIGKILL)
+      with contextlib.suppress(ProcessLookupError):  # Ended since it was last polled.
+        os.killpg(self.pid, signal.SIGKILL)
 
   def follow(self) -> Iterator[str]:
     """Yields the lines the command prints, each once it is whole, until it has ended and every line is read."""

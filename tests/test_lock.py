@@ -1,16 +1,23 @@
 """Tests of data/lock.py: one writer per folder, a stale lock taken over, a lease renewed, a new folder left as it was
-found when the writer fails."""
+found when the writer fails; and the commands that hold it: two preparations of one store, a run that waits for the
+cached store of its text, a refused run that leaves no cached store."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import pytest
 
+import commands
+from conftest import command, make_corpus
+from test_cli import assert_one_line_error, train_args
 from flaxlm.configs.errors import UserError
-from flaxlm.data import lock
+from flaxlm.data import lock, prepare
 
 
 def write_record(folder, **fields) -> dict:
@@ -107,3 +114,54 @@ def test_an_uncreatable_folder_is_refused_in_one_line(tmp_path):
   with pytest.raises(UserError, match=r'cannot create --workdir=.*file/run \(Not a directory\)'):
     with lock.held(tmp_path / 'file' / 'run', '--workdir'):
       pass
+
+
+# End to end: the commands that write a workdir (tests/test_resume.py), a token store or the cache take the lock.
+
+def cache_env(tmp_path) -> dict[str, str]:
+  """Returns this environment with the token store cache in `tmp_path`/cache."""
+  return {**os.environ, 'FLAXLM_CACHE': str(tmp_path / 'cache')}
+
+
+@pytest.mark.timeout(300)
+def test_a_second_prepare_of_a_store_is_refused_while_the_first_finishes_it_whole(tmp_path):
+  corpus = make_corpus(tmp_path / 'corpus.txt', num_words=300_000)  # About 2 MB: a second or so of preparing.
+  argv = [command('flaxlm-data'), 'prepare', str(corpus), f'--output={tmp_path / "store"}', '--tokenizer=char']
+  first = commands.start(*argv)
+  while not (tmp_path / 'store' / lock.LOCK).exists():
+    assert first.poll() is None, first.output()
+    time.sleep(0.002)
+  first.send_signal(signal.SIGSTOP)  # Held still, alive, while the second tries.
+  try:
+    second = commands.run(*argv)
+  finally:
+    first.send_signal(signal.SIGCONT)
+  assert_one_line_error(second, f'{tmp_path / "store"} is being written by process {first.pid} on ')
+  assert first.wait(timeout=120) == 0, first.output()
+  verified = commands.run(command('flaxlm-data'), 'verify', str(tmp_path / 'store'))
+  assert verified.returncode == 0, verified.stderr
+  assert not (tmp_path / 'store' / lock.LOCK).exists()
+
+
+def test_a_run_refused_after_preparing_its_text_leaves_no_cached_store(tmp_path):
+  short = tmp_path / 'short.txt'
+  short.write_text('only a few words here\n' * 100)
+  result = commands.run(command('flaxlm-train'), *train_args(short, tmp_path / 'run', '--config.data.val_fraction=0.5',
+                                                             '--config.train.batch_size=128'),
+                        env=cache_env(tmp_path))
+  assert_one_line_error(result, 'fewer than one batch')
+  assert not (tmp_path / 'run').exists() and not (tmp_path / 'cache').exists()
+
+
+def test_a_run_waits_while_another_holds_the_cached_store_of_its_text(corpus, tmp_path):
+  settings = prepare.Settings()
+  with mock.patch.dict(os.environ, cache_env(tmp_path)):
+    folder = prepare.cache_path(prepare.make_plan(str(corpus), settings, 'char', prepare.GROUP_BYTES))
+  folder.mkdir(parents=True)
+  write_record(folder, pid=1)  # A live writer here (process 1 always runs) holds it.
+  run = commands.start(command('flaxlm-train'), *train_args(corpus, tmp_path / 'run'), env=cache_env(tmp_path))
+  line = next(run.lines)
+  assert line.startswith(f'waiting for process 1 on {socket.gethostname()} since ') and str(folder) in line, line
+  (folder / lock.LOCK).unlink()  # It ends, leaving nothing.
+  assert run.wait(timeout=120) == 0, run.output()
+  assert (folder / 'manifest.json').is_file() and not (folder / lock.LOCK).exists()

@@ -1,6 +1,7 @@
 """A run's inputs: its tokenizer and its (train, validation) token streams, from the token store `data.path` names
 (prepared once, in the cache, from text, JSONL, Parquet or TFDS) or from a file of fine-tuning examples."""
 
+import contextlib
 import pathlib
 
 import jax
@@ -14,10 +15,11 @@ from flaxlm.train import workdir as workdir_lib
 Streams = tuple[tokenizer_lib.Tokenizer, list[pipeline.Stream], str]
 
 
-def streams(config: ml_collections.ConfigDict) -> Streams:
+def streams(config: ml_collections.ConfigDict, holding: contextlib.ExitStack) -> Streams:
   """Returns the run's tokenizer, its (train, validation) streams, and the digest of its token store ('' for
-  examples, read anew each time), as `data.format` says."""
-  return FORMATS[config.data.format](config)
+  examples, read anew each time), as `data.format` says; a token store prepared into the cache stays locked until
+  `holding` closes, and is removed if it closes on an error."""
+  return FORMATS[config.data.format](config, holding)
 
 
 def run_tokenizer(config: ml_collections.ConfigDict, text: str) -> tokenizer_lib.Tokenizer:
@@ -27,8 +29,9 @@ def run_tokenizer(config: ml_collections.ConfigDict, text: str) -> tokenizer_lib
   return tokenizer_lib.for_corpus(config.data.tokenizer, text)
 
 
-def prepared_store(config: ml_collections.ConfigDict) -> store.Store:
-  """Returns the token store `data.path` names, or the one its text is prepared into (in the cache, once).
+def prepared_store(config: ml_collections.ConfigDict, holding: contextlib.ExitStack) -> store.Store:
+  """Returns the token store `data.path` names, or the one its text is prepared into (in the cache, once: see
+  prepare.cached, whose lock `holding` holds).
 
   The first process prepares while the others wait, then finds the store there (or, on a host of its own, prepares
   its own copy: preparation is deterministic).
@@ -42,10 +45,10 @@ def prepared_store(config: ml_collections.ConfigDict) -> store.Store:
   tokenizer = workdir_lib.load_tokenizer(config.train.init_from) if config.train.init_from else d.tokenizer
   settings = prepare_lib.Settings(d.text_field, d.val_fraction, d.tfds_dir, d.max_documents)
   if jax.process_index() == 0:
-    prepared = prepare_lib.cached(d.path, tokenizer, settings)
+    prepared = holding.enter_context(prepare_lib.cached(d.path, tokenizer, settings))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('flaxlm: token store prepared')
-  return prepared if jax.process_index() == 0 else prepare_lib.cached(d.path, tokenizer, settings)
+  return prepared if jax.process_index() == 0 else prepare_lib.open_cached(d.path, tokenizer, settings)
 
 
 def store_tokenizer(config: ml_collections.ConfigDict, prepared: store.Store) -> tokenizer_lib.Tokenizer:
@@ -64,15 +67,15 @@ def store_tokenizer(config: ml_collections.ConfigDict, prepared: store.Store) ->
   return prepared.tokenizer
 
 
-def text_streams(config: ml_collections.ConfigDict) -> Streams:
+def text_streams(config: ml_collections.ConfigDict, holding: contextlib.ExitStack) -> Streams:
   """Returns the tokenizer, the (train, validation) splits of `data.path`'s token store, and the store's digest."""
-  prepared = prepared_store(config)
+  prepared = prepared_store(config, holding)
   return store_tokenizer(config, prepared), [prepared.split(name) for name in store.SPLITS], prepared.digest
 
 
-def example_streams(config: ml_collections.ConfigDict) -> Streams:
+def example_streams(config: ml_collections.ConfigDict, holding: contextlib.ExitStack) -> Streams:
   """Returns the tokenizer and the (train, validation) streams of `data.path`'s examples (responses learned), and
-  no store digest: the examples file is read anew each time."""
+  no store digest: the examples file is read anew each time (`holding` holds nothing of it)."""
   split = examples_lib.split(examples_lib.read(pathlib.Path(config.data.path)), config.data.val_fraction)
   text = ''.join(text for example in split.train + split.validation for _, text in example.pieces)
   tokenizer = run_tokenizer(config, text)

@@ -36,8 +36,13 @@ class Setup:
   tasks: Any = None  # train.eval_tasks' (names, the harness's task manager), their data read; None without tasks.
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
-  """Returns the checked setup of a run; raises UserError, having written nothing, if any input is wrong."""
+def prepare(config: ml_collections.ConfigDict, workdir: str, holding: contextlib.ExitStack | None = None) -> Setup:
+  """Returns the checked setup of a run whose config passed base.check; raises UserError, having written nothing, if
+  any input is wrong. A token store prepared into the cache stays locked until `holding` closes (and is removed if it
+  closes on an error); without `holding`, until this returns."""
+  if holding is None:
+    with contextlib.ExitStack() as holding:
+      return prepare(config, workdir, holding)
   if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
     config = pretrained.adopt(config)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
@@ -45,7 +50,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   if config.model.lora_rank and not config.train.init_from:
     raise UserError(f'model.lora_rank={config.model.lora_rank} trains adapters on a pretrained model: set '
                     '--config.train.init_from to a flaxlm-export directory or a run\'s workdir.')
-  tokenizer, streams, digest = inputs.streams(config)
+  tokenizer, streams, digest = inputs.streams(config, holding)
   resolved = workdir_lib.resolve(config, tokenizer.vocab_size)
   resolved.data.store_digest = digest
   for change in workdir_lib.check_compatible(workdir, resolved, tokenizer):
@@ -176,9 +181,10 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str, new: bool) -> 
   """Trains the run in `workdir`, whose lock this process holds (see `train`); a `new` workdir whose run stops
   before its first step is emptied again (its lock then removes it)."""
   try:
-    setup, state, data, train_fn, eval_fn = start(config, workdir)
-    manager = checkpoint.checkpoint_manager(workdir, setup.config.train.keep_checkpoints)
-    log = metrics.MetricsLog(workdir)
+    with contextlib.ExitStack() as holding:  # A token store prepared for the run stays locked until it starts.
+      setup, state, data, train_fn, eval_fn = start(config, workdir, holding)
+      manager = checkpoint.checkpoint_manager(workdir, setup.config.train.keep_checkpoints)
+      log = metrics.MetricsLog(workdir)
   except BaseException as e:
     if new and jax.process_index() == 0:
       workdir_lib.remove_run_files(workdir)
@@ -200,10 +206,11 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str, new: bool) -> 
       log.close()
 
 
-def start(config: ml_collections.ConfigDict, workdir: str):
+def start(config: ml_collections.ConfigDict, workdir: str, holding: contextlib.ExitStack):
   """Checks and sets up the run in `workdir`, then writes its run files; returns (setup, state, data iterator,
-  train_fn, eval_fn). Everything that can fail on the inputs does so before the first write."""
-  setup = prepare(config, workdir)
+  train_fn, eval_fn). Everything that can fail on the inputs does so before the first write (`prepare`'s
+  `holding`)."""
+  setup = prepare(config, workdir, holding)
   c = setup.config.train
   tx, abstract, train_fn, eval_fn = build_steps(setup)
   memory.check_fits(abstract)

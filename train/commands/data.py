@@ -55,6 +55,8 @@ WORKERS = flags.DEFINE_integer('workers', None, 'prepare: tokenizing processes; 
 GROUP_MB = flags.DEFINE_integer('group_mb', prepare.GROUP_BYTES >> 20, 'prepare: megabytes of input per group (a '
                                 'shard of each split, a worker\'s unit of work).')
 TFDS_DIR = flags.DEFINE_string('tfds_dir', DEFAULTS.data.tfds_dir, 'prepare: where TFDS datasets are prepared.')
+TAKE_OVER = flags.DEFINE_bool('take_over', False, 'prepare: take the store\'s lock from the preparation that holds '
+                              'it, when that one is known to be gone (a crashed host whose lease has not yet expired).')
 MAX_DOCUMENTS = flags.DEFINE_integer('max_documents', 0, 'prepare: at most this many documents per TFDS split; 0: all.')
 SHOWN = 10  # Places listed per finding; the rest are counted.
 
@@ -151,7 +153,7 @@ def prepare_command(inputs: list[str]) -> None:
   settings = prepare.Settings(TEXT_FIELD.value, VAL_FRACTION.value, TFDS_DIR.value, MAX_DOCUMENTS.value)
   start = time.perf_counter()
   prepared = prepare.prepare(','.join(inputs), output, TOKENIZER.value, settings, WORKERS.value, GROUP_MB.value << 20,
-                             report=print)
+                             report=print, take_over=TAKE_OVER.value)
   seconds = time.perf_counter() - start
   print('\n'.join(split_lines(prepared.manifest)))
   total = sum(split['tokens'] for split in prepared.manifest['splits'].values())
