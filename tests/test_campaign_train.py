@@ -218,6 +218,18 @@ CASES = [
     Case('workdir_is_a_dangling_symlink', 'traceback', (*NEW[:2], '--workdir={case}/link', *NEW[3:]),
          'is a symlink to nothing', setup=lambda case, paths: (case / 'link').symlink_to(case / 'nowhere')),
     Case('workdir_inside_a_file', 'traceback', (*NEW[:2], '--workdir={corpus}/run', *NEW[3:]), 'cannot create'),
+    Case('prepare_while_another_host_writes', 'damage',
+         ('flaxlm-data', 'prepare', '{corpus}', '--output={case}/store', '--tokenizer=char'),
+         'is being written by process 4321 on another-host', setup=locked('store', host='another-host', pid=4321)),
+    Case('prepare_taking_over_from_a_process_here', 'damage',
+         ('flaxlm-data', 'prepare', '{corpus}', '--output={case}/store', '--tokenizer=char', '--take_over'),
+         'which runs on this host: stop it', setup=locked('store', pid=1)),
+    # The cache of prepared stores: a run that does not start leaves no entry; one that cannot write it says so.
+    new('refused_run_leaves_its_cached_store', 'damage', 'fewer than one batch', '--config.train.batch_size=4096',
+        env=(('FLAXLM_CACHE', '{case}/cache'),)),
+    new('cache_is_a_file', 'traceback', 'cannot create $FLAXLM_CACHE', env=(('FLAXLM_CACHE', '{corpus}'),)),
+    new('cache_is_a_dangling_symlink', 'traceback', 'cannot create $FLAXLM_CACHE',
+        env=(('FLAXLM_CACHE', '{case}/link'),), setup=lambda case, paths: (case / 'link').symlink_to(case / 'nowhere')),
     # Checkpoints: every one damaged, so none restores and nothing may be moved.
     Case('every_state_truncated', 'damage', RESUME, 'no checkpoint',
          setup=run_copy(lambda run: [p.write_bytes(p.read_bytes()[:50]) for p in checkpoint_files(run, 'state')])),
