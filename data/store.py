@@ -309,7 +309,7 @@ def check_sizes(folder: epath.Path, manifest: dict) -> None:
 def check_version(manifest: object, path: str) -> None:
   """Raises UserError if the manifest is of a store an older (or newer) flaxlm wrote."""
   version = manifest.get('version') if isinstance(manifest, dict) else None
-  if isinstance(version, int) and version != VERSION:
+  if type(version) is int and version != VERSION:  # Not a bool: field() refuses those.
     raise UserError(f'token store {path} was made by {"an older" if version < VERSION else "a newer"} flaxlm (store '
                     f'version {version}, this one reads {VERSION}): prepare it again with `flaxlm-data prepare` into '
                     'a new directory (the same command, another --output).')
