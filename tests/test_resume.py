@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+import campaign
 import commands
 from conftest import REPO, command
 from test_cli import assert_one_line_error, run
@@ -124,6 +125,27 @@ def test_sigterm_saves_the_step_in_flight_exits_0_and_resumes_to_the_same_result
   assert 7 < stopped_at < STEPS and (checkpoint.directory(tmp_path / 'run') / str(stopped_at)).is_dir()
   assert run(*args(corpus, tmp_path / 'run')).returncode == 0
   assert_same_run(tmp_path / 'run', reference)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['ctrl_c', 'sigterm'])
+def test_a_signal_before_the_first_step_stops_the_run_leaving_nothing_new_and_the_checkpoints_as_they_were(
+    straight, tmp_path, sig):
+  corpus, reference = straight
+  shutil.copytree(reference, tmp_path / 'resumed')
+  for name, steps, said in (('new', STEPS, 'nothing was written; run the same command to start again.'),
+                            ('resumed', STEPS + 5, f'the last checkpoint saved is step {STEPS} ')):
+    before = campaign.digest(tmp_path)
+    process = commands.start(*args(corpus, tmp_path / name, f'--config.train.steps={steps}'), cwd=REPO)
+    time.sleep(0.5)  # Setting up: reading the text, compiling the step.
+    process.send_signal(sig)
+    assert process.wait(timeout=120) == 130
+    out, err = process.output()
+    assert 'step 1 |' not in out and err.count('\n') == 1, err
+    assert err.startswith('flaxlm-train: error: interrupted: before the first step: ') and said in err, err
+    # A resume may have begun its own files (config.json with its step count, a TensorBoard events file) when it
+    # stopped; its checkpoints and metrics are as they were.
+    kept = lambda digest: {k: v for k, v in digest.items() if 'config.json' not in k and 'tensorboard' not in k}
+    assert kept(campaign.digest(tmp_path)) == kept(before)
 
 
 def wide(corpus, workdir) -> list[str]:

@@ -185,6 +185,7 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str, new: bool) -> 
       setup, state, data, train_fn, eval_fn = start(config, workdir, holding)
       manager = checkpoint.checkpoint_manager(workdir, setup.config.train.keep_checkpoints)
       log = metrics.MetricsLog(workdir)
+      preemption.check_interrupted()
   except BaseException as e:
     if new and jax.process_index() == 0:
       workdir_lib.remove_run_files(workdir)
@@ -214,6 +215,7 @@ def start(config: ml_collections.ConfigDict, workdir: str, holding: contextlib.E
   c = setup.config.train
   tx, abstract, train_fn, eval_fn = build_steps(setup)
   memory.check_fits(abstract)
+  preemption.check_interrupted()  # A signal raised inside a library's callback while compiling was dropped there.
   lead = jax.process_index() == 0  # Only the first process writes files and prints.
   data = pipeline.train_iterator(setup.train_examples, c.batch_size, c.seed, setup.config.data.read_threads,
                                  sharding.process_rows(setup.mesh, c.batch_size))
@@ -223,6 +225,7 @@ def start(config: ml_collections.ConfigDict, workdir: str, holding: contextlib.E
   initial = pretrained.read_initial_params(c.init_from, abstract.params) if starts_pretrained else None
   frozen = read_frozen(setup, abstract.frozen) if lora_run else None  # Read again on resuming: not checkpointed.
   check_first_batch(data)
+  preemption.check_interrupted()
   if lead:
     workdir_lib.write_run_files(workdir, setup.config, setup.tokenizer)
   if restored:

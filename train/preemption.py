@@ -10,15 +10,56 @@ with every host on the step at which all of them save, through Orbax (`reached_p
 
 import contextlib
 import signal
+import sys
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
-import orbax.checkpoint as ocp
+
+
+class Interrupter:
+  """A handler of Ctrl-C and SIGTERM that raises KeyboardInterrupt where the program is, and remembers that it came:
+  Python prints and drops an exception raised inside a garbage-collection or finalizer callback (JAX runs one), so
+  `check_interrupted` raises it again where the program can take it."""
+
+  def __init__(self):
+    self.came = False
+
+  def __call__(self, signum: int, frame) -> None:
+    self.came = True
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def watch(manager: ocp.CheckpointManager) -> Iterator[Callable[[int], str | None]]:
+def interruptible() -> Iterator[None]:
+  """Makes Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt while the block runs, even where the process was
+  started ignoring them (a shell script's background job): a command stops when it is told to. A training run's own
+  handlers (`watch`) take over while it steps."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  handler, hook = Interrupter(), sys.unraisablehook
+  previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+  # A dropped interrupt is not printed as a traceback: check_interrupted raises it again.
+  sys.unraisablehook = lambda raised: None if raised.exc_type is KeyboardInterrupt else hook(raised)
+  try:
+    yield
+  finally:
+    sys.unraisablehook = hook
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+
+
+def check_interrupted() -> None:
+  """Raises KeyboardInterrupt if Ctrl-C or SIGTERM came to the `interruptible` block this runs in (the exception it
+  raised then may have been dropped)."""
+  handler = signal.getsignal(signal.SIGINT)
+  if isinstance(handler, Interrupter) and handler.came:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def watch(manager: Any) -> Iterator[Callable[[int], str | None]]:
   """Yields `reached(step)`: the name of the signal ('SIGTERM', 'Ctrl-C') once the run should save at `step` and
   stop, else None. Call it once per step, every step."""
   if jax.process_count() > 1:
@@ -43,18 +84,25 @@ def watch(manager: ocp.CheckpointManager) -> Iterator[Callable[[int], str | None
       signal.signal(sig, handler)
 
 
+def sigint_held(deliver: bool = True) -> contextlib.AbstractContextManager[None]:
+  """Returns `signals_held` of Ctrl-C (SIGINT) alone: what a training run's save holds off (SIGTERM ends a run after
+  its step in any case)."""
+  return signals_held((signal.SIGINT,), deliver)
+
+
 @contextlib.contextmanager
-def sigint_held(deliver: bool = True) -> Iterator[None]:
-  """Holds Ctrl-C (SIGINT) off while the block runs (a save, which an interrupt would leave half made, or leave
-  running unseen); if one came, hands it afterwards to the handler there was, when `deliver`."""
+def signals_held(signals: tuple[int, ...], deliver: bool = True) -> Iterator[None]:
+  """Holds `signals` off while the block runs (a save, which an interrupt would leave half made, or leave running
+  unseen); if one came, hands the first afterwards to the handler there was for it, when `deliver`."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  came = threading.Event()
-  previous = signal.signal(signal.SIGINT, lambda *_: came.set())
+  came = []
+  previous = {sig: signal.signal(sig, lambda sig, _: came.append(sig)) for sig in signals}
   try:
     yield
   finally:
-    signal.signal(signal.SIGINT, previous)
-  if came.is_set() and deliver and callable(previous):
-    previous(signal.SIGINT, None)
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  if came and deliver and callable(previous[came[0]]):
+    previous[came[0]](came[0], None)

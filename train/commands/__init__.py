@@ -19,5 +19,4 @@ def leave(signum: int, frame) -> None:
 
 if os.path.basename(sys.argv[0]).startswith('flaxlm-') and threading.current_thread() is threading.main_thread():
   for sig in (signal.SIGINT, signal.SIGTERM):
-    if signal.getsignal(sig) is not signal.SIG_IGN:
-      signal.signal(sig, leave)
+    signal.signal(sig, leave)

@@ -1,15 +1,13 @@
 """What every flaxlm command shares: absl flag parsing, and mistakes reported as one line with a non-zero exit."""
 
-import contextlib
-import signal
 import sys
-import threading
-from typing import Callable, Iterator
+from typing import Callable
 
 from absl import flags, logging
 
 from flaxlm import configs
 from flaxlm.configs.errors import UserError
+from flaxlm.train import preemption
 
 
 def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bool = False) -> None:
@@ -35,34 +33,12 @@ def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bo
   if args and not takes_args:
     exit_with(f'unexpected argument {args[0]!r}: flags are written --name=value.', 2)
   try:
-    with signals_interrupt():
+    with preemption.interruptible():
       main(args) if takes_args else main()
   except UserError as e:
     exit_with(str(e), 1)
   except KeyboardInterrupt as e:  # A command may say what the interruption left (a run: its last checkpoint).
     exit_with(f'interrupted: {e}' if str(e) else 'interrupted.', 130)
-
-
-def raise_interrupt(signum: int, frame) -> None:
-  """A signal handler: stops the command as Ctrl-C does, so that what it was writing is removed or finished."""
-  raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-  """Makes Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt while the block runs (a command's own handlers, such
-  as a training run's, take over inside it); a signal the process was started ignoring (a shell's background job)
-  stays ignored."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
-              if signal.getsignal(sig) is not signal.SIG_IGN}
-  try:
-    yield
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
 
 
 def with_config_files(argv: list[str]) -> list[str]:
