@@ -8,6 +8,7 @@ A store is a directory:
   train-00000.array_record   each split's tokens, group by group; a group's shard of a split may be absent
   validation-00000.array_record
   group-00000.json           what a group of the input wrote, once its shards are whole (a resume skips it)
+  .flaxlm-lock.json          while a preparation writes it: the lock of its one writer (data/lock.py)
 
 A split is one stream of tokens: documents one after another, each followed by EOS where the tokenizer has
 one. A shard's records hold CHUNK consecutive tokens each (its last record fewer), preceded by the offsets of
@@ -36,7 +37,7 @@ from array_record.python import array_record_data_source, array_record_module
 from etils import epath
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import files, tokenizer as tokenizer_lib
+from flaxlm.data import files, lock, tokenizer as tokenizer_lib
 
 MANIFEST, PLAN = 'manifest.json', 'plan.json'
 SPLITS = ('train', 'validation')
@@ -332,6 +333,10 @@ def open_store(path: str) -> Store:
   folder = epath.Path(path)
   if not (folder / MANIFEST).exists():
     done = len(list(folder.glob('group-*.json')))
+    writer = lock.read(folder / lock.LOCK)
+    if not lock.is_stale(writer):
+      raise UserError(f'token store {path} is being prepared by {lock.describe(writer)} ({done} input group(s) '
+                      'finished): wait for it to finish, then run again.')
     raise UserError(f'token store {path} is incomplete (no {MANIFEST}; {done} input group(s) finished): run the same '
                     '`flaxlm-data prepare` command again to finish it.')
   data = (folder / MANIFEST).read_bytes()

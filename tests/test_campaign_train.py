@@ -224,6 +224,10 @@ CASES = [
     Case('prepare_taking_over_from_a_process_here', 'damage',
          ('flaxlm-data', 'prepare', '{corpus}', '--output={case}/store', '--tokenizer=char', '--take_over'),
          'which runs on this host: stop it', setup=locked('store', pid=1)),
+    new('train_on_a_store_being_prepared', 'message', 'is being prepared by process 4321 on another-host',
+        '--config.data.path={case}/store',
+        setup=lambda case, paths: (locked('store', host='another-host', pid=4321)(case, paths),
+                                   (case / 'store' / prepare.store.PLAN).write_text('{}'))),
     # The cache of prepared stores: a run that does not start leaves no entry; one that cannot write it says so.
     new('refused_run_leaves_its_cached_store', 'damage', 'fewer than one batch', '--config.train.batch_size=4096',
         env=(('FLAXLM_CACHE', '{case}/cache'),)),
