@@ -9,7 +9,7 @@ to one another (a mesh that fits the devices, heads that divide the width) is ch
 import ml_collections
 
 from flaxlm.configs import options
-from flaxlm.configs.options import Interval, NonNegative, OneOf, Positive
+from flaxlm.configs.options import AxisSize, Between, Interval, NonNegative, OneOf, Positive
 from flaxlm.model.config import ModelConfig
 
 
@@ -84,7 +84,7 @@ TRAIN_RULES = {
                                    'checkpoint_every', 'keep_checkpoints')},
     'learning_rate': Interval('[0', 'inf)', 'the peak step size, 1e-3 say; 0 leaves the params as they are'),
     'min_learning_rate': Interval('[0', 'inf)', 'where the decay ends; 0 decays to nothing'),
-    'warmup_steps': Interval('[0', 'inf)', 'steps of linear warmup; 0 starts at the peak'),
+    'warmup_steps': NonNegative('no warmup: the first step is at the peak'),
     'beta1': Interval('[0', '1)', "Adam's first-moment decay, 0.9 say"),
     'beta2': Interval('[0', '1)', "Adam's second-moment decay, 0.99 say"),
     'weight_decay': Interval('[0', 'inf)', '0 turns it off'),
@@ -92,13 +92,16 @@ TRAIN_RULES = {
     'nonfinite': OneOf(('stop', 'skip')),
     'eval_tasks_every': NonNegative('0 scores the tasks at every validation evaluation'),
     'eval_tasks_limit': NonNegative('0 scores every document of each task'),
+    'seed': Between(0, 2**32 - 1, 'what JAX seeds its random numbers with'),
 }
 DATA_RULES = {
     'format': OneOf(('text', 'examples')),
     'val_fraction': Interval('(0', '1)', 'the share of the text held out for validation, 0.1 say'),
-    'read_threads': Interval('[0', 'inf)', '0 prepares batches in the training thread'),
+    'read_threads': NonNegative('batches prepared in the training thread'),
+    'max_documents': NonNegative('every document'),
 }
-MESH_RULES = {'cpu_devices': NonNegative('one device per core that divides the batch; N splits the host into N')}
+MESH_RULES = {**{axis: AxisSize() for axis in ('data', 'fsdp', 'tensor')}, 'dcn_data': Positive(),
+              'cpu_devices': NonNegative('one device per core that divides the batch; N splits the host into N')}
 
 
 def check(config: ml_collections.ConfigDict) -> None:

@@ -6,42 +6,76 @@ configs/base.py builds the section from it (`section`), so a default and its doc
 A field whose default is another such dataclass is a group, flattened into the section under its name as a prefix:
 the `rope` group's `theta` is `model.rope_theta`.
 
-A rule says what is wrong with a value (`problem`, a phrase) or returns None; `check_value` makes the phrase the one
-line a user sees, naming the key to set.
+A rule says what is wrong with a value (`problem`, a phrase) or returns None, once `check_value` has found the value
+of the rule's `kind` (an integer, a number or text: a JSON file or a Python config can hold anything); `check_value`
+makes the phrase the one line a user sees, naming the key to set.
 """
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import ml_collections
 
 from flaxlm.configs.errors import UserError
 
 
+LARGEST = 2**31 - 1  # The most a count or size may be: the device holds them (steps, ids, shapes) as int32.
+KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {  # Each kind of value: its name, and whether a value is one
+    'integer': ('an integer', lambda v: isinstance(v, int) and not isinstance(v, bool)),  # (a bool is no number,
+    'number': ('a number', lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),  # though Python's are)
+    'text': ('text', lambda v: isinstance(v, str))}
+
+
 @dataclasses.dataclass(frozen=True)
 class Positive:
   """A count or size above zero."""
+  kind: ClassVar[str] = 'integer'
 
   def problem(self, value: Any) -> str | None:
     """Returns what is wrong with `value`, or None."""
-    return None if value > 0 else 'must be positive'
+    return None if 0 < value <= LARGEST else f'must be positive (and at most {LARGEST:,})'
 
 
 @dataclasses.dataclass(frozen=True)
 class NonNegative:
   """A count or size where 0 takes a default (`zero`, say what)."""
   zero: str
+  kind: ClassVar[str] = 'integer'
 
   def problem(self, value: Any) -> str | None:
     """Returns what is wrong with `value`, or None."""
-    return None if value >= 0 else f'must not be negative (0 takes {self.zero})'
+    return None if 0 <= value <= LARGEST else f'must not be negative (0 takes {self.zero}) or above {LARGEST:,}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Between:
+  """An integer from `low` to `high`; `meaning` says what it is."""
+  low: int
+  high: int
+  meaning: str
+  kind: ClassVar[str] = 'integer'
+
+  def problem(self, value: Any) -> str | None:
+    """Returns what is wrong with `value`, or None."""
+    return None if self.low <= value <= self.high else f'must be from {self.low:,} to {self.high:,} ({self.meaning})'
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisSize:
+  """A mesh axis's size: a positive count, or -1 for the devices the other axes leave."""
+  kind: ClassVar[str] = 'integer'
+
+  def problem(self, value: Any) -> str | None:
+    """Returns what is wrong with `value`, or None."""
+    return None if value == -1 or 0 < value <= LARGEST else 'must be -1 (the devices the other axes leave) or positive'
 
 
 @dataclasses.dataclass(frozen=True)
 class PositiveFinite:
   """A positive finite number; `usual` says what is usual."""
   usual: str
+  kind: ClassVar[str] = 'number'
 
   def problem(self, value: Any) -> str | None:
     """Returns what is wrong with `value` (nan fails every comparison), or None."""
@@ -52,6 +86,7 @@ class PositiveFinite:
 class Finite:
   """Any finite number; `usual` says what is usual."""
   usual: str
+  kind: ClassVar[str] = 'number'
 
   def problem(self, value: Any) -> str | None:
     """Returns what is wrong with `value`, or None."""
@@ -64,6 +99,7 @@ class Interval:
   low: str
   high: str
   meaning: str
+  kind: ClassVar[str] = 'number'
 
   def problem(self, value: Any) -> str | None:
     """Returns what is wrong with `value` (not finite included), or None."""
@@ -79,13 +115,14 @@ class Interval:
 class OneOf:
   """One of a few named choices."""
   choices: tuple[str, ...]
+  kind: ClassVar[str] = 'text'
 
   def problem(self, value: Any) -> str | None:
     """Returns what is wrong with `value`, or None."""
     return None if value in self.choices else f'is not one of {self.choices}'
 
 
-Rule = Positive | NonNegative | PositiveFinite | Finite | Interval | OneOf
+Rule = Positive | NonNegative | Between | AxisSize | PositiveFinite | Finite | Interval | OneOf
 
 
 def option(default: Any, doc: str, rule: Rule | None = None) -> Any:
@@ -156,12 +193,22 @@ def value(instance: Any, key: str) -> Any:
   return getattr(instance, key)
 
 
+class Refused(UserError):
+  """A value its rule refuses: `what` names the key and value and says what is wrong; the message adds the flag."""
+
+  def __init__(self, name: str, what: str):
+    super().__init__(f'{what}: set --config.{name}.')
+    self.what = what
+
+
 def check_value(name: str, value: Any, rule: Rule) -> None:
-  """Raises UserError naming `name` (a 'section.key'), its value, what is wrong with it and the flag to set."""
-  problem = rule.problem(value)
+  """Raises Refused naming `name` (a 'section.key'), its value, what is wrong with it (its kind first: text where
+  a number belongs, true for a count) and the flag to set."""
+  kind, is_kind = KINDS[rule.kind]
+  problem = rule.problem(value) if is_kind(value) else f'is not {kind}'
   if problem:
     shown = repr(value) if isinstance(value, str) else value
-    raise UserError(f'{name}={shown} {problem}: set --config.{name}.')
+    raise Refused(name, f'{name}={shown} {problem}')
 
 
 def check(values: ml_collections.ConfigDict, name: str, section_rules: dict[str, Rule]) -> None:

@@ -117,10 +117,14 @@ def appender(target: str | os.PathLike) -> TextIO | CloudAppender:
 
 def check_parent(target: str | os.PathLike, flag: str) -> None:
   """Raises UserError, naming `flag`, if the directory `target` would be written in does not exist (on Cloud
-  Storage, where folders are only names' prefixes: its bucket)."""
+  Storage, where folders are only names' prefixes: its bucket), or `target` is a symlink to nothing (whose target a
+  write would create, or fail on, somewhere the user did not name)."""
   if is_cloud(target):
     check_bucket(target, flag)
     return
+  if is_link(target) and not os.path.exists(target):
+    raise UserError(f'--{flag}={target} is a symlink to {os.readlink(target)}, which does not exist: remove the link, '
+                    'or pass another path.')
   parent = pathlib.Path(target).absolute().parent
   if not parent.is_dir():
     raise UserError(f'--{flag}={target} is in {parent}, which is not a directory: create it first, or pass a path in '
@@ -131,9 +135,9 @@ def check_new(target: str | os.PathLike, flag: str) -> Path:
   """Returns `target` as a path; raises UserError if something exists there, or its directory does not, naming
   `flag`."""
   path = to_path(target)
+  check_parent(path, flag)
   if exists(path):
     raise UserError(f'{path} already exists: pass a new --{flag} path, or add --overwrite to replace it.')
-  check_parent(path, flag)
   return path
 
 
@@ -142,7 +146,9 @@ def write_output(path: str | os.PathLike, data: bytes | str, flag: str, overwrit
   `overwrite`, and never replaces a directory."""
   if overwrite and to_path(path).is_dir():
     raise UserError(f'{path} is a directory: pass a file path as --{flag}.')
-  if not overwrite:
+  if overwrite:
+    check_parent(path, flag)
+  else:
     check_new(path, flag)
   try:
     return replace(path, data)

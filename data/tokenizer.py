@@ -322,9 +322,9 @@ def parse(data: bytes, side: dict[str, bytes], path: str | os.PathLike) -> Token
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     if files.to_path(path).suffix == '.json':
       raise UserError(f'{path} is not valid JSON ({e}): restore it, or pass a tokenizer file flaxlm wrote.') from None
-    return load_sentencepiece(data, path, specials_of(side, path))
+    return check_eos_ids(load_sentencepiece(data, path, specials_of(side, path)), path)
   if isinstance(spec, dict) and 'model' in spec:
-    return load_hf(data, specials_of(side, path) or Specials(), path)
+    return check_eos_ids(load_hf(data, specials_of(side, path) or Specials(), path), path)
   return from_json(spec, path)
 
 
@@ -347,24 +347,83 @@ def json_object(data: bytes, name: str, path: str | os.PathLike) -> dict:
 
 def specials_of(side: dict[str, bytes], path: str | os.PathLike) -> Specials | None:
   """Returns the special tokens the side files say, None without a tokenizer_config.json or special_tokens_map.json
-  (a tokenizer of flaxlm's own); a chat_template.jinja file is the template, as in transformers' newer folders."""
+  (a tokenizer of flaxlm's own); a chat_template.jinja file is the template, as in transformers' newer folders.
+  Raises UserError naming the file and key of a value of the wrong kind (an id that is text, a flag that is "yes")."""
   if CONFIG not in side and SPECIAL_MAP not in side:
     return None
-  named = json_object(side[SPECIAL_MAP], SPECIAL_MAP, path) if SPECIAL_MAP in side else {}
-  config = json_object(side.get(CONFIG, b'{}'), CONFIG, path)
-  config.update({key: named[key] for key in ('bos_token', 'eos_token', 'pad_token')
-                 if key in named and key not in config})
+  named = checked_tokens(json_object(side[SPECIAL_MAP], SPECIAL_MAP, path) if SPECIAL_MAP in side else {},
+                         SPECIAL_MAP, path)
+  config = checked_tokens(json_object(side.get(CONFIG, b'{}'), CONFIG, path), CONFIG, path)
+  config.update({key: named[key] for key in SPECIAL_TOKENS if key in named and key not in config})
   generation = json_object(side[GENERATION], GENERATION, path) if GENERATION in side else {}
-  template = config.get('chat_template')
-  if isinstance(template, list):  # Named templates: [{"name": "default", "template": "..."}, ...].
-    template = next((t.get('template') for t in template if isinstance(t, dict) and t.get('name') == 'default'), None)
-  if TEMPLATE in side:
-    template = side[TEMPLATE].decode('utf-8')
-  eos = generation.get('eos_token_id')
+  eos = side_value(generation, 'eos_token_id', (GENERATION, path), (int, list), IDS)
   eos = eos if isinstance(eos, list) else [] if eos is None else [eos]
-  add_bos = config.get('add_bos_token')
-  return Specials(config, add_bos if isinstance(add_bos, bool) else None, tuple(i for i in eos if isinstance(i, int)),
-                  template if isinstance(template, str) else None)
+  if not all(type(i) is int for i in eos):
+    raise malformed((GENERATION, path), 'eos_token_id', eos, IDS)
+  add_bos = side_value(config, 'add_bos_token', (CONFIG, path), (bool,), 'true or false')
+  return Specials(config, add_bos, tuple(eos), chat_template(config, side.get(TEMPLATE), path))
+
+
+SPECIAL_TOKENS = ('bos_token', 'eos_token', 'pad_token')  # the special tokens flaxlm reads from the side files
+IDS = 'an id or a list of ids'  # what generation_config.json's eos_token_id may be
+TOKEN = 'the token\'s text, or an object with its text as "content"'  # what a special token's entry may be
+TEMPLATES = 'a Jinja template, or a list of {"name": text, "template": text}'  # what chat_template may be
+
+
+def malformed(where: tuple[str, str | os.PathLike], key: str, value: object, what: str) -> UserError:
+  """Returns the error for a side file's `key` holding `value`, which is not `what`; `where` is (the side file's
+  name, the tokenizer file beside it)."""
+  shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + '...'
+  return UserError(f'the {where[0]} beside {where[1]} has {key}={shown}, which is not {what}: restore the file that '
+                   'came with the tokenizer, or remove the key.')
+
+
+def side_value(content: dict, key: str, where: tuple[str, str | os.PathLike], kinds: tuple[type, ...],
+               what: str) -> object:
+  """Returns `key` of a side file's `content` (None if absent or null); raises UserError naming the file and key
+  unless it is an instance of `kinds` (a bool only where `kinds` holds bool), `what` saying which values fit."""
+  value = content.get(key)
+  if value is None or isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)):
+    return value
+  raise malformed(where, key, value, what)
+
+
+def checked_tokens(content: dict, name: str, path: str | os.PathLike) -> dict:
+  """Returns side file `name`'s `content`; raises UserError unless each special token in it is text, or an object
+  whose "content" is text (transformers' AddedToken)."""
+  for key in SPECIAL_TOKENS:
+    token = side_value(content, key, (name, path), (str, dict), TOKEN)
+    if isinstance(token, dict) and not isinstance(token.get('content'), str):
+      raise malformed((name, path), key, token, TOKEN)
+  return content
+
+
+def chat_template(config: dict, jinja: bytes | None, path: str | os.PathLike) -> str | None:
+  """Returns the chat template: the chat_template.jinja file's (`jinja`), else the tokenizer_config.json's text, or
+  the one named "default" of its list of {"name", "template"}; raises UserError if one is malformed."""
+  if jinja is not None:
+    try:
+      return jinja.decode('utf-8')
+    except UnicodeDecodeError:
+      raise UserError(f'the {TEMPLATE} beside {path} is not UTF-8 text: restore it, or remove it.') from None
+  template = side_value(config, 'chat_template', (CONFIG, path), (str, list), TEMPLATES)
+  if not isinstance(template, list):
+    return template
+  if not all(isinstance(t, dict) and isinstance(t.get('name'), str) and isinstance(t.get('template'), str)
+             for t in template):
+    raise malformed((CONFIG, path), 'chat_template', template, TEMPLATES)
+  return next((t['template'] for t in template if t['name'] == 'default'), None)
+
+
+def check_eos_ids(tokenizer: Tokenizer, path: str | os.PathLike) -> Tokenizer:
+  """Returns `tokenizer`; raises UserError naming generation_config.json if an id it ends samples with is not one of
+  its vocabulary's."""
+  outside = [i for i in tokenizer.eos_ids if not 0 <= i < tokenizer.vocab_size]
+  if outside:
+    raise UserError(f'the {GENERATION} beside {path} has eos_token_id {outside[0]}, outside the tokenizer\'s '
+                    f'{tokenizer.vocab_size:,} ids (0 to {tokenizer.vocab_size - 1:,}): restore the file that came '
+                    'with the tokenizer, or remove it.')
+  return tokenizer
 
 
 def read_file(path: str | os.PathLike) -> bytes:

@@ -133,6 +133,18 @@ def check_specs(specs: dict[str, Spec], shapes: dict[str, tuple[int, ...]], igno
                       'float32, bfloat16 or float16 weights (flaxlm does not convert quantized ones).')
 
 
+def check_layer_count(specs: dict[str, Spec], layers: str, count: int, key: str) -> None:
+  """Raises UserError, naming the first missing layer, if the tensors (`specs`; layer i's are named `layers`i.*) hold
+  fewer than the `count` layers config.json's `key` says: checked before anything is done once per layer, which for a
+  count of millions would take hours and all memory."""
+  found = {name[len(layers):].split('.')[0] for name in specs if name.startswith(layers)}
+  missing = next(i for i in range(len(found) + 1) if str(i) not in found)
+  if missing < count:
+    raise UserError(f'config.json has {key}={count:,}, and the safetensors files lack the tensors of layer {missing} '
+                    f'({layers}{missing}.*; they hold {len(found)} layers): fix {key}, or pass a folder with the '
+                    'complete checkpoint.')
+
+
 def read(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
   """Returns the tensor `name` of `tensors`; raises UserError if it holds NaN or infinite values."""
   x = tensors[name]
@@ -171,6 +183,7 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], c: ModelConfig) -> Tree:
   model_type, family = family_of(c)
   specs = specs_of(tensors)
   prefix = family.prefix if any(name.startswith(family.prefix) for name in specs) else ''  # GPT-2's own lacks it.
+  check_layer_count(specs, f'{prefix}{family.layers}.', c.num_layers, family.layers_key)
   ignored = {f'{prefix}{family.layers}.{i}.{name}' for i in range(c.num_layers) for name in family.buffers}
   shapes = hf_shapes(c, prefix)
   check_specs(specs, shapes, ignored | ({'lm_head.weight'} if c.tie_embeddings else set()), model_type)

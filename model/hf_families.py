@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from flaxlm.configs.errors import UserError
-from flaxlm.configs.options import value as option_value
+from flaxlm.configs.options import LARGEST, value as option_value
 from flaxlm.model import rope as rope_lib
 from flaxlm.model.config import ModelConfig
 
@@ -32,7 +32,7 @@ class Family:
   architecture: str  # the HF class its checkpoints are saved from
   prefix: str  # the body's tensor names start with this; the output head's ('lm_head.weight') does not
   layers: str  # layer i's tensor names start with f'{prefix}{layers}.{i}.'
-  eps_key: str  # config.json's norm epsilon
+  layers_key: str  # config.json's count of layers
   options: dict[str, Any]  # the flaxlm model options every model of this type has
   model_config: Callable[[dict], dict]  # config.json -> flaxlm's model section
   hf_config: Callable[[ModelConfig], dict]  # model config -> config.json
@@ -60,11 +60,12 @@ def setting(hf: dict, key: str, default: Any) -> Any:
 
 
 def integer(hf: dict, key: str, default: int | None = None) -> int:
-  """Returns config.json's `key` (or `default`); raises UserError unless it is a positive integer."""
+  """Returns config.json's `key` (or `default`); raises UserError unless it is a positive integer of at most
+  LARGEST (a larger size is no checkpoint's: the device indexes with int32)."""
   found = setting(hf, key, default)
-  if type(found) is not int or found <= 0:
-    raise UserError(f'config.json has {key}={found!r}, which is not a positive integer: fix the value, or pass the '
-                    'folder\'s own config.json.')
+  if type(found) is not int or not 0 < found <= LARGEST:
+    raise UserError(f'config.json has {key}={found!r}, which is not a positive integer of at most {LARGEST:,}: fix '
+                    'the value, or pass the folder\'s own config.json.')
   return found
 
 
@@ -136,7 +137,7 @@ def rope_options(hf: dict) -> dict:
   naming any other type, or a setting of a supported one flaxlm cannot express."""
   r = rope(hf)
   kind = r.get('rope_type', r.get('type', 'default'))
-  if kind not in ROPE_KEYS:
+  if not isinstance(kind, str) or kind not in ROPE_KEYS:
     raise UserError(f'config.json has rope_type={kind!r}, which flaxlm cannot express: it converts only rope_type in '
                     f'{tuple(ROPE_KEYS)} (dynamic scaling changes the frequencies with each sequence\'s length).')
   require(r, 'partial_rotary_factor', (1, 1.0, None), None)
@@ -224,10 +225,11 @@ def mistral_hf_config(c: ModelConfig) -> dict:
 def full_attention(hf: dict) -> None:
   """Raises UserError if a Qwen config.json turns on sliding-window attention in any layer."""
   require(hf, 'use_sliding_window', (False,), False)
-  kinds = set(hf.get('layer_types') or ['full_attention'])
-  if kinds != {'full_attention'}:
-    raise UserError(f'config.json has layer_types with {sorted(kinds - {"full_attention"})}, which flaxlm cannot '
-                    'express: it converts only layers of full_attention.')
+  kinds = hf.get('layer_types') or []
+  others = [kind for kind in kinds if kind != 'full_attention'] if isinstance(kinds, list) else kinds
+  if others:
+    raise UserError(f'config.json has layer_types with {others!r}, which flaxlm cannot express: it converts only a '
+                    'list of "full_attention" layers.')
 
 
 def qwen2_model_config(hf: dict) -> dict:
@@ -379,7 +381,7 @@ def rotary_outer_to_hf(p: Tree) -> Tensors:
 def rotary_family(architecture: str, options: dict, model_config: Callable[[dict], dict],
                   hf_config: Callable[[ModelConfig], dict]) -> Family:
   """Returns the Family of a Llama-like model type: its tensors are named as Llama's, its options say the rest."""
-  return Family(architecture, 'model.', 'layers', 'rms_norm_eps', {**PLAIN, **options}, model_config, hf_config,
+  return Family(architecture, 'model.', 'layers', 'num_hidden_layers', {**PLAIN, **options}, model_config, hf_config,
                 rotary_outer_from_hf, rotary_outer_to_hf, rotary_layer_from_hf, rotary_layer_to_hf,
                 buffers=('self_attn.rotary_emb.inv_freq',))  # the rotary frequencies
 
@@ -393,7 +395,7 @@ ROPE_KEYS = {  # each HF rope_type's settings, and the model options they set
     'llama3': {'factor': 'rope_factor', 'low_freq_factor': 'rope_low_freq_factor',
                'high_freq_factor': 'rope_high_freq_factor', 'original_max_position_embeddings': 'rope_original_length'},
     'yarn': {'factor': 'rope_factor', 'original_max_position_embeddings': 'rope_original_length'}}
-GPT2 = Family('GPT2LMHeadModel', 'transformer.', 'h', 'layer_norm_epsilon',
+GPT2 = Family('GPT2LMHeadModel', 'transformer.', 'h', 'n_layer',
               dict(PLAIN, positions='learned', norm='layernorm', mlp='gelu', use_bias=True),
               gpt2_model_config, gpt2_hf_config, gpt2_outer_from_hf, gpt2_outer_to_hf, gpt2_layer_from_hf,
               gpt2_layer_to_hf, buffers=('attn.bias', 'attn.masked_bias'))  # the causal mask

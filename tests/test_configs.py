@@ -5,10 +5,12 @@ import importlib
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from flaxlm import configs
-from flaxlm.configs import lm1b
+from flaxlm.configs import base, lm1b
+from flaxlm.configs.errors import UserError
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer, count_params
 from flaxlm.train import sharding
@@ -66,3 +68,28 @@ def test_scale_presets_have_their_published_parameter_counts(name, hand_count, p
   model = Transformer(ModelConfig.from_config(config.model, 32_000))
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
   assert count_params(shapes) == hand_count == published
+
+
+@pytest.mark.parametrize('key, value, says', [
+    ('train.seed', -1, 'train.seed=-1 must be from 0 to 4,294,967,295'),
+    ('train.seed', 2**32, 'train.seed=4294967296 must be from 0 to 4,294,967,295'),
+    ('train.steps', '100', "train.steps='100' is not an integer"),
+    ('train.batch_size', True, 'train.batch_size=True is not an integer'),
+    ('train.steps', 2**31, 'train.steps=2147483648 must be positive (and at most 2,147,483,647)'),
+    ('train.warmup_steps', 1.5, 'train.warmup_steps=1.5 is not an integer'),
+    ('train.learning_rate', float('nan'), 'train.learning_rate=nan must be in [0, inf)'),
+    ('train.beta2', 'high', "train.beta2='high' is not a number"),
+    ('train.nonfinite', 1, 'train.nonfinite=1 is not text'),
+    ('data.max_documents', -1, 'data.max_documents=-1 must not be negative'),
+    ('mesh.fsdp', 0, 'mesh.fsdp=0 must be -1 (the devices the other axes leave) or positive'),
+    ('mesh.data', -2, 'mesh.data=-2 must be -1'),
+    ('mesh.dcn_data', 0, 'mesh.dcn_data=0 must be positive'),
+    ('model.num_layers', 10**12, 'model.num_layers=1000000000000 must be positive (and at most 2,147,483,647)'),
+])
+def test_check_refuses_a_value_of_the_wrong_kind_or_range_naming_its_key_and_flag(key, value, says):
+  values = base.get_config().to_dict()
+  section, field = key.split('.')
+  values[section][field] = value  # As a run's config.json or a config file building its own dict may hold it.
+  with pytest.raises(UserError) as raised:
+    base.check(ml_collections.ConfigDict(values))
+  assert str(raised.value).startswith(says) and str(raised.value).endswith(f': set --config.{key}.')

@@ -8,6 +8,8 @@ import dataclasses
 import json
 import pathlib
 import shutil
+import signal
+import time
 import weakref
 
 import jax
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+import commands
 from conftest import command
 from test_cli import assert_one_line_error, run
 from test_transformer import forward
@@ -121,6 +124,15 @@ BAD_TENSORS = {
     'many_extra': ('hf_gpt2', lambda t: {**t, **{f'vision.{i}': np.ones(2, np.float32) for i in range(5)}},
                    'tensors a gpt2 model does not have (vision.0, vision.1, vision.2 and 2 more)'),
 }
+
+
+@pytest.mark.parametrize('name, key', [('hf_llama', 'num_hidden_layers'), ('hf_gpt2', 'n_layer')])
+def test_more_layers_than_the_tensors_hold_are_refused_before_any_work_per_layer(name, key):
+  c = dataclasses.replace(model_config(name), num_layers=10_000_000)  # Once per layer, this took hours.
+  layer = 'model.layers' if name == 'hf_llama' else 'transformer.h'
+  with pytest.raises(UserError, match=rf'{key}=10,000,000, and the safetensors files lack the tensors of layer 2 '
+                     rf'\({layer}\.2\.\*; they hold 2 layers\)'):
+    hf.params_from_hf(fixture_tensors(name), c)
 
 
 @pytest.mark.parametrize('name', BAD_TENSORS)
@@ -427,3 +439,26 @@ def test_a_tokenizer_with_more_ids_than_the_checkpoint_is_refused(tmp_path):
   with pytest.raises(UserError, match=r'^the tokenizer has 357 ids and the model 128: its vocabulary is not the '):
     convert.from_hf(str(with_tokenizer_json(tmp_path, 128)), str(tmp_path / 'out'), None, 'bfloat16')
   assert not (tmp_path / 'out').exists()
+
+
+def stop_once_writing(argv: list[str], output: pathlib.Path, sig: int) -> tuple[int, str]:
+  """Starts a command writing the folder `output`, sends it `sig` as soon as its hidden partial sibling appears (within
+  60 s), and returns its exit code and stderr; checks that neither `output` nor the sibling is left."""
+  process = commands.start(*argv)
+  deadline = time.monotonic() + 60
+  while not any(output.parent.glob(f'.{output.name}.partial-*')):
+    assert process.poll() is None and time.monotonic() < deadline, 'the command never started writing'
+    time.sleep(0.001)
+  process.send_signal(sig)
+  code = process.wait(60)
+  assert list(output.parent.glob(f'*{output.name}*')) == []
+  return code, process.output()[1]
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_conversion_writes_stops_it_and_leaves_nothing(tmp_path, sig):
+  out = tmp_path / 'out'
+  code, stderr = stop_once_writing([command('flaxlm-convert'), f'--from_hf={FIXTURES / "hf_llama"}',
+                                    f'--output={out}'], out, sig)
+  assert code == 130 and stderr.strip() == (f'flaxlm-convert: error: interrupted: nothing was written at {out}; run '
+                                            'the command again')

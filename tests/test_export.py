@@ -2,6 +2,7 @@
 
 import pathlib
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import pytest
 
 from conftest import command, make_corpus
 from test_cli import assert_one_line_error, run
+from test_convert import stop_once_writing
 from test_loop import tiny_config
 from flaxlm.data import tokenizer as tokenizer_lib
 from flaxlm.model.transformer import count_params
@@ -90,7 +92,9 @@ def test_bad_exports_get_one_line_and_leave_nothing(trained, tmp_path):
       (tmp_path / 'empty', tmp_path / 'b', 'float32', 'holds no flaxlm run'),
       (tmp_path / 'untrained', tmp_path / 'c', 'float32', 'has no checkpoint yet'),
       (trained / 'run', tmp_path / 'missing' / 'd', 'float32', 'which is not a directory: create it first'),
+      (trained / 'run', tmp_path / 'dangling', 'float32', f'dangling is a symlink to {tmp_path / "gone"}, which does'),
   ]
+  (tmp_path / 'dangling').symlink_to(tmp_path / 'gone')
   before = sorted(tmp_path.rglob('*'))
   for workdir, output, dtype, fragment in cases:
     result = run(command('flaxlm-export'), f'--workdir={workdir}', f'--output={output}', f'--dtype={dtype}')
@@ -107,6 +111,13 @@ def test_an_interrupted_export_leaves_nothing(trained, tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     export.write(tmp_path / 'export', params, workdir_lib.load_config(trained / 'run'), tokenizer, 'float32')
   assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_while_an_export_is_written_stops_it_and_leaves_nothing(trained, tmp_path):
+  out = tmp_path / 'out'
+  code, stderr = stop_once_writing([command('flaxlm-export'), f'--workdir={trained / "run"}', f'--output={out}'], out,
+                                   signal.SIGTERM)
+  assert code == 130 and 'nothing was written at' in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_sampling_needs_exactly_one_run_or_export(trained):

@@ -44,6 +44,15 @@ def test_an_output_that_exists_is_refused_unless_overwritten(tmp_path):
     files.write_output(tmp_path, b'new', 'output', overwrite=True)
 
 
+def test_a_symlink_to_nothing_is_refused_as_an_output_even_with_overwrite(tmp_path):
+  (tmp_path / 'out.png').symlink_to(tmp_path / 'gone' / 'out.png')
+  for overwrite in (False, True):
+    with pytest.raises(UserError, match=f'--output={tmp_path / "out.png"} is a symlink to {tmp_path / "gone"}/out.png, '
+                       'which does not exist: remove the link, or pass another path.'):
+      files.write_output(tmp_path / 'out.png', b'new', 'output', overwrite)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['out.png'] and (tmp_path / 'out.png').is_symlink()
+
+
 def test_the_tokenizer_never_overwrites_its_input_or_another_file(corpus, tmp_path):
   before = digest(tmp_path)
   for output, extra, fragment in [(corpus, (), 'already exists'), (corpus, ('--overwrite',), 'one of the --input')]:

@@ -175,6 +175,11 @@ BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), wh
     ('hf_llama', {'rope_parameters': {'rope_theta': float('inf')}}, 'rope_theta=inf, which is not a positive'),
     ('hf_llama', {'rope_parameters': 'default'}, "rope_parameters='default', which is not an object"),
     ('hf_llama', {'tie_word_embeddings': 'no'}, "tie_word_embeddings='no', which is not true or false"),
+    ('hf_llama', {'hidden_size': 10**10}, 'hidden_size=10000000000, which is not a positive integer of at most 2,147'),
+    ('hf_gpt2', {'vocab_size': [50257]}, 'vocab_size=[50257], which is not a positive integer'),
+    ('hf_llama', rope_of('hf_llama', rope_type=['linear']), "rope_type=['linear'], which flaxlm cannot express"),
+    ('hf_qwen2', {'layer_types': 'full_attention'}, "layer_types with 'full_attention', which flaxlm cannot"),
+    ('hf_qwen3', {'layer_types': [['full_attention']]}, "layer_types with [['full_attention']], which flaxlm"),
 ]
 
 

@@ -38,7 +38,7 @@ def test_the_documented_table_of_model_options_is_the_code_s():
 
 
 @pytest.mark.parametrize('rule, good, bad, says', [
-    (options.Positive(), (1, 0.5), (0, -1), 'must be positive'),
+    (options.Positive(), (1, 2), (0, -1), 'must be positive'),
     (options.NonNegative('the default'), (0, 3), (-1,), 'must not be negative (0 takes the default)'),
     (options.PositiveFinite('1e-6'), (1e-6, 10.0), (0.0, -1.0, math.inf, math.nan), 'must be a positive finite'),
     (options.Finite('0'), (0.0, -2.5), (math.inf, -math.inf, math.nan), 'must be a finite number'),

@@ -205,3 +205,34 @@ def test_an_older_folder_names_its_special_tokens_in_special_tokens_map_json(tmp
                                                                 'eos_token': '<|end_of_text|>'}))
   tokenizer = tokenizer_lib.from_hf_folder(tmp_path)
   assert (tokenizer.bos_id, tokenizer.eos_ids, tokenizer.add_bos) == (0, (1,), True)
+
+
+@pytest.mark.parametrize('name, changes, message', [  # A side file's changes, and what the error says.
+    ('generation_config.json', {'eos_token_id': 357}, r'generation_config.json beside .* has eos_token_id 357, '
+     r"outside the tokenizer's 357 ids \(0 to 356\)"),
+    ('generation_config.json', {'eos_token_id': [1, -4]}, 'has eos_token_id -4, outside'),
+    ('generation_config.json', {'eos_token_id': '1'}, "has eos_token_id='1', which is not an id or a list of ids"),
+    ('generation_config.json', {'eos_token_id': [1, True]}, r'eos_token_id=\[1, True\], which is not an id'),
+    ('tokenizer_config.json', {'add_bos_token': 'yes'}, "add_bos_token='yes', which is not true or false"),
+    ('tokenizer_config.json', {'chat_template': 5}, 'chat_template=5, which is not a Jinja template'),
+    ('tokenizer_config.json', {'chat_template': [{'name': 'default'}]}, r"chat_template=\[\{'name': 'default'\}\]"),
+    ('tokenizer_config.json', {'bos_token': 0}, 'bos_token=0, which is not the token\'s text'),
+    ('tokenizer_config.json', {'eos_token': {'text': '<|eot_id|>'}}, "eos_token={'text': '<|eot_id|>'}, which is"),
+    ('special_tokens_map.json', {'pad_token': ['<|eot_id|>']}, r"special_tokens_map.json beside .* has pad_token=\["),
+])
+def test_a_side_file_value_of_the_wrong_kind_or_range_is_refused_naming_the_file_and_key(tmp_path, name, changes,
+                                                                                        message):
+  shutil.copytree(HF_FOLDER, tmp_path / 'hf')
+  side = tmp_path / 'hf' / name
+  side.write_text(json.dumps({**(json.loads(side.read_text()) if side.exists() else {}), **changes}))
+  with pytest.raises(UserError, match=message) as error:
+    tokenizer_lib.from_hf_folder(tmp_path / 'hf')
+  assert '\n' not in str(error.value) and 'restore the file that came with the tokenizer' in str(error.value)
+
+
+def test_a_list_of_named_chat_templates_gives_the_default_one(tmp_path):
+  shutil.copytree(HF_FOLDER, tmp_path / 'hf')
+  config = tmp_path / 'hf' / 'tokenizer_config.json'
+  templates = [{'name': 'tool_use', 'template': 'tools'}, {'name': 'default', 'template': 'chat'}]
+  config.write_text(json.dumps({**json.loads(config.read_text()), 'chat_template': templates}))
+  assert tokenizer_lib.from_hf_folder(tmp_path / 'hf').chat_template == 'chat'

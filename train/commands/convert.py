@@ -21,7 +21,7 @@ from absl import flags
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files
 from flaxlm.train.commands import cli
-from flaxlm.train.use import convert as convert_lib
+from flaxlm.train.use import convert as convert_lib, export
 
 FROM_HF = flags.DEFINE_string('from_hf', None, 'An HF model folder (config.json, *.safetensors) to convert.')
 OUTPUT = flags.DEFINE_string('output', None, 'With --from_hf: the flaxlm export directory to create.')
@@ -60,11 +60,13 @@ def convert() -> None:
     raise UserError('pass exactly one of --from_hf=DIR (HF to flaxlm) and --to_hf=DIR (flaxlm to HF).')
   check_direction(TO_HF if FROM_HF.value else FROM_HF)
   check_local(FROM_HF if FROM_HF.value else TO_HF)
-  if FROM_HF.value:
-    output = cli.required(OUTPUT, 'pass --output=PATH, the export directory to create.')
-    lines = convert_lib.from_hf(FROM_HF.value, output, TOKENIZER.value, DTYPE.value)
-  else:
-    lines = convert_lib.to_hf(TO_HF.value, cli.required(PARAMS, 'pass --params=PATH, a flaxlm export.'), MAX_SHARD_SIZE.value)
+  output = cli.required(OUTPUT, 'pass --output=PATH, the export directory to create.') if FROM_HF.value else TO_HF.value
+  with export.signals_stop(output):
+    if FROM_HF.value:
+      lines = convert_lib.from_hf(FROM_HF.value, output, TOKENIZER.value, DTYPE.value)
+    else:
+      lines = convert_lib.to_hf(output, cli.required(PARAMS, 'pass --params=PATH, a flaxlm export.'),
+                                MAX_SHARD_SIZE.value)
   print('\n'.join(lines))
 
 

@@ -23,10 +23,11 @@ def export_run() -> None:
   workdir = cli.required(WORKDIR, 'pass the --workdir of a run.')
   output = cli.required(OUTPUT, 'pass --output=PATH, a directory to create.')
   export.check_writable(output, DTYPE.value)  # Before the restore, which may take minutes for a large model.
-  model, params, tokenizer = pretrained.load(workdir, 'float32')  # Full precision, cast once to --dtype when written.
-  config = workdir_lib.load_config(workdir)
-  plain = dataclasses.replace(model.config, dtype=config.model.dtype)  # A LoRA run's merged; the run's compute dtype.
-  path = export.write(output, params, workdir_lib.with_model(config, plain), tokenizer, DTYPE.value)
+  with export.signals_stop(output):
+    model, params, tokenizer = pretrained.load(workdir, 'float32')  # Full precision, cast once to --dtype when written.
+    config = workdir_lib.load_config(workdir)
+    plain = dataclasses.replace(model.config, dtype=config.model.dtype)  # A LoRA run's merged; its compute dtype.
+    path = export.write(output, params, workdir_lib.with_model(config, plain), tokenizer, DTYPE.value)
   print(f'wrote {path}: {count_params(params):,} parameters in {DTYPE.value}')
 
 

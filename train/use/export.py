@@ -4,14 +4,17 @@ An export is a directory:
   params/                              an Orbax checkpoint of the params pytree, float32 or bfloat16
   config.json                          the run's resolved config (model.dtype is still the compute dtype)
   tokenizer.json or tokenizer.model    the run's tokenizer
-It is written into a hidden sibling directory and renamed into place when complete, so an interrupted export
-never leaves a partial one at its path. Cloud Storage has no renames: there an export is written at its path,
-config.json last, and is one (`check_is_export`) only once that is there.
+It is written into a hidden sibling directory and renamed into place when complete, so an interrupted export never
+leaves a partial one at its path: Ctrl-C or SIGTERM stops a command that writes one (`signals_stop`) and the sibling
+is removed. Cloud Storage has no renames: there an export is written at its path, config.json last, and is one
+(`check_is_export`) only once that is there.
 """
 
 import contextlib
 import os
 import shutil
+import signal
+import threading
 from typing import Any, Iterator
 
 import jax
@@ -22,7 +25,7 @@ import orbax.checkpoint as ocp
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model.transformer import DTYPES
-from flaxlm.train import checkpoint
+from flaxlm.train import checkpoint, preemption
 
 PARAMS_DIR = 'params'
 
@@ -42,9 +45,9 @@ def check_writable(output: str | os.PathLike, dtype: str) -> None:
 def check_new_directory(output: str | os.PathLike, flag: str) -> None:
   """Raises UserError, naming `flag`, if `output` exists, is in a missing directory, or is inside a model's own
   folder of checkpoints or params (where a new folder would be taken for part of that model)."""
+  files.check_parent(output, flag)
   if files.exists(output):
     raise UserError(f'{output} already exists: pass a new --{flag} path (flaxlm never overwrites one).')
-  files.check_parent(output, flag)
   for folder in files.absolute(output).parents:
     model = folder.parent
     if folder in (checkpoint.directory(model), model / PARAMS_DIR) and (model / 'config.json').is_file():
@@ -82,19 +85,51 @@ def new_directory(output: str | os.PathLike) -> Iterator[files.Path]:
   cloud = files.is_cloud(path)
   partial = path if cloud else path.with_name(f'.{path.name}.partial-{os.getpid()}')
   try:
-    partial.mkdir()
-    try:
+    try:  # The mkdir too: an interruption just after it must remove what it made.
+      partial.mkdir()
       yield partial
       if not cloud:
         partial.rename(path)
     except BaseException:
       if cloud:
         partial.rmtree(missing_ok=True)
-      else:
+      elif os.path.lexists(partial):  # Not there if the mkdir failed.
         shutil.rmtree(partial)
       raise
   except OSError as e:
     raise unwritable(output, e) from None
+
+
+@contextlib.contextmanager
+def signals_stop(output: str | os.PathLike) -> Iterator[None]:
+  """Runs the block of a command that writes the folder `output` (an export, or a Hugging Face folder) so that
+  Ctrl-C (SIGINT) or SIGTERM stops it at once, further ones ignored while `new_directory` removes what it wrote; then
+  raises KeyboardInterrupt saying that nothing was written, also where a library took the interruption for another
+  error (an Orbax read cut short). A signal that comes once `output` is whole changes nothing. Outside the main
+  thread, where Python takes no signals, just runs the block."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  came = []
+
+  def stop(sig: int, _) -> None:
+    if (files.to_path(output) / 'config.json').exists():  # Written whole (config.json last, or renamed): finish.
+      return
+    came.append(sig)
+    for each in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(each, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  except (KeyboardInterrupt, Exception):
+    if came:
+      raise KeyboardInterrupt(f'nothing was written at {output}; run the command again') from None
+    raise
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
 
 
 def write(output: str | os.PathLike, params: Any, config: ml_collections.ConfigDict,
@@ -102,7 +137,8 @@ def write(output: str | os.PathLike, params: Any, config: ml_collections.ConfigD
   """Writes the export of `params` (cast to `dtype`), `config` and `tokenizer` at `output`; returns its path."""
   check_writable(output, dtype)
   with new_directory(output) as partial:
-    with params_checkpointer() as checkpointer:
+    # Held: Orbax's threads would go on writing after an interruption, and the partial folder could not be removed.
+    with params_checkpointer() as checkpointer, preemption.signals_held((signal.SIGINT, signal.SIGTERM)):
       checkpointer.save(partial / PARAMS_DIR, args=ocp.args.PyTreeSave(cast(params, dtype)))
     tokenizer_lib.save(tokenizer, partial)
     (partial / 'config.json').write_text(config.to_json(indent=2))  # Last: what makes it an export.

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import optax
 
+from flaxlm.configs import options
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model import lora
@@ -163,12 +164,13 @@ def read_initial_params(path: str, abstract_params: Any) -> Any:
 
 def model_config(path: str | os.PathLike, section: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
   """Returns the checked model config of the model section read from `path`'s config.json; raises UserError if a
-  value there has the wrong type (a number that is text, say)."""
+  value there has the wrong type (a number that is text, say) or is out of its range."""
   try:
     return ModelConfig.from_config(section, vocab_size)
-  except (TypeError, ValueError) as e:
-    raise UserError(f'{files.to_path(path) / "config.json"} has a model section flaxlm cannot read ({e}): restore the '
-                    'file the model was saved with.') from None
+  except (TypeError, ValueError, options.Refused) as e:
+    reason = e.what if isinstance(e, options.Refused) else e  # A saved file is restored, not overridden by a flag.
+    raise UserError(f'{files.to_path(path) / "config.json"} has a model section flaxlm cannot read ({reason}): '
+                    'restore the file the model was saved with.') from None
 
 
 def checkpoint_params(workdir: str | os.PathLike, abstract: Any) -> Any:
