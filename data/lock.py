@@ -90,15 +90,19 @@ def is_local(record: dict) -> bool:
 
 
 def is_stale(record: dict | None) -> bool:
-  """Returns whether the lock `record` holds nothing: none or garbled, its process gone from this host, or (from
-  another host) its lease expired."""
-  if record is None:
-    return True
+  """Returns whether the lock `record` holds nothing (see `staleness`)."""
+  return record is None or staleness(record) is not None
+
+
+def staleness(record: dict) -> str | None:
+  """Returns why the lock `record` holds nothing, for a person ('which is no longer running'), None while its writer
+  may live: its process gone from this host, its host restarted since, or (from another host) its lease expired."""
   if is_local(record):
-    return record['pid'] != os.getpid() and not is_running(record['pid'])
+    return None if record['pid'] == os.getpid() or is_running(record['pid']) else 'which is no longer running'
   if record['host'] == socket.gethostname():  # Restarted since (a preempted TPU VM): its processes are gone.
-    return True
-  return time.time() - record['renewed'] > LEASE_SECONDS
+    return 'written before this host restarted'
+  late = time.time() - record['renewed'] - LEASE_SECONDS
+  return f'whose lease ran out {late:.0f} s ago' if late > 0 else None
 
 
 def create(path: files.Path, data: bytes) -> bool:
@@ -141,7 +145,7 @@ def acquire(path: files.Path, flag: str, take_over: bool, report: Callable[[str]
     raise UserError(f'{path.parent} was just locked by another process: only one may write it; try again.')
   if holder is not None:
     report(f'took over the lock of {path.parent} from {describe(holder)}, '
-           f'{"as --take_over asked" if take_over else "which is no longer running"}')
+           f'{"as --take_over asked" if take_over else staleness(holder)}')
   return record
 
 

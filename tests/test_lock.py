@@ -57,8 +57,9 @@ def test_a_stale_lock_is_taken_over_with_a_line_naming_its_writer(tmp_path, stal
   said = []
   with lock.held(tmp_path, '--workdir', report=said.append):
     assert lock.read(tmp_path / lock.LOCK)['pid'] == lock.os.getpid()
-  assert said == ([f'took over the lock of {tmp_path} from {lock.describe(theirs)}, which is no longer running']
-                  if theirs else [])
+  why = {'dead process': 'which is no longer running', 'another boot': 'written before this host restarted',
+         'lease expired': 'whose lease ran out 1 s ago'}.get(stale)
+  assert said == ([f'took over the lock of {tmp_path} from {lock.describe(theirs)}, {why}'] if theirs else [])
   assert not (tmp_path / lock.LOCK).exists()
 
 
