@@ -88,6 +88,7 @@ def new_directory(output: str | os.PathLike) -> Iterator[files.Path]:
     try:  # The mkdir too: an interruption just after it must remove what it made.
       partial.mkdir()
       yield partial
+      preemption.check_interrupted()  # One a library's callback dropped: not renamed into place.
       if not cloud:
         partial.rename(path)
     except BaseException:
@@ -100,31 +101,35 @@ def new_directory(output: str | os.PathLike) -> Iterator[files.Path]:
     raise unwritable(output, e) from None
 
 
+class Stopper(preemption.Interrupter):
+  """The Ctrl-C and SIGTERM handler of a command writing the folder `output`: the first signal raises
+  KeyboardInterrupt (and is remembered: `preemption.check_interrupted`), later ones are ignored while what was
+  written is removed, and one that comes once `output` is whole changes nothing."""
+
+  def __init__(self, output: str | os.PathLike):
+    super().__init__()
+    self.output = output
+
+  def __call__(self, signum: int, frame) -> None:
+    if not self.came and not (files.to_path(self.output) / 'config.json').exists():  # config.json: last, or renamed
+      super().__call__(signum, frame)
+
+
 @contextlib.contextmanager
 def signals_stop(output: str | os.PathLike) -> Iterator[None]:
-  """Runs the block of a command that writes the folder `output` (an export, or a Hugging Face folder) so that
-  Ctrl-C (SIGINT) or SIGTERM stops it at once, further ones ignored while `new_directory` removes what it wrote; then
-  raises KeyboardInterrupt saying that nothing was written, also where a library took the interruption for another
-  error (an Orbax read cut short). A signal that comes once `output` is whole changes nothing. Outside the main
-  thread, where Python takes no signals, just runs the block."""
+  """Runs the block of a command that writes the folder `output` (an export, or a Hugging Face folder) with a
+  `Stopper` taking Ctrl-C and SIGTERM, then raises KeyboardInterrupt saying that nothing was written if one came,
+  also where a library took the interruption for another error (an Orbax read cut short). Outside the main thread,
+  where Python takes no signals, just runs the block."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  came = []
-
-  def stop(sig: int, _) -> None:
-    if (files.to_path(output) / 'config.json').exists():  # Written whole (config.json last, or renamed): finish.
-      return
-    came.append(sig)
-    for each in (signal.SIGINT, signal.SIGTERM):
-      signal.signal(each, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+  stopper = Stopper(output)
+  previous = {sig: signal.signal(sig, stopper) for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
     yield
   except (KeyboardInterrupt, Exception):
-    if came:
+    if stopper.came:
       raise KeyboardInterrupt(f'nothing was written at {output}; run the command again') from None
     raise
   finally:
