@@ -1,5 +1,6 @@
 """What every flaxlm command shares: absl flag parsing, and mistakes reported as one line with a non-zero exit."""
 
+import signal
 import sys
 from typing import Callable
 
@@ -7,7 +8,7 @@ from absl import flags, logging
 
 from flaxlm import configs
 from flaxlm.configs.errors import UserError
-from flaxlm.train import preemption
+from flaxlm.train import commands, preemption
 
 
 def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bool = False) -> None:
@@ -39,6 +40,10 @@ def run(main: Callable[..., None], argv: list[str] | None = None, takes_args: bo
     exit_with(str(e), 1)
   except KeyboardInterrupt as e:  # A command may say what the interruption left (a run: its last checkpoint).
     exit_with(f'interrupted: {e}' if str(e) else 'interrupted.', 130)
+  finally:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Done: a signal while the interpreter shuts down just ends it,
+      if signal.getsignal(sig) is commands.leave:  # not with the start-up handler's "interrupted while starting".
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def with_config_files(argv: list[str]) -> list[str]:
