@@ -40,12 +40,13 @@ def interruptible() -> Iterator[None]:
     return
   handler, hook = Interrupter(), sys.unraisablehook
   previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-  # A dropped interrupt is not printed as a traceback: check_interrupted raises it again.
-  sys.unraisablehook = lambda raised: None if raised.exc_type is KeyboardInterrupt else hook(raised)
+  quiet = lambda raised: None if raised.exc_type is KeyboardInterrupt else hook(raised)
+  sys.unraisablehook = quiet  # A dropped interrupt is not printed as a traceback: check_interrupted raises it again.
   try:
     yield
   finally:
-    sys.unraisablehook = hook
+    if sys.unraisablehook is quiet:  # Not if another was put in front since (checkpoint.quiet_abandoned_reads).
+      sys.unraisablehook = hook
     for sig, old in previous.items():
       signal.signal(sig, old)
 
