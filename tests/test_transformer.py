@@ -82,9 +82,9 @@ FAMILY_OPTIONS = VARIANTS[-2]
 
 @pytest.mark.parametrize('overrides', VARIANTS)
 def test_output_shape_and_exact_parameter_count(overrides):
-  model = make_model(**overrides)
-  params = random_params(model)
-  logits = forward(model, params, jnp.zeros((3, 16), jnp.int32))
+  model = make_model(**overrides)  # Traced, not run: the other tests run these variants' numbers.
+  params = jax.eval_shape(lambda: init(model))
+  logits = jax.eval_shape(lambda p: forward(model, p, jnp.zeros((3, 16), jnp.int32)), params)
   assert logits.shape == (3, 16, VOCAB)
   assert logits.dtype == jnp.float32
   assert count_params(params) == expected_count(model.config)
