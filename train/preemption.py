@@ -31,14 +31,14 @@ class Interrupter:
 
 
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-  """Makes Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt while the block runs, even where the process was
-  started ignoring them (a shell script's background job): a command stops when it is told to. A training run's own
-  handlers (`watch`) take over while it steps."""
+def interruptible(handler: Interrupter | None = None) -> Iterator[None]:
+  """Makes Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt while the block runs (through `handler`, an
+  Interrupter by default), even where the process was started ignoring them (a shell script's background job): a
+  command stops when it is told to. A training run's own handlers (`watch`) take over while it steps."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  handler, hook = Interrupter(), sys.unraisablehook
+  handler, hook = handler or Interrupter(), sys.unraisablehook
   previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
   quiet = lambda raised: None if raised.exc_type is KeyboardInterrupt else hook(raised)
   sys.unraisablehook = quiet  # A dropped interrupt is not printed as a traceback: check_interrupted raises it again.

@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import threading
 from typing import Any, Iterator
 
 import jax
@@ -119,22 +118,15 @@ class Stopper(preemption.Interrupter):
 def signals_stop(output: str | os.PathLike) -> Iterator[None]:
   """Runs the block of a command that writes the folder `output` (an export, or a Hugging Face folder) with a
   `Stopper` taking Ctrl-C and SIGTERM, then raises KeyboardInterrupt saying that nothing was written if one came,
-  also where a library took the interruption for another error (an Orbax read cut short). Outside the main thread,
-  where Python takes no signals, just runs the block."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
+  also where a library took the interruption for another error (an Orbax read cut short)."""
   stopper = Stopper(output)
-  previous = {sig: signal.signal(sig, stopper) for sig in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    yield
-  except (KeyboardInterrupt, Exception):
-    if stopper.came:
-      raise KeyboardInterrupt(f'nothing was written at {output}; run the command again') from None
-    raise
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
+  with preemption.interruptible(stopper):
+    try:
+      yield
+    except (KeyboardInterrupt, Exception):
+      if stopper.came:
+        raise KeyboardInterrupt(f'nothing was written at {output}; run the command again') from None
+      raise
 
 
 def write(output: str | os.PathLike, params: Any, config: ml_collections.ConfigDict,
