@@ -42,7 +42,8 @@ jax.config.update('jax_num_cpu_devices', 2)
 
 # The files that take longest, collected first: pytest-xdist's --dist loadfile hands whole files to its workers in
 # collection order (pytest.ini turns off its reordering by test count), and the suite ends when its last file does.
-LONGEST_FIRST = ('test_resume.py', 'test_distributed.py', 'test_tpu_compile.py', 'test_notebooks.py', 'test_campaign_use.py', 'test_campaign_tools.py', 'test_campaign_train.py')
+LONGEST_FIRST = ('test_resume.py', 'test_distributed.py', 'test_tpu_compile.py', 'test_notebooks.py',
+                 'test_campaign_use.py', 'test_campaign_tools.py', 'test_campaign_train.py')
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -77,7 +77,8 @@ def test_a_live_lock_from_another_host_is_refused_unless_taken_over(tmp_path):
 
 def test_a_writer_running_on_this_host_keeps_its_lock_even_against_take_over(tmp_path):
   write_record(tmp_path, pid=1)  # Process 1 always runs.
-  with pytest.raises(UserError, match=r'by process 1 on .*, which runs on this host: stop it first \(--take_over is for a writer known'):
+  refusal = r'by process 1 on .*, which runs on this host: stop it first \(--take_over is for a writer known'
+  with pytest.raises(UserError, match=refusal):
     with lock.held(tmp_path, '--workdir', take_over=True):
       pass
 
