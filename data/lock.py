@@ -10,7 +10,8 @@ A writer that died without removing its lock left it stale. On the host that wro
 longer runs, or that was written before the host restarted, is stale; from another host, or in a bucket, a lock
 whose lease was not renewed for LEASE_SECONDS is. A stale lock is taken over with a line saying whose it was; a
 live-looking lock written elsewhere only when the user says its writer is gone (`take_over`, the commands'
---take_over); the lock of a writer running on this host never is.
+--take_over); the lock of a writer running on this host never is. Of several processes taking over one stale lock
+at once, one gets it (`replace_stale`).
 """
 
 import contextlib
@@ -63,9 +64,22 @@ def describe(record: dict) -> str:
 
 def read(path: files.Path) -> dict | None:
   """Returns the lock record at `path`; None if there is none, or it is not one (a garbled file is no writer's)."""
+  return parse(read_bytes(path))
+
+
+def read_bytes(path: files.Path) -> bytes:
+  """Returns the bytes of the lock file `path`; none if it is gone or unreadable."""
   try:
-    record = json.loads(path.read_bytes())
-  except (OSError, ValueError, UnicodeDecodeError):  # Gone, unreadable or garbled.
+    return path.read_bytes()
+  except OSError:
+    return b''
+
+
+def parse(data: bytes) -> dict | None:
+  """Returns the lock record `data` holds; None if it holds none (empty, garbled, or of the wrong fields)."""
+  try:
+    record = json.loads(data)
+  except (ValueError, UnicodeDecodeError):
     return None
   fields = {'host': str, 'pid': int, 'boot': str, 'started': float, 'renewed': float, 'token': str}
   valid = isinstance(record, dict) and all(isinstance(record.get(k), t if t is not float else (int, float))
@@ -131,7 +145,8 @@ def acquire(path: files.Path, flag: str, take_over: bool, report: Callable[[str]
     return record
   if files.is_link(path) or not path.is_file():
     raise UserError(f'{path} is not a lock file flaxlm wrote (a folder or a link): remove it, then run again.')
-  holder = read(path)
+  seen = read_bytes(path)
+  holder = parse(seen)
   if is_stale(holder):
     take_over = False  # Nothing to ask: the lock is no one's.
   elif take_over and is_local(holder):
@@ -140,13 +155,32 @@ def acquire(path: files.Path, flag: str, take_over: bool, report: Callable[[str]
   elif not take_over:
     raise Busy(f'{path.parent} is being written by {describe(holder)}: wait for it to end or stop it; if it is gone '
                f'(a crashed host), pass --take_over to take its lock ({flag} has one writer at a time).', holder)
-  files.replace(path, data)
-  if (read(path) or {}).get('token') != record['token']:  # Another process took it over at the same moment.
+  if not replace_stale(path, seen, data):
     raise UserError(f'{path.parent} was just locked by another process: only one may write it; try again.')
   if holder is not None:
     report(f'took over the lock of {path.parent} from {describe(holder)}, '
            f'{"as --take_over asked" if take_over else staleness(holder)}')
   return record
+
+
+def replace_stale(path: files.Path, seen: bytes, data: bytes) -> bool:
+  """Replaces the lock file `path`, which held `seen` when it was judged stale, with `data`; returns whether this
+  process did: of several taking it over at once, one does. Locally the stale file is renamed aside (only one
+  process can move it) and the new one created as a new lock is; in a bucket, where nothing renames, the new lock is
+  written and read back (a second writer in the same instant may also see its own: a far narrower window)."""
+  if files.is_cloud(path):
+    files.replace(path, data)
+    return read_bytes(path) == data
+  aside = path.with_name(f'{path.name}.taken-{os.getpid()}')
+  try:
+    os.rename(path, aside)
+  except FileNotFoundError:  # Another process moved it first.
+    return False
+  if aside.read_bytes() != seen:  # Another process had already put its own lock there: give it back.
+    os.rename(aside, path)
+    return False
+  aside.unlink()
+  return create(path, data)
 
 
 def renew_until(path: files.Path, record: dict, stop: threading.Event) -> None:

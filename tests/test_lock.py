@@ -167,3 +167,32 @@ def test_a_run_waits_while_another_holds_the_cached_store_of_its_text(corpus, tm
   (folder / lock.LOCK).unlink()  # It ends, leaving nothing.
   assert run.wait(timeout=120) == 0, run.output()
   assert (folder / 'manifest.json').is_file() and not (folder / lock.LOCK).exists()
+
+
+# Run by each process of the test below: waits for the go file, tries to take the lock of the folder, prints whether
+# it did, and (if it did) holds it a while, so that no later process finds it stale.
+TAKE = '''
+import os, sys, time
+from flaxlm.configs.errors import UserError
+from flaxlm.data import lock
+folder = sys.argv[1]
+while not os.path.exists(os.path.join(folder, 'go')):
+  time.sleep(0.001)
+try:
+  lock.acquire(lock.files.to_path(folder) / lock.LOCK, '--workdir', False, lambda line: None)
+except UserError:
+  print('refused', flush=True)
+else:
+  print('taken', flush=True)
+  time.sleep(1)
+'''
+
+
+def test_of_processes_taking_over_one_stale_lock_at_once_one_gets_it(tmp_path):
+  write_record(tmp_path, pid=dead_pid())
+  processes = [subprocess.Popen([sys.executable, '-c', TAKE, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+               for _ in range(6)]
+  time.sleep(1)  # Each has imported what it needs.
+  (tmp_path / 'go').write_text('')
+  said = [process.communicate(timeout=60)[0].strip() for process in processes]
+  assert sorted(said) == ['refused'] * 5 + ['taken'], said
