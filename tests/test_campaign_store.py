@@ -177,6 +177,7 @@ CASES = [
         *((id, fragment, change) for id, _, fragment, change in SEEN),
         *((id, fragment, change) for id, _, _, fragment, change in READ), *UNSEEN]),
     Case('verify_without_a_store', 'message', ('flaxlm-data', 'verify'), 'name one token store'),
+    Case('verify_a_missing_path', 'message', ('flaxlm-data', 'verify', '{case}/nowhere'), 'nowhere does not exist'),
     Case('verify_a_folder_of_other_files', 'message', ('flaxlm-data', 'verify', '{case}'), 'is not a token store',
          setup=write('notes.txt', 'hello')),
     Case('verify_a_stopped_store', 'message', VERIFY, 'is incomplete', setup=stopped()),

@@ -36,7 +36,7 @@ from absl import flags
 
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import examples as examples_lib, prepare, store, tokenizer as tokenizer_lib
+from flaxlm.data import examples as examples_lib, files, prepare, store, tokenizer as tokenizer_lib
 from flaxlm.train.commands import cli
 
 DEFAULTS = base.get_config()
@@ -171,6 +171,8 @@ def verify_command(stores: list[str]) -> None:
   """Verifies one token store and prints what it holds."""
   if len(stores) != 1:
     raise UserError('name one token store: flaxlm-data verify STORE.')
+  if not files.exists(stores[0]):
+    raise UserError(f'{stores[0]} does not exist: pass the --output of a `flaxlm-data prepare`.')
   if not store.is_store(stores[0]):
     raise UserError(f'{stores[0]} is not a token store (no manifest.json, no plan.json): pass the --output of a '
                     '`flaxlm-data prepare`.')
