@@ -180,6 +180,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, take_over: bool = Fal
 def train_locked(config: ml_collections.ConfigDict, workdir: str, new: bool) -> state_lib.TrainState:
   """Trains the run in `workdir`, whose lock this process holds (see `train`); a `new` workdir whose run stops
   before its first step is emptied again (its lock then removes it)."""
+  manager = log = None
   try:
     with contextlib.ExitStack() as holding:  # A token store prepared for the run stays locked until it starts.
       setup, state, data, train_fn, eval_fn = start(config, workdir, holding)
@@ -187,6 +188,9 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str, new: bool) -> 
       log = metrics.MetricsLog(workdir)
       preemption.check_interrupted()
   except BaseException as e:
+    for opened in (manager, log):  # Closed before their files are removed (a new workdir's) or kept.
+      if opened is not None:
+        opened.close()
     if new and jax.process_index() == 0:
       workdir_lib.remove_run_files(workdir)
     if isinstance(e, KeyboardInterrupt):
