@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from flaxlm.configs import tiny
 from flaxlm.configs.errors import UserError
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer
-from flaxlm.train import checkpoint, optimizer, sharding, state as state_lib
+from flaxlm.train import checkpoint, optimizer, preemption, sharding, state as state_lib
 from flaxlm.train.state import TrainState
 
 
@@ -97,6 +98,21 @@ def test_a_checkpoint_that_fails_the_callers_check_counts_as_damaged(tmp_path, c
   state, data = checkpoint.restore_latest(tmp_path, abstract(), check=check)
   assert int(state.step) == 2 and data == {'index': 2}
   assert 'does not restore (garbled iterator state)' in capsys.readouterr().err
+
+
+def test_a_read_cut_short_by_a_signal_stops_the_restore_and_moves_nothing(tmp_path):
+  save_steps(tmp_path, 3, {}, range(1, 4))
+  before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*'))
+
+  def read_interrupted(manager, step, abstract):  # As Orbax does when SIGTERM lands in its read: another error.
+    try:
+      os.kill(os.getpid(), signal.SIGTERM)
+    except KeyboardInterrupt:
+      raise RuntimeError('Encountered error while reading array index: ()') from None
+
+  with pytest.raises(KeyboardInterrupt), preemption.interruptible():
+    checkpoint.restore_latest(tmp_path, abstract(), read=read_interrupted)
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*')) == before
 
 
 def test_when_no_checkpoint_restores_the_run_refuses_and_moves_nothing(tmp_path):

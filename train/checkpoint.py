@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from flaxlm.configs.errors import UserError
-from flaxlm.train import state as state_lib
+from flaxlm.train import preemption, state as state_lib
 from flaxlm.train.state import TrainState
 
 CORRUPT_DIR = 'corrupt_checkpoints'
@@ -187,6 +187,7 @@ def try_restore(manager: ocp.CheckpointManager, step: int, abstract: Any, check:
       check(restored)
     return Outcome.RESTORED, restored
   except Exception as e:  # Orbax and TensorStore raise many kinds for damaged files.
+    preemption.check_interrupted()  # A read cut short by Ctrl-C or SIGTERM says nothing of the checkpoint.
     return classify(e), first_line(e)
 
 
