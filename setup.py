@@ -35,6 +35,7 @@ setuptools.setup(
         'array_record',  # the token store's shards (data/store.py); TFDS and Grain read the same format.
         'pyarrow',  # Parquet corpora (flaxlm-data prepare), as FineWeb and most Hugging Face datasets ship.
         'zstandard',  # .zst-compressed JSONL corpora.
+        'gguf==0.19.0',  # llama.cpp's own GGUF reader and writer (gguf-py): flaxlm-export --format=gguf.
         # gs:// paths: etils.epath reaches Cloud Storage through gcsfs. Pinned: gcsfs 2026.10.1 hangs in open() and
         # rmtree() against the fake-gcs-server emulator the tests run on; 2025.3.0 (with its fsspec) works there.
         # (The hang was seen while the emulator's log pipe went undrained, which also hangs clients; 2026.10.1 has not
@@ -52,6 +53,8 @@ setuptools.setup(
         'tpu': ['jax[tpu]>=0.11.2'],
         # flaxlm-eval and train.eval_tasks: EleutherAI's lm-evaluation-harness (its base install has no torch).
         'eval': ['lm-eval==0.4.13'],
+        # llama.cpp itself (built from source, tens of minutes): its quantizer makes flaxlm-export's k-quants.
+        'llama': ['llama-cpp-python'],
     },
     entry_points={
         'console_scripts': [

@@ -98,13 +98,18 @@ def specs_of(tensors: Mapping[str, np.ndarray]) -> dict[str, Spec]:
 def hf_shapes(c: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:
   """Returns {name: shape} of model `c`'s HF tensors as `params_to_hf` names them, the body's under `prefix`."""
   _, family = family_of(c)
-  views = jax.tree.map(lambda s: np.broadcast_to(np.int8(0), s.shape), param_shapes(c))  # Nothing is allocated.
+  views = shape_views(c)
   layer = {name: x.shape for name, x in family.layer_to_hf(unstack(views['stack'], c)[0], c).items()}
   shapes = {f'{prefix}{name}': x.shape for name, x in family.outer_to_hf(views).items()}
   shapes.update({f'{prefix}{family.layers}.{i}.{name}': s for i in range(c.num_layers) for name, s in layer.items()})
   if not c.tie_embeddings:
     shapes['lm_head.weight'] = views['head']['kernel'].T.shape
   return shapes
+
+
+def shape_views(c: ModelConfig) -> Tree:
+  """Returns params of model `c` as numpy views of one int8 zero: their shapes, and nothing allocated."""
+  return jax.tree.map(lambda s: np.broadcast_to(np.int8(0), s.shape), param_shapes(c))
 
 
 def first(names: list[str], most: int = 3) -> str:
