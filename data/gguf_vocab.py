@@ -12,7 +12,8 @@ flaxlm gives it, and chats with the model's own template.
 - flaxlm's byte and char tokenizers: a `gpt2` vocabulary too. Its tokens are the characters byte-level BPE writes for
   each byte (or each character's bytes, merged back into the character), so llama.cpp's ids are flaxlm's for every
   text the tokenizer takes (a char tokenizer refuses characters outside its alphabet; llama.cpp drops them).
-Ids past the tokenizer's, up to the model's vocabulary, are unused pads `[PADi]`, as the converter writes them.
+Ids the tokenizer lacks, up to the model's vocabulary, are unused pads `[PADi]`, as the converter writes them; a
+tokenizer.json's ids past the model's vocabulary (which no embedding row holds) are left out.
 """
 
 import functools
@@ -91,20 +92,18 @@ def hf_vocab(tokenizer: tokenizer_lib.HFTokenizer, vocab_size: int) -> dict[str,
   added = {token['id']: token for token in spec.get('added_tokens', [])}
   by_id = {i: token for token, i in model['vocab'].items()}
   by_id.update({i: token['content'] for i, token in added.items()})
-  count = tokenizer.vocab_size
-  tokens = [by_id.get(i, f'[PAD{i}]') for i in range(count)]
+  tokens = [by_id.get(i, f'[PAD{i}]') for i in range(vocab_size)]
   kinds = [T.UNUSED if i not in by_id else (T.CONTROL if added[i].get('special') else T.USER_DEFINED) if i in added
-           else T.NORMAL for i in range(count)]
+           else T.NORMAL for i in range(vocab_size)]
   pairs = [pair if isinstance(pair, list) else pair.split(' ', 1) for pair in model.get('merges', [])]
   if model.get('byte_fallback'):
     kinds = [T.BYTE if re.fullmatch(r'<0x[0-9A-F]{2}>', token) and kind == T.NORMAL else
              T.UNKNOWN if token == model.get('unk_token') else kind for token, kind in zip(tokens, kinds)]
     rank = {''.join(pair): r for r, pair in reversed(list(enumerate(pairs)))}  # a piece's first merge
-    scores = [-float(rank[token]) if token in rank else 0.0 for token in tokens]
-    padded(tokens, kinds, scores, vocab_size)
+    scores = [-float(rank[token]) if token in rank else 0.0 if kind != T.UNUSED else -10000.0
+              for token, kind in zip(tokens, kinds)]
     return dict(model='llama', pre='default', tokens=tokens, scores=scores, kinds=kinds, merges=None,
                 add_space_prefix=adds_space(tokenizer))
-  padded(tokens, kinds, None, vocab_size)
   # gguf's merges are 'left right'; a space inside a part is written as byte-level BPE writes it, as gguf-py does.
   merges = [' '.join(part.replace(' ', byte_chars()[ord(' ')]) for part in pair) for pair in pairs]
   return dict(model='gpt2', pre=pre_tokenizer(spec), tokens=tokens, scores=None, kinds=kinds,
@@ -164,6 +163,15 @@ def end_of_turn(tokenizer: tokenizer_lib.Tokenizer) -> int | None:
   return next((i for i in tokenizer.eos_ids if i != tokenizer.eos_id), None)
 
 
+def unknown_id(tokenizer: tokenizer_lib.Tokenizer) -> int | None:
+  """Returns the id of the unknown token: a SentencePiece model's, or the one a tokenizer_config.json names."""
+  if isinstance(tokenizer, tokenizer_lib.SentencePieceTokenizer):
+    return tokenizer_lib.special_id(tokenizer.processor.unk_id())
+  if isinstance(tokenizer, tokenizer_lib.HFTokenizer):
+    return tokenizer.token_id(tokenizer.specials.token('unk_token'))
+  return None
+
+
 def add_vocabulary(writer: gguf.GGUFWriter, tokenizer: tokenizer_lib.Tokenizer, vocab_size: int) -> None:
   """Adds `tokenizer`'s vocabulary, special ids, whether BOS is added and its chat template to `writer`'s keys."""
   vocab = vocabulary(tokenizer, vocab_size)
@@ -177,10 +185,8 @@ def add_vocabulary(writer: gguf.GGUFWriter, tokenizer: tokenizer_lib.Tokenizer, 
     writer.add_token_merges(vocab['merges'])
   if vocab['add_space_prefix'] is not None:
     writer.add_add_space_prefix(vocab['add_space_prefix'])
-  specials = dict(bos=tokenizer.bos_id, eos=tokenizer.eos_id, eot=end_of_turn(tokenizer), pad=tokenizer.pad_id)
-  unknown = getattr(tokenizer, 'processor', None)
-  if unknown is not None and unknown.unk_id() >= 0:
-    specials['unk'] = unknown.unk_id()
+  specials = dict(bos=tokenizer.bos_id, eos=tokenizer.eos_id, eot=end_of_turn(tokenizer), pad=tokenizer.pad_id,
+                  unk=unknown_id(tokenizer))
   for name, token_id in specials.items():
     if token_id is not None:
       getattr(writer, f'add_{name}_token_id')(int(token_id))

@@ -52,6 +52,10 @@ def saved_model(path: str | os.PathLike) -> tuple[Transformer, tokenizer_lib.Tok
   check_source(path)
   config, tokenizer = workdir_lib.load_config(path), workdir_lib.load_tokenizer(path)
   model = Transformer(model_config(path, config.model, tokenizer.vocab_size))
+  base = config.train.init_from
+  if model.config.lora.rank and not (base and files.exists(base)):
+    raise UserError(f'{path} is a LoRA run, whose adapters are merged into the model it fine-tuned, and that model '
+                    f'(train.init_from={base!r}) is not there: restore it at that path.')
   if tokenizer.vocab_size > model.config.vocab_size:
     raise UserError(f'the tokenizer in {path} has {tokenizer.vocab_size:,} ids, more than the model\'s vocabulary of '
                     f'{model.config.vocab_size:,}: restore the tokenizer file the model was trained with.')
