@@ -161,6 +161,13 @@ def data_bytes(c: ModelConfig, gguf_type: str) -> int:
   return sum(-(-t.nbytes // align) * align for t in tensors(c, gguf_type))
 
 
+def file_bytes(c: ModelConfig, gguf_type: str, vocabulary_bytes: int | None = None) -> int:
+  """Returns the bytes of model `c`'s GGUF file of `gguf_type`: its tensors and their infos, its vocabulary's
+  (where None, 24 bytes for each of c.vocab_size ids: a piece, its score and type), and 4 KiB for the other keys."""
+  infos = sum(len(t.name) + 48 for t in tensors(c, gguf_type))
+  return data_bytes(c, gguf_type) + infos + (24 * c.vocab_size if vocabulary_bytes is None else vocabulary_bytes) + 4096
+
+
 def check_expressible(c: ModelConfig) -> None:
   """Raises UserError naming the option of model `c` that llama.cpp's architecture for it cannot express."""
   _, arch = architecture(c)

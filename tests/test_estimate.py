@@ -162,7 +162,8 @@ def test_the_installed_command_prints_the_documented_presets_table():
   assert result.returncode == 0 and table in (REPO / 'docs/estimating.md').read_text(), f'paste it in there:\n{table}'
   llama = next(line for line in table.splitlines() if '`llama2_7b`' in line).split(' | ')
   # 42,863,689,728 FLOPs per token (tests/test_info_command.py) x 1e12 tokens over 256 x 197e12 x 0.4 FLOP/s.
-  assert llama[1:3] == ['6,738,415,616', '25.1 GiB'] and float(llama[6]) == pytest.approx(
+  assert llama[1:3] == ['6,738,415,616', '25.1 GiB'] and llama[8] == '3.59 GiB'
+  assert float(llama[9]) == pytest.approx(
       42_863_689_728e12 / (256 * 197e12 * 0.4) / 86400, rel=1e-3)
 
 

@@ -15,6 +15,7 @@ from flaxlm.model import gguf as gguf_lib
 from flaxlm.model.transformer import count_params
 from flaxlm.train import workdir as workdir_lib
 from flaxlm.train.commands import cli
+from flaxlm.train.plan.estimate import format_bytes
 from flaxlm.train.use import export, gguf, pretrained
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'A training run (its latest checkpoint is exported, a LoRA run\'s '
@@ -50,12 +51,12 @@ def export_gguf(workdir: str, output: str) -> None:
   gguf_lib.check_expressible(c)
   nbytes = gguf.size(c, tokenizer, GGUF_TYPE.value)
   _, arch = gguf_lib.architecture(c)
-  print(f'writing {path}: a llama.cpp {arch} model in {GGUF_TYPE.value}, about {gguf.gib(nbytes)}', flush=True)
+  print(f'writing {path}: a llama.cpp {arch} model in {GGUF_TYPE.value}, about {format_bytes(nbytes)}', flush=True)
   gguf.check_room(path, nbytes)
   with export.signals_stop(output):
     _, params, tokenizer = pretrained.load(workdir, 'float32')
     written = gguf.write(output, params, c, tokenizer, GGUF_TYPE.value)
-  print(f'wrote {path}: {count_params(params):,} parameters, {gguf.gib(written)}')
+  print(f'wrote {path}: {count_params(params):,} parameters, {format_bytes(written)}')
 
 
 def export_run() -> None:

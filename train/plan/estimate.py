@@ -27,7 +27,7 @@ from flaxlm import configs
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.data import tokenizer as tokenizer_lib
-from flaxlm.model import flops
+from flaxlm.model import flops, gguf
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import count_params, param_shapes
 from flaxlm.train import memory, metrics
@@ -48,6 +48,7 @@ PRESETS = ('tiny', 'shakespeare_char', 'lm1b', 'gpt2_124m', 'llama_1b', 'llama2_
 # and the 32,000 pieces configs/lm1b.py tells flaxlm-tokenizer to train.
 PRESET_VOCAB = {'tiny': 65, 'shakespeare_char': 65, 'lm1b': 32_000}
 TABLE_TOKENS, TABLE_MFU, TABLE_SLICES = 1e12, 0.4, (('tpu-v5e', 256), ('h100', 8))
+TABLE_GGUF_TYPES = ('f16', 'q8_0', 'q4_0')
 INT32_SIZES = ('vocab_size', 'max_length')  # Token ids and positions are int32: these sizes must fit one.
 
 
@@ -175,15 +176,17 @@ def format_bytes(size: int) -> str:
 
 
 def presets_table(presets: tuple[str, ...] = PRESETS) -> list[str]:
-  """Returns the Markdown table of docs/estimating.md: each preset's parameters, weight memory and days to train on
-  1T tokens."""
+  """Returns the Markdown table of docs/estimating.md: each preset's parameters, weight memory, GGUF file sizes and
+  days to train on 1T tokens."""
   slices = [(device_peak(device), chips) for device, chips in TABLE_SLICES]
   header = ['preset', 'parameters', 'float32', 'bfloat16', 'int8', 'int4',
+            *[f'GGUF {gguf_type}' for gguf_type in TABLE_GGUF_TYPES],
             *[f'days on {chips} x {device}' for device, chips in TABLE_SLICES]]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
   for preset in map(load_preset, presets):
     total = model_flops(preset.model, TABLE_TOKENS)
     days = [f'{wall_clock_days(total, peak, TABLE_MFU, chips):.3g}' for peak, chips in slices]
-    cells = [f'`{preset.name}`', f'{preset.params:,}', *map(format_bytes, preset.weight_bytes.values()), *days]
+    files = [format_bytes(gguf.file_bytes(preset.model, gguf_type)) for gguf_type in TABLE_GGUF_TYPES]
+    cells = [f'`{preset.name}`', f'{preset.params:,}', *map(format_bytes, preset.weight_bytes.values()), *files, *days]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return lines

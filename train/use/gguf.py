@@ -24,22 +24,14 @@ from flaxlm.data import files, gguf_vocab, tokenizer as tokenizer_lib
 from flaxlm.model import gguf as gguf_lib
 from flaxlm.model.config import ModelConfig
 from flaxlm.train import preemption
+from flaxlm.train.plan.estimate import format_bytes
 from flaxlm.train.use import export
 
-HEADER_BYTES = 1 << 20  # room kept for the header (a 256k-token vocabulary's is about 6 MB: counted from the tokens)
-
-
-def gib(nbytes: int) -> str:
-  """Returns `nbytes` as GB, one decimal (as llama.cpp's model cards give sizes)."""
-  return f'{nbytes / 1e9:.1f} GB' if nbytes >= 1e8 else f'{nbytes / 1e6:.1f} MB'
-
-
-def size(c: ModelConfig, tokenizer: tokenizer_lib.Tokenizer | None, gguf_type: str) -> int:
-  """Returns the bytes of model `c`'s GGUF file of `gguf_type`: its tensors, and a header estimated from the
-  vocabulary (`tokenizer`'s, or a byte per id for each of c.vocab_size pieces of 8 bytes where None)."""
-  tokens = gguf_vocab.vocabulary(tokenizer, c.vocab_size)['tokens'] if tokenizer else None
-  header = sum(len(t.encode('utf-8')) + 16 for t in tokens) if tokens else 24 * c.vocab_size
-  return gguf_lib.data_bytes(c, gguf_type) + header + HEADER_BYTES // 16
+def size(c: ModelConfig, tokenizer: tokenizer_lib.Tokenizer, gguf_type: str) -> int:
+  """Returns the bytes of model `c`'s GGUF file of `gguf_type` with `tokenizer`'s vocabulary."""
+  vocab = gguf_vocab.vocabulary(tokenizer, c.vocab_size)
+  pieces = sum(len(piece.encode('utf-8')) + 16 for piece in [*vocab['tokens'], *(vocab['merges'] or [])])
+  return gguf_lib.file_bytes(c, gguf_type, pieces + len((tokenizer.chat_template or '').encode('utf-8')))
 
 
 def check_output(output: str) -> pathlib.Path:
@@ -58,7 +50,7 @@ def check_room(path: pathlib.Path, nbytes: int) -> None:
   """Raises UserError if the disk of `path`'s folder has less than `nbytes` free."""
   free = shutil.disk_usage(path.parent).free
   if free < nbytes:
-    raise UserError(f'the GGUF file needs about {gib(nbytes)} and {path.parent} has {gib(free)} free: free some '
+    raise UserError(f'the GGUF file needs about {format_bytes(nbytes)} and {path.parent} has {format_bytes(free)} free: free some '
                     'space, or pass an --output on a disk with room.')
 
 
