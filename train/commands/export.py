@@ -11,6 +11,7 @@ import dataclasses
 from absl import flags
 
 from flaxlm.configs.errors import UserError
+from flaxlm.data import files
 from flaxlm.model import gguf as gguf_lib
 from flaxlm.model.transformer import count_params
 from flaxlm.train import workdir as workdir_lib
@@ -52,9 +53,12 @@ def export_gguf(workdir: str, output: str) -> None:
   nbytes = gguf.size(c, tokenizer, GGUF_TYPE.value)
   _, arch = gguf_lib.architecture(c)
   print(f'writing {path}: a llama.cpp {arch} model in {GGUF_TYPE.value}, about {format_bytes(nbytes)}', flush=True)
-  gguf.check_room(path, nbytes)
+  temporary = gguf.size(c, tokenizer, 'f16') if GGUF_TYPE.value in gguf_lib.K_QUANTS else 0  # quantized from f16
+  gguf.check_room(path, nbytes + temporary)
   with export.signals_stop(output):
-    _, params, tokenizer = pretrained.load(workdir, 'float32')
+    # An export's params as stored (bfloat16 ones are not doubled in memory), each cast to float32 as it is written.
+    is_export = (files.to_path(workdir) / export.PARAMS_DIR).is_dir()
+    _, params, tokenizer = pretrained.load(workdir, export.stored_dtype(workdir) if is_export else 'float32')
     written = gguf.write(output, params, c, tokenizer, GGUF_TYPE.value)
   print(f'wrote {path}: {count_params(params):,} parameters, {format_bytes(written)}')
 
