@@ -39,8 +39,8 @@ def llama_cpp_log_probs(path: pathlib.Path, tokens_N: np.ndarray, length: int) -
     shifted_TxV = np.array(model.scores[:len(window)], np.float64)
     shifted_TxV -= shifted_TxV.max(-1, keepdims=True)
     log_probs_TxV = shifted_TxV - np.log(np.exp(shifted_TxV).sum(-1, keepdims=True))
-    targets = np.arange(first - start - 1, len(window) - 1)
-    scored.append(log_probs_TxV[targets, window[targets + 1]])
+    rows = np.arange(first - start - 1, min(start + length, len(tokens_N) - 1) - start)  # row r predicts start+r+1
+    scored.append(log_probs_TxV[rows, tokens_N[start + rows + 1]])
   model.close()
   return np.concatenate(scored)
 

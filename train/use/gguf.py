@@ -17,6 +17,7 @@ import shutil
 from typing import Any, Iterator
 
 import gguf
+import jax
 import numpy as np
 
 from flaxlm.configs.errors import UserError
@@ -91,7 +92,8 @@ def write_file(path: pathlib.Path, params: Any, c: ModelConfig, tokenizer: token
   writer, tensors = header_writer(path, c, tokenizer, gguf_type, name)
   try:
     planned = iter(tensors)
-    for group in gguf_lib.named_groups(params, c):
+    # Host arrays (views of the CPU's own buffers): slicing a layer off them, or transposing, copies nothing.
+    for group in gguf_lib.named_groups(jax.tree.map(np.asarray, params), c):
       for _, hf_name, x in group:
         t = next(planned)
         data = gguf_lib.quantize(gguf_lib.layout(hf_name, np.asarray(x), c, arch), t.qtype)
