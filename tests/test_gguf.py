@@ -114,6 +114,7 @@ def logit_errors(folder: pathlib.Path, case: str) -> dict[str, tuple[float, floa
   """Returns {type: (llama.cpp against flaxlm with the file's weights, against flaxlm in float32, and the file's
   weights' own error: flaxlm with them against float32)}, each the largest over the case's texts."""
   model, params, _ = pretrained.load(folder / case, 'float32')
+  params = jax.tree.map(np.asarray, params)  # host arrays, as file_params's are: the forward pass compiles once
   found, count = reference(case), len(gguf_cases.texts(case))
   errors = {}
   for gguf_type in gguf_cases.TYPES:
@@ -205,7 +206,7 @@ def block_bound(x: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
   return np.broadcast_to(step * (1 + 2.0 ** -10) + amax * 2.0 ** -11, (len(amax), 32)).reshape(x.shape)
 
 
-@pytest.mark.parametrize('case', ['llama3', 'gemma', 'gpt2', 'qwen2'])  # each of llama.cpp's layouts
+@pytest.mark.parametrize('case', gguf_cases.CASES)
 def test_every_file_reads_back_and_dequantizes_within_its_type_s_error(written, case, tmp_path):
   model, params, _ = pretrained.load(written[case] / case, 'float32')
   c = model.config
@@ -310,3 +311,18 @@ def test_k_quants_are_made_by_llama_cpp_s_quantizer(written, tmp_path):
     reader = gguf.GGUFReader(path)
     assert reader.fields['general.file_type'].contents() == gguf_lib.K_QUANTS[gguf_type]
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f'{t}.gguf' for t in gguf_lib.K_QUANTS)
+
+
+def test_an_export_interrupted_while_it_writes_leaves_nothing(written, monkeypatch, tmp_path):
+  model, params, tokenizer = pretrained.load(written['gpt2'] / 'gpt2', 'float32')
+  calls, quantize = [], gguf_lib.quantize
+
+  def interrupted(x, qtype):
+    calls.append(qtype)
+    if len(calls) == 3:  # the header and two tensors are written by now
+      raise KeyboardInterrupt
+    return quantize(x, qtype)
+  monkeypatch.setattr(gguf_lib, 'quantize', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    gguf_write.write(str(tmp_path / 'model.gguf'), params, model.config, tokenizer, 'q8_0')
+  assert len(calls) == 3 and list(tmp_path.iterdir()) == []
