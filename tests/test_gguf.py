@@ -36,7 +36,7 @@ from test_cli import assert_one_line_error
 from test_transformer import forward
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
-from flaxlm.data import tokenizer as tokenizer_lib
+from flaxlm.data import gguf_vocab, tokenizer as tokenizer_lib
 from flaxlm.model import gguf as gguf_lib, hf
 from flaxlm.model.config import ModelConfig
 from flaxlm.train import workdir as workdir_lib
@@ -253,6 +253,12 @@ def test_export_says_the_file_s_size_first_and_writes_it(tmp_path):
   assert abs(estimate - output.stat().st_size) <= 0.05 * estimate, (estimate, output.stat().st_size)
   assert last.startswith(f'wrote {output}: ')
   assert [p.name for p in tmp_path.iterdir()] == ['export', 'model.gguf']  # no partial file left
+
+
+def test_a_sentencepiece_vocabulary_without_byte_pieces_gets_a_note(written):
+  with_bytes, without = (workdir_lib.load_tokenizer(written[case] / case) for case in ('flaxlm_sentencepiece', 'llama'))
+  assert gguf_vocab.notes(with_bytes, with_bytes.vocab_size) == []
+  assert gguf_vocab.notes(without, without.vocab_size)[0].startswith('note: the tokenizer has no byte pieces')
 
 
 def lora_run_without_its_base(source: pathlib.Path, root: pathlib.Path) -> pathlib.Path:

@@ -11,7 +11,7 @@ import dataclasses
 from absl import flags
 
 from flaxlm.configs.errors import UserError
-from flaxlm.data import files
+from flaxlm.data import files, gguf_vocab
 from flaxlm.model import gguf as gguf_lib
 from flaxlm.model.transformer import count_params
 from flaxlm.train import workdir as workdir_lib
@@ -60,7 +60,8 @@ def export_gguf(workdir: str, output: str) -> None:
     is_export = (files.to_path(workdir) / export.PARAMS_DIR).is_dir()
     _, params, tokenizer = pretrained.load(workdir, export.stored_dtype(workdir) if is_export else 'float32')
     written = gguf.write(output, params, c, tokenizer, GGUF_TYPE.value)
-  print(f'wrote {path}: {count_params(params):,} parameters, {format_bytes(written)}')
+  print('\n'.join([f'wrote {path}: {count_params(params):,} parameters, {format_bytes(written)}',
+                   *gguf_vocab.notes(tokenizer, c.vocab_size)]))
 
 
 def export_run() -> None:
