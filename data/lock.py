@@ -120,7 +120,8 @@ def staleness(record: dict) -> str | None:
 
 
 def create(path: files.Path, data: bytes) -> bool:
-  """Creates the file `path` holding `data` unless something is there; returns whether it did (atomically)."""
+  """Creates the file `path` holding `data` unless something is there; returns whether it did (atomically: the file
+  appears whole, so no reader ever finds it empty and takes it for a stale lock)."""
   if files.is_cloud(path):
     import gcsfs  # etils.epath reaches Cloud Storage through gcsfs; only its own call takes a precondition.
     try:
@@ -128,6 +129,22 @@ def create(path: files.Path, data: bytes) -> bool:
     except FileExistsError:
       return False
     return True
+  whole = path.with_name(f'.{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}')
+  whole.write_bytes(data)
+  try:
+    os.link(whole, path)  # Fails if anything is at `path`.
+  except FileExistsError:
+    return False
+  except OSError:  # A file system without hard links (some FUSE mounts): create it exclusively, then fill it.
+    return create_exclusively(path, data)
+  finally:
+    whole.unlink()
+  return True
+
+
+def create_exclusively(path: pathlib.Path, data: bytes) -> bool:
+  """Creates the local file `path` holding `data` unless something is there; returns whether it did (for a moment
+  it is empty)."""
   try:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
   except FileExistsError:
@@ -165,22 +182,27 @@ def acquire(path: files.Path, flag: str, take_over: bool, report: Callable[[str]
 
 def replace_stale(path: files.Path, seen: bytes, data: bytes) -> bool:
   """Replaces the lock file `path`, which held `seen` when it was judged stale, with `data`; returns whether this
-  process did: of several taking it over at once, one does. Locally the stale file is renamed aside (only one
-  process can move it) and the new one created as a new lock is; in a bucket, where nothing renames, the new lock is
-  written and read back (a second writer in the same instant may also see its own: a far narrower window)."""
+  process did: of several taking it over at once, one does. Locally the takers first create `path`.takeover (one
+  can), and its creator replaces the lock only if it still holds `seen` (no other taker got there first); the lock
+  file is never moved or missing meanwhile. A `.takeover` left by a taker that died in those microseconds is removed
+  once a minute old. In a bucket, where nothing renames, the new lock is written and read back (a second writer in
+  the same instant may also see its own: a far narrower window)."""
   if files.is_cloud(path):
     files.replace(path, data)
     return read_bytes(path) == data
-  aside = path.with_name(f'{path.name}.taken-{os.getpid()}')
+  mutex = path.with_name(f'{path.name}.takeover')
+  if not create(mutex, str(os.getpid()).encode()):
+    with contextlib.suppress(OSError):
+      if time.time() - mutex.stat().st_mtime > 60:
+        mutex.unlink()
+    return False
   try:
-    os.rename(path, aside)
-  except FileNotFoundError:  # Another process moved it first.
-    return False
-  if aside.read_bytes() != seen:  # Another process had already put its own lock there: give it back.
-    os.rename(aside, path)
-    return False
-  aside.unlink()
-  return create(path, data)
+    if read_bytes(path) != seen:  # Another taker replaced it first.
+      return False
+    files.replace(path, data)
+    return True
+  finally:
+    mutex.unlink()
 
 
 def renew_until(path: files.Path, record: dict, stop: threading.Event) -> None:
