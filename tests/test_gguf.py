@@ -301,6 +301,15 @@ def test_a_k_quant_without_llama_cpp_python_is_refused_with_the_commands_that_ma
   assert f'llama-quantize {tmp_path / "model-f16.gguf"} {tmp_path / "model.gguf"} Q4_K_M' in str(e.value)
 
 
+def test_a_file_another_command_wrote_meanwhile_is_left_as_it_is(tmp_path):
+  partial, path = tmp_path / '.model.gguf.partial', tmp_path / 'model.gguf'
+  partial.write_bytes(b'mine')
+  path.write_bytes(b'theirs')
+  with pytest.raises(UserError, match='was written by another command while this one wrote it'):
+    gguf_write.put_in_place(partial, path)
+  assert path.read_bytes() == b'theirs'
+
+
 def test_a_disk_without_room_for_the_file_is_refused_with_both_sizes(monkeypatch, tmp_path):
   monkeypatch.setattr(gguf_write.shutil, 'disk_usage', lambda path: shutil._ntuple_diskusage(10**10, 10**10 - 10**6,
                                                                                              10**6))

@@ -28,6 +28,7 @@ from flaxlm.train import preemption
 from flaxlm.train.plan.estimate import format_bytes
 from flaxlm.train.use import export
 
+
 def size(c: ModelConfig, tokenizer: tokenizer_lib.Tokenizer, gguf_type: str) -> int:
   """Returns the bytes of model `c`'s GGUF file of `gguf_type` with `tokenizer`'s vocabulary."""
   vocab = gguf_vocab.vocabulary(tokenizer, c.vocab_size)
@@ -51,8 +52,8 @@ def check_room(path: pathlib.Path, nbytes: int) -> None:
   """Raises UserError if the disk of `path`'s folder has less than `nbytes` free."""
   free = shutil.disk_usage(path.parent).free
   if free < nbytes:
-    raise UserError(f'the GGUF file needs about {format_bytes(nbytes)} and {path.parent} has {format_bytes(free)} free: free some '
-                    'space, or pass an --output on a disk with room.')
+    raise UserError(f'the GGUF file needs about {format_bytes(nbytes)} and {path.parent} has {format_bytes(free)} '
+                    'free: free some space, or pass an --output on a disk with room.')
 
 
 def check_k_quant(gguf_type: str, output: pathlib.Path) -> None:
@@ -115,12 +116,24 @@ def k_quantize(source: pathlib.Path, path: pathlib.Path, gguf_type: str) -> None
 
 @contextlib.contextmanager
 def partial_file(path: pathlib.Path, suffix: str = '') -> Iterator[pathlib.Path]:
-  """Yields a hidden sibling path of `path` to write, removed when the block ends (renamed into place by `write`)."""
+  """Yields a hidden sibling path of `path` to write, removed when the block ends (put in place by `write`)."""
   partial = path.with_name(f'.{path.name}.partial-{os.getpid()}{suffix}')
   try:
     yield partial
   finally:
     partial.unlink(missing_ok=True)
+
+
+def put_in_place(partial: pathlib.Path, path: pathlib.Path) -> None:
+  """Makes the whole file `partial` the file `path` (`partial` is removed by `partial_file`); raises UserError if
+  another command wrote `path` meanwhile, which is left as it is."""
+  try:
+    os.link(partial, path)  # Fails if anything is at `path`, where a rename would replace it.
+  except FileExistsError:
+    raise UserError(f'{path} was written by another command while this one wrote it: it is left as that one wrote '
+                    'it; pass another --output.') from None
+  except OSError:  # A file system without hard links.
+    partial.rename(path)
 
 
 def write(output: str, params: Any, c: ModelConfig, tokenizer: tokenizer_lib.Tokenizer, gguf_type: str) -> int:
@@ -135,7 +148,7 @@ def write(output: str, params: Any, c: ModelConfig, tokenizer: tokenizer_lib.Tok
       else:
         write_file(partial, params, c, tokenizer, gguf_type, path.stem)
       preemption.check_interrupted()
-      partial.rename(path)
+      put_in_place(partial, path)
   except OSError as e:
     raise export.unwritable(output, e) from None
   return path.stat().st_size
