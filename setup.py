@@ -35,8 +35,8 @@ setuptools.setup(
         'array_record',  # the token store's shards (data/store.py); TFDS and Grain read the same format.
         'pyarrow',  # Parquet corpora (flaxlm-data prepare), as FineWeb and most Hugging Face datasets ship.
         'zstandard',  # .zst-compressed JSONL corpora.
-        # llama.cpp's own GGUF reader and writer (gguf-py): flaxlm-export --format=gguf. Pinned: the tests hold its files
-        # byte for byte to those llama.cpp's references were made from.
+        # llama.cpp's own GGUF reader and writer (gguf-py): flaxlm-export --format=gguf. Pinned: the tests hold its
+        # files byte for byte to those llama.cpp's references were made from.
         'gguf==0.19.0',
         # gs:// paths: etils.epath reaches Cloud Storage through gcsfs. Pinned: gcsfs 2026.10.1 hangs in open() and
         # rmtree() against the fake-gcs-server emulator the tests run on; 2025.3.0 (with its fsspec) works there.
