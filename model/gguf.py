@@ -37,8 +37,10 @@ K_QUANTS = {'q4_k_m': gguf.LlamaFileType.MOSTLY_Q4_K_M, 'q5_k_m': gguf.LlamaFile
             'q6_k': gguf.LlamaFileType.MOSTLY_Q6_K}
 K_QUANT_BITS = {'q4_k_m': 4.85, 'q5_k_m': 5.69, 'q6_k': 6.56}  # bits per weight llama.cpp reports for 7B models
 # HF model type: llama.cpp's architecture (Mistral's is llama's, as its converter writes it).
-ARCHITECTURES = {'llama': 'llama', 'mistral': 'llama', 'qwen2': 'qwen2', 'qwen3': 'qwen3', 'gemma': 'gemma',
-                 'gpt2': 'gpt2'}
+# Phi-3 is llama's computation too (flaxlm converts it without a sliding window or longrope), written as llama's
+# unfused tensors; llama.cpp's converter writes it as its phi3 architecture, q/k/v and gate/up fused.
+ARCHITECTURES = {'llama': 'llama', 'mistral': 'llama', 'phi3': 'llama', 'qwen2': 'qwen2', 'qwen3': 'qwen3',
+                 'gemma': 'gemma', 'gpt2': 'gpt2'}
 PERMUTED = ('q_proj.weight', 'k_proj.weight')  # llama: regrouped into llama.cpp's rotary pairs
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')  # gpt2: transposed
 
@@ -121,7 +123,8 @@ def named_groups(params: hf.Tree, c: ModelConfig) -> Iterator[list[tuple[str, st
   names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], c.num_layers)
   if c.positions == 'rotary' and c.rope.scaling == 'llama3':
     yield [('rope_freqs.weight', '', rope_divisors(c))]
-  for group in hf.hf_groups(params, c):
+  named_as = dataclasses.replace(c, hf_model_type='llama') if arch == 'llama' else c  # Llama's tensor names
+  for group in hf.hf_groups(params, named_as):
     renamed = []
     for name, x in group.items():
       new_name = names.get_name(name, try_suffixes=('.weight', '.bias'))

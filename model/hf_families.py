@@ -7,7 +7,8 @@ writes the files.
 Shape key: D width, H query heads, G key/value heads, K head dimension, F MLP width, V vocabulary, P positions.
 GPT-2's Conv1D weights are stored (in, out) like flax kernels; Llama's nn.Linear weights (out, in), transposed.
 HF's rotary embedding rotates halves of each head (rotate_half), as `model.rope.rotate` does. Llama, Mistral, Qwen2,
-Qwen3 and Gemma name their tensors alike; each is a few model options (`Family.options`) over one mapping.
+Qwen3, Gemma and Phi-3 name their tensors alike (Phi-3 fuses q, k and v, and gate and up, into one matrix each);
+each is a few model options (`Family.options`) over one mapping.
 Functions here only reshape, transpose, split and concatenate: a tensor keeps its dtype.
 """
 
@@ -209,17 +210,37 @@ def llama_hf_config(c: ModelConfig) -> dict:
 
 def mistral_model_config(hf: dict) -> dict:
   """Returns flaxlm's model section for a Mistral config.json (a Llama, with a sliding window flaxlm refuses)."""
-  window, length = hf.get('sliding_window'), integer(hf, 'max_position_embeddings')
-  if window is not None and (type(window) is not int or window < length):
-    raise UserError(f'config.json has sliding_window={window!r}, which flaxlm cannot express: its attention sees '
-                    f'all {length} positions (max_position_embeddings); it converts sliding_window null or at least '
-                    'that.')
+  no_sliding_window(hf)
   return rotary_model_config(hf, MISTRAL.options, ('silu',), tied=False)
 
 
 def mistral_hf_config(c: ModelConfig) -> dict:
   """Returns the config.json of Mistral with the shape of `c` (no sliding window)."""
   return dict(rotary_hf_config(c, 'silu'), sliding_window=None)
+
+
+def no_sliding_window(hf: dict) -> None:
+  """Raises UserError if config.json's `sliding_window` is shorter than its context (flaxlm's attention sees it all)."""
+  window, length = hf.get('sliding_window'), integer(hf, 'max_position_embeddings')
+  if window is not None and (type(window) is not int or window < length):
+    raise UserError(f'config.json has sliding_window={window!r}, which flaxlm cannot express: its attention sees '
+                    f'all {length} positions (max_position_embeddings); it converts sliding_window null or at least '
+                    'that.')
+
+
+def phi3_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Phi-3 or Phi-4 config.json: a Llama whose q, k and v (and gate and up)
+  are stored as one fused matrix each; no sliding window, no longrope (Phi-3's 128k variants)."""
+  no_sliding_window(hf)
+  require(hf, 'attention_bias', (False, None), None)
+  return rotary_model_config(hf, PHI3.options, ('silu',), tied=False)
+
+
+def phi3_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Phi-3 with the shape of `c` (no sliding window; its whole head rotated, which
+  transformers' Phi-3 config says)."""
+  return dict(rotary_hf_config(c, 'silu'), sliding_window=None, original_max_position_embeddings=c.max_length,
+              rope_parameters={**rope_to_hf(c), 'partial_rotary_factor': 1.0})
 
 
 def full_attention(hf: dict) -> None:
@@ -368,6 +389,27 @@ def rotary_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
           **{f'mlp.{name}_proj.weight': p['mlp'][name]['kernel'].T for name in ('gate', 'up', 'down')}}
 
 
+def phi3_layer_from_hf(t: Tensors, c: ModelConfig) -> Tree:
+  """Returns one layer's flaxlm params from a Phi-3 decoder layer's tensors: its fused qkv_proj split into q, k and v
+  (rows H*K, G*K, G*K) and its fused gate_up_proj into gate and up (F rows each), then read as Llama's."""
+  H, G, K = c.num_heads, c.num_kv_heads, c.head_dim
+  q, k, v = np.split(t['self_attn.qkv_proj.weight'], [H * K, (H + G) * K])
+  gate, up = np.split(t['mlp.gate_up_proj.weight'], 2)
+  split = {'self_attn.q_proj.weight': q, 'self_attn.k_proj.weight': k, 'self_attn.v_proj.weight': v,
+           'mlp.gate_proj.weight': gate, 'mlp.up_proj.weight': up}
+  fused = ('self_attn.qkv_proj.weight', 'mlp.gate_up_proj.weight')
+  return rotary_layer_from_hf({**{name: x for name, x in t.items() if name not in fused}, **split}, c)
+
+
+def phi3_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
+  """Returns a Phi-3 decoder layer's tensors from one layer's flaxlm params: Llama's, q, k and v joined into
+  qkv_proj and gate and up into gate_up_proj."""
+  t = rotary_layer_to_hf(p, c)
+  qkv = np.concatenate([t.pop(f'self_attn.{name}_proj.weight') for name in 'qkv'])
+  gate_up = np.concatenate([t.pop(f'mlp.{name}_proj.weight') for name in ('gate', 'up')])
+  return {**t, 'self_attn.qkv_proj.weight': qkv, 'mlp.gate_up_proj.weight': gate_up}
+
+
 def rotary_outer_from_hf(t: Tensors) -> Tree:
   """Returns flaxlm's token embedding and final norm from a Llama-like model's embed_tokens and norm."""
   return {'embed': {'embedding': t['embed_tokens.weight']}, 'final_norm': rms_norm(t, 'norm')}
@@ -379,10 +421,12 @@ def rotary_outer_to_hf(p: Tree) -> Tensors:
 
 
 def rotary_family(architecture: str, options: dict, model_config: Callable[[dict], dict],
-                  hf_config: Callable[[ModelConfig], dict]) -> Family:
-  """Returns the Family of a Llama-like model type: its tensors are named as Llama's, its options say the rest."""
+                  hf_config: Callable[[ModelConfig], dict], layer_from_hf: Callable = rotary_layer_from_hf,
+                  layer_to_hf: Callable = rotary_layer_to_hf) -> Family:
+  """Returns the Family of a Llama-like model type: its tensors are named as Llama's (but the layer's where
+  `layer_from_hf` and `layer_to_hf` say otherwise), its options say the rest."""
   return Family(architecture, 'model.', 'layers', 'num_hidden_layers', {**PLAIN, **options}, model_config, hf_config,
-                rotary_outer_from_hf, rotary_outer_to_hf, rotary_layer_from_hf, rotary_layer_to_hf,
+                rotary_outer_from_hf, rotary_outer_to_hf, layer_from_hf, layer_to_hf,
                 buffers=('self_attn.rotary_emb.inv_freq',))  # the rotary frequencies
 
 
@@ -405,7 +449,9 @@ QWEN2 = rotary_family('Qwen2ForCausalLM', dict(qkv_bias=True), qwen2_model_confi
 QWEN3 = rotary_family('Qwen3ForCausalLM', dict(qk_norm=True), qwen3_model_config, qwen3_hf_config)
 GEMMA = rotary_family('GemmaForCausalLM', dict(mlp='geglu', norm_offset=1.0, scale_embeddings=True),
                       gemma_model_config, gemma_hf_config)
-FAMILIES = {'gpt2': GPT2, 'llama': LLAMA, 'mistral': MISTRAL, 'qwen2': QWEN2, 'qwen3': QWEN3, 'gemma': GEMMA}
+PHI3 = rotary_family('Phi3ForCausalLM', {}, phi3_model_config, phi3_hf_config, phi3_layer_from_hf, phi3_layer_to_hf)
+FAMILIES = {'gpt2': GPT2, 'llama': LLAMA, 'mistral': MISTRAL, 'qwen2': QWEN2, 'qwen3': QWEN3, 'gemma': GEMMA,
+            'phi3': PHI3}
 
 
 def family_of_hf(hf: dict) -> Family:

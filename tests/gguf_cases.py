@@ -27,6 +27,7 @@ HF_CASES = {
     'mistral': ('hf_mistral', SENTENCEPIECE),
     'qwen3': ('hf_qwen3', SENTENCEPIECE),
     'gemma': ('hf_gemma', SENTENCEPIECE),
+    'phi3': ('hf_phi3', SENTENCEPIECE),
     'llama_tokenizer_json': ('lm_eval/llama', None),
     'gemma_tokenizer_json': ('lm_eval/gemma', None),
     'gpt2': ('lm_eval/gpt2', None),

@@ -19,6 +19,7 @@ with the file's weights, measured here: up to 1.5e-3 for f16, 4.3e-2 for q8_0, 0
 plus the bound above.
 """
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -95,7 +96,7 @@ def file_params(params, c: ModelConfig, gguf_type: str):
         stored = gguf.quants.dequantize(gguf_lib.quantize(gguf_lib.layout(name, x, c, arch), types[new_name]),
                                         types[new_name])
         tensors[name] = unlayout(name, stored.reshape(gguf_lib.layout(name, x, c, arch).shape), c, arch)
-  return hf.params_from_hf(tensors, c)
+  return hf.params_from_hf(tensors, dataclasses.replace(c, hf_model_type='llama') if arch == 'llama' else c)
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
-NAMES = ('hf_gpt2', 'hf_llama', 'hf_llama3', 'hf_mistral', 'hf_qwen2', 'hf_qwen3', 'hf_gemma')
+NAMES = ('hf_gpt2', 'hf_llama', 'hf_llama3', 'hf_mistral', 'hf_qwen2', 'hf_qwen3', 'hf_gemma', 'hf_phi3')
 # float32 logits of a different program (XLA, not torch) computing the same function: errors of a few ulps of the
 # logits' scale per operation, summed over a few hundred operations, stay well below 1e-4 of that scale; a misplaced
 # tensor or option errs by O(1) of it.
@@ -104,6 +104,7 @@ OPTIONS = {  # what each fixture exercises, as flaxlm's model options
     'hf_qwen3': dict(qk_norm=True, head_dim=32, qkv_bias=False),
     'hf_gemma': dict(mlp='geglu', norm_offset=1.0, scale_embeddings=True, num_kv_heads=1, head_dim=32,
                      tie_embeddings=True),
+    'hf_phi3': dict(num_kv_heads=2, rope_scaling='none', tie_embeddings=False, hf_model_type='phi3'),
 }
 
 
@@ -139,9 +140,9 @@ def rope_of(name: str, **changes) -> dict:
   return {'rope_parameters': {**fixture_config(name)['rope_parameters'], **changes}}
 
 
-SUPPORTED = 'flaxlm converts only gpt2, llama, mistral, qwen2, qwen3, gemma'
+SUPPORTED = 'flaxlm converts only gpt2, llama, mistral, qwen2, qwen3, gemma, phi3'
 BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), what the error says)
-    ('hf_llama', {'model_type': 'phi3'}, f"model_type='phi3': {SUPPORTED}"),
+    ('hf_llama', {'model_type': 'falcon'}, f"model_type='falcon': {SUPPORTED}"),
     ('hf_gemma', {'model_type': 'gemma2'}, f"model_type='gemma2': {SUPPORTED}"),
     ('hf_llama', rope_of('hf_llama', rope_type='dynamic', factor=2.0), "rope_type='dynamic', which flaxlm cannot"),
     ('hf_llama', rope_of('hf_llama', rope_type='longrope'), "rope_type='longrope', which flaxlm cannot express"),
@@ -180,6 +181,12 @@ BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), wh
     ('hf_llama', rope_of('hf_llama', rope_type=['linear']), "rope_type=['linear'], which flaxlm cannot express"),
     ('hf_qwen2', {'layer_types': 'full_attention'}, "layer_types with 'full_attention', which flaxlm cannot"),
     ('hf_qwen3', {'layer_types': [['full_attention']]}, "layer_types with [['full_attention']], which flaxlm"),
+    # Phi-3's 128k variants (Phi-3-mini-128k, Phi-3.5): longrope, as their config.json writes it.
+    ('hf_phi3', {'rope_parameters': None, 'rope_scaling': {'type': 'longrope', 'long_factor': [1.0] * 8,
+                                                           'short_factor': [1.0] * 8}},
+     "rope_type='longrope', which flaxlm cannot express"),
+    ('hf_phi3', {'sliding_window': 32}, 'sliding_window=32, which flaxlm cannot express'),  # Phi-3-mini-4k: 2047
+    ('hf_phi3', rope_of('hf_phi3', partial_rotary_factor=0.75), 'partial_rotary_factor=0.75'),  # Phi-4-mini
 ]
 
 
