@@ -67,7 +67,8 @@ def test_merged_params_give_the_logits_of_base_plus_adapters(scan_layers):
   c = model_config(4, scan_layers=scan_layers)
   tokens_BxT = jax.random.randint(jax.random.key(0), (2, 16), 0, 50)
   base, adapters = lora.split(init(Transformer(c), seed=1))
-  noise = lambda tree, seed: jax.tree.map(lambda x: 0.1 * jax.random.normal(jax.random.key(seed), x.shape), tree)
+  noise = lambda tree, seed: jax.tree.map(  # numpy's: JAX's, op by op, would compile an op per distinct shape
+      lambda x: 0.1 * np.random.default_rng(seed).standard_normal(x.shape, np.float32), tree)
   base = jax.tree.map(jax.numpy.add, base, noise(base, 2))  # The head starts at zero: make every matrix count.
   adapters = noise(adapters, 3)
   with_adapters = forward(Transformer(c), lora.combine(base, adapters), tokens_BxT)
