@@ -158,10 +158,10 @@ def vocabulary(tokenizer: tokenizer_lib.Tokenizer, vocab_size: int) -> dict[str,
   return char_vocab(tokenizer, vocab_size)
 
 
-def notes(tokenizer: tokenizer_lib.Tokenizer, vocab_size: int) -> list[str]:
-  """Returns what a user of the GGUF file should know about its vocabulary: a SentencePiece vocabulary without
-  byte pieces, at whose first character outside its pieces llama.cpp stops (it falls back to byte pieces)."""
-  vocab = vocabulary(tokenizer, vocab_size)
+def notes(vocab: dict[str, Any]) -> list[str]:
+  """Returns what a user of a GGUF file of the vocabulary `vocab` (`vocabulary`'s) should know: a SentencePiece
+  vocabulary without byte pieces, at whose first character outside its pieces llama.cpp stops (it falls back to
+  byte pieces)."""
   if vocab['model'] == 'llama' and T.BYTE not in vocab['kinds']:
     return ['note: the tokenizer has no byte pieces (<0x00>..<0xFF>), and llama.cpp stops at the first character '
             'that is not one of its pieces: give it text of those characters only, or train the tokenizer with '

@@ -154,21 +154,22 @@ def quantize(x: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
   return gguf.quants.quantize(np.ascontiguousarray(x, np.float32), qtype)
 
 
-def data_bytes(c: ModelConfig, gguf_type: str) -> int:
-  """Returns the bytes of model `c`'s tensors in a file of `gguf_type` (a k-quant's estimated from llama.cpp's bits
-  per weight for it), the alignment padding included."""
+def data_bytes(listed: list[Tensor], gguf_type: str) -> int:
+  """Returns the bytes of the tensors `listed` (a file of `gguf_type`'s, or for a k-quant the f16 file's it is made
+  from, estimated from llama.cpp's bits per weight for it), the alignment padding included."""
   if gguf_type in K_QUANTS:
-    count = sum(int(np.prod(t.shape)) for t in tensors(c, 'f16'))
-    return int(count * K_QUANT_BITS[gguf_type] / 8)
+    return int(sum(int(np.prod(t.shape)) for t in listed) * K_QUANT_BITS[gguf_type] / 8)
   align = gguf.GGUF_DEFAULT_ALIGNMENT
-  return sum(-(-t.nbytes // align) * align for t in tensors(c, gguf_type))
+  return sum(-(-t.nbytes // align) * align for t in listed)
 
 
 def file_bytes(c: ModelConfig, gguf_type: str, vocabulary_bytes: int | None = None) -> int:
   """Returns the bytes of model `c`'s GGUF file of `gguf_type`: its tensors and their infos, its vocabulary's
   (where None, 24 bytes for each of c.vocab_size ids: a piece, its score and type), and 4 KiB for the other keys."""
-  infos = sum(len(t.name) + 48 for t in tensors(c, gguf_type))
-  return data_bytes(c, gguf_type) + infos + (24 * c.vocab_size if vocabulary_bytes is None else vocabulary_bytes) + 4096
+  listed = tensors(c, 'f16' if gguf_type in K_QUANTS else gguf_type)
+  infos = sum(len(t.name) + 48 for t in listed)
+  vocabulary = 24 * c.vocab_size if vocabulary_bytes is None else vocabulary_bytes
+  return data_bytes(listed, gguf_type) + infos + vocabulary + 4096
 
 
 def check_expressible(c: ModelConfig) -> None:

@@ -249,7 +249,9 @@ def test_export_says_the_file_s_size_first_and_writes_it(tmp_path):
   assert result.returncode == 0, result.stderr
   first, last = result.stdout.strip().splitlines()
   model, _ = pretrained.saved_model(source)
-  estimate = gguf_write.size(model.config, tokenizer_lib.ByteTokenizer(), 'q8_0')
+  tokenizer = tokenizer_lib.ByteTokenizer()
+  vocab = gguf_vocab.vocabulary(tokenizer, model.config.vocab_size)
+  estimate = gguf_write.size(model.config, tokenizer, vocab, 'q8_0')
   assert first == f'writing {output}: a llama.cpp llama model in q8_0, about {format_bytes(estimate)}'
   assert abs(estimate - output.stat().st_size) <= 0.05 * estimate, (estimate, output.stat().st_size)
   assert last.startswith(f'wrote {output}: ')
@@ -258,8 +260,9 @@ def test_export_says_the_file_s_size_first_and_writes_it(tmp_path):
 
 def test_a_sentencepiece_vocabulary_without_byte_pieces_gets_a_note(written):
   with_bytes, without = (workdir_lib.load_tokenizer(written[case] / case) for case in ('flaxlm_sentencepiece', 'llama'))
-  assert gguf_vocab.notes(with_bytes, with_bytes.vocab_size) == []
-  assert gguf_vocab.notes(without, without.vocab_size)[0].startswith('note: the tokenizer has no byte pieces')
+  assert gguf_vocab.notes(gguf_vocab.vocabulary(with_bytes, with_bytes.vocab_size)) == []
+  assert gguf_vocab.notes(gguf_vocab.vocabulary(without, without.vocab_size))[0].startswith(
+      'note: the tokenizer has no byte pieces')
 
 
 def lora_run_without_its_base(source: pathlib.Path, root: pathlib.Path) -> pathlib.Path:
@@ -300,6 +303,14 @@ def test_a_k_quant_without_llama_cpp_python_is_refused_with_the_commands_that_ma
   with pytest.raises(UserError, match='pip install "flaxlm\\[llama\\]", or export --gguf_type=f16 --output=') as e:
     gguf_write.check_k_quant('q4_k_m', tmp_path / 'model.gguf')
   assert f'llama-quantize {tmp_path / "model-f16.gguf"} {tmp_path / "model.gguf"} Q4_K_M' in str(e.value)
+
+
+def test_a_k_quant_s_size_is_counted_from_llama_cpp_s_bits_per_weight(written):
+  c = pretrained.saved_model(written['llama'] / 'llama')[0].config
+  f16 = gguf_lib.tensors(c, 'f16')
+  weights = sum(int(np.prod(t.shape)) for t in f16)
+  infos = sum(len(t.name) + 48 for t in f16)
+  assert gguf_lib.file_bytes(c, 'q4_k_m', 0) == int(weights * 4.85 / 8) + infos + 4096
 
 
 def test_a_file_another_command_wrote_meanwhile_is_left_as_it_is(tmp_path):

@@ -50,10 +50,11 @@ def export_gguf(workdir: str, output: str) -> None:
   saved, tokenizer = pretrained.saved_model(workdir)
   c = pretrained.plain_config(saved.config)
   gguf_lib.check_expressible(c)
-  nbytes = gguf.size(c, tokenizer, GGUF_TYPE.value)
+  vocab = gguf_vocab.vocabulary(tokenizer, c.vocab_size)  # Read once for the size and the notes.
+  nbytes = gguf.size(c, tokenizer, vocab, GGUF_TYPE.value)
   _, arch = gguf_lib.architecture(c)
   print(f'writing {path}: a llama.cpp {arch} model in {GGUF_TYPE.value}, about {format_bytes(nbytes)}', flush=True)
-  temporary = gguf.size(c, tokenizer, 'f16') if GGUF_TYPE.value in gguf_lib.K_QUANTS else 0  # quantized from f16
+  temporary = gguf.size(c, tokenizer, vocab, 'f16') if GGUF_TYPE.value in gguf_lib.K_QUANTS else 0  # made first
   gguf.check_room(path, nbytes + temporary)
   with export.signals_stop(output):
     # An export's params as stored (bfloat16 ones are not doubled in memory), each cast to float32 as it is written.
@@ -61,7 +62,7 @@ def export_gguf(workdir: str, output: str) -> None:
     _, params, tokenizer = pretrained.load(workdir, export.stored_dtype(workdir) if is_export else 'float32')
     written = gguf.write(output, params, c, tokenizer, GGUF_TYPE.value)
   print('\n'.join([f'wrote {path}: {count_params(params):,} parameters, {format_bytes(written)}',
-                   *gguf_vocab.notes(tokenizer, c.vocab_size)]))
+                   *gguf_vocab.notes(vocab)]))
 
 
 def export_run() -> None:

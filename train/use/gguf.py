@@ -29,9 +29,9 @@ from flaxlm.train.plan.estimate import format_bytes
 from flaxlm.train.use import export
 
 
-def size(c: ModelConfig, tokenizer: tokenizer_lib.Tokenizer, gguf_type: str) -> int:
-  """Returns the bytes of model `c`'s GGUF file of `gguf_type` with `tokenizer`'s vocabulary."""
-  vocab = gguf_vocab.vocabulary(tokenizer, c.vocab_size)
+def size(c: ModelConfig, tokenizer: tokenizer_lib.Tokenizer, vocab: dict, gguf_type: str) -> int:
+  """Returns the bytes of model `c`'s GGUF file of `gguf_type` with `tokenizer`'s vocabulary `vocab`
+  (gguf_vocab.vocabulary's) and chat template."""
   pieces = sum(len(piece.encode('utf-8')) + 16 for piece in [*vocab['tokens'], *(vocab['merges'] or [])])
   return gguf_lib.file_bytes(c, gguf_type, pieces + len((tokenizer.chat_template or '').encode('utf-8')))
 
