@@ -14,8 +14,8 @@ import ml_collections
 from flaxlm.configs import options
 from flaxlm.configs.errors import UserError
 from flaxlm.configs.options import Finite, Interval, NonNegative, OneOf, Positive, PositiveFinite, group, option
-from flaxlm.model import lora, rope
-from flaxlm.model.attention import IMPLEMENTATIONS
+from flaxlm.model import lora, pattern, rope
+from flaxlm.model.attention import IMPLEMENTATIONS, Scores
 from flaxlm.model.lora import Lora
 from flaxlm.model.rope import Rope
 
@@ -51,6 +51,19 @@ class ModelConfig:
   qkv_bias: bool = option(False, 'True: biases on the query, key and value projections alone (Qwen2)')
   qk_norm: bool = option(False, 'True: an RMSNorm over each head of the queries and keys, before the rotation '
                          '(Qwen3)')
+  layer_pattern: str = option('global', "the kinds of successive layers, repeated over the depth (model/pattern.py): "
+                              "'global' (all earlier positions), 'local' (the last `window`), or a mix: Gemma 2's "
+                              "'local,global', Gemma 3's 'local*5,global'")
+  window: int = option(0, 'W, the positions a local layer sees, its own included (Gemma 3: 512); 0: no local layers',
+                       NonNegative('no local layers'))
+  query_scalar: float = option(0.0, 'the attention logits are q.k / sqrt(query_scalar) (Gemma 2 and 3 set '
+                               'query_pre_attn_scalar); 0: the head width K', Interval('[0', 'inf)', '0: K'))
+  attention_softcap: float = option(0.0, 'attention logits become cap * tanh(logits / cap) (Gemma 2: 50); 0: not '
+                                    'capped', Interval('[0', 'inf)', '0: not capped'))
+  logits_softcap: float = option(0.0, 'output logits become cap * tanh(logits / cap) (Gemma 2: 30); 0: not capped',
+                                 Interval('[0', 'inf)', '0: not capped'))
+  post_norms: bool = option(False, 'True: the attention and MLP outputs are normed too, before the residual add '
+                            '(Gemma 2 and 3)')
   scale_embeddings: bool = option(False, 'True: token embeddings times sqrt(width) in the model\'s dtype (Gemma)')
   dropout: float = option(0.0, 'dropout rate on embeddings, attention output and MLP output',
                           Interval('[0', '1)', 'the fraction of activations dropped; 0 turns dropout off'))
@@ -72,6 +85,28 @@ class ModelConfig:
   def rotary(self) -> Rope:
     """Returns the rotary settings (model/rope.py), an original length of 0 read as max_length."""
     return dataclasses.replace(self.rope, original_length=self.rope.original_length or self.max_length)
+
+  @property
+  def layer_kinds(self) -> tuple[str, ...]:
+    """Returns the kind of each layer, 'global' or 'local' (model/pattern.py)."""
+    return pattern.of_layers(self.layer_pattern, self.num_layers)
+
+  @property
+  def pattern(self) -> tuple[str, ...]:
+    """Returns the kinds of one repeat of the layer pattern (Gemma 3: five 'local', one 'global')."""
+    return pattern.parse(self.layer_pattern)
+
+  def rotary_of(self, kind: str) -> Rope:
+    """Returns the rotary settings of a layer of `kind`: a local layer's own base, unscaled, when rope_local_theta
+    sets one (Gemma 3), else the model's."""
+    if kind == 'local' and self.rope.local_theta:
+      return Rope(theta=self.rope.local_theta)
+    return self.rotary
+
+  def scores(self, kind: str) -> Scores:
+    """Returns how a layer of `kind` makes its attention scores: scale, soft cap and window."""
+    return Scores((self.query_scalar or self.head_dim) ** -0.5, self.attention_softcap,
+                  self.window if kind == 'local' else 0)
 
   def without_lora(self) -> 'ModelConfig':
     """Returns the same model with no adapters: the model a LoRA model's merged params belong to."""
@@ -107,7 +142,8 @@ def check_relations(c: ModelConfig, vocab_size: int) -> None:
   if c.norm_offset and c.norm != 'rmsnorm':
     raise UserError(f'model.norm_offset={c.norm_offset} applies to rmsnorm only: set --config.model.norm_offset=0 '
                     'or --config.model.norm=rmsnorm.')
-  for problem in (rope.problem(c.rope), lora.problem(c.lora, c.mlp)):
+  layers = pattern.problem(c.layer_pattern, c.window)
+  for problem in (layers, rope.problem(c.rope), lora.problem(c.lora, c.mlp)):
     if problem:
       raise UserError(problem)
 

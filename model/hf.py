@@ -20,9 +20,9 @@ import safetensors
 import safetensors.numpy
 
 from flaxlm.configs.errors import UserError
-from flaxlm.model.hf_families import Tensors, Tree, family_of
+from flaxlm.model.hf_families import Family, Tensors, Tree, family_of
 from flaxlm.model.config import ModelConfig
-from flaxlm.model.transformer import param_shapes
+from flaxlm.model.transformer import param_shapes, unstack
 
 Spec = tuple[tuple[int, ...], str]  # a tensor's shape and numpy dtype name, known without reading its data
 # safetensors' dtype codes, by the names numpy gives them; codes numpy lacks (float8, ...) keep their code.
@@ -177,6 +177,13 @@ def fill_outer(params: Tree, outer: Tree) -> None:
   fill({key: params[key] for key in outer}, outer)
 
 
+def body_prefix(family: Family, specs: Mapping[str, Spec]) -> str:
+  """Returns the prefix of the body's tensor names in `specs`: the family's, another it may have (a multimodal
+  folder's language model), or none (GPT-2's own checkpoints)."""
+  found = [p for p in (*family.also_prefixes, family.prefix) if any(name.startswith(p) for name in specs)]
+  return found[0] if found else ''
+
+
 def params_from_hf(tensors: Mapping[str, np.ndarray], c: ModelConfig) -> Tree:
   """Returns the flaxlm params of model `c` (from `model_config`) from its HF tensors, as numpy arrays in the
   checkpoint's dtype (`kept_dtype`), reading the tensors of one layer at a time (`tensors` may be a Checkpoint).
@@ -187,9 +194,10 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], c: ModelConfig) -> Tree:
   """
   model_type, family = family_of(c)
   specs = specs_of(tensors)
-  prefix = family.prefix if any(name.startswith(family.prefix) for name in specs) else ''  # GPT-2's own lacks it.
+  prefix = body_prefix(family, specs)
   check_layer_count(specs, f'{prefix}{family.layers}.', c.num_layers, family.layers_key)
   ignored = {f'{prefix}{family.layers}.{i}.{name}' for i in range(c.num_layers) for name in family.buffers}
+  ignored |= {name for name in specs if name.startswith(family.skipped)} if family.skipped else set()
   shapes = hf_shapes(c, prefix)
   check_specs(specs, shapes, ignored | ({'lm_head.weight'} if c.tie_embeddings else set()), model_type)
   dtype = kept_dtype(specs[name][1] for name in shapes)
@@ -260,10 +268,3 @@ def name_shards(directory: pathlib.Path, shards: list[dict[str, int]]) -> list[s
     names.append(INDEX)
   return names
 
-
-def unstack(stack_params: Tree, c: ModelConfig) -> list[Tree]:
-  """Returns the L layers' params of the 'stack' params, whichever way `c.scan_layers` stores them (numpy arrays
-  stacked on a leading axis give views of them)."""
-  if c.scan_layers:
-    return [jax.tree.map(lambda x: x[i], stack_params['layers']) for i in range(c.num_layers)]
-  return [stack_params[f'layer_{i}'] for i in range(c.num_layers)]

@@ -20,7 +20,7 @@ import numpy as np
 
 from flaxlm.configs.errors import UserError
 from flaxlm.configs.options import LARGEST, value as option_value
-from flaxlm.model import rope as rope_lib
+from flaxlm.model import pattern as pattern_lib, rope as rope_lib
 from flaxlm.model.config import ModelConfig
 
 QKV = ('query', 'key', 'value')
@@ -42,6 +42,8 @@ class Family:
   layer_from_hf: Callable[[Tensors, ModelConfig], Tree]  # one layer; names without the layer prefix
   layer_to_hf: Callable[[Tree, ModelConfig], Tensors]
   buffers: tuple[str, ...]  # per-layer tensors older transformers saved that are not weights (flaxlm computes them)
+  also_prefixes: tuple[str, ...] = ()  # other prefixes the body's names may have (a multimodal folder's text model)
+  skipped: tuple[str, ...] = ()  # name prefixes of tensors outside the language model, left out (a vision tower)
 
 
 def require(hf: dict, key: str, allowed: tuple, default: Any) -> None:
@@ -290,6 +292,93 @@ def gemma_hf_config(c: ModelConfig) -> dict:
   return dict(rotary_hf_config(c, 'gelu_pytorch_tanh'), attention_bias=False)
 
 
+def layer_kinds(hf: dict) -> tuple[str, ...]:
+  """Returns each layer's kind ('local' or 'global') from config.json's `layer_types` (transformers 5), else from
+  the older `sliding_window_pattern` (every n-th layer global) or Gemma 2's alternation; raises UserError naming an
+  unknown type."""
+  count, types = integer(hf, 'num_hidden_layers'), hf.get('layer_types')
+  if types is None:
+    every = integer(hf, 'sliding_window_pattern', 2)
+    return tuple('global' if (i + 1) % every == 0 else 'local' for i in range(count))
+  kinds = {'sliding_attention': 'local', 'full_attention': 'global'}
+  if not isinstance(types, list) or len(types) != count or any(t not in kinds for t in types):
+    raise UserError(f'config.json has layer_types={types!r}, which flaxlm cannot express: it converts a list of '
+                    f'{count} (num_hidden_layers) entries, each "sliding_attention" or "full_attention".')
+  return tuple(kinds[t] for t in types)
+
+
+def windowed(hf: dict) -> dict:
+  """Returns the local-attention options of a Gemma 2 or 3 config.json: its layer pattern and window."""
+  kinds = layer_kinds(hf)
+  window = integer(hf, 'sliding_window', 4096) if 'local' in kinds else 0
+  return dict(layer_pattern=pattern_lib.as_text(pattern_lib.shortest(kinds)), window=window)
+
+
+def softcap(hf: dict, key: str) -> float:
+  """Returns config.json's soft cap `key` (null: 0, not capped), checked."""
+  return 0.0 if hf.get(key) is None else number(hf, key)
+
+
+def gemma2_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Gemma 2 config.json: Gemma's, plus norms after attention and the MLP,
+  local layers alternating with global ones, query_pre_attn_scalar and soft caps on attention and output logits."""
+  require(hf, 'attention_bias', (False,), False)
+  require(hf, 'hidden_activation', ('gelu_pytorch_tanh', None), None)
+  require(hf, 'use_bidirectional_attention', (False, None), None)
+  section = rotary_model_config(hf, GEMMA2.options, ('gelu_pytorch_tanh',), tied=True)
+  return dict(section, **windowed(hf), query_scalar=number(hf, 'query_pre_attn_scalar', 256),
+              attention_softcap=softcap(hf, 'attn_logit_softcapping'),
+              logits_softcap=softcap(hf, 'final_logit_softcapping'))
+
+
+def gemma2_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Gemma 2 (or Gemma 3's text model, which adds q/k norms) with the shape of `c`."""
+  kinds = {'local': 'sliding_attention', 'global': 'full_attention'}
+  shared = {key: value for key, value in rotary_hf_config(c, '').items() if key != 'hidden_act'}  # hidden_activation
+  return dict(shared, hidden_activation='gelu_pytorch_tanh', attention_bias=False,
+              layer_types=[kinds[kind] for kind in c.layer_kinds], sliding_window=c.window or None,
+              query_pre_attn_scalar=c.query_scalar or c.head_dim, attn_logit_softcapping=c.attention_softcap or None,
+              final_logit_softcapping=c.logits_softcap or None)
+
+
+def gemma3_rope(hf: dict) -> dict:
+  """Returns the rotary options of a Gemma 3 config.json: its global layers' (scaling included), and its local
+  layers' own base, from `rope_parameters` per layer type (transformers 5) or the older rope_theta,
+  rope_local_base_freq and rope_scaling; raises UserError if local layers' rotation is scaled."""
+  per_kind = hf.get('rope_parameters')
+  if isinstance(per_kind, dict) and 'full_attention' in per_kind:
+    local = per_kind.get('sliding_attention') or {}
+    require(local, 'rope_type', ('default',), 'default')
+    return dict(rope_options({'rope_parameters': per_kind['full_attention']}),
+                rope_local_theta=number(local, 'rope_theta', 10_000.0))
+  return dict(rope_options(hf), rope_local_theta=number(hf, 'rope_local_base_freq', 10_000.0))
+
+
+def gemma3_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Gemma 3 text config.json (Gemma3ForCausalLM's, or the `text_config` of a
+  multimodal Gemma3ForConditionalGeneration folder): Gemma 2's, plus q/k norms and two rotary bases."""
+  section = gemma2_model_config({**hf, 'query_pre_attn_scalar': hf.get('query_pre_attn_scalar', 256),
+                                 'sliding_window_pattern': hf.get('sliding_window_pattern', 6)})
+  return dict(section, **GEMMA3.options, **gemma3_rope(hf), hf_model_type='gemma3_text')
+
+
+def gemma3_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Gemma 3's text model (Gemma3ForCausalLM) with the shape of `c`: its rotary settings
+  per layer type."""
+  local = {'rope_type': 'default', 'rope_theta': c.rope.local_theta or c.rope.theta}
+  return dict(gemma2_hf_config(c), rope_parameters={'full_attention': rope_to_hf(c), 'sliding_attention': local})
+
+
+def text_config(hf: dict) -> dict:
+  """Returns the language model's config.json of a multimodal Gemma 3 folder (model_type gemma3): its `text_config`,
+  with the keys transformers takes from the whole; raises UserError if it has none."""
+  text = hf.get('text_config')
+  if not isinstance(text, dict):
+    raise UserError('config.json has model_type=\'gemma3\' (a multimodal Gemma 3) without its text_config, the '
+                    'language model\'s settings: pass the folder\'s own config.json, or a text-only gemma3_text one.')
+  return {'vocab_size': 262_208, 'tie_word_embeddings': hf.get('tie_word_embeddings', True), **text}
+
+
 def layer_norm(t: Tensors, name: str) -> Tree:
   """Returns flax LayerNorm params from HF's `name`.weight and `name`.bias."""
   return {'LayerNorm_0': {'scale': t[f'{name}.weight'], 'bias': t[f'{name}.bias']}}
@@ -389,6 +478,24 @@ def rotary_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
           **{f'mlp.{name}_proj.weight': p['mlp'][name]['kernel'].T for name in ('gate', 'up', 'down')}}
 
 
+GEMMA2_NORMS = (('attention_norm', 'input_layernorm'), ('attention_post_norm', 'post_attention_layernorm'),
+                ('mlp_norm', 'pre_feedforward_layernorm'), ('mlp_post_norm', 'post_feedforward_layernorm'))
+
+
+def gemma2_layer_from_hf(t: Tensors, c: ModelConfig) -> Tree:
+  """Returns one layer's flaxlm params from a Gemma 2 or 3 decoder layer's tensors: Llama's projections, and four
+  norms (HF's post_attention_layernorm is the norm of the attention's output there, not the MLP's input)."""
+  norms = {hf: t[f'{hf}.weight'] for _, hf in GEMMA2_NORMS}
+  layer = rotary_layer_from_hf({**t, 'post_attention_layernorm.weight': norms['pre_feedforward_layernorm']}, c)
+  return {**layer, **{ours: rms_norm(t, hf) for ours, hf in GEMMA2_NORMS}}
+
+
+def gemma2_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
+  """Returns a Gemma 2 or 3 decoder layer's tensors from one layer's flaxlm params (see `gemma2_layer_from_hf`)."""
+  t = rotary_layer_to_hf(p, c)
+  return {**t, **{f'{hf}.weight': p[ours]['RMSNorm_0']['scale'] for ours, hf in GEMMA2_NORMS}}
+
+
 def phi3_layer_from_hf(t: Tensors, c: ModelConfig) -> Tree:
   """Returns one layer's flaxlm params from a Phi-3 decoder layer's tensors: its fused qkv_proj split into q, k and v
   (rows H*K, G*K, G*K) and its fused gate_up_proj into gate and up (F rows each), then read as Llama's."""
@@ -422,17 +529,22 @@ def rotary_outer_to_hf(p: Tree) -> Tensors:
 
 def rotary_family(architecture: str, options: dict, model_config: Callable[[dict], dict],
                   hf_config: Callable[[ModelConfig], dict], layer_from_hf: Callable = rotary_layer_from_hf,
-                  layer_to_hf: Callable = rotary_layer_to_hf) -> Family:
+                  layer_to_hf: Callable = rotary_layer_to_hf, free: tuple[str, ...] = ()) -> Family:
   """Returns the Family of a Llama-like model type: its tensors are named as Llama's (but the layer's where
-  `layer_from_hf` and `layer_to_hf` say otherwise), its options say the rest."""
-  return Family(architecture, 'model.', 'layers', 'num_hidden_layers', {**PLAIN, **options}, model_config, hf_config,
+  `layer_from_hf` and `layer_to_hf` say otherwise), its options say the rest; the options `free` name are each
+  model's own (Gemma 2's window), not the type's."""
+  fixed = {key: value for key, value in {**PLAIN, **options}.items() if key not in free}
+  return Family(architecture, 'model.', 'layers', 'num_hidden_layers', fixed, model_config, hf_config,
                 rotary_outer_from_hf, rotary_outer_to_hf, layer_from_hf, layer_to_hf,
                 buffers=('self_attn.rotary_emb.inv_freq',))  # the rotary frequencies
 
 
 # The options that tell model types apart, as flaxlm's own models have them.
 PLAIN = dict(positions='rotary', norm='rmsnorm', mlp='swiglu', use_bias=False, qkv_bias=False, qk_norm=False,
-             norm_offset=0.0, scale_embeddings=False)
+             norm_offset=0.0, scale_embeddings=False, post_norms=False, layer_pattern='global', window=0,
+             query_scalar=0.0, attention_softcap=0.0, logits_softcap=0.0, rope_local_theta=0.0)
+WINDOWED = ('layer_pattern', 'window', 'query_scalar', 'attention_softcap', 'logits_softcap')  # each Gemma 2's own
+GEMMA_OPTIONS = dict(mlp='geglu', norm_offset=1.0, scale_embeddings=True)
 ROPE_SCALINGS = {'default': 'none', 'linear': 'linear', 'llama3': 'llama3', 'yarn': 'yarn'}  # HF's rope_type: ours
 ROPE_KEYS = {  # each HF rope_type's settings, and the model options they set
     'default': {}, 'linear': {'factor': 'rope_factor'},
@@ -447,19 +559,28 @@ LLAMA = rotary_family('LlamaForCausalLM', {}, llama_model_config, llama_hf_confi
 MISTRAL = rotary_family('MistralForCausalLM', {}, mistral_model_config, mistral_hf_config)
 QWEN2 = rotary_family('Qwen2ForCausalLM', dict(qkv_bias=True), qwen2_model_config, qwen2_hf_config)
 QWEN3 = rotary_family('Qwen3ForCausalLM', dict(qk_norm=True), qwen3_model_config, qwen3_hf_config)
-GEMMA = rotary_family('GemmaForCausalLM', dict(mlp='geglu', norm_offset=1.0, scale_embeddings=True),
-                      gemma_model_config, gemma_hf_config)
+GEMMA = rotary_family('GemmaForCausalLM', GEMMA_OPTIONS, gemma_model_config, gemma_hf_config)
 PHI3 = rotary_family('Phi3ForCausalLM', {}, phi3_model_config, phi3_hf_config, phi3_layer_from_hf, phi3_layer_to_hf)
+GEMMA2 = rotary_family('Gemma2ForCausalLM', dict(GEMMA_OPTIONS, post_norms=True), gemma2_model_config,
+                       gemma2_hf_config, gemma2_layer_from_hf, gemma2_layer_to_hf, free=WINDOWED)
+GEMMA3 = dataclasses.replace(
+    rotary_family('Gemma3ForCausalLM', dict(GEMMA_OPTIONS, post_norms=True, qk_norm=True), gemma3_model_config,
+                  gemma3_hf_config, gemma2_layer_from_hf, gemma2_layer_to_hf, free=(*WINDOWED, 'rope_local_theta')),
+    also_prefixes=('model.language_model.', 'language_model.model.'),  # a multimodal folder's language model's,
+    skipped=('model.vision_tower.', 'model.multi_modal_projector.', 'vision_tower.', 'multi_modal_projector.'))
 FAMILIES = {'gpt2': GPT2, 'llama': LLAMA, 'mistral': MISTRAL, 'qwen2': QWEN2, 'qwen3': QWEN3, 'gemma': GEMMA,
-            'phi3': PHI3}
+            'phi3': PHI3, 'gemma2': GEMMA2, 'gemma3_text': GEMMA3}
+MULTIMODAL = {'gemma3': 'gemma3_text'}  # a model type whose folder holds a language model of another, its text_config
 
 
 def family_of_hf(hf: dict) -> Family:
-  """Returns the Family of a config.json; raises UserError naming the supported model types for any other."""
+  """Returns the Family of a config.json (a multimodal one's language model's); raises UserError naming the supported
+  model types for any other."""
   model_type = hf.get('model_type')
-  if not isinstance(model_type, str) or model_type not in FAMILIES:
-    raise UserError(f'config.json has model_type={model_type!r}: flaxlm converts only {", ".join(FAMILIES)}.')
-  return FAMILIES[model_type]
+  if not isinstance(model_type, str) or model_type not in (*FAMILIES, *MULTIMODAL):
+    raise UserError(f'config.json has model_type={model_type!r}: flaxlm converts only '
+                    f'{", ".join([*FAMILIES, *MULTIMODAL])}.')
+  return FAMILIES[MULTIMODAL.get(model_type, model_type)]
 
 
 def family_of(c: ModelConfig) -> tuple[str, Family]:
@@ -483,7 +604,8 @@ def model_config(hf: dict) -> dict:
   """Returns flaxlm's model section (the keys of configs/base.py's `model`) for an HF config.json."""
   family = family_of_hf(hf)
   try:
-    return {**family.model_config(hf), 'hf_model_type': hf['model_type']}
+    text = text_config(hf) if hf['model_type'] in MULTIMODAL else hf
+    return {'hf_model_type': hf['model_type'], **family.model_config(text)}
   except KeyError as e:
     raise UserError(f'config.json lacks {e.args[0]!r}, which every {hf["model_type"]} config has: pass the '
                     'folder\'s own config.json.') from None

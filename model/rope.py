@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxlm.configs.options import NonNegative, OneOf, PositiveFinite, option
+from flaxlm.configs.options import Interval, NonNegative, OneOf, PositiveFinite, option
 
 SCALINGS = ('none', 'linear', 'llama3', 'yarn')  # 'none': the plain frequencies theta^(-2i/K).
 YARN_BETAS = (32.0, 1.0)  # YaRN's beta_fast and beta_slow, the rotation counts its ramp runs between (the paper's).
@@ -34,6 +34,8 @@ class Rope:
   low_freq_factor: float = option(1.0, 'llama3: wavelengths above rope_original_length / this are divided by '
                                   'rope_factor')
   high_freq_factor: float = option(4.0, 'llama3: wavelengths below rope_original_length / this are kept')
+  local_theta: float = option(0.0, "local layers' own base wavelength, unscaled (Gemma 3: 10000, its global layers' "
+                              '1000000); 0: the same rotation as global layers', Interval('[0', 'inf)', '0: theta'))
 
   def frequencies(self, head_dim: int) -> np.ndarray:
     """Returns the K/2 angular frequencies (radians per position) of pairs (i, i + K/2), float32."""

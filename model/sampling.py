@@ -81,10 +81,11 @@ def head(model: Transformer, params, x_BxTxD: jax.Array) -> jax.Array:
 def prefill(model: Transformer, params, prompts_BxP: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, dict]:
   """Returns (logits B x V at each prompt's last position lengths - 1, the cache filled with the P positions).
 
-  Prompts are right-padded to P; the head runs on the B last positions alone, not on all B x P.
+  Prompts are right-padded to P, the padding at position -1 (a local layer's cache keeps no such key); the head runs
+  on the B last positions alone, not on all B x P.
   """
-  batch, prompt_length = prompts_BxP.shape
-  positions_BxP = jnp.broadcast_to(jnp.arange(prompt_length), (batch, prompt_length))
+  positions_BxP = jnp.arange(prompts_BxP.shape[1])[None, :]
+  positions_BxP = jnp.where(positions_BxP < lengths_B[:, None], positions_BxP, -1)
   x_BxPxD, cache = hidden(model, params, None, prompts_BxP, positions_BxP)
   last_Bx1xD = jnp.take_along_axis(x_BxPxD, (lengths_B - 1)[:, None, None], axis=1)
   return head(model, params, last_Bx1xD)[:, 0], cache

@@ -104,15 +104,18 @@ class Norm(nn.Module):
 class Attention(nn.Module):
   """Causal self-attention with grouped-query heads; `model.attention` picks the implementation.
 
-  Options of pretrained families: biases on q, k and v alone (`qkv_bias`, Qwen2), and an RMSNorm over each head of q
-  and of k before the rotation (`qk_norm`, Qwen3).
+  Options of pretrained families: biases on q, k and v alone (`qkv_bias`, Qwen2), an RMSNorm over each head of q and
+  of k before the rotation (`qk_norm`, Qwen3, Gemma 3), Gemma's logit scale and soft cap. A layer of kind 'local'
+  (model/pattern.py) sees the last `window` positions, with its own rotary base where `rope_local_theta` sets one.
 
-  With `decode`, keys and values are also written into a cache of T positions per sequence (the 'cache'
-  collection), at each token's position, and queries attend to the cache: a prompt is run once, then each
-  new token costs one position's work.
+  With `decode`, keys and values are also written into a cache (the 'cache' collection) at each token's position,
+  and queries attend to the cache: a prompt is run once, then each new token costs one position's work. A global
+  layer's cache holds all T positions; a local layer's holds the last min(W, T), position p in slot p mod W, with the
+  position each slot holds (-1: empty), so its memory does not grow with the context.
   """
   config: ModelConfig
   decode: bool = False
+  kind: str = 'global'
 
   def project(self, x_BxTxD: jax.Array, heads: int, axis: str, name: str) -> jax.Array:
     """Returns x projected to `heads` heads of width K: B x T x heads x K."""
@@ -135,13 +138,15 @@ class Attention(nn.Module):
       q_BxTxHxK = Norm(c, 'head_dim', name='query_norm')(q_BxTxHxK)
       k_BxTxGxK = Norm(c, 'head_dim', name='key_norm')(k_BxTxGxK)
     if c.positions == 'rotary':
-      q_BxTxHxK = rope.rotate(q_BxTxHxK, positions_BxT, c.rotary)
-      k_BxTxGxK = rope.rotate(k_BxTxGxK, positions_BxT, c.rotary)
+      q_BxTxHxK = rope.rotate(q_BxTxHxK, positions_BxT, c.rotary_of(self.kind))
+      k_BxTxGxK = rope.rotate(k_BxTxGxK, positions_BxT, c.rotary_of(self.kind))
+    self.sow('intermediates', 'rotated', (q_BxTxHxK, k_BxTxGxK))  # what model/inspect.py reads the weights from
+    scores = c.scores(self.kind)
     if self.decode:
-      k_BxSxGxK, v_BxSxGxK = self.cache(k_BxTxGxK, v_BxTxGxK, positions_BxT)
-      out_BxTxHxK = attention.attend_cache(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, positions_BxT)
+      k_BxSxGxK, v_BxSxGxK, key_positions_BxS = self.cache(k_BxTxGxK, v_BxTxGxK, positions_BxT)
+      out_BxTxHxK = attention.attend_cache(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, positions_BxT, key_positions_BxS, scores)
     else:
-      out_BxTxHxK = attention.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, c.attention)
+      out_BxTxHxK = attention.attend(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, c.attention, scores)
     out_init = param_init((c.width * 2 * c.num_layers) ** -0.5, ('heads', 'head_dim', 'embed'))
     out_BxTxD = nn.Einsum((c.num_heads, c.head_dim, c.width), 'BTHK,HKD->BTD', use_bias=c.use_bias,
                           dtype=DTYPES[c.dtype], kernel_init=out_init, bias_init=zeros_init(('embed',)),
@@ -149,10 +154,12 @@ class Attention(nn.Module):
     out_BxTxD = with_adapter(c, 'out', out_BxTxHxK, out_BxTxD, ('heads', 'head_dim'), ('embed',))
     return nn.Dropout(c.dropout)(out_BxTxD, deterministic=deterministic)
 
-
   def cache(self, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, positions_BxT: jax.Array) -> tuple[jax.Array, ...]:
-    """Writes k and v into the cache at each row's positions (consecutive) and returns the whole cache, S = T_max."""
+    """Writes k and v into the cache and returns the keys, values and key positions to attend to: a global layer's
+    whole cache (S = T_max, written at each row's consecutive positions), a local layer's `ring`."""
     c = self.config
+    if self.kind == 'local':
+      return self.ring(k_BxTxGxK, v_BxTxGxK, positions_BxT)
     shape = (k_BxTxGxK.shape[0], c.max_length, c.num_kv_heads, c.head_dim)
     written = []
     for name, new_BxTxGxK in (('cached_key', k_BxTxGxK), ('cached_value', v_BxTxGxK)):
@@ -160,7 +167,31 @@ class Attention(nn.Module):
       cached.value = jax.vmap(lambda cache_SxGxK, new_TxGxK, start: jax.lax.dynamic_update_slice_in_dim(
           cache_SxGxK, new_TxGxK, start, axis=0))(cached.value, new_BxTxGxK, positions_BxT[:, 0])
       written.append(cached.value)
-    return tuple(written)
+    return (*written, jnp.broadcast_to(jnp.arange(c.max_length), (shape[0], c.max_length)))
+
+  def ring(self, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array, positions_BxT: jax.Array) -> tuple[jax.Array, ...]:
+    """Returns the keys, values and positions a local layer attends to, the S = min(W, T_max) slots it held before
+    these tokens then the new ones (S + T), and keeps the last S of them (positions -1, prompt padding, are not
+    kept). A slot holding a position the new tokens hold again (a stopped sequence rewriting its last) is left out."""
+    c = self.config
+    batch, slots = k_BxTxGxK.shape[0], min(c.window, c.max_length)
+    shape = (batch, slots, c.num_kv_heads, c.head_dim)
+    keys = self.variable('cache', 'cached_key', jnp.zeros, shape, k_BxTxGxK.dtype)
+    values = self.variable('cache', 'cached_value', jnp.zeros, shape, v_BxTxGxK.dtype)
+    held = self.variable('cache', 'cached_position', jnp.full, (batch, slots), -1, jnp.int32)
+    first_B = jnp.min(jnp.where(positions_BxT >= 0, positions_BxT, jnp.iinfo(jnp.int32).max), axis=1)
+    held_BxS = jnp.where(held.value < first_B[:, None], held.value, -1)
+    k_BxRxGxK = jnp.concatenate([keys.value, k_BxTxGxK], axis=1)
+    v_BxRxGxK = jnp.concatenate([values.value, v_BxTxGxK], axis=1)
+    positions_BxR = jnp.concatenate([held_BxS, positions_BxT], axis=1)
+    last_B = jnp.max(positions_BxT, axis=1)
+    kept_BxT = (positions_BxT >= 0) & (positions_BxT > last_B[:, None] - slots)
+    slot_BxT = jnp.where(kept_BxT, positions_BxT % slots, slots)  # slot S is outside the ring: not written
+    write = jax.vmap(lambda ring, slot_T, new: ring.at[slot_T].set(new, mode='drop'))
+    keys.value = write(keys.value, slot_BxT, k_BxTxGxK)
+    values.value = write(values.value, slot_BxT, v_BxTxGxK)
+    held.value = write(held_BxS, slot_BxT, positions_BxT)
+    return k_BxRxGxK, v_BxRxGxK, positions_BxR
 
 
 class Mlp(nn.Module):
@@ -190,18 +221,40 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """One pre-norm transformer layer: x + attention(norm(x)), then x + mlp(norm(x))."""
+  """One pre-norm transformer layer: x + attention(norm(x)), then x + mlp(norm(x)); with `post_norms` (Gemma 2 and 3)
+  each output is normed again before it is added. `kind` is 'global' or 'local' (model/pattern.py)."""
   config: ModelConfig
   decode: bool = False
+  kind: str = 'global'
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool):
+    c = self.config
     x_BxTxD = constrain(x_BxTxD, ('batch', 'length', 'embed'))
-    x_BxTxD += Attention(self.config, self.decode, name='attention')(
-        Norm(self.config, name='attention_norm')(x_BxTxD), positions_BxT, segment_ids_BxT, deterministic)
-    x_BxTxD += Mlp(self.config, name='mlp')(Norm(self.config, name='mlp_norm')(x_BxTxD), deterministic)
+    attended_BxTxD = Attention(c, self.decode, self.kind, name='attention')(
+        Norm(c, name='attention_norm')(x_BxTxD), positions_BxT, segment_ids_BxT, deterministic)
+    x_BxTxD += Norm(c, name='attention_post_norm')(attended_BxTxD) if c.post_norms else attended_BxTxD
+    mixed_BxTxD = Mlp(c, name='mlp')(Norm(c, name='mlp_norm')(x_BxTxD), deterministic)
+    x_BxTxD += Norm(c, name='mlp_post_norm')(mixed_BxTxD) if c.post_norms else mixed_BxTxD
     return x_BxTxD, None  # (carry, output) as nn.scan expects.
+
+
+class Group(nn.Module):
+  """One repeat of the layer pattern, a block of each kind in turn (`block_0`, `block_1`, ...): what the stack scans
+  over when layers differ (Gemma 3: five local blocks, then a global one)."""
+  config: ModelConfig
+  decode: bool
+  kinds: tuple[str, ...]
+  block: Any  # the Block class, wrapped for remat or quantized params as the stack wraps it
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
+               deterministic: bool):
+    for j, kind in enumerate(self.kinds):
+      x_BxTxD, _ = self.block(self.config, self.decode, kind, name=f'block_{j}')(
+          x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
+    return x_BxTxD, None
 
 
 def expanding(module: type[nn.Module], c: ModelConfig) -> type[nn.Module]:
@@ -213,7 +266,9 @@ def expanding(module: type[nn.Module], c: ModelConfig) -> type[nn.Module]:
 
 
 class Stack(nn.Module):
-  """The L layers: one scanned Block with stacked parameters (and caches), or L separate Blocks."""
+  """The L layers: one scanned Block with stacked parameters (and caches), or L separate Blocks. Layers of several
+  kinds scan as groups of one pattern (`Group`), and the layers a last, partial group leaves are separate Blocks
+  (`layer_i`): compile time grows with the pattern's length, never with depth. `unstack` reads each layer back."""
   config: ModelConfig
   decode: bool = False
 
@@ -226,16 +281,40 @@ class Stack(nn.Module):
     if c.remat != 'none' and not self.decode:  # Decoding takes no gradients: nothing to recompute. The expansion is
       # recomputed with the layer: the backward pass keeps no expanded copy of a quantized base.
       block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
-    if c.scan_layers:
-      layers = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+    kinds, scanned = c.layer_kinds, scanned_layers(c)
+    if scanned:
+      layer, settings = (block, (kinds[0],)) if len(c.pattern) == 1 else (Group, (c.pattern, block))
+      layers = nn.scan(layer, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
                        split_rngs={'params': True, 'dropout': True},
-                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
+                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=scanned // len(c.pattern),
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BxTxD, _ = layers(c, self.decode, name='layers')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
-      return x_BxTxD
-    for i in range(c.num_layers):
-      x_BxTxD, _ = block(c, self.decode, name=f'layer_{i}')(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
+      x_BxTxD, _ = layers(c, self.decode, *settings, name='layers')(x_BxTxD, positions_BxT, segment_ids_BxT,
+                                                                     deterministic)
+    for i in range(scanned, c.num_layers):
+      x_BxTxD, _ = block(c, self.decode, kinds[i], name=f'layer_{i}')(x_BxTxD, positions_BxT, segment_ids_BxT,
+                                                                       deterministic)
     return x_BxTxD
+
+
+def scanned_layers(c: ModelConfig) -> int:
+  """Returns how many of the L layers the stack scans over: all of one kind, the whole repeats of a pattern of
+  several, none unscanned."""
+  if not c.scan_layers:
+    return 0
+  return c.num_layers - c.num_layers % len(c.pattern)
+
+
+def unstack(stack: Any, c: ModelConfig) -> list[Any]:
+  """Returns the L layers' subtrees, in depth order, of the stack's params (or sown intermediates) however `Stack`
+  holds them: arrays stacked on a leading axis (numpy ones give views), grouped by pattern, or one per layer."""
+  scanned, width = scanned_layers(c), len(c.pattern)
+  if not scanned:
+    whole = []
+  elif width == 1:
+    whole = [jax.tree.map(lambda x: x[i], stack['layers']) for i in range(scanned)]
+  else:
+    whole = [jax.tree.map(lambda x: x[i // width], stack['layers'][f'block_{i % width}']) for i in range(scanned)]
+  return whole + [stack[f'layer_{i}'] for i in range(scanned, c.num_layers)]
 
 
 class Head(nn.Module):
@@ -294,16 +373,19 @@ class Transformer(nn.Module):
     x_BxTxD = self.embed(tokens_BxT)
     if self.config.scale_embeddings:
       x_BxTxD *= jnp.asarray(self.config.width ** 0.5, x_BxTxD.dtype)
-    if self.config.positions == 'learned':
-      x_BxTxD += self.position_embed(positions_BxT)
+    if self.config.positions == 'learned':  # A prompt's padding, at position -1 (model/sampling.py), reads row 0.
+      x_BxTxD += self.position_embed(jnp.maximum(positions_BxT, 0))
     x_BxTxD = self.dropout(x_BxTxD, deterministic=deterministic)
     x_BxTxD = self.stack(x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
     return self.final_norm(x_BxTxD)
 
   def logits(self, x_BxTxD: jax.Array) -> jax.Array:
-    """Returns the float32 logits B x T x V of final-norm outputs (any B x T: a few positions, or a chunk)."""
-    logits_BxTxV = self.embed.attend(x_BxTxD) if self.config.tie_embeddings else self.head(x_BxTxD)
-    return constrain(logits_BxTxV, ('batch', 'length', 'vocab')).astype(jnp.float32)
+    """Returns the float32 logits B x T x V of final-norm outputs (any B x T: a few positions, or a chunk), soft-capped
+    with `logits_softcap` (Gemma 2)."""
+    c = self.config
+    logits_BxTxV = self.embed.attend(x_BxTxD) if c.tie_embeddings else self.head(x_BxTxD)
+    logits_BxTxV = constrain(logits_BxTxV, ('batch', 'length', 'vocab')).astype(jnp.float32)
+    return c.logits_softcap * jnp.tanh(logits_BxTxV / c.logits_softcap) if c.logits_softcap else logits_BxTxV
 
 
 def shapes_model(c: ModelConfig) -> Transformer:

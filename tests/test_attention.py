@@ -4,6 +4,8 @@ Splash attention runs in the Pallas interpreter on CPU; the cuDNN kernel needs a
 (and refusal) is tested here.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from jax.sharding import AbstractDevice, AbstractMesh, AxisType
 
 from flaxlm.configs.errors import UserError
 from flaxlm.model import attention
+from flaxlm.model.attention import Scores
 from flaxlm.train import sharding
 
 
@@ -30,13 +33,20 @@ def two_segments(batch: int, length: int) -> jax.Array:
   return jnp.asarray([[1 if t < 10 + 7 * b else 2 for t in range(length)] for b in range(batch)], jnp.int32)
 
 
-def reference(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT) -> np.ndarray:
-  """Returns causal attention within segments, written out in numpy float64: B x T x H x K."""
+def reference(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, scale: float | None = None, softcap: float = 0.0,
+              window: int = 0) -> np.ndarray:
+  """Returns causal attention within segments, written out in numpy float64: B x T x H x K. The logits are
+  q.k * scale (K^-0.5 by default), soft-capped to cap * tanh(logits / cap) with a cap, and a query sees the last
+  `window` positions alone with a window."""
   q, k, v = (np.asarray(x, np.float64) for x in (q_BxTxHxK, k_BxTxGxK, v_BxTxGxK))
   length, heads, head_dim = q.shape[1:]
   k, v = (np.repeat(x, heads // x.shape[2], axis=2) for x in (k, v))  # Query head h reads key/value head h // (H/G).
-  logits_BxHxTxT = np.einsum('bthk,bshk->bhts', q, k) / np.sqrt(head_dim)
+  logits_BxHxTxT = np.einsum('bthk,bshk->bhts', q, k) * (head_dim ** -0.5 if scale is None else scale)
+  if softcap:
+    logits_BxHxTxT = softcap * np.tanh(logits_BxHxTxT / softcap)
   allowed_BxTxT = np.tril(np.ones((length, length), bool))[None]
+  if window:
+    allowed_BxTxT &= ~np.tril(np.ones((length, length), bool), k=-window)[None]
   if segment_ids_BxT is not None:
     segments = np.asarray(segment_ids_BxT)
     allowed_BxTxT = allowed_BxTxT & (segments[:, :, None] == segments[:, None, :])
@@ -46,16 +56,17 @@ def reference(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT) -> np.ndarray:
   return np.einsum('bhts,bshk->bthk', weights_BxHxTxT, v)
 
 
-def splash(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT):
-  """Returns splash attention run by the Pallas interpreter, compiled."""
-  return jax.jit(attention.splash_attention, static_argnames='interpret')(
-      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, interpret=True)
+def splash(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, scores: Scores | None = None):
+  """Returns splash attention run by the Pallas interpreter, compiled (scores: K^-0.5, no cap, no window)."""
+  scores = scores or Scores(q_BxTxHxK.shape[-1] ** -0.5)
+  return jax.jit(attention.splash_attention, static_argnames=('scores', 'interpret'))(
+      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, scores, interpret=True)
 
 
-def xla(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT):
+def xla(q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, scores: Scores | None = None):
   """Returns attention by the 'xla' implementation, compiled."""
-  return jax.jit(attention.attend, static_argnames='implementation')(
-      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, implementation='xla')
+  return jax.jit(attention.attend, static_argnames=('implementation', 'scores'))(
+      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, implementation='xla', scores=scores)
 
 
 def loss_grads(fn, q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT):
@@ -71,6 +82,32 @@ def test_xla_attention_equals_a_hand_written_softmax(kv_heads, segmented):
   segments = two_segments(2, 24) if segmented else None
   # float32 softmax-weighted means of O(1) values against float64: ~1e-7 * log T (used: 2% of the band).
   np.testing.assert_allclose(xla(q, k, v, segments), reference(q, k, v, segments), rtol=1e-5, atol=1e-5)
+
+
+WINDOWED = {'window': Scores(0.3, window=7), 'window and cap': Scores(0.3, softcap=2.0, window=7),
+            'cap': Scores(0.3, softcap=2.0), 'window past the first segment': Scores(0.3, window=30)}
+
+
+@pytest.mark.parametrize('implementation', ['xla', 'splash'])
+@pytest.mark.parametrize('scores', WINDOWED.values(), ids=WINDOWED.keys())
+def test_windows_and_soft_caps_equal_the_hand_written_softmax(implementation, scores):
+  """A local layer (the last W positions, its own included) and Gemma 2's capped logits, within segments, by every
+  implementation the CPU runs (splash in the Pallas interpreter): the mask built by hand in float64."""
+  q, k, v = qkv(2, 40, 4, 2)
+  segments = two_segments(2, 40)
+  got = (xla if implementation == 'xla' else splash)(q, k, v, segments, scores)
+  # As above: float32 means of O(1) values (used: 2% of the band).
+  np.testing.assert_allclose(got, reference(q, k, v, segments, scores.scale, scores.softcap, scores.window),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_splash_gradients_with_a_window_and_a_cap_equal_xla():
+  q, k, v = qkv(2, 128, 4, 2)
+  segments = two_segments(2, 128)
+  scores = Scores(0.3, softcap=2.0, window=20)
+  grads = [loss_grads(functools.partial(f, scores=scores), q, k, v, segments) for f in (splash, xla)]
+  for got, want in zip(*grads):  # As test_splash_attention_gradients_equal_xla.
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_auto_attention_on_cpu_is_the_xla_result():
@@ -122,6 +159,7 @@ def test_splash_attention_on_a_mesh_runs_per_shard_and_equals_xla(mesh_shape, he
 ])
 def test_auto_picks_the_fastest_implementation_the_platform_has(platform, dtype, head_dim, expected):
   assert attention.resolve('auto', platform, dtype, head_dim) == expected
+  assert attention.resolve('auto', platform, dtype, head_dim, softcap=50.0) == expected.replace('cudnn', 'xla')
 
 
 @pytest.mark.parametrize('implementation, platform', [('xla', 'cpu'), ('cudnn', 'gpu'), ('splash', 'tpu')])
@@ -143,10 +181,11 @@ def test_available_implementations_per_platform():
     ('cudnn', 'gpu', 'float32', 64, 'needs bfloat16 or float16, not float32: set --config.model.dtype=bfloat16'),
     ('cudnn', 'gpu', 'bfloat16', 12, 'multiple of 8 and at most 128, not 12'),
     ('flash', 'gpu', 'bfloat16', 64, 'is not one of'),
+    ('cudnn', 'gpu', 'bfloat16', 64, r'has no soft cap of attention logits \(model.attention_softcap, Gemma 2\)'),
 ])
 def test_an_implementation_that_cannot_run_is_refused_with_the_fix(implementation, platform, dtype, head_dim, message):
   with pytest.raises(UserError, match=message):
-    attention.resolve(implementation, platform, dtype, head_dim)
+    attention.resolve(implementation, platform, dtype, head_dim, softcap=2.0 if 'soft cap' in message else 0.0)
 
 
 def test_auto_follows_the_platform_of_the_mesh_the_step_is_traced_for():

@@ -23,7 +23,8 @@ from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
-NAMES = ('hf_gpt2', 'hf_llama', 'hf_llama3', 'hf_mistral', 'hf_qwen2', 'hf_qwen3', 'hf_gemma', 'hf_phi3')
+NAMES = ('hf_gpt2', 'hf_llama', 'hf_llama3', 'hf_mistral', 'hf_qwen2', 'hf_qwen3', 'hf_gemma', 'hf_phi3', 'hf_gemma2',
+         'hf_gemma3', 'hf_gemma3_multimodal')
 # float32 logits of a different program (XLA, not torch) computing the same function: errors of a few ulps of the
 # logits' scale per operation, summed over a few hundred operations, stay well below 1e-4 of that scale; a misplaced
 # tensor or option errs by O(1) of it.
@@ -79,13 +80,26 @@ def test_imported_models_compute_transformers_logits(imported):
   assert_logits_match(imported.name, imported.model, imported.params)
 
 
+def language_model(imported: Imported) -> tuple[hf.Tensors, dict]:
+  """Returns the tensors and config.json of the fixture's language model: a multimodal folder's text model, its
+  tensors named as a text-only one names them, without the vision tower; any other folder's whole."""
+  if imported.config['model_type'] not in hf_families.MULTIMODAL:
+    return imported.tensors, imported.config
+  text = {'model.' + name.removeprefix('language_model.model.'): x for name, x in imported.tensors.items()
+          if name.startswith('language_model.')}
+  whole = {key: imported.config[key] for key in ('tie_word_embeddings', 'dtype')}
+  return text, {**imported.config['text_config'], **whole, 'architectures': ['Gemma3ForCausalLM']}
+
+
 def test_a_round_trip_gives_back_every_tensor_and_the_config_and_computes_the_same_logits(imported):
+  """A multimodal folder's language model comes back as the text-only model type's (Gemma3ForCausalLM)."""
   exported = hf.params_to_hf(imported.params, imported.model)
-  assert sorted(exported) == sorted(imported.tensors)
-  for key, x in imported.tensors.items():
+  tensors, fixture = language_model(imported)
+  assert sorted(exported) == sorted(tensors)
+  for key, x in tensors.items():
     assert exported[key].dtype == x.dtype and exported[key].shape == x.shape, key
     np.testing.assert_array_equal(exported[key], x, err_msg=key)
-  written, fixture = hf_families.hf_config(imported.model), imported.config
+  written = hf_families.hf_config(imported.model)
   assert {k: v for k, v in written.items() if k in fixture} == {k: fixture[k] for k in written if k in fixture}
   assert set(written) - set(fixture) <= {'rope_theta', 'head_dim'}  # the rotary base under transformers 4's key too
   again = model_of(written)
@@ -105,12 +119,19 @@ OPTIONS = {  # what each fixture exercises, as flaxlm's model options
     'hf_gemma': dict(mlp='geglu', norm_offset=1.0, scale_embeddings=True, num_kv_heads=1, head_dim=32,
                      tie_embeddings=True),
     'hf_phi3': dict(num_kv_heads=2, rope_scaling='none', tie_embeddings=False, hf_model_type='phi3'),
+    'hf_gemma2': dict(post_norms=True, layer_pattern='local,global', window=4, query_scalar=24.0,
+                      attention_softcap=5.0, logits_softcap=3.0, qk_norm=False, rope_local_theta=0.0),
+    'hf_gemma3': dict(post_norms=True, qk_norm=True, layer_pattern='local*2,global', window=4, query_scalar=20.0,
+                      attention_softcap=0.0, rope_theta=1000.0, rope_scaling='linear', rope_factor=2.0,
+                      rope_local_theta=100.0),
 }
+OPTIONS['hf_gemma3_multimodal'] = OPTIONS['hf_gemma3']
 
 
 def test_each_fixture_exercises_its_family_s_options_and_exports_as_its_type(imported):
   assert {key: option_value(imported.model, key) for key in OPTIONS[imported.name]} == OPTIONS[imported.name]
-  assert hf_families.family_of(imported.model)[0] == imported.config['model_type']
+  model_type = imported.config['model_type']
+  assert hf_families.family_of(imported.model)[0] == hf_families.MULTIMODAL.get(model_type, model_type)
 
 
 def test_llama_and_mistral_are_told_apart_by_the_recorded_type_alone():
@@ -130,6 +151,19 @@ def test_the_rotary_scaling_shows_in_the_reference_logits(name):
     assert_logits_match(name, plain, fixture.params)
 
 
+@pytest.mark.parametrize('name, changes', [
+    ('hf_gemma2', dict(window=16)), ('hf_gemma2', dict(attention_softcap=0.0)),
+    ('hf_gemma2', dict(logits_softcap=0.0)), ('hf_gemma2', dict(query_scalar=0.0)),
+    ('hf_gemma3', dict(window=8)), ('hf_gemma3', dict(rope_local_theta=0.0))])
+def test_windows_caps_and_local_rotations_show_in_the_reference_logits(name, changes):
+  """Without any one of them a fixture's logits are far outside the tolerance: the tests above check each."""
+  fixture = load(name)
+  local = {'rope': dataclasses.replace(fixture.model.rope, local_theta=0.0)} if 'rope_local_theta' in changes else {}
+  changed = dataclasses.replace(fixture.model, **{k: v for k, v in changes.items() if k != 'rope_local_theta'}, **local)
+  with pytest.raises(AssertionError):
+    assert_logits_match(name, changed, fixture.params)
+
+
 def fixture_config(name: str) -> dict:
   """Returns the fixture's config.json."""
   return json.loads((FIXTURES / name / 'config.json').read_text())
@@ -140,10 +174,10 @@ def rope_of(name: str, **changes) -> dict:
   return {'rope_parameters': {**fixture_config(name)['rope_parameters'], **changes}}
 
 
-SUPPORTED = 'flaxlm converts only gpt2, llama, mistral, qwen2, qwen3, gemma, phi3'
+SUPPORTED = 'flaxlm converts only gpt2, llama, mistral, qwen2, qwen3, gemma, phi3, gemma2, gemma3_text, gemma3'
 BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), what the error says)
     ('hf_llama', {'model_type': 'falcon'}, f"model_type='falcon': {SUPPORTED}"),
-    ('hf_gemma', {'model_type': 'gemma2'}, f"model_type='gemma2': {SUPPORTED}"),
+    ('hf_gemma', {'model_type': 'gemma3n'}, f"model_type='gemma3n': {SUPPORTED}"),
     ('hf_llama', rope_of('hf_llama', rope_type='dynamic', factor=2.0), "rope_type='dynamic', which flaxlm cannot"),
     ('hf_llama', rope_of('hf_llama', rope_type='longrope'), "rope_type='longrope', which flaxlm cannot express"),
     ('hf_llama', {'rope_parameters': None, 'rope_scaling': {'type': 'dynamic', 'factor': 2.0}}, "rope_type='dynamic'"),
@@ -187,6 +221,17 @@ BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), wh
      "rope_type='longrope', which flaxlm cannot express"),
     ('hf_phi3', {'sliding_window': 32}, 'sliding_window=32, which flaxlm cannot express'),  # Phi-3-mini-4k: 2047
     ('hf_phi3', rope_of('hf_phi3', partial_rotary_factor=0.75), 'partial_rotary_factor=0.75'),  # Phi-4-mini
+    ('hf_gemma3_multimodal', {'text_config': None}, "model_type='gemma3' (a multimodal Gemma 3) without its "
+                                                    'text_config'),
+    ('hf_gemma2', {'layer_types': ['sliding_attention', 'chunked_attention', 'full_attention']},
+     "layer_types=['sliding_attention', 'chunked_attention', 'full_attention'], which flaxlm cannot express"),
+    ('hf_gemma2', {'layer_types': ['full_attention']}, 'a list of 3 (num_hidden_layers) entries'),
+    ('hf_gemma2', {'attn_logit_softcapping': -1.0}, 'attn_logit_softcapping=-1.0, which is not a positive number'),
+    ('hf_gemma2', {'sliding_window': 0}, 'sliding_window=0, which is not a positive integer'),
+    ('hf_gemma3', {'rope_parameters': {'full_attention': {'rope_type': 'default', 'rope_theta': 1e6},
+                                       'sliding_attention': {'rope_type': 'linear', 'factor': 8.0}}},
+     "rope_type='linear', which flaxlm cannot express"),
+    ('hf_gemma3', {'use_bidirectional_attention': True}, 'use_bidirectional_attention=True'),
 ]
 
 

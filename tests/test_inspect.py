@@ -9,11 +9,14 @@ import pytest
 from flaxlm.configs import tiny
 from flaxlm.model import inspect
 from flaxlm.model.config import ModelConfig
-from flaxlm.model.transformer import Transformer
+from flaxlm.model.transformer import Transformer, unstack
 
 VOCAB = 20
 VARIANTS = {'scanned, rotary, grouped-query': dict(),
-            'unrolled, learned positions, multi-head': dict(scan_layers=False, positions='learned', num_kv_heads=0)}
+            'unrolled, learned positions, multi-head': dict(scan_layers=False, positions='learned', num_kv_heads=0),
+            'Gemma-like: local and global layers, capped, q/k norms': dict(
+                num_layers=4, layer_pattern='local*2,global', window=5, rope_local_theta=100.0, query_scalar=8.0,
+                attention_softcap=2.0, post_norms=True, qk_norm=True)}
 
 
 def make_model(**overrides) -> Transformer:
@@ -32,20 +35,20 @@ def random_params(model: Transformer, seed: int = 0):
 
 
 def record_attention(next_fun, args, kwargs, context):
-  """A method interceptor that sows the input of each attention's output projection: the heads' B x T x H x K."""
-  if context.module.name == 'out' and context.method_name == '__call__':
-    context.module.sow('intermediates', 'heads', args[0])
-  return next_fun(*args, **kwargs)
+  """A method interceptor that sows each attention's values (B x T x G x K) and the input of its output projection
+  (the heads' B x T x H x K)."""
+  out = next_fun(*args, **kwargs)
+  if context.module.name in ('value', 'out') and context.method_name == '__call__':
+    context.module.sow('intermediates', 'seen', out if context.module.name == 'value' else args[0])
+  return out
 
 
 def values_and_outputs(model: Transformer, params, tokens_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Returns what the model computes in each layer: values L x B x T x G x K and attention outputs L x B x T x H x K."""
   with nn.intercept_methods(record_attention):
-    _, state = model.apply({'params': params}, tokens_BxT, capture_intermediates=inspect.is_projection,
-                           mutable=['intermediates'])
-  _, _, v_LxBxTxGxK = inspect.per_layer(state['intermediates'], ('attention', 'project'), model.config.num_layers)
-  (out_LxBxTxHxK,) = inspect.per_layer(state['intermediates'], ('attention', 'out', 'heads'), model.config.num_layers)
-  return v_LxBxTxGxK, out_LxBxTxHxK
+    _, state = model.apply({'params': params}, tokens_BxT, mutable=['intermediates'])
+  layers = unstack(state['intermediates']['stack'], model.config)
+  return tuple(jnp.stack([layer['attention'][name]['seen'][0] for layer in layers]) for name in ('value', 'out'))
 
 
 def tokens(batch: int = 2, length: int = 16) -> jax.Array:
@@ -62,12 +65,15 @@ def setup(request) -> tuple[Transformer, object, jax.Array]:
 
 def test_weights_are_causal_distributions(setup):
   weights = np.asarray(inspect.attention_weights(*setup))
-  assert weights.shape == (2, 2, 4, 16, 16)  # L x B x H x T x T
+  c = setup[0].config
+  assert weights.shape == (c.num_layers, 2, 4, 16, 16)  # L x B x H x T x T
   np.testing.assert_allclose(weights.sum(-1), 1, atol=1e-6)
   assert np.all(weights >= 0)
   assert np.all(np.triu(weights, k=1) == 0)
   assert weights[..., 0, 0].min() == 1  # The first position can only read itself.
   assert weights[..., 1:, :].std() > 0.05  # Random params give uneven weights, not uniform ones.
+  for layer, kind in zip(weights, c.layer_kinds):  # A local layer's row reads its last W positions alone.
+    assert np.all(np.tril(layer, k=-c.window) == 0) == (kind == 'local')
 
 
 def test_weights_times_values_reproduce_the_models_attention(setup):

@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.data import lock, pipeline, tokenizer as tokenizer_lib
-from flaxlm.model import attention, flops, lora, quantize
+from flaxlm.model import attention, flops, lora, pattern, quantize
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer, count_params
 from flaxlm.train import (checkpoint, inputs, memory, metrics, optimizer, preemption, sharding, state as state_lib,
@@ -46,7 +46,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, holding: contextlib
   if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
     config = pretrained.adopt(config)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
-  attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim)
+  attention.resolve(shape.attention, jax.default_backend(), shape.dtype, shape.head_dim, shape.attention_softcap)
+  if not config.train.init_from and (problem := pattern.longer_than_context(shape.window, shape.max_length)):
+    raise UserError(problem)
   if config.model.lora_rank and not config.train.init_from:
     raise UserError(f'model.lora_rank={config.model.lora_rank} trains adapters on a pretrained model: set '
                     '--config.train.init_from to a flaxlm-export directory or a run\'s workdir.')

@@ -207,7 +207,7 @@ def train_report(config: ml_collections.ConfigDict, name: str) -> list[str]:
                ('frozen params', memory.shard_bytes(abstract.frozen)), ('batch', memory.shard_bytes(batch))]
   described = {'step': f'train, {config.train.batch_size:,} x {c.max_length:,} tokens in '
                        f'{config.train.microbatches} microbatch(es)',
-               'attention': attention.resolve(c.attention, 'tpu', c.dtype, c.head_dim)}
+               'attention': attention.resolve(c.attention, 'tpu', c.dtype, c.head_dim, c.attention_softcap)}
   if c.lora.rank:
     described['LoRA'] = f'rank {c.lora.rank} on {c.lora.targets}, the frozen base {config.model.lora_base}'
   return report(name, mesh, described, compiled, [a for a in arguments if a[1] or a[0] == 'batch'], what, fixes)
