@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.lora_base = 'bfloat16'
   config.train.steps = 500
   config.train.batch_size = 32
-  config.train.microbatches = 2  # 2 sequences of 4096 tokens a chip at a time on a v5e-8.
+  config.train.microbatches = 4  # 1 sequence of 4096 tokens a chip at a time on a v5e-8.
   config.train.learning_rate = 1e-4
   config.train.min_learning_rate = 1e-5
   config.train.warmup_steps = 20

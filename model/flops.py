@@ -4,8 +4,9 @@ A matmul of a token's D-wide activation with a D x F weight matrix is D*F multip
 Training does it three times per weight: once forward (2 FLOPs), and twice backward, for the gradient of the
 activation and for the gradient of the weight (4 FLOPs). So each weight that takes part in a matmul costs
 6 FLOPs per token. Attention adds the matmuls between activations (QK^T and AV), which have no weights and
-grow with the context length T; causal masking skips half of them. Everything else (norms, softmax,
-activation functions, the optimizer update) is left out, as MaxText and nanoGPT leave it out.
+grow with the context length T; causal masking skips half of them, and a local layer's window (Gemma 2 and 3) more.
+Everything else (norms, softmax, activation functions, the optimizer update) is left out, as MaxText and nanoGPT
+leave it out.
 
 nanoGPT's `estimate_mfu` counts attention without halving it for the causal mask (12 L H K T per token, not
 6 L H K T); MaxText halves it, and so does this module.
@@ -31,15 +32,23 @@ def matmul_params(c: ModelConfig) -> int:
   return c.num_layers * (attention + mlp) + c.vocab_size * c.width
 
 
+def keys_per_query(c: ModelConfig, kind: str) -> float:
+  """Returns how many keys a query attends to, on average over the T positions, as counted here: T/2 in a global
+  layer (MaxText's halving for the causal mask), W - W^2/(2T) in a local one (a query at t sees min(t + 1, W) keys;
+  T/2 again when W = T)."""
+  seen = min(c.window, c.max_length) if kind == 'local' else c.max_length
+  return seen - seen * seen / (2 * c.max_length)
+
+
 def attention_flops_per_token(c: ModelConfig) -> float:
   """Returns the FLOPs per token of the attention matmuls (QK^T and AV), forward and backward, all layers.
 
-  For one query token, QK^T is a K-long dot product with each of T keys in each of H heads: T*H*K multiply-adds,
-  2*T*H*K FLOPs; AV is the same. Forward: 4*T*H*K. The causal mask leaves half the keys, on average: 2*T*H*K.
-  Backward costs twice forward, so forward + backward is 3 * 2*T*H*K = 6*T*H*K per layer, times L.
+  For one query token, QK^T is a K-long dot product with each key it sees in each of H heads: 2*H*K FLOPs a key; AV
+  is the same. Forward: 4*H*K a key, backward twice that: 12*H*K a key, times `keys_per_query` (T/2 in a global
+  layer, so 6*T*H*K), summed over the layers (a local layer's window makes its share smaller).
   Query heads H count, not key/value heads G: grouped-query attention shares keys, it does not skip products.
   """
-  return 6.0 * c.max_length * c.num_heads * c.head_dim * c.num_layers
+  return sum(12.0 * c.num_heads * c.head_dim * keys_per_query(c, kind) for kind in c.layer_kinds)
 
 
 def training_flops_per_token(c: ModelConfig) -> float:

@@ -74,6 +74,10 @@ def architecture(c: ModelConfig) -> tuple[str, str]:
   except UserError as e:
     raise UserError(f'llama.cpp runs the model types of Hugging Face that it has an architecture for, and this '
                     f'model is none: {e}') from None
+  if model_type not in ARCHITECTURES:
+    raise UserError(f'flaxlm writes GGUF files of {", ".join(ARCHITECTURES)} models, and this one is {model_type} '
+                    f'(its layer pattern, soft caps and norms have llama.cpp keys of their own): write it with '
+                    f'flaxlm-convert --to_hf, then llama.cpp\'s convert_hf_to_gguf.py.')
   return model_type, ARCHITECTURES[model_type]
 
 

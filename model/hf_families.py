@@ -7,8 +7,9 @@ writes the files.
 Shape key: D width, H query heads, G key/value heads, K head dimension, F MLP width, V vocabulary, P positions.
 GPT-2's Conv1D weights are stored (in, out) like flax kernels; Llama's nn.Linear weights (out, in), transposed.
 HF's rotary embedding rotates halves of each head (rotate_half), as `model.rope.rotate` does. Llama, Mistral, Qwen2,
-Qwen3, Gemma and Phi-3 name their tensors alike (Phi-3 fuses q, k and v, and gate and up, into one matrix each);
-each is a few model options (`Family.options`) over one mapping.
+Qwen3, Gemma, Phi-3, Gemma 2 and Gemma 3 name their tensors alike (Phi-3 fuses q, k and v, and gate and up, into one
+matrix each; Gemma 2 and 3 have four norms a layer); each is a few model options (`Family.options`) over one mapping.
+A multimodal Gemma 3 folder holds Gemma 3's text model under other names, beside a vision tower left out.
 Functions here only reshape, transpose, split and concatenate: a tensor keeps its dtype.
 """
 
@@ -337,8 +338,14 @@ def gemma2_hf_config(c: ModelConfig) -> dict:
   shared = {key: value for key, value in rotary_hf_config(c, '').items() if key != 'hidden_act'}  # hidden_activation
   return dict(shared, hidden_activation='gelu_pytorch_tanh', attention_bias=False,
               layer_types=[kinds[kind] for kind in c.layer_kinds], sliding_window=c.window or None,
-              query_pre_attn_scalar=c.query_scalar or c.head_dim, attn_logit_softcapping=c.attention_softcap or None,
+              query_pre_attn_scalar=whole(c.query_scalar) or c.head_dim,
+              attn_logit_softcapping=c.attention_softcap or None,
               final_logit_softcapping=c.logits_softcap or None)
+
+
+def whole(x: float) -> float | int:
+  """Returns `x` as an int when it is a whole number (transformers 5 types query_pre_attn_scalar as an int)."""
+  return int(x) if float(x).is_integer() else x
 
 
 def gemma3_rope(hf: dict) -> dict:

@@ -41,6 +41,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
     (['--config.model.attention=cudnn'], "model.attention='cudnn' needs an NVIDIA GPU, and this platform (cpu) has: xla"),
     (['--config.data.format=csv'], "data.format='csv' is not one of ('text', 'examples')"),
     (['--config.train.init_from=/nonexistent'], 'train.init_from: /nonexistent does not exist'),
+    (['--config.model.layer_pattern=local*5,global', '--config.model.window=32'],
+     'model.window=32 is longer than the context, model.max_length=16'),
 ])
 def test_bad_input_gets_one_line_and_writes_nothing(corpus, tmp_path, overrides, fragment):
   workdir = tmp_path / 'run'

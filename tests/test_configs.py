@@ -62,10 +62,16 @@ def test_lm1b_preset_size():
     ('llama_1b', 262_668_288 + 16 * (10_485_760 + 50_331_648 + 4_096) + 2_048, 1_235_814_400),
     # 2*32000*4096 embed and head + 32 layers of [attention 4*4096*4096, SwiGLU 3*4096*11008, 2*4096] + 4096.
     ('llama2_7b', 262_144_000 + 32 * (67_108_864 + 135_266_304 + 8_192) + 4_096, 6_738_415_616),
+    # 262144*1152 embed (tied head) + 26 layers of [attention 1152*256*(4+1+1+4), GeGLU 3*1152*6912,
+    # 4 RMSNorms 4*1152, q/k norms 2*256] + final RMSNorm 1152.
+    ('gemma3_1b', 301_989_888 + 26 * (2_949_120 + 23_887_872 + 4_608 + 512) + 1_152, 999_885_952),
+    # The language model of Gemma 3 12B (the checkpoint's vision tower left out): 262144*3840 embed + 48 layers of
+    # [attention 3840*256*(16+8+8+16), GeGLU 3*3840*15360, 4*3840, 2*256] + 3840.
+    ('gemma3_12b', 1_006_632_960 + 48 * (47_185_920 + 176_947_200 + 15_360 + 512) + 3_840, 11_765_788_416),
 ])
 def test_scale_presets_have_their_published_parameter_counts(name, hand_count, published):
   config = configs.load(name)
-  model = Transformer(ModelConfig.from_config(config.model, 32_000))
+  model = Transformer(ModelConfig.from_config(config.model, 32_000).without_lora())
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
   assert count_params(shapes) == hand_count == published
 

@@ -29,6 +29,15 @@ def test_small_config_against_a_hand_count():
   assert flops.training_flops_per_token(c) == 6 * 27_776 + 6_144 == 172_800
 
 
+def test_a_local_layer_counts_the_keys_its_window_lets_it_see():
+  c = dataclasses.replace(small_config(), layer_pattern='local,global', window=4)
+  # Layer 0, local: queries at t = 0..15 see min(t + 1, 4) keys, 58 in all; counted as W - W^2/2T = 3.5 a query
+  # (the global layer's T/2 = 8 likewise undercounts its 8.5 by the diagonal's half). 12 * H 4 * K 8 = 384 a key.
+  assert flops.keys_per_query(c, 'local') == 3.5 and flops.keys_per_query(c, 'global') == 8
+  assert flops.attention_flops_per_token(c) == 384 * (3.5 + 8) == 4_416
+  assert flops.attention_flops_per_token(dataclasses.replace(c, window=16)) == 6_144  # a window of T: global
+
+
 def test_gpt2_124m_against_a_hand_count():
   c = ModelConfig.from_config(gpt2_124m.get_config().model, 0)
   # Per layer: q, k, v, out 768*64*(2*12 + 2*12) = 2,359,296; GELU MLP 2*768*3072 = 4,718,592.

@@ -38,7 +38,7 @@ from test_transformer import forward
 from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.data import gguf_vocab, tokenizer as tokenizer_lib
-from flaxlm.model import gguf as gguf_lib, hf
+from flaxlm.model import gguf as gguf_lib, hf, hf_families
 from flaxlm.model.config import ModelConfig
 from flaxlm.train import workdir as workdir_lib
 from flaxlm.train.plan.estimate import format_bytes
@@ -296,6 +296,14 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path):
     assert_one_line_error(export_gguf(*args, output) if output not in args else export_gguf(*args), fragment)
   assert existing.read_bytes() == b'keep'
   assert [p.name for p in tmp_path.rglob('*gguf*')] == ['existing.gguf']  # no file, and no partial one
+
+
+@pytest.mark.parametrize('name', ['hf_gemma2', 'hf_gemma3'])
+def test_gemma_2_and_3_are_refused_by_name_with_the_way_to_a_gguf_file(name):
+  section = base.model_config()
+  section.update(hf_families.model_config(json.loads((gguf_cases.FIXTURES / name / 'config.json').read_text())))
+  with pytest.raises(UserError, match=r"and this one is gemma(2|3_text) .* flaxlm-convert --to_hf, then llama.cpp's"):
+    gguf_lib.architecture(ModelConfig.from_config(section, 0))
 
 
 def test_a_k_quant_without_llama_cpp_python_is_refused_with_the_commands_that_make_it(monkeypatch, tmp_path):

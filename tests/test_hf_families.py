@@ -11,6 +11,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -91,6 +92,19 @@ def language_model(imported: Imported) -> tuple[hf.Tensors, dict]:
   return text, {**imported.config['text_config'], **whole, 'architectures': ['Gemma3ForCausalLM']}
 
 
+@pytest.mark.parametrize('imported', ['hf_phi3', 'hf_gemma2', 'hf_gemma3', 'hf_gemma3_multimodal'], indirect=True)
+def test_in_bfloat16_the_error_is_of_the_size_of_transformers_own(imported):
+  """The fixtures that hold transformers' bfloat16 logits (the newer families): flaxlm holding and computing the
+  model in bfloat16 errs against the float32 logits by at most twice what transformers errs in bfloat16. Both round
+  the same values to 8 bits of mantissa at different places (measured ratios 0.7 to 1.1:
+  benchmarks/hf_bf16_error.py); a step done in the wrong precision, or wrong, errs by far more."""
+  with np.load(FIXTURES / imported.name / 'reference.npz', allow_pickle=False) as data:
+    tokens_BxT, float32, theirs = data['tokens_BxT'], data['logits_BxTxV'], data['bfloat16_logits_BxTxV']
+  params = jax.tree.map(lambda x: np.asarray(x, jnp.bfloat16), imported.params)
+  ours = np.asarray(logits(dataclasses.replace(imported.model, dtype='bfloat16'), params, tokens_BxT))
+  assert np.abs(ours - float32).max() <= 2 * np.abs(theirs - float32).max()
+
+
 def test_a_round_trip_gives_back_every_tensor_and_the_config_and_computes_the_same_logits(imported):
   """A multimodal folder's language model comes back as the text-only model type's (Gemma3ForCausalLM)."""
   exported = hf.params_to_hf(imported.params, imported.model)
@@ -154,7 +168,7 @@ def test_the_rotary_scaling_shows_in_the_reference_logits(name):
 @pytest.mark.parametrize('name, changes', [
     ('hf_gemma2', dict(window=16)), ('hf_gemma2', dict(attention_softcap=0.0)),
     ('hf_gemma2', dict(logits_softcap=0.0)), ('hf_gemma2', dict(query_scalar=0.0)),
-    ('hf_gemma3', dict(window=8)), ('hf_gemma3', dict(rope_local_theta=0.0))])
+    ('hf_gemma3', dict(rope_local_theta=0.0))])
 def test_windows_caps_and_local_rotations_show_in_the_reference_logits(name, changes):
   """Without any one of them a fixture's logits are far outside the tolerance: the tests above check each."""
   fixture = load(name)

@@ -1,5 +1,7 @@
 """Tests of model/inspect.py: attention weights are causal distributions that reproduce the model's attention."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,7 @@ def record_attention(next_fun, args, kwargs, context):
   return out
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def values_and_outputs(model: Transformer, params, tokens_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Returns what the model computes in each layer: values L x B x T x G x K and attention outputs L x B x T x H x K."""
   with nn.intercept_methods(record_attention):

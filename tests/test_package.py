@@ -54,7 +54,7 @@ def test_config_takes_a_preset_name_or_a_users_file(tmp_path):
 
 def test_unknown_presets_and_missing_config_files_get_one_line(tmp_path):
   unknown = run_in(tmp_path, command('flaxlm-train'), '--config=shakespeare', f'--workdir={tmp_path / "w"}')
-  assert_one_line_error(unknown, "there is no preset 'shakespeare': pass one of finetune_shakespeare, gpt2_124m")
+  assert_one_line_error(unknown, "there is no preset 'shakespeare': pass one of finetune_shakespeare, gemma3_12b")
   missing = run_in(tmp_path, command('flaxlm-info'), '--config=nowhere/mine.py')
   assert_one_line_error(missing, 'config file nowhere/mine.py does not exist')
   assert not (tmp_path / 'w').exists()

@@ -57,8 +57,8 @@ GEMMA_LIKE = dict(num_layers=3, layer_pattern='local,global', window=4, rope_loc
                   attention_softcap=3.0, logits_softcap=20.0, post_norms=True, qk_norm=True)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'num_kv_heads': 1, 'scan_layers': False}, {'positions': 'learned'},
-                                       GEMMA_LIKE], ids=['scanned', 'unrolled-mqa', 'learned', 'local-and-global'])
+@pytest.mark.parametrize('overrides', [{'num_kv_heads': 1, 'scan_layers': False}, {'positions': 'learned'}, GEMMA_LIKE],
+                         ids=['unrolled-mqa', 'learned-scanned', 'rotary-local-and-global-scanned-in-groups'])
 def test_cached_decode_logits_equal_a_full_forward_pass_at_every_step(overrides):
   model, params = trained_like_model(**overrides)
   tokens_1xT = jax.random.randint(jax.random.key(2), (1, model.config.max_length), 0, VOCAB)

@@ -13,7 +13,7 @@ from flaxlm.configs import base
 from flaxlm.configs.errors import UserError
 from flaxlm.model import sampling
 from flaxlm.model.config import ModelConfig
-from flaxlm.model.transformer import Transformer, count_params
+from flaxlm.model.transformer import Transformer, count_params, unstack
 
 VOCAB = 50
 
@@ -118,12 +118,19 @@ def test_untrained_loss_is_close_to_log_vocab(tie):
   assert abs(float(loss) - math.log(VOCAB)) < 0.1
 
 
-def test_scanned_and_unrolled_layers_give_the_same_output():
-  scanned, unrolled = make_model(scan_layers=True), make_model(scan_layers=False)
+@pytest.mark.parametrize('overrides', [{}, dict(num_layers=5, layer_pattern='local,local,global', window=3)],
+                         ids=['one kind', 'a pattern of three, cut short'])
+def test_scanned_and_unrolled_layers_give_the_same_output(overrides):
+  """Scanned, a pattern of several kinds is one group of blocks stacked over its repeats (block_j of group g is
+  layer 3g + j), and the layers a last, partial group leaves are separate (layer_3, layer_4)."""
+  scanned, unrolled = make_model(scan_layers=True, **overrides), make_model(scan_layers=False, **overrides)
   params = random_params(scanned)
-  layers = params['stack']['layers']
-  unrolled_params = {**params, 'stack': {f'layer_{i}': jax.tree.map(lambda x: x[i], layers) for i in range(2)}}
+  layers = unstack(params['stack'], scanned.config)
+  unrolled_params = {**params, 'stack': {f'layer_{i}': layer for i, layer in enumerate(layers)}}
   assert jax.tree.structure(unrolled_params) == jax.tree.structure(init(unrolled))
+  if overrides:  # one scan of the group over its 1 whole repeat (two layers more, unscanned): not five layers'
+    assert sorted(params['stack']) == ['layer_3', 'layer_4', 'layers']
+    assert params['stack']['layers']['block_2']['mlp']['up']['kernel'].shape[0] == 1
   tokens = jax.random.randint(jax.random.key(3), (2, 16), 0, VOCAB)
   np.testing.assert_allclose(forward(scanned, params, tokens),
                              forward(unrolled, unrolled_params, tokens), rtol=1e-5, atol=1e-5)
@@ -184,6 +191,12 @@ def test_parameters_are_float32_with_bfloat16_compute():
     ({'rope_factor': 0.0}, 'model.rope_factor=0.0 must be a positive finite number'),
     ({'rope_original_length': -1}, 'model.rope_original_length=-1 must not be negative'),
     ({'rope_scaling': 'llama3', 'rope_low_freq_factor': 4.0}, 'must be positive with low < high'),
+    ({'layer_pattern': 'local,glocal', 'window': 4}, "model.layer_pattern='local,glocal' names the layer kind "
+                                                      "'glocal'; the kinds are global and local"),
+    ({'layer_pattern': 'local*x,global', 'window': 4}, "repeats 'local' 'x' times; write a count from 1 to 1024"),
+    ({'layer_pattern': 'local*5,global'}, 'has local layers, and model.window is 0: set --config.model.window'),
+    ({'attention_softcap': -1.0}, r'model.attention_softcap=-1.0 must be in \[0, inf\)'),
+    ({'rope_local_theta': float('nan')}, r'model.rope_local_theta=nan must be in \[0, inf\)'),
 ])
 def test_impossible_shapes_are_refused_with_the_fix(overrides, message):
   with pytest.raises(UserError, match=message):
