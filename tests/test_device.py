@@ -1,5 +1,5 @@
-"""Tests that need a GPU or TPU: its attention kernel, bfloat16 training through it, and int8/int4 decoding, each
-against XLA's computation of the same thing on the same device.
+"""Tests that need a GPU or TPU: its attention kernel (local windows and soft caps too), bfloat16 training through it,
+and int8/int4 decoding, each against XLA's computation of the same thing on the same device.
 
   FLAXLM_TEST_DEVICE=1 python -m pytest -q tests/test_device.py   # benchmarks/device_check.py runs it too
 
@@ -30,6 +30,7 @@ EPS = 2.0 ** -8
 VOCAB = 64
 GREEDY = sampling.Settings(temperature=0.0)
 attend = jax.jit(attention.attend, static_argnames='implementation')
+attend_scored = jax.jit(attention.attend, static_argnames=('implementation', 'scores'))
 prefill = jax.jit(sampling.prefill, static_argnums=0)
 decode_step = jax.jit(sampling.decode_step, static_argnums=0)
 
@@ -61,6 +62,24 @@ def test_the_device_kernel_gives_xla_attention_within_bfloat16_rounding(head_dim
   atol = 4 * EPS * float(jnp.abs(v_BxTxGxK).max())
   np.testing.assert_allclose(run(KERNEL, segment_ids_BxT), want_BxTxHxK, rtol=0, atol=atol)
   assert np.abs(run('xla', None) - want_BxTxHxK).max() > 10 * atol  # The tolerance tells documents apart.
+
+
+@pytest.mark.parametrize('softcap', [0.0, 20.0])
+def test_the_device_kernel_gives_xla_local_attention_within_bfloat16_rounding(softcap: float):
+  """A local layer's window of 50 positions (Gemma's kind), within packed documents, and with Gemma 2's soft cap
+  (splash caps in its kernel; cuDNN has none, so a capped model's `auto` is XLA on a GPU): the bound of the test
+  above. Seeing every earlier position instead errs by far more."""
+  if softcap and KERNEL == 'cudnn':
+    assert attention.resolve('auto', BACKEND, 'bfloat16', 64, softcap) == 'xla'
+    return
+  q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT = packed_qkv(64)
+  run = lambda implementation, window: np.asarray(attend_scored(
+      q_BxTxHxK, k_BxTxGxK, v_BxTxGxK, segment_ids_BxT, implementation=implementation,
+      scores=attention.Scores(64 ** -0.5, softcap, window)), np.float32)
+  want_BxTxHxK = run('xla', 50)
+  atol = 4 * EPS * float(jnp.abs(v_BxTxGxK).max())
+  np.testing.assert_allclose(run(KERNEL, 50), want_BxTxHxK, rtol=0, atol=atol)
+  assert np.abs(run('xla', 0) - want_BxTxHxK).max() > 10 * atol  # The tolerance tells the window apart.
 
 
 def packed_batch(batch_size: int, length: int) -> dict[str, np.ndarray]:
