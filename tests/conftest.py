@@ -40,14 +40,15 @@ import pytest  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 2)
 
-# The files that take longest (over 13 s of one worker's time each, longest first), collected first: pytest-xdist's --dist loadfile hands whole files to its workers in
-# collection order (pytest.ini turns off its reordering by test count), and the suite ends when its last file does.
-LONGEST_FIRST = ('test_resume.py', 'test_lora.py', 'test_sampling.py', 'test_notebooks.py', 'test_distributed.py',
-                 'test_eval_command.py', 'test_eval_harness.py', 'test_transformer.py',
-                 'test_loop.py', 'test_gguf.py', 'test_tpu_compile.py',
-                 'test_pretrained_finetune.py', 'test_campaign_tools.py', 'test_campaign_use.py',
-                 'test_gcs.py', 'test_step.py', 'test_attention.py', 'test_scoring.py',
-                 'test_sharding.py', 'test_cli.py', 'test_quantize.py', 'test_campaign_train.py')
+# The files that take longest (over 10 s of one worker's time each, longest first), collected first: pytest-xdist's
+# --dist loadfile hands whole files to its workers in collection order (pytest.ini turns off its reordering by test
+# count), and the suite ends when its last file does.
+LONGEST_FIRST = ('test_resume.py', 'test_notebooks.py', 'test_sampling.py', 'test_distributed.py',
+                 'test_eval_command.py', 'test_lora.py', 'test_eval_harness.py', 'test_transformer.py',
+                 'test_loop.py', 'test_attention.py', 'test_pretrained_finetune.py', 'test_gguf.py',
+                 'test_tpu_compile.py', 'test_campaign_use.py', 'test_hf_families.py', 'test_campaign_tools.py',
+                 'test_step.py', 'test_sharding.py', 'test_cli.py', 'test_gcs.py', 'test_campaign_train.py',
+                 'test_package.py', 'test_quantize.py', 'test_inference.py', 'test_scoring.py', 'test_export.py')
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -85,7 +85,7 @@ def test_xla_attention_equals_a_hand_written_softmax(kv_heads, segmented):
 
 
 WINDOWED = {'window': Scores(0.3, window=7), 'window and cap': Scores(0.3, softcap=2.0, window=7),
-            'cap': Scores(0.3, softcap=2.0), 'window past the first segment': Scores(0.3, window=30)}
+            'window past the first segment': Scores(0.3, window=30)}
 
 
 @pytest.mark.parametrize('implementation', ['xla', 'splash'])

@@ -33,7 +33,7 @@ GEMMA3_CONFIG = {  # A Gemma 3 text model (local and global layers, q/k norms, t
     # Gemma 3 fixture tokenizer's 384 ids and room to spare.
     'architectures': ['Gemma3ForCausalLM'], 'model_type': 'gemma3_text', 'hidden_activation': 'gelu_pytorch_tanh',
     'hidden_size': 32, 'intermediate_size': 64, 'num_attention_heads': 4, 'num_key_value_heads': 2, 'head_dim': 8,
-    'num_hidden_layers': 3, 'layer_types': ['sliding_attention', 'full_attention', 'sliding_attention'],
+    'num_hidden_layers': 2, 'layer_types': ['sliding_attention', 'full_attention'],
     'sliding_window': 8, 'max_position_embeddings': 64, 'query_pre_attn_scalar': 8,
     'rope_parameters': {'full_attention': {'rope_type': 'default', 'rope_theta': 10000.0},
                         'sliding_attention': {'rope_type': 'default', 'rope_theta': 1000.0}},
