@@ -76,8 +76,8 @@ def architecture(c: ModelConfig) -> tuple[str, str]:
                     f'model is none: {e}') from None
   if model_type not in ARCHITECTURES:
     raise UserError(f'flaxlm writes GGUF files of {", ".join(ARCHITECTURES)} models, and this one is {model_type} '
-                    f'(its layer pattern, soft caps and norms have llama.cpp keys of their own): write it with '
-                    f'flaxlm-convert --to_hf, then llama.cpp\'s convert_hf_to_gguf.py.')
+                    '(its window, layer pattern, local rotary base and soft caps have llama.cpp keys flaxlm does not '
+                    "write yet): write it with flaxlm-convert --to_hf, then llama.cpp's convert_hf_to_gguf.py.")
   return model_type, ARCHITECTURES[model_type]
 
 
