@@ -1,7 +1,8 @@
-"""The whole path a user takes with a pretrained model: a Hugging Face folder (a tiny Qwen2 in bfloat16,
-with the fixture tokenizer.json and its Llama-3-like chat template) converted by flaxlm-convert, fine-tuned with LoRA
-on chat `messages` examples on an int8 base, then asked with flaxlm-sample --chat; and the same path for a tiny
-Gemma 3 with a SentencePiece-style tokenizer.json and Gemma 3's chat template, on a bfloat16 base."""
+"""The whole path a user takes with a pretrained model: a Hugging Face folder converted by flaxlm-convert, its
+tokenizer's chat template rendering chat `messages` examples, fine-tuned with LoRA, then asked with flaxlm-sample
+--chat. A tiny Qwen2 in bfloat16, with the fixture tokenizer.json and its Llama-3-like chat template, is converted
+and renders its examples; a tiny Gemma 3, with a SentencePiece-style tokenizer.json and Gemma 3's chat template,
+goes the whole way. (LoRA on a bfloat16 base, and resuming and merging on an int8 one: tests/test_lora.py.)"""
 
 import json
 import pathlib
@@ -38,8 +39,7 @@ GEMMA3_CONFIG = {  # A Gemma 3 text model (local and global layers, q/k norms, t
     'rope_parameters': {'full_attention': {'rope_type': 'default', 'rope_theta': 10000.0},
                         'sliding_attention': {'rope_type': 'default', 'rope_theta': 1000.0}},
     'rms_norm_eps': 1e-6, 'tie_word_embeddings': True, 'vocab_size': 400, 'dtype': 'bfloat16'}
-STEPS = 60  # Of LoRA fine-tuning, each run: enough for the first answer token to lead its next by a logit or so.
-GEMMA3_STEPS = 30  # The Gemma 3's one run: its loss falls 30-fold, the first answer token leads by 2 logits.
+STEPS = 30  # Of LoRA fine-tuning: the loss falls 30-fold, the first answer token leads its next by 2 logits.
 # Two questions and their answers; each answer ends with the template's <|eot_id|>, which ends a sample.
 QA = [('Where does the river run?', 'Over the stone.'), ('And then?', 'Into the sea.')]
 
@@ -83,13 +83,13 @@ def chats(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-def tune(converted: pathlib.Path, data: pathlib.Path, workdir: pathlib.Path, lora_base: str, steps: int = STEPS):
+def tune(converted: pathlib.Path, data: pathlib.Path, workdir: pathlib.Path, lora_base: str):
   """Returns the final state and the per-step losses of a LoRA fine-tune of the export `converted` on the chat
-  examples for `steps` steps, its base held as `lora_base`."""
+  examples, its base held as `lora_base`."""
   config = base.get_config()  # Its model section is not the export's: training takes init_from's model.
   config.model.update(max_length=32, lora_rank=8, lora_targets='query,value,out,up,down', lora_base=lora_base)
   config.data.update(path=str(data), format='examples')
-  config.train.update(init_from=str(converted), steps=steps, batch_size=4, eval_every=steps, checkpoint_every=steps,
+  config.train.update(init_from=str(converted), steps=STEPS, batch_size=4, eval_every=STEPS, checkpoint_every=STEPS,
                       log_every=1, eval_batches=1, learning_rate=3e-2, min_learning_rate=3e-3, warmup_steps=0)
   state = loop.train(config, str(workdir))
   return state, [r['loss'] for r in metrics.read_metrics(workdir)]
@@ -120,28 +120,10 @@ def assert_learned_on_the_base_as_held(state, losses, base_params, lora_base: st
                jax.device_get(lora.hold_base(base_params, lora_base)))
 
 
-def test_lora_on_an_int8_base_learns_the_answers_and_chat_sampling_stops_after_one(converted, chats, tmp_path):
-  """On an int8 base (the Gemma 3 test below trains on a bfloat16 one)."""
-  _, base_params, tokenizer = pretrained.load(converted, 'bfloat16')  # The checkpoint's bits.
-  workdir = tmp_path / 'int8'
-  state, losses = tune(converted, chats, workdir, 'int8')
-  assert_learned_on_the_base_as_held(state, losses, base_params, 'int8')
-  saved = tokenizer_lib.files_of(workdir_lib.load_tokenizer(workdir))  # The run keeps the model's tokenizer files.
-  assert saved == tokenizer_lib.files_of(tokenizer)
-  sampled = commands.start(command('flaxlm-sample'), f'--workdir={workdir}', '--chat', '--temperature=0',
-                           f'--prompt={QA[0][0]}', '--max_new_tokens=12')  # The CLI, while the test samples too.
-  model, params, _ = pretrained.load(workdir)  # In-process too: both questions, greedily.
-  prompts = [chat.prompt_ids(tokenizer, [{'role': 'user', 'content': q}]) for q, _ in QA]
-  replies = sampling.generate(model, params, prompts, 12, settings=sampling.Settings(0.0, eos_ids=tokenizer.eos_ids))
-  assert [tokenizer.decode(r.tokens) for r in replies] == [f'{a}<|eot_id|>' for _, a in QA]  # Stopped at the end.
-  code = sampled.wait(timeout=300)
-  out, err = sampled.output()
-  assert code == 0, err
-  assert out == f'{QA[0][1]}\n'  # The answer alone, ended by <|eot_id|> (not shown) well before 12 tokens.
-
-
-def test_a_gemma3_renders_its_template_learns_the_answers_with_lora_and_chat_sampling_stops_at_end_of_turn(
-    chats, tmp_path):
+def test_a_gemma3_renders_its_template_learns_the_answers_with_lora_on_an_int8_base_and_chats(chats, tmp_path):
+  """Converted, its template rendered as transformers renders it, fine-tuned with LoRA on an int8 base (its layers
+  scanned as groups of a local and a global one, expanded a layer at a time), then asked in-process and with
+  flaxlm-sample --chat: each answer, stopped at <end_of_turn>."""
   convert.from_hf(str(hf_folder(tmp_path / 'hf', GEMMA3_CONFIG, GEMMA3_TOKENIZER)), str(tmp_path / 'export'), None,
                   'float32')
   tokenizer = workdir_lib.load_tokenizer(tmp_path / 'export')
@@ -156,9 +138,18 @@ def test_a_gemma3_renders_its_template_learns_the_answers_with_lora_and_chat_sam
   expected = tokenizer.encode(f'<start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n{a}<end_of_turn>\n')
   assert ids_N.tolist() == [tokenizer.bos_id] + expected.tolist()  # BOS once, written by the template.
   assert tokenizer.decode(ids_N[trained_N]) == f'{a}<end_of_turn>\n'  # The answer and the end of its turn alone.
-  state, losses = tune(tmp_path / 'export', chats, tmp_path / 'run', 'bfloat16', GEMMA3_STEPS)
-  assert_learned_on_the_base_as_held(state, losses, pretrained.load(tmp_path / 'export', 'bfloat16')[1], 'bfloat16')
-  model, params, _ = pretrained.load(tmp_path / 'run')
+  workdir = tmp_path / 'run'
+  state, losses = tune(tmp_path / 'export', chats, workdir, 'int8')
+  assert_learned_on_the_base_as_held(state, losses, pretrained.load(tmp_path / 'export', 'bfloat16')[1], 'int8')
+  saved = tokenizer_lib.files_of(workdir_lib.load_tokenizer(workdir))  # The run keeps the model's tokenizer files.
+  assert saved == tokenizer_lib.files_of(tokenizer)
+  sampled = commands.start(command('flaxlm-sample'), f'--workdir={workdir}', '--chat', '--temperature=0',
+                           f'--prompt={QA[0][0]}', '--max_new_tokens=12')  # The CLI, while the test samples too.
+  model, params, _ = pretrained.load(workdir)
   prompts = [chat.prompt_ids(tokenizer, [{'role': 'user', 'content': q}]) for q, _ in QA]
   replies = sampling.generate(model, params, prompts, 12, settings=sampling.Settings(0.0, eos_ids=tokenizer.eos_ids))
   assert [tokenizer.decode(r.tokens) for r in replies] == [f'{a}<end_of_turn>' for _, a in QA]  # Stopped at the end.
+  code = sampled.wait(timeout=300)
+  out, err = sampled.output()
+  assert code == 0, err
+  assert out == f'{QA[0][1]}\n'  # The answer alone, ended by <end_of_turn> (not shown) well before 12 tokens.
