@@ -59,7 +59,8 @@ def expected_count(c: ModelConfig) -> int:
     attention += 2 * c.head_dim
   positions = c.max_length * c.width if c.positions == 'learned' else 0
   head = 0 if c.tie_embeddings else c.width * c.vocab_size
-  return c.vocab_size * c.width + positions + c.num_layers * (attention + mlp + 2 * norm) + norm + head
+  norms = 4 if c.post_norms else 2  # before attention and the MLP (and after each, with post_norms)
+  return c.vocab_size * c.width + positions + c.num_layers * (attention + mlp + norms * norm) + norm + head
 
 
 VARIANTS = [
@@ -70,10 +71,13 @@ VARIANTS = [
     {'positions': 'learned', 'norm': 'layernorm', 'mlp': 'gelu', 'tie_embeddings': True, 'use_bias': True},
     {'scan_layers': False, 'remat': 'full'},
     {'dtype': 'bfloat16'},
-    # The pretrained families' options (model/hf_families.py), all at once.
+    # The pretrained families' options (model/hf_families.py), all at once: Gemma 2 and 3's local layers (a window
+    # of 4, their own rotary base) and global ones, the third layer beyond the scanned pattern, soft caps included.
     {'num_kv_heads': 1, 'head_dim': 12, 'qkv_bias': True, 'qk_norm': True, 'mlp': 'geglu', 'norm_offset': 1.0,
      'scale_embeddings': True, 'tie_embeddings': True, 'rope_scaling': 'yarn', 'rope_factor': 4.0,
-     'rope_original_length': 8},
+     'rope_original_length': 8, 'num_layers': 3, 'layer_pattern': 'local,global', 'window': 4,
+     'rope_local_theta': 50.0, 'query_scalar': 6.0, 'attention_softcap': 3.0, 'logits_softcap': 20.0,
+     'post_norms': True},
     {'width': 30, 'head_dim': 6, 'rope_scaling': 'llama3', 'rope_factor': 8.0, 'rope_original_length': 4},  # K*H != D
 ]
 FAMILY_OPTIONS = VARIANTS[-2]
@@ -244,14 +248,21 @@ def test_the_norm_offset_and_embedding_scale_are_what_gemma_computes():
 
 
 def test_token_by_token_decoding_equals_the_full_forward_pass_with_the_families_options():
+  """Prompts of 7, 3, 1 and 8 tokens (right-padded: the shorter ones' padding at slots a local layer's window of 4
+  would reuse), then a token at a time to position 15 of 16, beyond the window: every step's logits are those of
+  the full forward pass over the row's own tokens. A local layer's cache holds W positions, a global one's T."""
   model = make_model(**FAMILY_OPTIONS)
-  params = random_params(model)
-  tokens_1xT = jax.random.randint(jax.random.key(8), (1, 16), 0, VOCAB)
-  expected_TxV = forward(model, params, tokens_1xT)[0]
-  atol = 1e-5 * float(jnp.abs(expected_TxV).max())  # reassociation, relative to the logits' scale
-  logits_1xV, cache = jax.jit(sampling.prefill, static_argnums=0)(model, params, tokens_1xT[:, :1], jnp.asarray([1]))
+  c, params = model.config, random_params(model)
+  tokens_BxT = jax.random.randint(jax.random.key(8), (4, 16), 0, VOCAB)
+  lengths_B = np.asarray([7, 3, 1, 8])
+  expected_BxTxV = forward(model, params, tokens_BxT)  # Causal: position t's logits read tokens 0..t alone.
+  atol = 1e-5 * float(jnp.abs(expected_BxTxV).max())  # reassociation, relative to the logits' scale
+  logits_BxV, cache = jax.jit(sampling.prefill, static_argnums=0)(model, params, tokens_BxT[:, :8], lengths_B)
+  held = {'global': c.max_length, 'local': c.window}
+  for layer, kind in zip(unstack(cache['stack'], c), c.layer_kinds):
+    assert layer['attention']['cached_key'].shape == (4, held[kind], c.num_kv_heads, c.head_dim)
   step = jax.jit(sampling.decode_step, static_argnums=0)
-  for t in range(1, 16):
-    np.testing.assert_allclose(logits_1xV[0], expected_TxV[t - 1], rtol=1e-5, atol=atol)
-    logits_1xV, cache = step(model, params, cache, tokens_1xT[:, t], jnp.asarray([t]))
-  np.testing.assert_allclose(logits_1xV[0], expected_TxV[15], rtol=1e-5, atol=atol)
+  rows = np.arange(4)
+  for t in range(8):
+    np.testing.assert_allclose(logits_BxV, expected_BxTxV[rows, lengths_B + t - 1], rtol=1e-5, atol=atol)
+    logits_BxV, cache = step(model, params, cache, tokens_BxT[rows, lengths_B + t], jnp.asarray(lengths_B + t))
