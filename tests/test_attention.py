@@ -84,8 +84,7 @@ def test_xla_attention_equals_a_hand_written_softmax(kv_heads, segmented):
   np.testing.assert_allclose(xla(q, k, v, segments), reference(q, k, v, segments), rtol=1e-5, atol=1e-5)
 
 
-WINDOWED = {'window': Scores(0.3, window=7), 'window and cap': Scores(0.3, softcap=2.0, window=7),
-            'window past the first segment': Scores(0.3, window=30)}
+WINDOWED = {'window and cap': Scores(0.3, softcap=2.0, window=7), 'window past the first segment': Scores(0.3, window=30)}
 
 
 @pytest.mark.parametrize('implementation', ['xla', 'splash'])
@@ -106,7 +105,9 @@ def test_splash_gradients_with_a_window_and_a_cap_equal_xla():
   segments = two_segments(2, 128)
   scores = Scores(0.3, softcap=2.0, window=20)
   grads = [loss_grads(functools.partial(f, scores=scores), q, k, v, segments) for f in (splash, xla)]
-  for got, want in zip(*grads):  # As test_splash_attention_gradients_equal_xla.
+  # Sums over T=128 keys of O(1) terms in another order: ~1e-7 * 128 (used: under 1% of the band). Plain causal
+  # splash's gradients: the mesh test below.
+  for got, want in zip(*grads):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -123,14 +124,6 @@ def test_splash_attention_equals_xla(length, kv_heads, segmented):
   segments = two_segments(2, length) if segmented else None
   # Blockwise online softmax against the whole row: the same O(1) means reassociated (used: 2% of the band).
   np.testing.assert_allclose(splash(q, k, v, segments), xla(q, k, v, segments), rtol=1e-5, atol=1e-5)
-
-
-def test_splash_attention_gradients_equal_xla():
-  q, k, v = qkv(2, 128, 4, 2)
-  segments = two_segments(2, 128)
-  for got, want in zip(loss_grads(splash, q, k, v, segments), loss_grads(xla, q, k, v, segments)):
-    # Sums over T=128 keys of O(1) terms in another order: ~1e-7 * 128 (used: under 1% of the band).
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('mesh_shape, heads, kv_heads', [((2, 1, 1), 4, 2), ((1, 1, 2), 4, 2), ((1, 1, 2), 6, 3)])

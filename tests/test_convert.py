@@ -82,7 +82,7 @@ def assert_config_matches(written: dict, name: str) -> None:
   assert hf_families.model_config(written) == hf_families.model_config(fixture)
 
 
-@pytest.mark.parametrize('name', ['hf_gpt2', 'hf_llama'])
+@pytest.mark.parametrize('name', ['hf_gpt2', 'hf_llama', 'hf_gemma3'])  # Gemma 3: four layers of two kinds
 def test_unscanned_layers_import_and_go_back_exactly(name):  # tests/test_hf_families.py checks scanned ones
   c = model_config(name, scan_layers=False)
   params = hf.params_from_hf(fixture_tensors(name), c)

@@ -14,11 +14,10 @@ from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer, unstack
 
 VOCAB = 20
-VARIANTS = {'scanned, rotary, grouped-query': dict(),
-            'unrolled, learned positions, multi-head': dict(scan_layers=False, positions='learned', num_kv_heads=0),
-            'Gemma-like: local and global layers, capped, q/k norms': dict(
+VARIANTS = {'scanned in groups of local and global layers (Gemma), rotary, grouped-query, capped, q/k norms': dict(
                 num_layers=4, layer_pattern='local*2,global', window=5, rope_local_theta=100.0, query_scalar=8.0,
-                attention_softcap=2.0, post_norms=True, qk_norm=True)}
+                attention_softcap=2.0, post_norms=True, qk_norm=True),
+            'unrolled, learned positions, multi-head': dict(scan_layers=False, positions='learned', num_kv_heads=0)}
 
 
 def make_model(**overrides) -> Transformer:

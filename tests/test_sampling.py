@@ -52,7 +52,8 @@ prefill = jax.jit(sampling.prefill, static_argnums=0)
 decode_step = jax.jit(sampling.decode_step, static_argnums=0)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'num_kv_heads': 1, 'scan_layers': False}, {'positions': 'learned'}])
+@pytest.mark.parametrize('overrides', [{'num_kv_heads': 1, 'scan_layers': False}, {'positions': 'learned'}],
+                         ids=['unrolled-mqa', 'learned-scanned'])  # rotary, scanned: test_transformer's families test
 def test_cached_decode_logits_equal_a_full_forward_pass_at_every_step(overrides):
   model, params = trained_like_model(**overrides)
   tokens_1xT = jax.random.randint(jax.random.key(2), (1, model.config.max_length), 0, VOCAB)
