@@ -138,8 +138,9 @@ def test_a_signal_before_the_first_step_stops_the_run_leaving_nothing_new_and_th
     process = commands.start(*args(corpus, tmp_path / name, f'--config.train.steps={steps}'), cwd=REPO)
     time.sleep(0.5)  # Setting up: reading the text, compiling the step.
     process.send_signal(sig)
-    assert process.wait(timeout=120) == 130
+    code = process.wait(timeout=120)
     out, err = process.output()
+    assert code == 130, err  # (Once in five suites under load: 1. Its stderr, next time, says why.)
     assert 'step 1 |' not in out and err.count('\n') == 1, err
     assert err.startswith('flaxlm-train: error: interrupted: before the first step: ') and said in err, err
     # A resume may have begun its own files (config.json with its step count, a TensorBoard events file) when it
