@@ -130,15 +130,22 @@ def create(path: files.Path, data: bytes) -> bool:
       return False
     return True
   whole = path.with_name(f'.{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}')
-  whole.write_bytes(data)
+  try:
+    whole.write_bytes(data)  # A write cut short (a full disk) raises, and leaves no sibling behind.
+    return link(whole, path, data)
+  finally:
+    whole.unlink(missing_ok=True)
+
+
+def link(whole: pathlib.Path, path: pathlib.Path, data: bytes) -> bool:
+  """Makes the written file `whole` (holding `data`) also the file `path` unless something is there; returns whether
+  it did."""
   try:
     os.link(whole, path)  # Fails if anything is at `path`.
   except FileExistsError:
     return False
   except OSError:  # A file system without hard links (some FUSE mounts): create it exclusively, then fill it.
     return create_exclusively(path, data)
-  finally:
-    whole.unlink()
   return True
 
 

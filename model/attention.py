@@ -27,6 +27,12 @@ SPLASH_TILE = 128  # Splash blocks are multiples of 128 positions (a TPU vector'
 SPLASH_BLOCKS = (512, 256, 128)  # Block lengths to try, largest (fastest) first.
 
 
+def soft_cap(logits: jax.Array, cap: float) -> jax.Array:
+  """Returns cap * tanh(logits / cap): logits squashed into (-cap, cap), near-unchanged where small (Gemma 2's
+  attention and output logits); `logits` unchanged for a cap of 0."""
+  return cap * jnp.tanh(logits / cap) if cap else logits
+
+
 @dataclasses.dataclass(frozen=True)
 class Scores:
   """How a layer turns queries and keys into attention logits, and which keys it sees."""
@@ -36,7 +42,7 @@ class Scores:
 
   def cap(self, logits: jax.Array) -> jax.Array:
     """Returns scaled q.k logits soft-capped (unchanged without a cap)."""
-    return self.softcap * jnp.tanh(logits / self.softcap) if self.softcap else logits
+    return soft_cap(logits, self.softcap)
 
   def sees(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
     """Returns where a query at a position may see a key at one: at or before it, and within the window."""

@@ -364,9 +364,8 @@ def gemma3_rope(hf: dict) -> dict:
 def gemma3_model_config(hf: dict) -> dict:
   """Returns flaxlm's model section for a Gemma 3 text config.json (Gemma3ForCausalLM's, or the `text_config` of a
   multimodal Gemma3ForConditionalGeneration folder): Gemma 2's, plus q/k norms and two rotary bases."""
-  section = gemma2_model_config({**hf, 'query_pre_attn_scalar': hf.get('query_pre_attn_scalar', 256),
-                                 'sliding_window_pattern': hf.get('sliding_window_pattern', 6)})
-  return dict(section, **GEMMA3.options, **gemma3_rope(hf), hf_model_type='gemma3_text')
+  section = gemma2_model_config({**hf, 'sliding_window_pattern': hf.get('sliding_window_pattern', 6)})
+  return dict(section, **GEMMA3.options, **gemma3_rope(hf))
 
 
 def gemma3_hf_config(c: ModelConfig) -> dict:
@@ -612,7 +611,7 @@ def model_config(hf: dict) -> dict:
   family = family_of_hf(hf)
   try:
     text = text_config(hf) if hf['model_type'] in MULTIMODAL else hf
-    return {'hf_model_type': hf['model_type'], **family.model_config(text)}
+    return {**family.model_config(text), 'hf_model_type': MULTIMODAL.get(hf['model_type'], hf['model_type'])}
   except KeyError as e:
     raise UserError(f'config.json lacks {e.args[0]!r}, which every {hf["model_type"]} config has: pass the '
                     'folder\'s own config.json.') from None

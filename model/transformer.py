@@ -385,7 +385,7 @@ class Transformer(nn.Module):
     c = self.config
     logits_BxTxV = self.embed.attend(x_BxTxD) if c.tie_embeddings else self.head(x_BxTxD)
     logits_BxTxV = constrain(logits_BxTxV, ('batch', 'length', 'vocab')).astype(jnp.float32)
-    return c.logits_softcap * jnp.tanh(logits_BxTxV / c.logits_softcap) if c.logits_softcap else logits_BxTxV
+    return attention.soft_cap(logits_BxTxV, c.logits_softcap)
 
 
 def shapes_model(c: ModelConfig) -> Transformer:
