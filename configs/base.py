@@ -73,6 +73,7 @@ def mesh_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.data = -1  # data-parallel axis; -1 takes all devices the other axes leave.
   c.fsdp = 1  # parameter-sharded data-parallel axis.
+  c.expert = 1  # expert-parallel axis: a sparse model's experts split over it, and the batch too.
   c.tensor = 1  # tensor-parallel axis (heads, MLP width, vocab).
   c.dcn_data = 1  # multi-slice TPU (or multi-process) runs: how many slices (processes) the data axis spans.
   c.cpu_devices = 0  # on CPU, split the host into this many devices; 0: one per core that divides the batch.
@@ -100,7 +101,7 @@ DATA_RULES = {
     'read_threads': NonNegative('batches prepared in the training thread'),
     'max_documents': NonNegative('every document'),
 }
-MESH_RULES = {**{axis: AxisSize() for axis in ('data', 'fsdp', 'tensor')}, 'dcn_data': Positive(),
+MESH_RULES = {**{axis: AxisSize() for axis in ('data', 'fsdp', 'expert', 'tensor')}, 'dcn_data': Positive(),
               'cpu_devices': NonNegative('one device per core that divides the batch; N splits the host into N')}
 
 

@@ -64,6 +64,19 @@ class ModelConfig:
                                  Interval('[0', 'inf)', '0: not capped'))
   post_norms: bool = option(False, 'True: the attention and MLP outputs are normed too, before the residual add '
                             '(Gemma 2 and 3)')
+  num_experts: int = option(0, 'E, the experts of a sparse (mixture-of-experts) layer, each a gated MLP of '
+                            'expert_width (model/moe.py); 0: every MLP dense', NonNegative('dense MLPs'))
+  experts_per_token: int = option(2, 'k, the experts the router sends each token to (top-k); at most num_experts',
+                                  Positive())
+  expert_width: int = option(0, "F of each expert's MLP; 0: mlp_width", NonNegative('mlp_width'))
+  dense_layers: int = option(0, 'the first layers keep a dense MLP, the rest are sparse (DeepSeek-V3: 3; Qwen3-MoE\'s '
+                             'mlp_only_layers 0..n-1)', NonNegative('every layer sparse'))
+  router_renormalize: bool = option(True, "True: each token's k router probabilities are divided by their sum "
+                                    "(Mixtral; Qwen3-MoE's norm_topk_prob)")
+  balance_loss: float = option(0.01, "the weight of the routers' load-balancing loss in the training loss (Mixtral: "
+                               '0.02, Qwen3-MoE: 0.001)', Interval('[0', 'inf)', '0 leaves it out'))
+  router_z_loss: float = option(0.0, "the weight of the routers' z-loss, their logits' squared log-normaliser "
+                                '(ST-MoE: 0.001)', Interval('[0', 'inf)', '0 leaves it out'))
   scale_embeddings: bool = option(False, 'True: token embeddings times sqrt(width) in the model\'s dtype (Gemma)')
   dropout: float = option(0.0, 'dropout rate on embeddings, attention output and MLP output',
                           Interval('[0', '1)', 'the fraction of activations dropped; 0 turns dropout off'))
@@ -108,6 +121,10 @@ class ModelConfig:
     return Scores((self.query_scalar or self.head_dim) ** -0.5, self.attention_softcap,
                   self.window if kind == 'local' else 0)
 
+  def sparse(self, layer: int) -> bool:
+    """Returns whether layer `layer` (from 0) has a mixture of experts (model/moe.py) rather than a dense MLP."""
+    return self.num_experts > 0 and layer >= self.dense_layers
+
   def without_lora(self) -> 'ModelConfig':
     """Returns the same model with no adapters: the model a LoRA model's merged params belong to."""
     return dataclasses.replace(self, lora=Lora())
@@ -118,11 +135,13 @@ class ModelConfig:
     options.check(c, 'model', options.rules(cls))
     declared = options.read(cls, c)
     check_relations(declared, vocab_size)
+    mlp_width = declared.mlp_width or default_mlp_width(declared.width, declared.mlp)
     return dataclasses.replace(
         declared, vocab_size=declared.vocab_size or vocab_size,
         num_kv_heads=declared.num_kv_heads or declared.num_heads,
-        mlp_width=declared.mlp_width or default_mlp_width(declared.width, declared.mlp),
-        head_dim=declared.head_dim or declared.width // declared.num_heads)
+        mlp_width=mlp_width,
+        head_dim=declared.head_dim or declared.width // declared.num_heads,
+        expert_width=declared.expert_width or (declared.num_experts and mlp_width))
 
 
 def check_relations(c: ModelConfig, vocab_size: int) -> None:
@@ -143,9 +162,20 @@ def check_relations(c: ModelConfig, vocab_size: int) -> None:
     raise UserError(f'model.norm_offset={c.norm_offset} applies to rmsnorm only: set --config.model.norm_offset=0 '
                     'or --config.model.norm=rmsnorm.')
   layers = pattern.problem(c.layer_pattern, c.window)
-  for problem in (layers, rope.problem(c.rope), lora.problem(c.lora, c.mlp)):
+  for problem in (layers, experts_problem(c), rope.problem(c.rope), lora.problem(c.lora, c.mlp, c.num_experts)):
     if problem:
       raise UserError(problem)
+
+
+def experts_problem(c: ModelConfig) -> str | None:
+  """Returns what is wrong with the mixture-of-experts options of `c` (None if nothing)."""
+  if c.num_experts and c.experts_per_token > c.num_experts:
+    return (f'model.experts_per_token={c.experts_per_token} is above model.num_experts={c.num_experts}: a token '
+            'goes to k of the experts; set --config.model.experts_per_token at most num_experts.')
+  if c.num_experts and c.dense_layers >= c.num_layers:
+    return (f'model.dense_layers={c.dense_layers} leaves none of the {c.num_layers} layers sparse: set '
+            '--config.model.dense_layers below model.num_layers, or model.num_experts=0 for a dense model.')
+  return None
 
 
 def default_mlp_width(width: int, mlp: str) -> int:

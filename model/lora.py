@@ -32,8 +32,12 @@ SUFFIX = '_lora'  # the adapter of matrix `query` is the module `query_lora`.
 BASES = ('float32', 'bfloat16', 'int8', 'int4')  # how the frozen base may be held (model.lora_base).
 
 
-def matrices(mlp: str) -> tuple[str, ...]:
-  """Returns the names of the matrices a model with this MLP kind has (plain GELU has no gate; SwiGLU, GeGLU do)."""
+def matrices(mlp: str, num_experts: int = 0) -> tuple[str, ...]:
+  """Returns the names of the matrices adapters can change in a model with this MLP kind (plain GELU has no gate;
+  SwiGLU, GeGLU do): the attention's alone in a sparse model (`num_experts` > 0), whose experts take none."""
+  attention = TARGETS[:4]
+  if num_experts:
+    return attention
   return tuple(t for t in TARGETS if not (t == 'gate' and mlp == 'gelu'))
 
 
@@ -50,7 +54,7 @@ class Lora:
                      NonNegative('no LoRA'))
   alpha: float = option(16.0, "the adapters' update is scaled by lora_alpha / lora_rank")
   targets: str = option('query,value', 'comma-separated matrices that get adapters: query, key, value, out '
-                        '(attention), gate, up, down (MLP; gate only with swiglu or geglu)')
+                        '(attention), gate, up, down (a dense MLP; gate only with swiglu or geglu)')
   base: str = option('bfloat16', "how the frozen pretrained weights are held: 'float32', 'bfloat16', or 'int8' / "
                      "'int4' (QLoRA-style: the layers' matrices quantized, expanded a layer at a time; embedding and "
                      'head bfloat16). The adapters and their AdamW moments stay float32', OneOf(BASES))
@@ -61,12 +65,12 @@ class Lora:
     return parse_targets(self.targets) if self.rank else ()
 
 
-def problem(settings: Lora, mlp: str) -> str | None:
+def problem(settings: Lora, mlp: str, num_experts: int = 0) -> str | None:
   """Returns what is wrong with a LoRA setting's relations (one line naming the key to change), or None if it can be
   built (each value's own range is its option's rule)."""
   if settings.rank and not 0 < settings.alpha < math.inf:
     return f'model.lora_alpha={settings.alpha} must be positive with model.lora_rank={settings.rank}: set it.'
-  known = matrices(mlp)
+  known = matrices(mlp, num_experts)
   unknown = [name for name in parse_targets(settings.targets) if name not in known]
   if settings.rank and (unknown or not parse_targets(settings.targets)):
     return (f'model.lora_targets={settings.targets!r} names no matrix {unknown[0]!r} in this model' if unknown else

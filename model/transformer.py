@@ -4,7 +4,8 @@ Shape key for tensor names:
   B batch, T sequence length, D model width, H query heads, G key/value heads, K head dimension,
   F MLP width, V vocabulary, L layers.
 
-Parameters carry logical axis names (`embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `layers`);
+Parameters carry logical axis names (`embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `layers`, and a
+sparse layer's `experts`, `expert_mlp`);
 `train.sharding` maps them onto the device mesh.
 """
 
@@ -17,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxlm.model import attention, lora, quantize, rope
+from flaxlm.model import attention, lora, moe, quantize, rope
 from flaxlm.model.config import ModelConfig
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -222,10 +223,12 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
   """One pre-norm transformer layer: x + attention(norm(x)), then x + mlp(norm(x)); with `post_norms` (Gemma 2 and 3)
-  each output is normed again before it is added. `kind` is 'global' or 'local' (model/pattern.py)."""
+  each output is normed again before it is added. `kind` is 'global' or 'local' (model/pattern.py); a `sparse`
+  layer's MLP is a mixture of experts (model/moe.py), named 'moe'."""
   config: ModelConfig
   decode: bool = False
   kind: str = 'global'
+  sparse: bool = False
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
@@ -235,7 +238,8 @@ class Block(nn.Module):
     attended_BxTxD = Attention(c, self.decode, self.kind, name='attention')(
         Norm(c, name='attention_norm')(x_BxTxD), positions_BxT, segment_ids_BxT, deterministic)
     x_BxTxD += Norm(c, name='attention_post_norm')(attended_BxTxD) if c.post_norms else attended_BxTxD
-    mixed_BxTxD = Mlp(c, name='mlp')(Norm(c, name='mlp_norm')(x_BxTxD), deterministic)
+    mlp = moe.Moe(c, GATES.get(c.mlp, nn.gelu), c.mlp in GATES, name='moe') if self.sparse else Mlp(c, name='mlp')
+    mixed_BxTxD = mlp(Norm(c, name='mlp_norm')(x_BxTxD), deterministic)
     x_BxTxD += Norm(c, name='mlp_post_norm')(mixed_BxTxD) if c.post_norms else mixed_BxTxD
     return x_BxTxD, None  # (carry, output) as nn.scan expects.
 
@@ -246,13 +250,14 @@ class Group(nn.Module):
   config: ModelConfig
   decode: bool
   kinds: tuple[str, ...]
+  sparse: bool
   block: Any  # the Block class, wrapped for remat or quantized params as the stack wraps it
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                deterministic: bool):
     for j, kind in enumerate(self.kinds):
-      x_BxTxD, _ = self.block(self.config, self.decode, kind, name=f'block_{j}')(
+      x_BxTxD, _ = self.block(self.config, self.decode, kind, self.sparse, name=f'block_{j}')(
           x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)
     return x_BxTxD, None
 
@@ -267,8 +272,9 @@ def expanding(module: type[nn.Module], c: ModelConfig) -> type[nn.Module]:
 
 class Stack(nn.Module):
   """The L layers: one scanned Block with stacked parameters (and caches), or L separate Blocks. Layers of several
-  kinds scan as groups of one pattern (`Group`), and the layers a last, partial group leaves are separate Blocks
-  (`layer_i`): compile time grows with the pattern's length, never with depth. `unstack` reads each layer back."""
+  kinds scan as groups of one pattern (`Group`); the dense layers before a sparse model's first sparse one, and the
+  layers a last, partial group leaves, are separate Blocks (`layer_i`): compile time grows with the pattern's length,
+  never with depth. `unstack` reads each layer back."""
   config: ModelConfig
   decode: bool = False
 
@@ -281,40 +287,48 @@ class Stack(nn.Module):
     if c.remat != 'none' and not self.decode:  # Decoding takes no gradients: nothing to recompute. The expansion is
       # recomputed with the layer: the backward pass keeps no expanded copy of a quantized base.
       block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers, static_argnums=(4,))
-    kinds, scanned = c.layer_kinds, scanned_layers(c)
-    if scanned:
-      layer, settings = (block, (kinds[0],)) if len(c.pattern) == 1 else (Group, (c.pattern, block))
-      layers = nn.scan(layer, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
+    kinds, (first, end) = c.layer_kinds, scanned_span(c)
+    run = lambda i, x_BxTxD: block(c, self.decode, kinds[i], c.sparse(i), name=f'layer_{i}')(
+        x_BxTxD, positions_BxT, segment_ids_BxT, deterministic)[0]
+    for i in range(first):
+      x_BxTxD = run(i, x_BxTxD)
+    if end > first:
+      width, sparse = len(c.pattern), c.sparse(first)
+      layer, settings = ((block, (kinds[first], sparse)) if width == 1 else
+                         (Group, (kinds[first:first + width], sparse, block)))
+      layers = nn.scan(layer, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0, 'losses': 0},
                        split_rngs={'params': True, 'dropout': True},
-                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=scanned // len(c.pattern),
+                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=(end - first) // width,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
       x_BxTxD, _ = layers(c, self.decode, *settings, name='layers')(x_BxTxD, positions_BxT, segment_ids_BxT,
                                                                      deterministic)
-    for i in range(scanned, c.num_layers):
-      x_BxTxD, _ = block(c, self.decode, kinds[i], name=f'layer_{i}')(x_BxTxD, positions_BxT, segment_ids_BxT,
-                                                                       deterministic)
+    for i in range(end, c.num_layers):
+      x_BxTxD = run(i, x_BxTxD)
     return x_BxTxD
 
 
-def scanned_layers(c: ModelConfig) -> int:
-  """Returns how many of the L layers the stack scans over: all of one kind, the whole repeats of a pattern of
-  several, none unscanned."""
+def scanned_span(c: ModelConfig) -> tuple[int, int]:
+  """Returns (first, end): the stack scans over layers first..end-1, the whole repeats of the layer pattern after a
+  sparse model's dense layers; (0, 0) unscanned."""
   if not c.scan_layers:
-    return 0
-  return c.num_layers - c.num_layers % len(c.pattern)
+    return 0, 0
+  first = c.dense_layers if c.num_experts else 0
+  return first, c.num_layers - (c.num_layers - first) % len(c.pattern)
 
 
 def unstack(stack: Any, c: ModelConfig) -> list[Any]:
   """Returns the L layers' subtrees, in depth order, of the stack's params (or sown intermediates) however `Stack`
   holds them: arrays stacked on a leading axis (numpy ones give views), grouped by pattern, or one per layer."""
-  scanned, width = scanned_layers(c), len(c.pattern)
-  if not scanned:
-    whole = []
+  (first, end), width = scanned_span(c), len(c.pattern)
+  if end == first:
+    scanned = []
   elif width == 1:
-    whole = [jax.tree.map(lambda x: x[i], stack['layers']) for i in range(scanned)]
+    scanned = [jax.tree.map(lambda x: x[i], stack['layers']) for i in range(end - first)]
   else:
-    whole = [jax.tree.map(lambda x: x[i // width], stack['layers'][f'block_{i % width}']) for i in range(scanned)]
-  return whole + [stack[f'layer_{i}'] for i in range(scanned, c.num_layers)]
+    scanned = [jax.tree.map(lambda x: x[i // width], stack['layers'][f'block_{i % width}'])
+               for i in range(end - first)]
+  return ([stack[f'layer_{i}'] for i in range(first)] + scanned +
+          [stack[f'layer_{i}'] for i in range(end, c.num_layers)])
 
 
 class Head(nn.Module):

@@ -126,9 +126,9 @@ def test_splash_attention_equals_xla(length, kv_heads, segmented):
   np.testing.assert_allclose(splash(q, k, v, segments), xla(q, k, v, segments), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('mesh_shape, heads, kv_heads', [((2, 1, 1), 4, 2), ((1, 1, 2), 4, 2), ((1, 1, 2), 6, 3)])
+@pytest.mark.parametrize('mesh_shape, heads, kv_heads', [((2, 1, 1, 1), 4, 2), ((1, 1, 1, 2), 4, 2), ((1, 1, 1, 2), 6, 3)])
 def test_splash_attention_on_a_mesh_runs_per_shard_and_equals_xla(mesh_shape, heads, kv_heads):
-  mesh = jax.make_mesh(mesh_shape, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  mesh = jax.make_mesh(mesh_shape, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 4)
   q, k, v = qkv(2, 128, heads, kv_heads)
   segments = two_segments(2, 128)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
@@ -186,11 +186,11 @@ def test_auto_follows_the_platform_of_the_mesh_the_step_is_traced_for():
   q, k, v = qkv(2, 128, 4, 2)
   traced = lambda: str(jax.make_jaxpr(lambda q, k, v: attention.attend(q, k, v, None, 'auto'))(q, k, v))
   tpu = AbstractDevice(device_kind='TPU v5 lite', num_cores=1, platform='tpu')
-  tpu_mesh = AbstractMesh((2, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3, abstract_device=tpu)
+  tpu_mesh = AbstractMesh((2, 1, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 4, abstract_device=tpu)
   with jax.sharding.use_abstract_mesh(tpu_mesh), nn.logical_axis_rules(sharding.RULES):
     assert attention.platform() == 'tpu'
     assert 'pallas_call' in traced()  # The splash kernel.
-  cpu_mesh = jax.make_mesh((2, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+  cpu_mesh = jax.make_mesh((2, 1, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 4)
   with jax.set_mesh(cpu_mesh), nn.logical_axis_rules(sharding.RULES):
     assert attention.platform() == 'cpu'
     assert 'pallas_call' not in traced()

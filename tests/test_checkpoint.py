@@ -202,7 +202,8 @@ def test_a_checkpoint_that_failed_on_another_process_counts_as_damaged_on_all(tm
   assert 'does not restore (it failed on another process): moved to' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('saved_on, restored_on', [((1, 2, 1), (1, 1, 1)), ((1, 1, 1), (1, 1, 2)), ((1, 1, 2), (2, 1, 1))])
+@pytest.mark.parametrize('saved_on, restored_on', [((1, 2, 1, 1), (1, 1, 1, 1)), ((1, 1, 1, 1), (1, 1, 1, 2)),
+                                                    ((1, 1, 1, 2), (2, 1, 1, 1))])
 def test_a_model_saved_on_one_mesh_restores_onto_another_exactly(tmp_path, saved_on, restored_on):
   config = tiny.get_config()
   model = Transformer(ModelConfig.from_config(config.model, 20))

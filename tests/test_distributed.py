@@ -36,9 +36,11 @@ def run_two(*args: str) -> list[tuple[str, str]]:
 
 
 # Every run here: 36 tokens split over 2 devices; a constant learning rate after the warmup, so that a first run of 6
-# steps follows the same schedule as one of 10; a checkpoint every 3 steps.
+# steps follows the same schedule as one of 10; a checkpoint every 3 steps. The model is sparse after a dense first
+# layer (model/moe.py), so every mesh below splits a dense MLP and experts too.
 FLAGS = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36', '--config.train.log_every=1',
-         '--config.train.checkpoint_every=3', '--config.train.min_learning_rate=1e-3')
+         '--config.train.checkpoint_every=3', '--config.train.min_learning_rate=1e-3', '--config.model.num_experts=4',
+         '--config.model.expert_width=32', '--config.model.dense_layers=1')
 FSDP = ('--config.mesh.data=1', '--config.mesh.fsdp=2')
 
 
@@ -55,10 +57,12 @@ def shared(tmp_path_factory) -> dict:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize('mesh, printed', [
-    (('--config.mesh.dcn_data=2',), "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}"),
-    (FSDP, "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}"),
-    (('--config.mesh.data=1', '--config.mesh.tensor=2'), "mesh {'data': 1, 'fsdp': 1, 'tensor': 2}"),
-], ids=['data_across_processes', 'fsdp_across_processes', 'tensor_across_processes'])  # The second: each process holds the whole batch.
+    (('--config.mesh.dcn_data=2',), "mesh {'data': 2, 'fsdp': 1, 'expert': 1, 'tensor': 1}"),
+    (FSDP, "mesh {'data': 1, 'fsdp': 2, 'expert': 1, 'tensor': 1}"),
+    (('--config.mesh.data=1', '--config.mesh.tensor=2'), "mesh {'data': 1, 'fsdp': 1, 'expert': 1, 'tensor': 2}"),
+    (('--config.mesh.data=1', '--config.mesh.expert=2'), "mesh {'data': 1, 'fsdp': 1, 'expert': 2, 'tensor': 1}"),
+], ids=['data_across_processes', 'fsdp_across_processes', 'tensor_across_processes', 'experts_across_processes'])
+# (tensor_across_processes: each process holds the whole batch; experts_across_processes: half the experts each.)
 def test_two_processes_give_the_same_losses_as_one(shared, tmp_path, mesh, printed):
   two = shared['fsdp'] if mesh == FSDP else tmp_path / 'two'
   outputs = shared['fsdp_outputs'] if mesh == FSDP else run_two(*train_args(shared['corpus'], two, *FLAGS, *mesh))

@@ -92,7 +92,7 @@ def test_params_alone_are_read_and_sample_as_the_whole_state_did(workdir):
 def test_a_two_device_tensor_mesh_samples_the_tokens_of_one_device(workdir):
   model, params, tokenizer = pretrained.load(workdir)  # The default mesh: every device that splits the model evenly.
   mesh = sharding.mesh_of(params)
-  assert dict(mesh.shape) == {'data': 1, 'fsdp': 1, 'tensor': 2}
+  assert dict(mesh.shape) == {'data': 1, 'fsdp': 1, 'expert': 1, 'tensor': 2}
   up = params['stack']['layers']['mlp']['up']['kernel']  # L x D x F, F split.
   assert up.sharding.spec[-1] == 'tensor' and up.addressable_shards[0].data.shape[-1] == up.shape[-1] // 2
   _, single, _ = pretrained.load(workdir, mesh=sharding.inference_mesh(model.config, jax.devices()[:1]))

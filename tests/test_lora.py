@@ -207,11 +207,16 @@ def test_adapters_learn_on_a_frozen_base_held_as_lora_base_which_stays_bitwise(l
   assert all(np.abs(np.asarray(b)).max() > 0 for b in jax.tree.leaves(state.params))
 
 
-def test_a_quantized_base_computes_as_its_dequantized_copy_and_gives_the_same_adapter_gradients(cycle_batch):
-  # A Gemma-like layer with Qwen's extras (GeGLU, norms with the +1 offset, q/k norms and biases, heads of 16 on a
-  # width of 32): every kind of base parameter a converted model brings, quantized or left bfloat16.
-  c = model_config(4, 'query,value,gate,down', mlp='geglu', norm_offset=1.0, qk_norm=True, qkv_bias=True,
-                   head_dim=16, scale_embeddings=True)
+# A Gemma-like layer with Qwen's extras (GeGLU, norms with the +1 offset, q/k norms and biases, heads of 16 on a
+# width of 32): every kind of base parameter a converted model brings, quantized or left bfloat16; and a sparse model
+# (a dense layer, then two of experts), whose adapters are on the attention.
+@pytest.mark.parametrize('targets, changes', [
+    ('query,value,gate,down', dict(mlp='geglu', norm_offset=1.0, qk_norm=True, qkv_bias=True, head_dim=16,
+                                   scale_embeddings=True)),
+    ('query,value', dict(num_layers=3, dense_layers=1, num_experts=4, expert_width=16))], ids=['dense', 'sparse'])
+def test_a_quantized_base_computes_as_its_dequantized_copy_and_gives_the_same_adapter_gradients(cycle_batch, targets,
+                                                                                               changes):
+  c = model_config(4, targets, **changes)
   base, adapters = lora.split(noisy_params(c, 2))
   held = lora.hold_base(base, 'int4')  # The layers' matrices int4, expanded a layer at a time inside the scan.
   reference = quantize.dequantize(held, jnp.float32)  # The same numbers, expanded whole before the model runs.

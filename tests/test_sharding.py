@@ -19,22 +19,23 @@ from flaxlm.model.transformer import Transformer
 from flaxlm.train import sharding
 
 
-def mesh_config(data=-1, fsdp=1, tensor=1, batch_size=8):
+def mesh_config(data=-1, fsdp=1, expert=1, tensor=1, batch_size=8):
   """Returns the tiny config with the given mesh sizes and batch size."""
   config = tiny.get_config()
-  config.mesh.update(dict(data=data, fsdp=fsdp, tensor=tensor))
+  config.mesh.update(dict(data=data, fsdp=fsdp, expert=expert, tensor=tensor))
   config.train.batch_size = batch_size
   return config
 
 
 @pytest.mark.parametrize('sizes, devices, expected', [
-    ((-1, 1, 1), 8, (8, 1, 1)), ((2, -1, 1), 8, (2, 4, 1)), ((1, 2, -1), 8, (1, 2, 4)), ((2, 2, 2), 8, (2, 2, 2)),
+    ((-1, 1, 1, 1), 8, (8, 1, 1, 1)), ((2, -1, 1, 1), 8, (2, 4, 1, 1)), ((1, 2, 1, -1), 8, (1, 2, 1, 4)),
+    ((2, 1, 2, 2), 8, (2, 1, 2, 2)), ((1, 2, -1, 1), 8, (1, 2, 4, 1)),
 ])
 def test_minus_one_takes_the_remaining_devices(sizes, devices, expected):
   assert sharding.mesh_shape(mesh_config(*sizes), devices) == expected
 
 
-@pytest.mark.parametrize('sizes, devices', [((-1, -1, 1), 8), ((3, -1, 1), 8), ((2, 2, 1), 8)])
+@pytest.mark.parametrize('sizes, devices', [((-1, -1, 1, 1), 8), ((3, -1, 1, 1), 8), ((2, 2, 1, 1), 8)])
 def test_meshes_that_do_not_fit_the_devices_are_refused(sizes, devices):
   with pytest.raises(UserError, match='mesh'):
     sharding.mesh_shape(mesh_config(*sizes), devices)
@@ -53,7 +54,27 @@ def test_parameters_map_to_mesh_axes_through_the_rules():
   assert shardings['embed']['embedding'].spec == P('tensor', 'fsdp')  # (vocab, embed)
   assert shardings['stack']['layers']['mlp']['up']['kernel'].spec == P(None, 'fsdp', 'tensor')  # (layers, ...)
   assert shardings['stack']['layers']['attention']['query']['kernel'].spec == P(None, 'fsdp', 'tensor', None)
-  assert sharding.batch_sharding(mesh).spec == P(('data', 'fsdp'))
+  assert sharding.batch_sharding(mesh).spec == P(('data', 'fsdp', 'expert'))
+
+
+def test_experts_split_over_the_expert_axis_and_the_batch_too():
+  config = mesh_config(data=1, expert=2)
+  config.model.update(num_experts=4, expert_width=32)
+  mesh = sharding.make_mesh(config, jax.devices()[:2])
+  boxed = jax.eval_shape(Transformer(ModelConfig.from_config(config.model, 20)).init, jax.random.key(0),
+                         jnp.zeros((1, 1), jnp.int32))['params']
+  experts = sharding.logical_shardings(boxed, mesh)['stack']['layers']['moe']
+  assert experts['up']['kernel'].spec == P(None, 'expert', 'fsdp', 'tensor')  # (layers, experts, embed, expert_mlp)
+  assert experts['down']['kernel'].spec == P(None, 'expert', 'tensor', 'fsdp')
+  config.model.num_experts = 3
+  boxed = jax.eval_shape(Transformer(ModelConfig.from_config(config.model, 20)).init, jax.random.key(0),
+                         jnp.zeros((1, 1), jnp.int32))['params']
+  with pytest.raises(UserError, match=r'experts dimension \(3\) does not split over mesh axes expert \(2 devices\): '
+                     r'make model.num_experts a multiple of 2, or change --config.mesh.expert'):
+    sharding.logical_shardings(boxed, mesh)
+  with pytest.raises(UserError, match=r'batch_size=3 does not split over 2 data shards \(mesh.data x mesh.fsdp x '
+                     'mesh.expert'):
+    sharding.make_mesh(mesh_config(data=1, expert=2, batch_size=3), jax.devices()[:2])
 
 
 def test_a_dimension_that_a_rule_cannot_split_evenly_is_refused_with_the_key_to_change():
@@ -79,17 +100,27 @@ def test_cpu_device_count_is_one_per_core_dividing_the_batch(monkeypatch, batch_
   assert sharding.cpu_device_count(config) == (explicit or 1)
 
 
-# One device, pure data parallelism, and two meshes that split every axis (each compile costs ~10 s on CI).
-MESHES = [(1, 1, 1), (2, 1, 1), (2, 2, 2), (1, 4, 2)]
+# The tiny model (dense) and a sparse one (model/moe.py): on one device, and on meshes that split every axis, the
+# experts over 2 devices (the batch too), over 4 with data parallelism, and over 2 with fsdp and tensor (each compile
+# costs ~5 s on CI).
+DENSE, SPARSE = [(1, 1, 1, 1), (2, 2, 1, 2)], [(1, 1, 1, 1), (1, 1, 2, 1), (2, 1, 4, 1), (1, 2, 2, 2)]
 
 
-def step_on_mesh(sizes: tuple[int, int, int]) -> tuple[list[dict], dict, object]:
-  """Returns (each step's metrics, params) after three train steps of the tiny model on a mesh of `sizes`, and the
-  state. Three: step 0's learning rate is 0 and the untied head starts at zero, so only the third moves every
-  parameter by its gradient."""
+def sparse_config(config):
+  """Returns `config` made sparse: 3 layers, the first dense, then 4 experts of width 32, 2 a token, both router
+  losses weighted (so their gradients are compared too)."""
+  config.model.update(num_layers=3, dense_layers=1, num_experts=4, experts_per_token=2, expert_width=32,
+                      router_z_loss=1e-3)
+  return config
+
+
+def step_on_mesh(sizes: tuple[int, ...], sparse: bool) -> tuple[list[dict], dict, object]:
+  """Returns (each step's metrics, params) after three train steps of the tiny model (or its `sparse_config`) on a
+  mesh of `sizes`, and the state. Three: step 0's learning rate is 0 and the untied head starts at zero, so only
+  the third moves every parameter by its gradient."""
   from flaxlm.data import pipeline
   from flaxlm.train import optimizer, state as state_lib, step as step_lib
-  config = mesh_config(*sizes)
+  config = (sparse_config if sparse else lambda c: c)(mesh_config(*sizes))
   mesh = sharding.make_mesh(config, jax.devices()[:math.prod(sizes)])
   model = Transformer(ModelConfig.from_config(config.model, 20))
   tx = optimizer.make_optimizer(config.train)
@@ -107,37 +138,44 @@ def step_on_mesh(sizes: tuple[int, int, int]) -> tuple[list[dict], dict, object]
 
 
 def compare_meshes() -> None:
-  """Prints, as JSON, how far each mesh's losses, gradient norms and params are from one device's, and how params
-  are laid out."""
+  """Prints, as JSON, how far each mesh's metrics and params are from one device's, and how the MLP's (or the
+  experts') up kernel is laid out."""
   from conftest import adamw_params_differ
   jax.config.update('jax_num_cpu_devices', 8)
-  reference, reference_params, _ = step_on_mesh(MESHES[0])
   report = {}
-  for sizes in MESHES[1:]:
-    steps, params, state = step_on_mesh(sizes)
-    gap = lambda key: max(abs(a[key] - b[key]) / b[key] for a, b in zip(steps, reference))
-    up = state.params['stack']['layers']['mlp']['up']['kernel']
-    report[str(sizes)] = {'loss': gap('loss'), 'grad_norm': gap('grad_norm'),
-                          'params': adamw_params_differ(params, reference_params, [m['learning_rate'] for m in steps]),
-                          'up_spec': str(up.sharding.spec), 'up_shard': list(up.addressable_shards[0].data.shape)}
+  for sparse, meshes in ((False, DENSE), (True, SPARSE)):
+    reference, reference_params, _ = step_on_mesh(meshes[0], sparse)
+    for sizes in meshes[1:]:
+      steps, params, state = step_on_mesh(sizes, sparse)
+      gaps = {key: max(abs(a[key] - b[key]) / b[key] for a, b in zip(steps, reference)) for key in reference[0]
+              if key != 'learning_rate'}
+      up = state.params['stack']['layers']['moe' if sparse else 'mlp']['up']['kernel']
+      report[f'{"sparse" if sparse else "dense"} {sizes}'] = {
+          **gaps, 'params': adamw_params_differ(params, reference_params, [m['learning_rate'] for m in steps]),
+          'up_spec': str(up.sharding.spec), 'up_shard': list(up.addressable_shards[0].data.shape)}
   print(json.dumps(report))
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(tuple(map(int, jax.__version__.split('.')[:2])) < (0, 12),
                     reason='in-process CPU all-reduce deadlocks before jax 0.12')
-def test_data_fsdp_tensor_and_mixed_meshes_match_one_device():
+def test_data_fsdp_expert_tensor_and_mixed_meshes_match_one_device():
   out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=280,
                        cwd=pathlib.Path(__file__).parents[1], check=True).stdout
   report = json.loads(out.strip().splitlines()[-1])
-  assert set(report) == {str(sizes) for sizes in MESHES[1:]}
+  assert set(report) == {f'dense {DENSE[1]}', *(f'sparse {sizes}' for sizes in SPARSE[1:])}
   for sizes, result in report.items():
     # The same sums split over other devices: reassociation alone (~1e-6 relative), and Adam's strays (conftest).
-    assert result['loss'] < 1e-5 and result['grad_norm'] < 1e-5 and not result['params'], (sizes, result)
-  # The MLP's up kernel (layers, embed, mlp) is split over fsdp (embed) and tensor (mlp), as the rules say.
-  assert report['(2, 2, 2)']['up_spec'] == str(P(None, 'fsdp', 'tensor'))
-  assert report['(2, 2, 2)']['up_shard'] == [2, 16, 64]
-  assert report['(1, 4, 2)']['up_shard'] == [2, 8, 64]
+    gaps = {key: gap for key, gap in result.items() if key in ('loss', 'grad_norm', 'balance_loss', 'router_z_loss')}
+    assert len(gaps) == (4 if 'sparse' in sizes else 2) and max(gaps.values()) < 1e-5, (sizes, result)
+    assert not result['params'], (sizes, result)
+  # The MLP's up kernel (layers, embed, mlp) is split over fsdp (embed) and tensor (mlp), as the rules say; the
+  # experts' (layers, experts, embed, expert_mlp) over expert, fsdp and tensor.
+  assert report['dense (2, 2, 1, 2)']['up_spec'] == str(P(None, 'fsdp', 'tensor'))
+  assert report['dense (2, 2, 1, 2)']['up_shard'] == [2, 16, 64]
+  assert report['sparse (2, 1, 4, 1)']['up_spec'] == str(P(None, 'expert', 'fsdp', 'tensor'))
+  assert report['sparse (2, 1, 4, 1)']['up_shard'] == [2, 1, 32, 32]
+  assert report['sparse (1, 2, 2, 2)']['up_shard'] == [2, 2, 16, 16]
 
 
 if __name__ == '__main__':

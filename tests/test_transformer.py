@@ -49,7 +49,9 @@ def expected_count(c: ModelConfig) -> int:
   """Returns the parameter count by formula: embeddings, L x (attention + MLP + norms), final norm, head."""
   norm = c.width * (2 if c.norm == 'layernorm' else 1)
   attention = c.width * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-  mlp = c.width * c.mlp_width * (2 if c.mlp == 'gelu' else 3)
+  matrices = 2 if c.mlp == 'gelu' else 3
+  mlp = c.width * c.mlp_width * matrices
+  sparse = c.width * c.num_experts + c.num_experts * c.width * c.expert_width * matrices  # router, experts
   if c.use_bias or c.qkv_bias:  # q, k and v biases
     attention += c.head_dim * (c.num_heads + 2 * c.num_kv_heads)
   if c.use_bias:  # out bias; up (and gate) and down biases.
@@ -60,7 +62,8 @@ def expected_count(c: ModelConfig) -> int:
   positions = c.max_length * c.width if c.positions == 'learned' else 0
   head = 0 if c.tie_embeddings else c.width * c.vocab_size
   norms = 4 if c.post_norms else 2  # before attention and the MLP (and after each, with post_norms)
-  return c.vocab_size * c.width + positions + c.num_layers * (attention + mlp + norms * norm) + norm + head
+  mlps = sum(sparse if c.sparse(i) else mlp for i in range(c.num_layers))
+  return c.vocab_size * c.width + positions + c.num_layers * (attention + norms * norm) + mlps + norm + head
 
 
 VARIANTS = [
@@ -72,12 +75,13 @@ VARIANTS = [
     {'scan_layers': False, 'remat': 'full'},
     {'dtype': 'bfloat16'},
     # The pretrained families' options (model/hf_families.py), all at once: Gemma 2 and 3's local layers (a window
-    # of 4, their own rotary base) and global ones, the third layer beyond the scanned pattern, soft caps included.
+    # of 4, their own rotary base) and global ones, soft caps included; Qwen3-MoE's experts after a dense first layer,
+    # so the scanned pattern starts at its second kind and the fourth layer is beyond it.
     {'num_kv_heads': 1, 'head_dim': 12, 'qkv_bias': True, 'qk_norm': True, 'mlp': 'geglu', 'norm_offset': 1.0,
      'scale_embeddings': True, 'tie_embeddings': True, 'rope_scaling': 'yarn', 'rope_factor': 4.0,
-     'rope_original_length': 8, 'num_layers': 3, 'layer_pattern': 'local,global', 'window': 4,
+     'rope_original_length': 8, 'num_layers': 4, 'layer_pattern': 'local,global', 'window': 4,
      'rope_local_theta': 50.0, 'query_scalar': 6.0, 'attention_softcap': 3.0, 'logits_softcap': 20.0,
-     'post_norms': True},
+     'post_norms': True, 'num_experts': 4, 'experts_per_token': 2, 'expert_width': 16, 'dense_layers': 1},
     {'width': 30, 'head_dim': 6, 'rope_scaling': 'llama3', 'rope_factor': 8.0, 'rope_original_length': 4},  # K*H != D
 ]
 FAMILY_OPTIONS = VARIANTS[-2]

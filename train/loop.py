@@ -93,7 +93,7 @@ def task_scores(setup: Setup, params) -> dict[str, float]:
   from flaxlm.train.use import evaluate, harness
   c, names_manager = setup.model.config, setup.tasks
   per_device = max(1, min(16, 2**30 // (4 * c.max_length * c.vocab_size)))
-  rows = per_device * setup.mesh.shape['data'] * setup.mesh.shape['fsdp']
+  rows = per_device * sharding.batch_shards(setup.mesh.shape)
   lm = harness.FlaxLM(setup.model, params, setup.tokenizer, rows)
   limit = setup.config.train.eval_tasks_limit or None
   return evaluate.flat_scores(evaluate.evaluate(lm, *names_manager, limit=limit))

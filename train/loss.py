@@ -1,7 +1,8 @@
 """The loss: the next-token cross-entropy, how surprised the model is by each true next token, averaged.
 
 `loss_fn` is what training minimizes (train/step.py calls it once per batch or microbatch): the model's final-norm
-output, then the cross-entropy computed a chunk of positions at a time, so the B x T x V logits never exist at once.
+output, then the cross-entropy computed a chunk of positions at a time, so the B x T x V logits never exist at once;
+in a sparse model, plus the routers' losses (model/moe.py) times their weights. `loss_parts` also returns each.
 `cross_entropy` is the same loss of logits already in hand (the notebooks compute it so).
 
 Shape key: B batch, T sequence length, D model width, V vocabulary, N chunks, C positions per chunk.
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flaxlm.model import moe
 from flaxlm.model.transformer import Transformer
 
 LOGITS_PER_CHUNK = 2 ** 25  # Logits of one sequence's chunk: 128 MiB in float32, whatever the vocabulary.
@@ -28,18 +30,33 @@ Batch = dict[str, jax.Array]
 
 def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
             total_weight: jax.Array | None = None) -> jax.Array:
-  """Returns the next-token loss of `params` (all the model's: with LoRA, the adapters on the base) on `batch`
-  (dropout on when `dropout_rng` is given).
+  """Returns the loss training minimizes of `params` on `batch`: `loss_parts`' first."""
+  return loss_parts(params, batch, model, dropout_rng, total_weight)[0]
 
-  The weighted token losses are summed and divided by `total_weight` (default: this batch's weights), so the
-  losses of a batch's microbatches, each divided by the whole batch's weight, add up to the batch's loss.
+
+def loss_parts(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
+               total_weight: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Returns (the loss training minimizes, {'loss': the next-token loss, and a sparse model's 'balance_loss' and
+  'router_z_loss'}) of `params` (all the model's: with LoRA, the adapters on the base) on `batch` (dropout on when
+  `dropout_rng` is given). The minimized loss is the next-token loss plus the router losses times their weights
+  (model.balance_loss, model.router_z_loss).
+
+  The weighted token losses are summed and divided by `total_weight` (default: this batch's weights), and the router
+  losses weighted by this batch's share of it, so the parts of a batch's microbatches, each divided by the whole
+  batch's weight, add up to the batch's.
   """
-  variables = {'params': params}
-  x_BxTxD = model.apply(variables, batch['inputs'], batch['positions'], batch['segment_ids'],
-                        deterministic=dropout_rng is None,
-                        rngs={'dropout': dropout_rng} if dropout_rng is not None else None, method=Transformer.hidden)
+  c, variables = model.config, {'params': params}
+  x_BxTxD, sown = model.apply(variables, batch['inputs'], batch['positions'], batch['segment_ids'],
+                              deterministic=dropout_rng is None,
+                              rngs={'dropout': dropout_rng} if dropout_rng is not None else None,
+                              method=Transformer.hidden, mutable=['losses'])
   loss_sum = cross_entropy_sum(model, variables, x_BxTxD, batch['targets'], batch['weights'])
-  return loss_sum / (batch_weight(batch['weights']) if total_weight is None else total_weight)
+  weight = batch_weight(batch['weights']) if total_weight is None else total_weight
+  share = batch_weight(batch['weights']) / weight
+  parts = {'loss': loss_sum / weight,
+           **{name: share * value for name, value in moe.losses(sown.get('losses', {})).items()}}
+  routers = c.balance_loss * parts.get('balance_loss', 0.0) + c.router_z_loss * parts.get('router_z_loss', 0.0)
+  return parts['loss'] + routers, parts
 
 
 def batch_weight(weights_BxT: jax.Array) -> jax.Array:

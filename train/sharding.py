@@ -1,7 +1,8 @@
 """The device mesh and the one table that maps the model's logical axes onto it.
 
-Changing the parallelism is a config change: `mesh.data`, `mesh.fsdp` and `mesh.tensor` size the mesh,
-and RULES says which mesh axes each logical axis of a parameter or activation is split over.
+Changing the parallelism is a config change: `mesh.data`, `mesh.fsdp`, `mesh.expert` and `mesh.tensor` size the
+mesh, and RULES says which mesh axes each logical axis of a parameter or activation is split over. The batch is split
+over the data, fsdp and expert axes; a sparse model's experts over the expert axis (model/moe.py exchanges the tokens).
 """
 
 import functools
@@ -18,9 +19,12 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from flaxlm.configs.errors import UserError
 from flaxlm.model.config import ModelConfig
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
+MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
+BATCH_AXES = ('data', 'fsdp', 'expert')  # the axes a batch's rows are split over
 RULES = (
-    ('batch', ('data', 'fsdp')),
+    ('batch', BATCH_AXES),
+    ('experts', 'expert'),
+    ('expert_mlp', 'tensor'),
     ('embed', 'fsdp'),
     ('heads', 'tensor'),
     ('kv_heads', 'tensor'),
@@ -31,8 +35,9 @@ RULES = (
     ('layers', None),
 )
 SIZE_KEYS = {'vocab': 'model.vocab_size', 'embed': 'model.width', 'heads': 'model.num_heads',
-             'kv_heads': 'model.num_kv_heads', 'mlp': 'model.mlp_width'}  # the config key that sizes each axis.
-TENSOR_SPLIT = tuple(axis for axis, mesh_axes in RULES if mesh_axes == 'tensor')  # heads, kv_heads, mlp, vocab.
+             'kv_heads': 'model.num_kv_heads', 'mlp': 'model.mlp_width', 'experts': 'model.num_experts',
+             'expert_mlp': 'model.expert_width'}  # the config key that sizes each axis.
+TENSOR_SPLIT = tuple(axis for axis, mesh_axes in RULES if mesh_axes == 'tensor')  # expert_mlp, heads, ..., vocab.
 
 
 def cpu_device_count(config: ml_collections.ConfigDict) -> int:
@@ -58,32 +63,32 @@ def configure_cpu_devices(config: ml_collections.ConfigDict) -> None:
 
 
 def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
-  """Returns the (data, fsdp, tensor) sizes; a -1 takes the devices the other axes leave."""
+  """Returns the (data, fsdp, expert, tensor) sizes; a -1 takes the devices the other axes leave."""
   sizes = [config.mesh[axis] for axis in MESH_AXES]
   known = math.prod(s for s in sizes if s != -1)
   if sizes.count(-1) > 1 or known <= 0 or num_devices % known:
     raise UserError(f'mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices: '
-                    'make the product of mesh.data, mesh.fsdp and mesh.tensor divide the device count '
+                    'make the product of mesh.data, mesh.fsdp, mesh.expert and mesh.tensor divide the device count '
                     '(at most one of them -1).')
   sizes = [num_devices // known if s == -1 else s for s in sizes]
   if math.prod(sizes) != num_devices:
     raise UserError(f'mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} of {num_devices} devices: '
-                    'set one of mesh.data, mesh.fsdp, mesh.tensor to -1.')
+                    'set one of mesh.data, mesh.fsdp, mesh.expert, mesh.tensor to -1.')
   return tuple(sizes)
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices: list | None = None) -> jax.sharding.Mesh:
-  """Returns the (data, fsdp, tensor) mesh over `devices` (default: all), checking the batch splits evenly.
+  """Returns the (data, fsdp, expert, tensor) mesh over `devices` (default: all), checking the batch splits evenly.
 
   With `mesh.dcn_data` > 1 the data axis spans that many slices (TPU) or processes (elsewhere) over the
   data-center network, and the rest of the mesh stays within each, on the fast interconnect.
   """
   devices = devices or jax.devices()
   shape = mesh_shape(config, len(devices))
-  data_shards = shape[0] * shape[1] * config.train.microbatches
+  data_shards = batch_shards(dict(zip(MESH_AXES, shape))) * config.train.microbatches
   if config.train.batch_size % data_shards:
     raise UserError(f'train.batch_size={config.train.batch_size} does not split over {data_shards} data shards '
-                    '(mesh.data x mesh.fsdp x train.microbatches): use a multiple of it, or set '
+                    '(mesh.data x mesh.fsdp x mesh.expert x train.microbatches): use a multiple of it, or set '
                     '--config.mesh.cpu_devices on CPU.')
   axis_types = (AxisType.Auto,) * len(MESH_AXES)
   if config.mesh.dcn_data == 1:
@@ -99,7 +104,8 @@ def hybrid_devices(shape: tuple[int, ...], dcn_data: int, devices: list) -> np.n
     raise UserError(f'mesh.dcn_data={dcn_data} must divide mesh.data={shape[0]} and equal the number of '
                     f'{"slices" if slices else "processes"} ({groups}): set --config.mesh.dcn_data={groups}.')
   ici_shape = (shape[0] // dcn_data, *shape[1:])
-  return mesh_utils.create_hybrid_device_mesh(ici_shape, (dcn_data, 1, 1), devices, process_is_granule=not slices)
+  dcn_shape = (dcn_data,) + (1,) * (len(shape) - 1)
+  return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=not slices)
 
 
 def single_device_mesh() -> jax.sharding.Mesh:
@@ -109,13 +115,14 @@ def single_device_mesh() -> jax.sharding.Mesh:
 
 
 def inference_mesh(config: ModelConfig, devices: list | None = None) -> jax.sharding.Mesh:
-  """Returns the (data=1, fsdp=1, tensor=N) mesh a model is sampled and scored on: over the first N of `devices`
-  (default: all), N the most of them that divides every dimension split over the tensor axis (heads, key/value heads,
-  MLP width, vocabulary), so 1 on one device. Each device then holds 1/N of the split matrices."""
+  """Returns the (data=1, fsdp=1, expert=1, tensor=N) mesh a model is sampled and scored on: over the first N of
+  `devices` (default: all), N the most of them that divides every dimension split over the tensor axis (heads,
+  key/value heads, MLP and expert width, vocabulary), so 1 on one device. Each device then holds 1/N of the split
+  matrices."""
   devices = devices or jax.devices()
   sizes = [getattr(config, SIZE_KEYS[axis].removeprefix('model.')) for axis in TENSOR_SPLIT]
   n = max(n for n in range(1, len(devices) + 1) if all(size % n == 0 for size in sizes))
-  return jax.make_mesh((1, 1, n), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices[:n])
+  return jax.make_mesh((1, 1, 1, n), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices[:n])
 
 
 def mesh_of(tree) -> jax.sharding.Mesh:
@@ -147,9 +154,14 @@ def check_divisible(name: str, shape: tuple[int, ...], axes: tuple[str | None, .
                       f'--config.mesh.{mesh_axes[-1]}.')
 
 
+def batch_shards(sizes) -> int:
+  """Returns how many blocks a batch's rows are split into on a mesh of axis `sizes` (a mesh's shape, or a dict)."""
+  return math.prod(sizes[axis] for axis in BATCH_AXES)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-  """Returns the sharding of a B x T batch: B split over data x fsdp, T whole."""
-  return NamedSharding(mesh, P(('data', 'fsdp')))
+  """Returns the sharding of a B x T batch: B split over data x fsdp x expert, T whole."""
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 @functools.lru_cache(maxsize=16)
@@ -167,7 +179,7 @@ def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict[str, jax.Ar
   """
   sharding = batch_sharding(mesh)
 
-  shards = mesh.shape['data'] * mesh.shape['fsdp']  # The batch's row blocks, of which this process holds some.
+  shards = batch_shards(mesh.shape)  # The batch's row blocks, of which this process holds some.
   held = len(process_rows(mesh, shards))  # All of them when the processes span only the tensor axis.
 
   def assemble(x_RxT: np.ndarray) -> jax.Array:

@@ -12,7 +12,7 @@ import optax
 
 from flaxlm.model import lora
 from flaxlm.train import sharding
-from flaxlm.train.loss import Batch, batch_weight, loss_fn
+from flaxlm.train.loss import Batch, batch_weight, loss_fn, loss_parts
 from flaxlm.train.state import TrainState, model_params
 
 def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
@@ -22,39 +22,43 @@ def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
 
 
 def gradients(state: TrainState, batch: Batch, model: nn.Module, dropout_rng: jax.Array,
-              microbatches: int) -> tuple[jax.Array, object]:
-  """Returns (loss, gradients of the state's trained params) on `batch`, computed over `microbatches` pieces in turn
-  to bound activation memory.
+              microbatches: int) -> tuple[dict[str, jax.Array], object]:
+  """Returns (the loss's parts, `loss_parts`' second, and the gradients of the state's trained params) on `batch`,
+  computed over `microbatches` pieces in turn to bound activation memory.
 
   The frozen params (LoRA's base) take part in the loss as constants: no gradient of their size is ever made. The
   gradients of the pieces are summed (Optax's MultiSteps instead averages whole optimizer calls, one per microbatch),
   so the result equals the whole batch's up to float rounding, padding included.
   """
-  loss_and_grads = jax.value_and_grad(
-      lambda trained, micro, rng, total: loss_fn(lora.combine(state.frozen, trained), micro, model, rng, total))
+  def parts_and_grads(trained, micro: Batch, rng: jax.Array, total: jax.Array | None):
+    objective = lambda trained: loss_parts(lora.combine(state.frozen, trained), micro, model, rng, total)
+    (_, parts), grads = jax.value_and_grad(objective, has_aux=True)(trained)
+    return parts, grads
+
   if microbatches == 1:
-    return loss_and_grads(state.params, batch, dropout_rng, None)
+    return parts_and_grads(state.params, batch, dropout_rng, None)
   total_weight = batch_weight(batch['weights'])
   micro_batches = jax.tree.map(lambda x: split_microbatches(x, microbatches), batch)
 
   def accumulate(totals, micro_and_index):
     micro, index = micro_and_index
-    piece = loss_and_grads(state.params, micro, jax.random.fold_in(dropout_rng, index), total_weight)
+    piece = parts_and_grads(state.params, micro, jax.random.fold_in(dropout_rng, index), total_weight)
     return jax.tree.map(jnp.add, totals, piece), None
 
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-  (loss, grads), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(microbatches)))
-  return loss, grads
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(parts_and_grads, state.params, first, dropout_rng, total_weight))
+  (parts, grads), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(microbatches)))
+  return parts, grads
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.GradientTransformation,
                schedule: optax.Schedule, seed: int, microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   """Returns the state after one update of its trained params on `batch`, and the step's metrics."""
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
-  loss, grads = gradients(state, batch, model, dropout_rng, microbatches)  # predict, loss, backprop
+  parts, grads = gradients(state, batch, model, dropout_rng, microbatches)  # predict, loss, backprop
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)  # update
-  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
+  metrics = {**parts, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
   if isinstance(opt_state, optax.ApplyIfFiniteState):  # train.nonfinite=skip
     metrics['skipped_steps'] = opt_state.total_notfinite
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
