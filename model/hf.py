@@ -99,9 +99,9 @@ def hf_shapes(c: ModelConfig, prefix: str) -> dict[str, tuple[int, ...]]:
   """Returns {name: shape} of model `c`'s HF tensors as `params_to_hf` names them, the body's under `prefix`."""
   _, family = family_of(c)
   views = shape_views(c)
-  layer = {name: x.shape for name, x in family.layer_to_hf(unstack(views['stack'], c)[0], c).items()}
   shapes = {f'{prefix}{name}': x.shape for name, x in family.outer_to_hf(views).items()}
-  shapes.update({f'{prefix}{family.layers}.{i}.{name}': s for i in range(c.num_layers) for name, s in layer.items()})
+  for i, layer in enumerate(unstack(views['stack'], c)):  # a sparse model's dense layers differ from its sparse ones
+    shapes.update({f'{prefix}{family.layers}.{i}.{name}': x.shape for name, x in family.layer_to_hf(layer, c).items()})
   if not c.tie_embeddings:
     shapes['lm_head.weight'] = views['head']['kernel'].T.shape
   return shapes

@@ -9,6 +9,8 @@ GPT-2's Conv1D weights are stored (in, out) like flax kernels; Llama's nn.Linear
 HF's rotary embedding rotates halves of each head (rotate_half), as `model.rope.rotate` does. Llama, Mistral, Qwen2,
 Qwen3, Gemma, Phi-3, Gemma 2 and Gemma 3 name their tensors alike (Phi-3 fuses q, k and v, and gate and up, into one
 matrix each; Gemma 2 and 3 have four norms a layer); each is a few model options (`Family.options`) over one mapping.
+The sparse Mixtral and Qwen3-MoE add a router and E experts to a layer (model/moe.py), each expert's matrices a tensor
+of its own, as the Hub holds them (E x F x D for flaxlm's stacked E x D x F).
 A multimodal Gemma 3 folder holds Gemma 3's text model under other names, beside a vision tower left out.
 Functions here only reshape, transpose, split and concatenate: a tensor keeps its dtype.
 """
@@ -44,6 +46,7 @@ class Family:
   layer_to_hf: Callable[[Tree, ModelConfig], Tensors]
   buffers: tuple[str, ...]  # per-layer tensors older transformers saved that are not weights (flaxlm computes them)
   also_prefixes: tuple[str, ...] = ()  # other prefixes the body's names may have (a multimodal folder's text model)
+  sparse: bool = False  # its models have mixtures of experts (model.num_experts > 0); the others have none
   skipped: tuple[str, ...] = ()  # name prefixes of tensors outside the language model, left out (a vision tower)
 
 
@@ -465,9 +468,11 @@ def rotary_layer_from_hf(t: Tensors, c: ModelConfig) -> Tree:
   attention['out'] = {'kernel': t['self_attn.o_proj.weight'].T.reshape(H, K, D)}
   if c.qk_norm:
     attention.update(query_norm=rms_norm(t, 'self_attn.q_norm'), key_norm=rms_norm(t, 'self_attn.k_norm'))
-  return {'attention': attention, 'attention_norm': rms_norm(t, 'input_layernorm'),
-          'mlp': {name: {'kernel': t[f'mlp.{name}_proj.weight'].T} for name in ('gate', 'up', 'down')},
-          'mlp_norm': rms_norm(t, 'post_attention_layernorm')}
+  layer = {'attention': attention, 'attention_norm': rms_norm(t, 'input_layernorm'),
+           'mlp_norm': rms_norm(t, 'post_attention_layernorm')}
+  if 'mlp.gate_proj.weight' in t:  # else a sparse layer's, which `sparse_layer_from_hf` adds
+    layer['mlp'] = {name: {'kernel': t[f'mlp.{name}_proj.weight'].T} for name in ('gate', 'up', 'down')}
+  return layer
 
 
 def rotary_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
@@ -480,8 +485,109 @@ def rotary_layer_to_hf(p: Tree, c: ModelConfig) -> Tensors:
   if c.qk_norm:
     tensors.update({'self_attn.q_norm.weight': a['query_norm']['RMSNorm_0']['scale'],
                     'self_attn.k_norm.weight': a['key_norm']['RMSNorm_0']['scale']})
-  return {**tensors, 'post_attention_layernorm.weight': p['mlp_norm']['RMSNorm_0']['scale'],
-          **{f'mlp.{name}_proj.weight': p['mlp'][name]['kernel'].T for name in ('gate', 'up', 'down')}}
+  tensors['post_attention_layernorm.weight'] = p['mlp_norm']['RMSNorm_0']['scale']
+  if 'mlp' in p:  # else a sparse layer's, which `sparse_layer_to_hf` adds
+    tensors.update({f'mlp.{name}_proj.weight': p['mlp'][name]['kernel'].T for name in ('gate', 'up', 'down')})
+  return tensors
+
+
+MIXTRAL_EXPERTS = ('block_sparse_moe', ('w1', 'w3', 'w2'))  # the sparse MLP's name, and its experts' gate, up, down
+QWEN3_MOE_EXPERTS = ('mlp', ('gate_proj', 'up_proj', 'down_proj'))
+
+
+def sparse_layer_from_hf(experts: tuple[str, tuple[str, ...]]) -> Callable[[Tensors, ModelConfig], Tree]:
+  """Returns the `layer_from_hf` of a sparse Llama-like model type whose mixture of experts is named `experts`: a
+  layer with its router (`name`.gate, E x D) reads as 'moe', the experts' matrices stacked; a dense one as Llama's."""
+  name, matrices = experts
+
+  def from_hf(t: Tensors, c: ModelConfig) -> Tree:
+    layer = rotary_layer_from_hf(t, c)
+    if f'{name}.gate.weight' in t:
+      stacked = lambda hf: np.stack([t[f'{name}.experts.{j}.{hf}.weight'].T for j in range(c.num_experts)])
+      layer['moe'] = {'router': {'kernel': t[f'{name}.gate.weight'].T},
+                      **{ours: {'kernel': stacked(hf)} for ours, hf in zip(('gate', 'up', 'down'), matrices)}}
+    return layer
+  return from_hf
+
+
+def sparse_layer_to_hf(experts: tuple[str, tuple[str, ...]]) -> Callable[[Tree, ModelConfig], Tensors]:
+  """Returns the `layer_to_hf` of a sparse Llama-like model type whose mixture of experts is named `experts` (see
+  `sparse_layer_from_hf`): each expert's matrix a tensor of its own."""
+  name, matrices = experts
+
+  def to_hf(p: Tree, c: ModelConfig) -> Tensors:
+    tensors = rotary_layer_to_hf(p, c)
+    if 'moe' in p:
+      tensors[f'{name}.gate.weight'] = p['moe']['router']['kernel'].T
+      for ours, hf in zip(('gate', 'up', 'down'), matrices):
+        tensors.update({f'{name}.experts.{j}.{hf}.weight': w.T for j, w in enumerate(p['moe'][ours]['kernel'])})
+    return tensors
+  return to_hf
+
+
+def mixtral_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Mixtral config.json: Mistral's layers, each MLP E experts of which the router
+  picks k, their weights renormalised; raises UserError for router noise or a sliding window."""
+  no_sliding_window(hf)
+  require(hf, 'router_jitter_noise', (0, 0.0, None), None)
+  section = rotary_model_config(hf, MIXTRAL.options, ('silu',), tied=False)
+  experts = integer(hf, 'num_local_experts')
+  return dict(section, num_experts=experts, experts_per_token=per_token(hf, experts),
+              expert_width=section['mlp_width'], balance_loss=router_weight(hf))
+
+
+def per_token(hf: dict, experts: int) -> int:
+  """Returns config.json's num_experts_per_tok, checked against its count of `experts`."""
+  k = integer(hf, 'num_experts_per_tok')
+  if k > experts:
+    raise UserError(f'config.json has num_experts_per_tok={k}, above its {experts} experts: fix the value, or pass '
+                    'the folder\'s own config.json.')
+  return k
+
+
+def router_weight(hf: dict) -> float:
+  """Returns config.json's router_aux_loss_coef, the weight of the load-balancing loss (0 when absent or null)."""
+  return 0.0 if hf.get('router_aux_loss_coef') is None else float(number(hf, 'router_aux_loss_coef'))
+
+
+def mixtral_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Mixtral with the shape of `c` (its experts' width the intermediate_size; head_dim null
+  when it is width / heads, as transformers and the Hub's Mixtral write it)."""
+  return dict(rotary_hf_config(c, 'silu'), intermediate_size=c.expert_width,
+              head_dim=None if c.head_dim * c.num_heads == c.width else c.head_dim, num_local_experts=c.num_experts,
+              num_experts_per_tok=c.experts_per_token, router_aux_loss_coef=c.balance_loss, router_jitter_noise=0.0,
+              sliding_window=None, output_router_logits=False)
+
+
+def dense_layers(hf: dict) -> int:
+  """Returns how many first layers of a Qwen3-MoE config.json are dense (`mlp_only_layers` 0..n-1); raises UserError
+  for dense layers elsewhere, or sparse layers spaced by a decoder_sparse_step other than 1."""
+  require(hf, 'decoder_sparse_step', (1,), 1)
+  dense = hf.get('mlp_only_layers') or []
+  if not isinstance(dense, list) or dense != list(range(len(dense))):
+    raise UserError(f'config.json has mlp_only_layers={dense!r}, which flaxlm cannot express: its dense layers are '
+                    'the first n (mlp_only_layers [0, 1, ..., n-1]).')
+  return len(dense)
+
+
+def qwen3_moe_model_config(hf: dict) -> dict:
+  """Returns flaxlm's model section for a Qwen3-MoE config.json: Qwen3's attention, then E experts of
+  moe_intermediate_size in each layer but the first mlp_only_layers (dense, of intermediate_size)."""
+  require(hf, 'attention_bias', (False,), False)
+  full_attention(hf)
+  section = rotary_model_config(hf, QWEN3_MOE.options, ('silu',), tied=False)
+  experts = integer(hf, 'num_experts' if 'num_experts' in hf else 'num_local_experts')  # transformers 5: the latter
+  return dict(section, num_experts=experts, experts_per_token=per_token(hf, experts),
+              expert_width=integer(hf, 'moe_intermediate_size'), dense_layers=dense_layers(hf),
+              router_renormalize=boolean(hf, 'norm_topk_prob', False), balance_loss=router_weight(hf))
+
+
+def qwen3_moe_hf_config(c: ModelConfig) -> dict:
+  """Returns the config.json of Qwen3-MoE with the shape of `c`."""
+  return dict(qwen3_hf_config(c), num_experts=c.num_experts, num_experts_per_tok=c.experts_per_token,
+              moe_intermediate_size=c.expert_width, norm_topk_prob=c.router_renormalize, decoder_sparse_step=1,
+              mlp_only_layers=list(range(c.dense_layers)), router_aux_loss_coef=c.balance_loss,
+              output_router_logits=False)
 
 
 GEMMA2_NORMS = (('attention_norm', 'input_layernorm'), ('attention_post_norm', 'post_attention_layernorm'),
@@ -535,14 +641,17 @@ def rotary_outer_to_hf(p: Tree) -> Tensors:
 
 def rotary_family(architecture: str, options: dict, model_config: Callable[[dict], dict],
                   hf_config: Callable[[ModelConfig], dict], layer_from_hf: Callable = rotary_layer_from_hf,
-                  layer_to_hf: Callable = rotary_layer_to_hf, free: tuple[str, ...] = ()) -> Family:
+                  layer_to_hf: Callable = rotary_layer_to_hf, free: tuple[str, ...] = (),
+                  experts: tuple[str, tuple[str, ...]] | None = None) -> Family:
   """Returns the Family of a Llama-like model type: its tensors are named as Llama's (but the layer's where
   `layer_from_hf` and `layer_to_hf` say otherwise), its options say the rest; the options `free` name are each
-  model's own (Gemma 2's window), not the type's."""
+  model's own (Gemma 2's window), not the type's. A sparse type's `experts` names its mixtures of experts."""
   fixed = {key: value for key, value in {**PLAIN, **options}.items() if key not in free}
+  if experts:
+    layer_from_hf, layer_to_hf = sparse_layer_from_hf(experts), sparse_layer_to_hf(experts)
   return Family(architecture, 'model.', 'layers', 'num_hidden_layers', fixed, model_config, hf_config,
                 rotary_outer_from_hf, rotary_outer_to_hf, layer_from_hf, layer_to_hf,
-                buffers=('self_attn.rotary_emb.inv_freq',))  # the rotary frequencies
+                buffers=('self_attn.rotary_emb.inv_freq',), sparse=bool(experts))  # the rotary frequencies
 
 
 # The options that tell model types apart, as flaxlm's own models have them.
@@ -574,8 +683,12 @@ GEMMA3 = dataclasses.replace(
                   gemma3_hf_config, gemma2_layer_from_hf, gemma2_layer_to_hf, free=(*WINDOWED, 'rope_local_theta')),
     also_prefixes=('model.language_model.', 'language_model.model.'),  # a multimodal folder's language model's,
     skipped=('model.vision_tower.', 'model.multi_modal_projector.', 'vision_tower.', 'multi_modal_projector.'))
+MIXTRAL = rotary_family('MixtralForCausalLM', dict(dense_layers=0, router_renormalize=True), mixtral_model_config,
+                        mixtral_hf_config, experts=MIXTRAL_EXPERTS)
+QWEN3_MOE = rotary_family('Qwen3MoeForCausalLM', dict(qk_norm=True), qwen3_moe_model_config, qwen3_moe_hf_config,
+                          experts=QWEN3_MOE_EXPERTS)
 FAMILIES = {'gpt2': GPT2, 'llama': LLAMA, 'mistral': MISTRAL, 'qwen2': QWEN2, 'qwen3': QWEN3, 'gemma': GEMMA,
-            'phi3': PHI3, 'gemma2': GEMMA2, 'gemma3_text': GEMMA3}
+            'phi3': PHI3, 'gemma2': GEMMA2, 'gemma3_text': GEMMA3, 'mixtral': MIXTRAL, 'qwen3_moe': QWEN3_MOE}
 MULTIMODAL = {'gemma3': 'gemma3_text'}  # a model type whose folder holds a language model of another, its text_config
 
 
@@ -592,7 +705,8 @@ def family_of_hf(hf: dict) -> Family:
 def family_of(c: ModelConfig) -> tuple[str, Family]:
   """Returns (model_type, Family) of model `c`: its recorded `hf_model_type` if its options are that type's, else
   the first type whose options it has; raises UserError if HF has no such model type."""
-  fits = lambda family: all(option_value(c, key) == value for key, value in family.options.items())
+  fits = lambda family: (family.sparse == (c.num_experts > 0) and
+                         all(option_value(c, key) == value for key, value in family.options.items()))
   if c.hf_model_type and c.hf_model_type not in FAMILIES:
     raise UserError(f'model.hf_model_type={c.hf_model_type!r} is not one of {", ".join(FAMILIES)}: set '
                     '--config.model.hf_model_type (\'\' picks the first type that fits the model\'s options).')
@@ -600,7 +714,9 @@ def family_of(c: ModelConfig) -> tuple[str, Family]:
   if types:
     model_type = c.hf_model_type if c.hf_model_type in types else types[0]
     return model_type, FAMILIES[model_type]
-  differences = lambda family: ', '.join(f'{k}={v}' for k, v in family.options.items() if option_value(c, k) != v)
+  differences = lambda family: ', '.join([f'{k}={v}' for k, v in family.options.items() if option_value(c, k) != v] +
+                                         ([f'num_experts{">" if family.sparse else "="}0']
+                                          if family.sparse != (c.num_experts > 0) else []))
   raise UserError(f'this model is neither GPT-2 nor any model type flaxlm exports ('
                   f'{"; ".join(f"{t} needs {differences(family)}" for t, family in FAMILIES.items())}): '
                   'Hugging Face has no model type for it.')

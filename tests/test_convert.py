@@ -82,7 +82,8 @@ def assert_config_matches(written: dict, name: str) -> None:
   assert hf_families.model_config(written) == hf_families.model_config(fixture)
 
 
-@pytest.mark.parametrize('name', ['hf_gpt2', 'hf_llama', 'hf_gemma3'])  # Gemma 3: four layers of two kinds
+# Gemma 3: four layers of two kinds; Qwen3-MoE: a dense layer, then two of experts.
+@pytest.mark.parametrize('name', ['hf_gpt2', 'hf_llama', 'hf_gemma3', 'hf_qwen3_moe'])
 def test_unscanned_layers_import_and_go_back_exactly(name):  # tests/test_hf_families.py checks scanned ones
   c = model_config(name, scan_layers=False)
   params = hf.params_from_hf(fixture_tensors(name), c)
@@ -121,6 +122,10 @@ BAD_TENSORS = {
                  'the tensor model.norm.weight holds int32, not floating-point weights'),
     'extra': ('hf_llama', lambda t: {**t, 'model.vision.weight': np.ones(3, np.float32)},
               'tensors a llama model does not have (model.vision.weight)'),
+    'expert_missing': ('hf_mixtral', lambda t: {k: x for k, x in t.items() if '.experts.3.w2' not in k},
+                       "lack the tensor 'model.layers.0.block_sparse_moe.experts.3.w2.weight'"),
+    'expert_extra': ('hf_qwen3_moe', lambda t: {**t, 'model.layers.1.mlp.experts.4.up_proj.weight': np.ones(
+        (32, 64), np.float32)}, 'tensors a qwen3_moe model does not have (model.layers.1.mlp.experts.4.up_proj.weight)'),
     'many_extra': ('hf_gpt2', lambda t: {**t, **{f'vision.{i}': np.ones(2, np.float32) for i in range(5)}},
                    'tensors a gpt2 model does not have (vision.0, vision.1, vision.2 and 2 more)'),
 }

@@ -25,7 +25,7 @@ from flaxlm.model.transformer import Transformer
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'
 NAMES = ('hf_gpt2', 'hf_llama', 'hf_llama3', 'hf_mistral', 'hf_qwen2', 'hf_qwen3', 'hf_gemma', 'hf_phi3', 'hf_gemma2',
-         'hf_gemma3', 'hf_gemma3_multimodal')
+         'hf_gemma3', 'hf_gemma3_multimodal', 'hf_mixtral', 'hf_qwen3_moe')
 # float32 logits of a different program (XLA, not torch) computing the same function: errors of a few ulps of the
 # logits' scale per operation, summed over a few hundred operations, stay well below 1e-4 of that scale; a misplaced
 # tensor or option errs by O(1) of it.
@@ -92,7 +92,8 @@ def language_model(imported: Imported) -> tuple[hf.Tensors, dict]:
   return text, {**imported.config['text_config'], **whole, 'architectures': ['Gemma3ForCausalLM']}
 
 
-@pytest.mark.parametrize('imported', ['hf_phi3', 'hf_gemma2', 'hf_gemma3', 'hf_gemma3_multimodal'], indirect=True)
+@pytest.mark.parametrize('imported', ['hf_phi3', 'hf_gemma2', 'hf_gemma3', 'hf_gemma3_multimodal', 'hf_mixtral',
+                                      'hf_qwen3_moe'], indirect=True)
 def test_in_bfloat16_the_error_is_of_the_size_of_transformers_own(imported):
   """The fixtures that hold transformers' bfloat16 logits (the newer families): flaxlm holding and computing the
   model in bfloat16 errs against the float32 logits by at most twice what transformers errs in bfloat16. Both round
@@ -115,7 +116,9 @@ def test_a_round_trip_gives_back_every_tensor_and_the_config_and_computes_the_sa
     np.testing.assert_array_equal(exported[key], x, err_msg=key)
   written = hf_families.hf_config(imported.model)
   assert {k: v for k, v in written.items() if k in fixture} == {k: fixture[k] for k in written if k in fixture}
-  assert set(written) - set(fixture) <= {'rope_theta', 'head_dim'}  # the rotary base under transformers 4's key too
+  # The rotary base under transformers 4's key too; Qwen3-MoE's experts as the Hub's config.json counts them
+  # (transformers 5 writes num_local_experts, and reads either).
+  assert set(written) - set(fixture) <= {'rope_theta', 'head_dim', 'num_experts'}
   again = model_of(written)
   assert again == imported.model
   assert_logits_match(imported.name, again, hf.params_from_hf(exported, again))
@@ -138,6 +141,10 @@ OPTIONS = {  # what each fixture exercises, as flaxlm's model options
     'hf_gemma3': dict(post_norms=True, qk_norm=True, layer_pattern='local*2,global', window=4, query_scalar=20.0,
                       attention_softcap=0.0, rope_theta=1000.0, rope_scaling='linear', rope_factor=2.0,
                       rope_local_theta=100.0),
+    'hf_mixtral': dict(num_experts=4, experts_per_token=2, expert_width=32, router_renormalize=True, dense_layers=0,
+                       balance_loss=0.001, qk_norm=False),
+    'hf_qwen3_moe': dict(num_experts=4, experts_per_token=2, expert_width=32, mlp_width=96, router_renormalize=False,
+                         dense_layers=1, qk_norm=True),
 }
 OPTIONS['hf_gemma3_multimodal'] = OPTIONS['hf_gemma3']
 
@@ -167,8 +174,9 @@ def test_the_rotary_scaling_shows_in_the_reference_logits(name):
 
 @pytest.mark.parametrize('name, changes', [
     ('hf_gemma2', dict(window=16, attention_softcap=0.0)), ('hf_gemma2', dict(logits_softcap=0.0, query_scalar=0.0)),
-    ('hf_gemma3', dict(window=16)), ('hf_gemma3', dict(rope_local_theta=0.0))])
-def test_windows_caps_and_local_rotations_show_in_the_reference_logits(name, changes):
+    ('hf_gemma3', dict(window=16)), ('hf_gemma3', dict(rope_local_theta=0.0)),
+    ('hf_mixtral', dict(router_renormalize=False)), ('hf_qwen3_moe', dict(router_renormalize=True))])
+def test_windows_caps_local_rotations_and_routing_show_in_the_reference_logits(name, changes):
   """Without them a fixture's logits are far outside the tolerance: the tests above check them."""
   fixture = load(name)
   local = {'rope': dataclasses.replace(fixture.model.rope, local_theta=0.0)} if 'rope_local_theta' in changes else {}
@@ -187,7 +195,8 @@ def rope_of(name: str, **changes) -> dict:
   return {'rope_parameters': {**fixture_config(name)['rope_parameters'], **changes}}
 
 
-SUPPORTED = 'flaxlm converts only gpt2, llama, mistral, qwen2, qwen3, gemma, phi3, gemma2, gemma3_text, gemma3'
+SUPPORTED = ('flaxlm converts only gpt2, llama, mistral, qwen2, qwen3, gemma, phi3, gemma2, gemma3_text, mixtral, '
+             'qwen3_moe, gemma3')
 BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), what the error says)
     ('hf_llama', {'model_type': 'falcon'}, f"model_type='falcon': {SUPPORTED}"),
     ('hf_gemma', {'model_type': 'gemma3n'}, f"model_type='gemma3n': {SUPPORTED}"),
@@ -245,6 +254,13 @@ BAD_CONFIGS = [  # (fixture, changes to its config.json (None removes a key), wh
                                        'sliding_attention': {'rope_type': 'linear', 'factor': 8.0}}},
      "rope_type='linear', which flaxlm cannot express"),
     ('hf_gemma3', {'use_bidirectional_attention': True}, 'use_bidirectional_attention=True'),
+    ('hf_mixtral', {'router_jitter_noise': 0.1}, 'router_jitter_noise=0.1, which flaxlm cannot express'),
+    ('hf_mixtral', {'sliding_window': 32}, 'sliding_window=32, which flaxlm cannot express'),
+    ('hf_mixtral', {'num_experts_per_tok': 5}, 'num_experts_per_tok=5, above its 4 experts'),
+    ('hf_mixtral', {'num_local_experts': 0}, 'num_local_experts=0, which is not a positive integer'),
+    ('hf_qwen3_moe', {'mlp_only_layers': [1]}, 'mlp_only_layers=[1], which flaxlm cannot express'),
+    ('hf_qwen3_moe', {'decoder_sparse_step': 2}, 'decoder_sparse_step=2, which flaxlm cannot express'),
+    ('hf_qwen3_moe', {'norm_topk_prob': 'yes'}, "norm_topk_prob='yes', which is not true or false"),
 ]
 
 
@@ -270,6 +286,9 @@ def test_models_hf_has_no_type_for_are_refused_on_export():
       (dataclasses.replace(gpt2, head_dim=8), 'only models with head_dim=width/num_heads convert to GPT-2'),
       (dataclasses.replace(gpt2, num_kv_heads=2), 'GPT-2 has no grouped-query attention'),
       (dataclasses.replace(llama, hf_model_type='bert'), "model.hf_model_type='bert' is not one of gpt2, llama"),
+      (dataclasses.replace(llama, num_experts=4, qkv_bias=True), 'qwen2 needs num_experts=0; .*mixtral needs '
+       'qkv_bias=False; qwen3_moe needs qkv_bias=False, qk_norm=True'),
+      (dataclasses.replace(llama, norm='layernorm'), 'mixtral needs norm=rmsnorm, num_experts>0'),
   ]
   for c, fragment in cases:
     with pytest.raises(UserError, match=fragment):
