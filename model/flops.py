@@ -11,8 +11,11 @@ leave it out.
 nanoGPT's `estimate_mfu` counts attention without halving it for the causal mask (12 L H K T per token, not
 6 L H K T); MaxText halves it, and so does this module.
 
+A sparse layer (model/moe.py) counts what a token computes with, as MaxText counts it: the router (D x E) and the
+k experts the token visits, not the E - k it skips.
+
 Shape key: T sequence length, D model width, H query heads, G key/value heads, K head dimension,
-F MLP width, V vocabulary, L layers.
+F MLP width (an expert's in a sparse layer), V vocabulary, L layers, E experts, k experts per token.
 """
 
 from flaxlm.model.config import ModelConfig
@@ -23,13 +26,27 @@ MLP_MATRICES = {'swiglu': 3, 'geglu': 3, 'gelu': 2}  # Gated (SwiGLU, GeGLU): ga
 def matmul_params(c: ModelConfig) -> int:
   """Returns the number of weights that take part in a matmul per token: L (attention + MLP) + the output head.
 
-  Attention: q and out are D x H x K, k and v are D x G x K. The output head V x D is counted once even when
-  tied to the embedding, because the logits matmul happens either way. Left out: the input embedding (a
-  lookup, not a matmul), learned position embeddings, norms and biases.
+  Attention: q and out are D x H x K, k and v are D x G x K. A sparse layer's MLP is its router and k experts. The
+  output head V x D is counted once even when tied to the embedding, because the logits matmul happens either way.
+  Left out: the input embedding (a lookup, not a matmul), learned position embeddings, norms and biases.
   """
   attention = c.width * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-  mlp = MLP_MATRICES[c.mlp] * c.width * c.mlp_width
-  return c.num_layers * (attention + mlp) + c.vocab_size * c.width
+  mlp = sum(mlp_matmul_params(c, layer) for layer in range(c.num_layers))
+  return c.num_layers * attention + mlp + c.vocab_size * c.width
+
+
+def mlp_matmul_params(c: ModelConfig, layer: int) -> int:
+  """Returns the MLP weights of layer `layer` a token multiplies with: a dense MLP's, or the router and k experts."""
+  if c.sparse(layer):
+    return c.width * c.num_experts + c.experts_per_token * MLP_MATRICES[c.mlp] * c.width * c.expert_width
+  return MLP_MATRICES[c.mlp] * c.width * c.mlp_width
+
+
+def inactive_params(c: ModelConfig) -> int:
+  """Returns the parameters a token does not compute with: the E - k experts of each sparse layer it skips (0 for a
+  dense model). The parameters less these are the model's active parameters per token."""
+  sparse = sum(c.sparse(layer) for layer in range(c.num_layers))
+  return sparse * (c.num_experts - c.experts_per_token) * MLP_MATRICES[c.mlp] * c.width * c.expert_width
 
 
 def keys_per_query(c: ModelConfig, kind: str) -> float:

@@ -43,6 +43,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
     (['--config.train.init_from=/nonexistent'], 'train.init_from: /nonexistent does not exist'),
     (['--config.model.layer_pattern=local*5,global', '--config.model.window=32'],
      'model.window=32 is longer than the context, model.max_length=16'),
+    (['--config.mesh.cpu_devices=2', '--config.mesh.expert=2', '--config.model.num_experts=3'],
+     'experts dimension (3) does not split over mesh axes expert (2 devices): make model.num_experts a multiple of 2'),
+    (['--config.model.num_experts=4', '--config.model.experts_per_token=6'],
+     'model.experts_per_token=6 is above model.num_experts=4'),
 ])
 def test_bad_input_gets_one_line_and_writes_nothing(corpus, tmp_path, overrides, fragment):
   workdir = tmp_path / 'run'

@@ -38,8 +38,9 @@ def test_each_preset_names_a_tpu_slice_its_batch_splits_over(name):
   # That the step fits the slice's memory is compiled in tests/test_tpu_compile.py (it needs libtpu).
   config = configs.load(name)
   devices = tpu_compile.SLICES[importlib.import_module(f'flaxlm.configs.{name}').TPU_SLICE].devices
-  data, fsdp, tensor = sharding.mesh_shape(config, devices)
-  assert data * fsdp * tensor == devices and config.train.batch_size % (data * fsdp * config.train.microbatches) == 0
+  data, fsdp, expert, tensor = sharding.mesh_shape(config, devices)
+  assert data * fsdp * expert * tensor == devices
+  assert config.train.batch_size % (data * fsdp * expert * config.train.microbatches) == 0
 
 
 def test_lm1b_preset_size():
@@ -68,6 +69,9 @@ def test_lm1b_preset_size():
     # The language model of Gemma 3 12B (the checkpoint's vision tower left out): 262144*3840 embed + 48 layers of
     # [attention 3840*256*(16+8+8+16), GeGLU 3*3840*15360, 4*3840, 2*256] + 3840.
     ('gemma3_12b', 1_006_632_960 + 48 * (47_185_920 + 176_947_200 + 15_360 + 512) + 3_840, 11_765_788_416),
+    # Mixtral-8x7B: 2*32000*4096 embed and head + 32 layers of [attention 4096*128*(32+8+8+32), router 4096*8,
+    # 8 SwiGLU experts 8*3*4096*14336, 2*4096] + 4096.
+    ('mixtral_8x7b', 262_144_000 + 32 * (41_943_040 + 32_768 + 1_409_286_144 + 8_192) + 4_096, 46_702_792_704),
 ])
 def test_scale_presets_have_their_published_parameter_counts(name, hand_count, published):
   config = configs.load(name)

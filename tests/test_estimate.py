@@ -46,6 +46,7 @@ GOOD = {
     'llama2_7b_two_epochs': LLAMA + ['--dataset_tokens=1e12', '--epochs=2'],
     'measured': GPT3[:4] + ['--workdir={runs}/chip_run'],
     'no_device': GPT3[:2],
+    'mixtral': ['--config=mixtral_8x7b', '--tokens=1e12'],
 }
 BAD = {  # name: (arguments, what the error line says)
     'unknown_device': (GPT3[:2] + ['--device=tpu-v9', '--mfu=0.4'],
@@ -178,6 +179,15 @@ def test_the_cli_prints_flops_time_and_memory(cli):
   assert row(out, '6 x matmul weights + attention')[0] == f'{42_863_689_728 * 2e12:.3e}'
   assert row(out, 'wall-clock days') == [f'{42_863_689_728 * 2e12 / (512 * 459e12 * 0.5) / 86400:.4g}']
   assert cli['llama2_7b_two_epochs'] == cli['llama2_7b']  # 1e12 tokens read twice are 2e12 tokens.
+
+
+def test_a_sparse_model_s_flops_count_its_active_parameters(cli):
+  code, out, _ = cli['mixtral']
+  assert code == 0 and row(out, 'parameters N') == ['46,702,792,704'] and row(out, 'active per token') == [
+      '12,879,925,248']
+  assert row(out, '6ND') == [f'{6 * 12_879_925_248 * 1e12:.3e}']  # N: the parameters a token computes with
+  assert row(out, '6 x matmul weights + attention')[0] == f'{79_712_747_520 * 1e12:.3e}'
+  assert row(out, 'training total') == [f'{16 * 46_702_792_704 / 2**30:,.2f}']  # memory holds every expert
 
 
 def test_without_a_device_the_cli_prints_flops_and_memory_only(cli):

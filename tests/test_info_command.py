@@ -44,6 +44,18 @@ def test_llama2_7b_counts_flops_and_memory(monkeypatch, capsys):
   assert 'divide by mesh.fsdp x mesh.tensor' in out  # The preset's mesh.fsdp=-1 takes whatever devices there are.
 
 
+def test_mixtral_counts_its_parameters_active_ones_and_their_flops(monkeypatch, capsys):
+  code, out, _ = info(monkeypatch, capsys, '--config=mixtral_8x7b')
+  assert code == 0 and '8 experts (2 a token)' in out
+  assert row(out, 'parameters') == ['46,702,792,704']
+  # The 6 experts of 3 x 4096 x 14336 a token skips in each of 32 layers: 33,822,867,456 (Mixtral's 12.9B active).
+  assert row(out, 'active per token') == ['12,879,925,248']
+  # 32 * (attention 4096*128*80 + router 4096*8 + 2 experts 2*3*4096*14336) + head 32000*4096 = 12,748,587,008 in
+  # matmuls, times 6, plus attention 6 * T 4096 * H 32 * K 128 * L 32 = 3,221,225,472 (MaxText's active FLOPs).
+  assert row(out, 'in matmuls') == ['12,748,587,008']
+  assert row(out, 'training FLOPs per token') == ['79,712,747,520']
+
+
 def test_explicit_mesh_sizes_give_memory_per_device(monkeypatch, capsys):
   code, out, _ = info(monkeypatch, capsys, '--config=llama2_7b', '--config.mesh.fsdp=8',
                       '--config.mesh.tensor=2')

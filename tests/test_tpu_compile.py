@@ -120,8 +120,11 @@ def test_each_slice_has_the_chips_its_cloud_tpu_name_says():
     assert devices == [kinds[generation]] * chips, name
 
 
+# tiny's shape, grown to split over v5e-8, and made sparse (model/moe.py): every axis of the mesh splits it, and its
+# layers compile as XLA:TPU runs them (the experts' grouped matmuls, the tokens exchanged over the expert axis).
 SHARDED = {'model.vocab_size': 512, 'model.width': 256, 'model.num_heads': 8, 'model.max_length': 256,
-           'train.batch_size': 16, 'mesh.fsdp': 4, 'mesh.tensor': 2}  # tiny's shape, grown to split over v5e-8.
+           'model.num_experts': 4, 'model.expert_width': 512, 'train.batch_size': 16, 'mesh.fsdp': 2,
+           'mesh.expert': 2, 'mesh.tensor': 2}
 
 
 def compile_configs(runs: list[tuple[str, str, dict]]) -> list[list[str]]:
@@ -140,14 +143,17 @@ def assert_fits(config, slice_name: str, lines: list[str]) -> None:
   assert f'train, {config.train.batch_size:,} x {config.model.max_length:,} tokens' in '\n'.join(lines), lines
   assert lines[-1].split()[:2] == ['fits', 'yes:'] and number(lines, 'total') <= capacity, lines
   # Independently of the compiler: AdamW's state is 12 bytes a parameter (float32 weights and two moments), split
-  # over mesh.fsdp x mesh.tensor devices (every size here divides evenly); the report rounds to 0.001 GiB.
-  params = count_params(param_shapes(estimate.model_config(config)))
+  # over mesh.fsdp x mesh.tensor devices, the experts' over mesh.expert too (every size here divides evenly); the
+  # report rounds to 0.001 GiB.
+  c = estimate.model_config(config)
+  params, experts = count_params(param_shapes(c)), c.num_layers * 3 * c.num_experts * c.width * c.expert_width
   mesh = mesh_sizes(lines)
-  assert abs(arguments(lines)['train state'] - 12 * params / (mesh['fsdp'] * mesh['tensor']) / GiB) <= 6e-4, lines
+  per_device = (params - experts + experts / mesh['expert']) / (mesh['fsdp'] * mesh['tensor'])
+  assert abs(arguments(lines)['train state'] - 12 * per_device / GiB) <= 6e-4, lines
 
 
 @needs_libtpu
-def test_tiny_on_its_chip_and_a_model_sharded_over_a_slice_compile_and_fit():
+def test_tiny_on_its_chip_and_a_sparse_model_sharded_over_a_slice_compile_and_fit():
   runs = [('tiny', 'v5e-1', {'model.vocab_size': VOCAB['tiny']}), ('tiny', 'v5e-8', SHARDED)]
   for (name, slice_name, overrides), lines in zip(runs, compile_configs(runs)):
     config = preset_config(name)
@@ -155,18 +161,19 @@ def test_tiny_on_its_chip_and_a_model_sharded_over_a_slice_compile_and_fit():
       section, field = key.split('.')
       config[section][field] = value
     assert_fits(config, slice_name, lines)
-  assert mesh_sizes(lines) == {'data': 1, 'fsdp': 4, 'tensor': 2}
+  assert mesh_sizes(lines) == {'data': 1, 'fsdp': 2, 'expert': 2, 'tensor': 2}
 
 
 @needs_libtpu
 def test_a_step_that_cannot_fit_is_refused_in_one_line_naming_the_excess_and_the_keys():
   result = compiling([command('flaxlm-info'), '--config=tiny', '--config.model.vocab_size=65',
                       '--config.model.width=512', '--config.model.max_length=2048', '--config.train.batch_size=2048',
-                      '--config.mesh.data=4', '--compile_for=v5e-4'])
+                      '--config.model.num_experts=4', '--config.mesh.data=4', '--compile_for=v5e-4'])
   assert_one_line_error(result, 'the train step (2048 x 2048 tokens) does not fit v5e-4')
   assert re.search(r'needs [\d.]+ GiB per device, [\d.]+ GiB more than the 15\.75 GiB a TPU v5 lite device has',
                    result.stderr), result.stderr
-  for key in ('--config.mesh.fsdp', '--config.model.remat', '--config.train.microbatches', '--config.train.batch_size'):
+  for key in ('--config.mesh.expert', '--config.mesh.fsdp', '--config.model.remat', '--config.train.microbatches',
+              '--config.train.batch_size'):
     assert key in result.stderr
 
 

@@ -14,6 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from flaxlm.configs.errors import UserError
+from flaxlm.model import flops
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import count_params, param_shapes
 from flaxlm.train import memory
@@ -71,8 +72,9 @@ def mfu() -> tuple[float, str]:
 
 
 def flops_lines(params: float, shape: ModelConfig | None, total_tokens: float) -> tuple[float, list[str]]:
-  """Returns the FLOPs the time is computed from, and the lines that count them: 6ND, attention, their total."""
-  six_nd = estimate.six_nd(params, total_tokens)
+  """Returns the FLOPs the time is computed from, and the lines that count them: 6ND (N a sparse model's active
+  parameters), attention, their total."""
+  six_nd = estimate.six_nd(params - (flops.inactive_params(shape) if shape else 0), total_tokens)
   lines = ['training FLOPs', f'  {"6ND":<30}{six_nd:>16.3e}']
   if shape is None:
     return six_nd, lines + [f'  {"attention matmuls":<30}{"unknown":>16}  (they grow with the layers, width and '
@@ -89,12 +91,14 @@ def report() -> list[str]:
   """Returns the lines flaxlm-estimate prints for the flags given: FLOPs and memory, and with --device the time."""
   params, shape = model()
   total_tokens = tokens()
-  total, flops = flops_lines(params, shape, total_tokens)
+  total, counted = flops_lines(params, shape, total_tokens)
   head = [
       f'{"model":<32}' + (estimate.describe(shape) if shape else 'a parameter count (--params): shape unknown'),
       f'{"parameters N":<32}{params:>16,.0f}',
+      *([f'{"  active per token":<32}{params - flops.inactive_params(shape):>16,.0f}'] if shape and shape.num_experts
+        else []),
       f'{"training tokens D":<32}{total_tokens:>16.3e}',
-      *flops,
+      *counted,
   ]
   if DEVICE.value is None:
     if CHIPS.present or MFU.value is not None or WORKDIR.value is not None:

@@ -62,6 +62,7 @@ def report(config: ml_collections.ConfigDict) -> list[str]:
   return [
       f'{"model":<32}{estimate.describe(c)}',
       f'{"parameters":<32}{params:>16,}',
+      *([f'{"  active per token":<32}{params - flops.inactive_params(c):>16,}'] if c.num_experts else []),
       f'{"  in matmuls":<32}{flops.matmul_params(c):>16,}',
       f'{"training FLOPs per token":<32}{per_token:>16,.0f}',
       f'{"training FLOPs per step":<32}{per_token * tokens:>16.3e}  ({config.train.batch_size:,} x '

@@ -79,8 +79,9 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
 
 
 def describe(c: ModelConfig) -> str:
-  """Returns the model's shape in words: layers, width, heads, vocabulary and context."""
-  return (f'{c.num_layers} layers, width {c.width:,}, {c.num_heads} heads ({c.num_kv_heads} key/value), '
+  """Returns the model's shape in words: layers, width, heads, experts, vocabulary and context."""
+  experts = f', {c.num_experts} experts ({c.experts_per_token} a token)' if c.num_experts else ''
+  return (f'{c.num_layers} layers, width {c.width:,}, {c.num_heads} heads ({c.num_kv_heads} key/value){experts}, '
           f'vocabulary {c.vocab_size:,}, context {c.max_length:,}')
 
 

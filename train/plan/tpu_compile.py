@@ -62,6 +62,8 @@ SLICES = {
     'v5e-16': Slice('v5e:4x4', 'default', (2, 2, 1), int(15.75 * GiB), 16, 'v5litepod-16'),
     'v5p-8': Slice('v5p:2x2x1', 'default', (2, 2, 1), int(95.73 * GiB), 4, 'v5p-8'),
     'v5p-16': Slice('v5p:2x2x2', 'default', (2, 2, 1), int(95.73 * GiB), 8, 'v5p-16'),
+    'v5p-32': Slice('v5p:2x2x4', 'default', (2, 2, 1), int(95.73 * GiB), 16, 'v5p-32'),
+    'v5p-64': Slice('v5p:2x4x4', 'default', (2, 2, 1), int(95.73 * GiB), 32, 'v5p-64'),
     'v6e-1': Slice('v6e:1x1', 'default', (1, 1, 1), int(31.24 * GiB), 1, 'v6e-1'),
     'v6e-4': Slice('v6e:2x2', 'default', (2, 2, 1), int(31.24 * GiB), 4, 'v6e-4'),
     'v6e-8': Slice('v6e:2x4', 'default', (2, 4, 1), int(31.24 * GiB), 8, 'v6e-8'),
@@ -183,8 +185,12 @@ def report(name: str, mesh: jax.sharding.Mesh, described: dict[str, str], compil
 
 
 def train_fixes(config: ml_collections.ConfigDict) -> str:
-  """Returns the config changes that make a train step need less memory per device, with their values now."""
-  return (f'split params and optimizer state over more devices (--config.mesh.fsdp, now {config.mesh.fsdp}), '
+  """Returns the config changes that make a train step need less memory per device, with their values now (a sparse
+  model's experts split over more devices, first)."""
+  more_experts = config.model.num_experts and 0 < config.mesh.expert < config.model.num_experts
+  experts = (f'split the experts over more devices (--config.mesh.expert, now {config.mesh.expert}, a divisor of '
+             f'model.num_experts={config.model.num_experts}), ' if more_experts else '')
+  return (f'{experts}split params and optimizer state over more devices (--config.mesh.fsdp, now {config.mesh.fsdp}), '
           f'recompute activations (--config.model.remat=full, now {config.model.remat}), run the batch in more '
           f'pieces (--config.train.microbatches, now {config.train.microbatches}) or shrink it '
           f'(--config.train.batch_size, now {config.train.batch_size})')
