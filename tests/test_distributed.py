@@ -36,11 +36,10 @@ def run_two(*args: str) -> list[tuple[str, str]]:
 
 
 # Every run here: 36 tokens split over 2 devices; a constant learning rate after the warmup, so that a first run of 6
-# steps follows the same schedule as one of 10; a checkpoint every 3 steps. The model is sparse after a dense first
-# layer (model/moe.py), so every mesh below splits a dense MLP and experts too.
+# steps follows the same schedule as one of 10; a checkpoint every 3 steps.
 FLAGS = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36', '--config.train.log_every=1',
-         '--config.train.checkpoint_every=3', '--config.train.min_learning_rate=1e-3', '--config.model.num_experts=4',
-         '--config.model.expert_width=32', '--config.model.dense_layers=1')
+         '--config.train.checkpoint_every=3', '--config.train.min_learning_rate=1e-3')
+SPARSE = ('--config.model.num_experts=4', '--config.model.expert_width=32', '--config.model.dense_layers=1')
 FSDP = ('--config.mesh.data=1', '--config.mesh.fsdp=2')
 
 
@@ -60,21 +59,36 @@ def shared(tmp_path_factory) -> dict:
     (('--config.mesh.dcn_data=2',), "mesh {'data': 2, 'fsdp': 1, 'expert': 1, 'tensor': 1}"),
     (FSDP, "mesh {'data': 1, 'fsdp': 2, 'expert': 1, 'tensor': 1}"),
     (('--config.mesh.data=1', '--config.mesh.tensor=2'), "mesh {'data': 1, 'fsdp': 1, 'expert': 1, 'tensor': 2}"),
-    (('--config.mesh.data=1', '--config.mesh.expert=2'), "mesh {'data': 1, 'fsdp': 1, 'expert': 2, 'tensor': 1}"),
-], ids=['data_across_processes', 'fsdp_across_processes', 'tensor_across_processes', 'experts_across_processes'])
-# (tensor_across_processes: each process holds the whole batch; experts_across_processes: half the experts each.)
+], ids=['data_across_processes', 'fsdp_across_processes', 'tensor_across_processes'])  # The second: each process holds the whole batch.
 def test_two_processes_give_the_same_losses_as_one(shared, tmp_path, mesh, printed):
   two = shared['fsdp'] if mesh == FSDP else tmp_path / 'two'
   outputs = shared['fsdp_outputs'] if mesh == FSDP else run_two(*train_args(shared['corpus'], two, *FLAGS, *mesh))
   assert printed in outputs[0][0] and 'step 10' in outputs[0][0]
   assert not [line for line in outputs[1][0].splitlines() if line.startswith(('model', 'step'))]  # process 0 logs.
-  expected, got = metrics.read_metrics(shared['one']), metrics.read_metrics(two)
+  assert_same_losses(two, shared['one'])
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_each_holding_half_the_experts_give_the_same_losses_as_one(shared, tmp_path):
+  # A sparse model (model/moe.py; a dense first layer, then 4 experts): its tokens exchanged between the processes.
+  one = run(command('flaxlm-train'), *train_args(shared['corpus'], tmp_path / 'one', *FLAGS, *SPARSE))
+  assert one.returncode == 0, one.stderr
+  outputs = run_two(*train_args(shared['corpus'], tmp_path / 'two', *FLAGS, *SPARSE, '--config.mesh.data=1',
+                                '--config.mesh.expert=2'))
+  assert "mesh {'data': 1, 'fsdp': 1, 'expert': 2, 'tensor': 1}" in outputs[0][0]
+  assert 'balance_loss' in metrics.read_metrics(tmp_path / 'two')[-1]
+  assert_same_losses(tmp_path / 'two', tmp_path / 'one')
+
+
+def assert_same_losses(two, one) -> None:
+  """Checks the run of two processes in `two` logged the steps, losses and validation losses of the run in `one`."""
+  expected, got = metrics.read_metrics(one), metrics.read_metrics(two)
   assert [r['step'] for r in got] == [r['step'] for r in expected]
   for a, b in zip(got, expected):
     # After AdamW steps, Adam's strays (conftest.adamw_params_differ) move a loss by ~|dL/dp| * 2 lr each: seen 3e-7,
     # while losing one process's half of the batch moves it by 2e-4. 1e-5 lies between, ~30x from each.
-    assert a['loss'] == pytest.approx(b['loss'], rel=1e-5)
-    assert a.get('val_loss', 0) == pytest.approx(b.get('val_loss', 0), rel=1e-5)
+    for key in ('loss', 'val_loss', 'balance_loss'):  # (a sparse model's router loss too)
+      assert a.get(key, 0) == pytest.approx(b.get(key, 0), rel=1e-5), key
   assert 'val_loss' in got[-1]
 
 

@@ -1,5 +1,7 @@
 """Tests of model/moe.py: routing, the router losses by hand, dropless expert outputs, and the options' checks."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,9 +56,9 @@ def test_expert_outputs_are_every_token_s_weighted_experts_dropping_none(skew):
   gate, up = (rng.standard_normal((E, D, F), np.float32) / 3 for _ in range(2))
   down = rng.standard_normal((E, F, D), np.float32) / 3
   logits = rng.standard_normal((N, E), np.float32) + (np.asarray([9.0, 0, 0, 0]) if skew != 'spread' else 0)
-  experts, weights = moe.route(jnp.asarray(logits), k, renormalize=True)
-  got = moe.expert_outputs(jnp.asarray(x), experts, weights, jnp.asarray(gate), jnp.asarray(up), jnp.asarray(down),
-                           jax.nn.silu)
+  experts, weights = jax.jit(moe.route, static_argnums=(1, 2))(jnp.asarray(logits), k, True)
+  outputs = jax.jit(functools.partial(moe.expert_outputs, activation=jax.nn.silu))  # one program, not op by op
+  got = outputs(jnp.asarray(x), experts, weights, jnp.asarray(gate), jnp.asarray(up), jnp.asarray(down))
   # float32 products of length D and F against float64: rounding alone, relative to the outputs' scale.
   want = reference_outputs(x, experts, weights, gate, up, down)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -150,8 +150,8 @@ def test_a_signal_before_the_first_step_stops_the_run_leaving_nothing_new_and_th
 
 
 def wide(corpus, workdir) -> list[str]:
-  """Returns the arguments of a run wide enough (13M params, 150 MiB of state) that its save takes a while."""
-  return args(corpus, workdir, '--config.model.width=512', '--config.model.num_heads=8')
+  """Returns the arguments of a run wide enough (3.1M params, 36 MiB of state) that its save takes a while."""
+  return args(corpus, workdir, '--config.model.width=384', '--config.model.num_heads=8')
 
 
 def assert_resumes_from_the_last_complete_save(argv: list[str], workdir, step: int | None = None) -> str:

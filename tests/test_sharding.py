@@ -100,27 +100,21 @@ def test_cpu_device_count_is_one_per_core_dividing_the_batch(monkeypatch, batch_
   assert sharding.cpu_device_count(config) == (explicit or 1)
 
 
-# The tiny model (dense) and a sparse one (model/moe.py): on one device, and on meshes that split every axis, the
-# experts over 2 devices (the batch too), over 4 with data parallelism, and over 2 with fsdp and tensor (each compile
-# costs ~5 s on CI).
-DENSE, SPARSE = [(1, 1, 1, 1), (2, 2, 1, 2)], [(1, 1, 1, 1), (1, 1, 2, 1), (2, 1, 4, 1), (1, 2, 2, 2)]
+# A sparse tiny model (model/moe.py: a dense first layer, then 4 experts), on one device and on meshes that split every
+# axis: the experts over 2 devices (the batch too), over 4 beside data parallelism, and over 2 with fsdp and tensor
+# (each compile costs ~5 s on CI).
+MESHES = [(1, 1, 1, 1), (1, 1, 2, 1), (2, 1, 4, 1), (1, 2, 2, 2)]
 
 
-def sparse_config(config):
-  """Returns `config` made sparse: 3 layers, the first dense, then 4 experts of width 32, 2 a token, both router
-  losses weighted (so their gradients are compared too)."""
-  config.model.update(num_layers=3, dense_layers=1, num_experts=4, experts_per_token=2, expert_width=32,
-                      router_z_loss=1e-3)
-  return config
-
-
-def step_on_mesh(sizes: tuple[int, ...], sparse: bool) -> tuple[list[dict], dict, object]:
-  """Returns (each step's metrics, params) after three train steps of the tiny model (or its `sparse_config`) on a
-  mesh of `sizes`, and the state. Three: step 0's learning rate is 0 and the untied head starts at zero, so only
-  the third moves every parameter by its gradient."""
+def step_on_mesh(sizes: tuple[int, ...]) -> tuple[list[dict], dict, object]:
+  """Returns (each step's metrics, params) after three train steps of the sparse tiny model on a mesh of `sizes`, and
+  the state. Three: step 0's learning rate is 0 and the untied head starts at zero, so only the third moves every
+  parameter by its gradient. Both router losses are weighted, so their gradients are compared too."""
   from flaxlm.data import pipeline
   from flaxlm.train import optimizer, state as state_lib, step as step_lib
-  config = (sparse_config if sparse else lambda c: c)(mesh_config(*sizes))
+  config = mesh_config(*sizes)
+  config.model.update(num_layers=3, dense_layers=1, num_experts=4, experts_per_token=2, expert_width=32,
+                      router_z_loss=1e-3)
   mesh = sharding.make_mesh(config, jax.devices()[:math.prod(sizes)])
   model = Transformer(ModelConfig.from_config(config.model, 20))
   tx = optimizer.make_optimizer(config.train)
@@ -138,21 +132,21 @@ def step_on_mesh(sizes: tuple[int, ...], sparse: bool) -> tuple[list[dict], dict
 
 
 def compare_meshes() -> None:
-  """Prints, as JSON, how far each mesh's metrics and params are from one device's, and how the MLP's (or the
-  experts') up kernel is laid out."""
+  """Prints, as JSON, how far each mesh's metrics and params are from one device's, and how the dense layer's MLP
+  and the experts are laid out."""
   from conftest import adamw_params_differ
   jax.config.update('jax_num_cpu_devices', 8)
+  reference, reference_params, _ = step_on_mesh(MESHES[0])
   report = {}
-  for sparse, meshes in ((False, DENSE), (True, SPARSE)):
-    reference, reference_params, _ = step_on_mesh(meshes[0], sparse)
-    for sizes in meshes[1:]:
-      steps, params, state = step_on_mesh(sizes, sparse)
-      gaps = {key: max(abs(a[key] - b[key]) / b[key] for a, b in zip(steps, reference)) for key in reference[0]
-              if key != 'learning_rate'}
-      up = state.params['stack']['layers']['moe' if sparse else 'mlp']['up']['kernel']
-      report[f'{"sparse" if sparse else "dense"} {sizes}'] = {
-          **gaps, 'params': adamw_params_differ(params, reference_params, [m['learning_rate'] for m in steps]),
-          'up_spec': str(up.sharding.spec), 'up_shard': list(up.addressable_shards[0].data.shape)}
+  for sizes in MESHES[1:]:
+    steps, params, state = step_on_mesh(sizes)
+    gaps = {key: max(abs(a[key] - b[key]) / b[key] for a, b in zip(steps, reference)) for key in reference[0]
+            if key != 'learning_rate'}
+    dense, experts = state.params['stack']['layer_0']['mlp']['up']['kernel'], state.params['stack']['layers']['moe']
+    report[str(sizes)] = {**gaps, 'params': adamw_params_differ(params, reference_params,
+                                                                [m['learning_rate'] for m in steps]),
+                          'dense_up': str(dense.sharding.spec), 'up': str(experts['up']['kernel'].sharding.spec),
+                          'up_shard': list(experts['up']['kernel'].addressable_shards[0].data.shape)}
   print(json.dumps(report))
 
 
@@ -163,19 +157,17 @@ def test_data_fsdp_expert_tensor_and_mixed_meshes_match_one_device():
   out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=280,
                        cwd=pathlib.Path(__file__).parents[1], check=True).stdout
   report = json.loads(out.strip().splitlines()[-1])
-  assert set(report) == {f'dense {DENSE[1]}', *(f'sparse {sizes}' for sizes in SPARSE[1:])}
+  assert set(report) == {str(sizes) for sizes in MESHES[1:]}
   for sizes, result in report.items():
     # The same sums split over other devices: reassociation alone (~1e-6 relative), and Adam's strays (conftest).
-    gaps = {key: gap for key, gap in result.items() if key in ('loss', 'grad_norm', 'balance_loss', 'router_z_loss')}
-    assert len(gaps) == (4 if 'sparse' in sizes else 2) and max(gaps.values()) < 1e-5, (sizes, result)
-    assert not result['params'], (sizes, result)
-  # The MLP's up kernel (layers, embed, mlp) is split over fsdp (embed) and tensor (mlp), as the rules say; the
-  # experts' (layers, experts, embed, expert_mlp) over expert, fsdp and tensor.
-  assert report['dense (2, 2, 1, 2)']['up_spec'] == str(P(None, 'fsdp', 'tensor'))
-  assert report['dense (2, 2, 1, 2)']['up_shard'] == [2, 16, 64]
-  assert report['sparse (2, 1, 4, 1)']['up_spec'] == str(P(None, 'expert', 'fsdp', 'tensor'))
-  assert report['sparse (2, 1, 4, 1)']['up_shard'] == [2, 1, 32, 32]
-  assert report['sparse (1, 2, 2, 2)']['up_shard'] == [2, 2, 16, 16]
+    gaps = {key: result[key] for key in ('loss', 'grad_norm', 'balance_loss', 'router_z_loss')}
+    assert max(gaps.values()) < 1e-5 and not result['params'], (sizes, result)
+  # The dense MLP's up kernel (embed, mlp) is split over fsdp and tensor, as the rules say; the experts' (layers,
+  # experts, embed, expert_mlp) over expert, fsdp and tensor.
+  assert report['(1, 2, 2, 2)']['dense_up'] == str(P('fsdp', 'tensor'))
+  assert report['(2, 1, 4, 1)']['up'] == str(P(None, 'expert', 'fsdp', 'tensor'))
+  assert report['(2, 1, 4, 1)']['up_shard'] == [2, 1, 32, 32]
+  assert report['(1, 2, 2, 2)']['up_shard'] == [2, 2, 16, 16]
 
 
 if __name__ == '__main__':
