@@ -15,10 +15,11 @@ from flaxlm.model.config import ModelConfig
 
 def test_routing_keeps_the_k_most_probable_experts_renormalised_or_not():
   logits_NxE = jnp.log(jnp.asarray([[0.1, 0.6, 0.2, 0.1], [0.4, 0.1, 0.1, 0.4]]))
-  experts, weights = moe.route(logits_NxE, 2, renormalize=False)
+  route = jax.jit(moe.route, static_argnums=(1, 2))  # one program each, not op by op
+  experts, weights = route(logits_NxE, 2, False)
   np.testing.assert_array_equal(np.sort(experts, axis=1), [[1, 2], [0, 3]])
   np.testing.assert_allclose(np.sort(weights, axis=1), [[0.2, 0.6], [0.4, 0.4]], rtol=1e-6)
-  _, renormalised = moe.route(logits_NxE, 2, renormalize=True)
+  _, renormalised = route(logits_NxE, 2, True)
   np.testing.assert_allclose(np.sort(renormalised, axis=1), [[0.25, 0.75], [0.5, 0.5]], rtol=1e-6)
 
 
@@ -26,15 +27,16 @@ def test_the_router_losses_equal_a_hand_computation():
   # Two experts, k = 1, three tokens: probabilities (0.75, 0.25), (0.25, 0.75), (0.5, 0.5) by their logits.
   logits_NxE = jnp.asarray([[np.log(3.0), 0.0], [0.0, np.log(3.0)], [1.0, 1.0]])
   experts_Nxk = jnp.asarray([[0], [1], [0]])
+  balance = jax.jit(moe.balance_loss)
   # f = (2/3, 1/3) of the tokens, P = (0.5, 0.5) mean probabilities: E * sum f P = 2 * (1/3 + 1/6) = 1.
-  np.testing.assert_allclose(moe.balance_loss(logits_NxE, experts_Nxk), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(balance(logits_NxE, experts_Nxk), 1.0, rtol=1e-6)
   # Every token to expert 0, whose mean probability is 0.5: 2 * (1 * 0.5) = 1 again; P skewed too: more.
-  np.testing.assert_allclose(moe.balance_loss(logits_NxE, jnp.zeros((3, 1), jnp.int32)), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(balance(logits_NxE, jnp.zeros((3, 1), jnp.int32)), 1.0, rtol=1e-6)
   skewed = jnp.asarray([[np.log(3.0), 0.0]] * 3)
-  np.testing.assert_allclose(moe.balance_loss(skewed, jnp.zeros((3, 1), jnp.int32)), 1.5, rtol=1e-6)
+  np.testing.assert_allclose(balance(skewed, jnp.zeros((3, 1), jnp.int32)), 1.5, rtol=1e-6)
   # z: log(3 + 1)^2, log(1 + 3)^2 and (1 + log 2)^2, averaged.
   expected = (2 * np.log(4.0) ** 2 + (1 + np.log(2.0)) ** 2) / 3
-  np.testing.assert_allclose(moe.z_loss(logits_NxE), expected, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(moe.z_loss)(logits_NxE), expected, rtol=1e-6)
 
 
 def reference_outputs(x_NxD, experts_Nxk, weights_Nxk, gate, up, down):

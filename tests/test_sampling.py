@@ -84,13 +84,12 @@ def test_prefill_gives_the_full_forward_pass_logits_at_each_prompt_s_last_positi
 
 @pytest.mark.parametrize('mode, overrides, prompts_BxP, lengths_B', [
     ('int4', {}, PROMPTS_BxP[:1, :5], jnp.asarray([5])),
-    ('int8', {'tie_embeddings': False, 'scan_layers': False}, PROMPTS_BxP, LENGTHS_B),
-    ('int8', {'num_layers': 3, 'dense_layers': 1, 'num_experts': 4, 'expert_width': 16}, PROMPTS_BxP, LENGTHS_B)],
-    ids=['int4-scanned-tied', 'int8-separate_layers-untied', 'int8-experts'])
+    ('int8', {'tie_embeddings': False, 'scan_layers': False, 'num_layers': 3, 'dense_layers': 1, 'num_experts': 4,
+              'expert_width': 16}, PROMPTS_BxP, LENGTHS_B)],
+    ids=['int4-scanned-tied', 'int8-separate_layers-untied-experts'])
 def test_decoding_quantized_params_equals_decoding_them_dequantized_up_front(mode, overrides, prompts_BxP, lengths_B):
-  """Each layer expanded inside the scan (or the loop of layers), the embedding's rows alone and the head multiplied
-  group by group give the logits of the whole tree expanded at once. The shapes are the tests' above, whose
-  compilations the float reference reuses.
+  """Each layer expanded inside the scan (or the loop of layers: a dense one, then two of experts), the embedding's rows
+  alone and the head multiplied group by group give the logits of the whole tree expanded at once.
 
   Both compute the same products in float32 (the model's dtype here), summed in another order (XLA's fusions, the
   head's groups summed before their scales): rounding; a layer given another layer's matrices, the wrong embedding

@@ -101,9 +101,9 @@ def test_cpu_device_count_is_one_per_core_dividing_the_batch(monkeypatch, batch_
 
 
 # A sparse tiny model (model/moe.py: a dense first layer, then 4 experts), on one device and on meshes that split every
-# axis: the experts over 2 devices (the batch too), over 4 beside data parallelism, and over 2 with fsdp and tensor
-# (each compile costs ~5 s on CI).
-MESHES = [(1, 1, 1, 1), (1, 1, 2, 1), (2, 1, 4, 1), (1, 2, 2, 2)]
+# axis: the experts over 2 devices (the batch too), and over 2 of 8 with fsdp and tensor (each compile costs ~6 s on
+# CI).
+MESHES = [(1, 1, 1, 1), (1, 1, 2, 1), (1, 2, 2, 2)]
 
 
 def step_on_mesh(sizes: tuple[int, ...]) -> tuple[list[dict], dict, object]:
@@ -165,9 +165,8 @@ def test_data_fsdp_expert_tensor_and_mixed_meshes_match_one_device():
   # The dense MLP's up kernel (embed, mlp) is split over fsdp and tensor, as the rules say; the experts' (layers,
   # experts, embed, expert_mlp) over expert, fsdp and tensor.
   assert report['(1, 2, 2, 2)']['dense_up'] == str(P('fsdp', 'tensor'))
-  assert report['(2, 1, 4, 1)']['up'] == str(P(None, 'expert', 'fsdp', 'tensor'))
-  assert report['(2, 1, 4, 1)']['up_shard'] == [2, 1, 32, 32]
-  assert report['(1, 2, 2, 2)']['up_shard'] == [2, 2, 16, 16]
+  assert report['(1, 2, 2, 2)']['up'] == str(P(None, 'expert', 'fsdp', 'tensor'))
+  assert report['(1, 1, 2, 1)']['up_shard'] == [2, 2, 32, 32] and report['(1, 2, 2, 2)']['up_shard'] == [2, 2, 16, 16]
 
 
 if __name__ == '__main__':
