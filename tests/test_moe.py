@@ -90,3 +90,22 @@ def test_a_sparse_model_s_expert_width_defaults_to_the_mlp_s():
   assert (c.expert_width, [c.sparse(i) for i in range(c.num_layers)]) == (96, [True] * 4)
   dense = ModelConfig.from_config(model_section(dense_layers=2), 20)
   assert (dense.expert_width, dense.sparse(3)) == (0, False)
+
+
+def test_the_validation_loss_of_a_sparse_model_is_its_next_token_loss_alone():
+  """The router losses are added to what training minimizes, never to what the model is judged by."""
+  from flaxlm.model.transformer import Transformer
+  from flaxlm.train import loss as loss_lib, step as step_lib
+  c = ModelConfig.from_config(model_section(num_layers=2, num_experts=4, expert_width=32, balance_loss=1.0,
+                                            router_z_loss=1.0), 20)
+  model = Transformer(c)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))['params']
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 20, (2, 9)), jnp.int32)
+  batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:], 'positions': jnp.broadcast_to(jnp.arange(8), (2, 8)),
+           'segment_ids': jnp.ones((2, 8), jnp.int32), 'weights': jnp.ones((2, 8), jnp.float32)}
+  loss_sum, weight = jax.jit(functools.partial(step_lib.eval_step, model=model))(params, batch)
+  logits = jax.jit(model.apply)({'params': params}, batch['inputs'])
+  expected = loss_lib.cross_entropy(logits, batch['targets'], batch['weights'])
+  np.testing.assert_allclose(loss_sum / weight, expected, rtol=1e-5)
+  minimized = jax.jit(functools.partial(loss_lib.loss_fn, model=model, dropout_rng=None))(params, batch)
+  assert minimized > expected + 1  # balance alone is at least k = 2 here, at weight 1

@@ -12,7 +12,7 @@ import optax
 
 from flaxlm.model import lora
 from flaxlm.train import sharding
-from flaxlm.train.loss import Batch, batch_weight, loss_fn, loss_parts
+from flaxlm.train.loss import Batch, batch_weight, loss_parts
 from flaxlm.train.state import TrainState, model_params
 
 def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
@@ -67,9 +67,9 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.G
 def eval_step(params, batch: Batch, *, model: nn.Module) -> tuple[jax.Array, jax.Array]:
   """Returns (the sum of the weighted token losses, the sum of the weights) of `params` (all the model's:
   `state.model_params`) on `batch`, without dropout: summed over batches, their quotient is the mean loss per trained
-  token."""
-  loss_sum = loss_fn(params, batch, model, None, total_weight=jnp.ones(()))  # Divided by 1.
-  return loss_sum, batch['weights'].sum()
+  token. The next-token loss alone: a sparse model's router losses are training's, not part of what it predicts."""
+  _, parts = loss_parts(params, batch, model, None, total_weight=jnp.ones(()))  # Divided by 1.
+  return parts['loss'], batch['weights'].sum()
 
 
 def jit_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
