@@ -546,8 +546,8 @@ def per_token(hf: dict, experts: int) -> int:
 
 
 def router_weight(hf: dict) -> float:
-  """Returns config.json's router_aux_loss_coef, the weight of the load-balancing loss (0 when absent or null)."""
-  return 0.0 if hf.get('router_aux_loss_coef') is None else float(number(hf, 'router_aux_loss_coef'))
+  """Returns config.json's router_aux_loss_coef, the weight of the load-balancing loss (0 when absent, null or 0)."""
+  return number(hf, 'router_aux_loss_coef') if hf.get('router_aux_loss_coef') not in (None, 0) else 0.0
 
 
 def mixtral_hf_config(c: ModelConfig) -> dict:

@@ -295,6 +295,11 @@ def test_models_hf_has_no_type_for_are_refused_on_export():
       hf_families.hf_config(c)
 
 
+def test_a_router_loss_weight_of_0_or_none_imports_as_0():
+  for weight in (0, 0.0, None):
+    assert model_of({**fixture_config('hf_mixtral'), 'router_aux_loss_coef': weight}).balance_loss == 0.0
+
+
 def test_the_norm_epsilon_carries_over_both_ways():
   for name, key in (('hf_gpt2', 'layer_norm_epsilon'), ('hf_qwen3', 'rms_norm_eps')):
     c = model_of({**fixture_config(name), key: 1e-5})
