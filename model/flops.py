@@ -38,15 +38,20 @@ def matmul_params(c: ModelConfig) -> int:
 def mlp_matmul_params(c: ModelConfig, layer: int) -> int:
   """Returns the MLP weights of layer `layer` a token multiplies with: a dense MLP's, or the router and k experts."""
   if c.sparse(layer):
-    return c.width * c.num_experts + c.experts_per_token * MLP_MATRICES[c.mlp] * c.width * c.expert_width
+    return c.width * c.num_experts + c.experts_per_token * expert_params(c)
   return MLP_MATRICES[c.mlp] * c.width * c.mlp_width
+
+
+def expert_params(c: ModelConfig) -> int:
+  """Returns the weights of one expert: its MLP's matrices, D x F each."""
+  return MLP_MATRICES[c.mlp] * c.width * c.expert_width
 
 
 def inactive_params(c: ModelConfig) -> int:
   """Returns the parameters a token does not compute with: the E - k experts of each sparse layer it skips (0 for a
   dense model). The parameters less these are the model's active parameters per token."""
   sparse = sum(c.sparse(layer) for layer in range(c.num_layers))
-  return sparse * (c.num_experts - c.experts_per_token) * MLP_MATRICES[c.mlp] * c.width * c.expert_width
+  return sparse * (c.num_experts - c.experts_per_token) * expert_params(c)
 
 
 def keys_per_query(c: ModelConfig, kind: str) -> float:
