@@ -14,43 +14,24 @@ each chip runs 2 sequences of 4096 tokens at a time, keeping only each layer's i
 
 import ml_collections
 
-from flaxlm.configs import base
+from flaxlm.configs import llama2_7b
 
 TPU_SLICE = 'v5p-64'  # `flaxlm-info --config=mixtral_8x7b --compile_for=v5p-64` shows it fits (benchmarks/RESULTS.md).
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """Returns Mixtral-8x7B: 32 layers, width 4096, 32 heads (8 key/value), 8 experts of 14,336 (2 a token), context
-  4096; batches of 256 x 4096 tokens."""
-  config = base.get_config()
-  config.data.tokenizer = 'tokenizer.model'
-  config.model.vocab_size = 32_000
-  config.model.num_layers = 32
-  config.model.num_heads = 32
+  """Returns Mixtral-8x7B: llama2_7b's attention (but 8 key/value heads and rotary base 1e6) and recipe, each MLP 8
+  experts of 14,336 (2 a token); batches of 256 x 4096 tokens."""
+  config = llama2_7b.get_config()  # Llama 2's tokenizer, width, depth, context, bfloat16, remat=full and AdamW recipe
   config.model.num_kv_heads = 8
-  config.model.width = 4096
   config.model.mlp_width = 14_336
   config.model.num_experts = 8
   config.model.experts_per_token = 2
   config.model.expert_width = 14_336
   config.model.balance_loss = 0.02
   config.model.rope_theta = 1e6
-  config.model.norm_eps = 1e-5
-  config.model.max_length = 4096
-  config.model.dtype = 'bfloat16'
-  config.model.remat = 'full'
-  config.mesh.data = 1
   config.mesh.expert = 8  # One expert per chip of each group of 8; fsdp takes the rest.
-  config.mesh.fsdp = -1
   config.train.steps = 100_000
   config.train.batch_size = 256
   config.train.microbatches = 4  # 2 sequences of 4096 tokens a chip at a time on a v5p-64.
-  config.train.learning_rate = 3e-4
-  config.train.min_learning_rate = 3e-5
-  config.train.warmup_steps = 2000
-  config.train.beta2 = 0.95
-  config.train.eval_every = 2000
-  config.train.eval_batches = 20
-  config.train.log_every = 100
-  config.train.checkpoint_every = 2000
   return config
