@@ -11,6 +11,7 @@ import ml_collections
 from flaxlm.configs import options
 from flaxlm.configs.options import AxisSize, Between, Interval, NonNegative, OneOf, Positive
 from flaxlm.model.config import ModelConfig
+from flaxlm.train import optimizer
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -25,12 +26,22 @@ def train_config() -> ml_collections.ConfigDict:
   c.steps = 2000  # number of optimizer updates.
   c.batch_size = 12  # sequences per step, across all devices.
   c.microbatches = 1  # gradient accumulation: each step's batch is run in this many pieces, its gradients summed.
-  c.learning_rate = 1e-3  # peak learning rate, reached after the warmup.
-  c.min_learning_rate = 1e-4  # where the cosine decay ends, at the last step.
+  c.optimizer = 'adamw'  # 'adamw', 'muon' (Muon for the layers' matrices, AdamW for the rest), 'adafactor' or
+  # 'lion'; train/optimizer.py says what each reads.
+  c.learning_rate = 1e-3  # peak learning rate, reached after the warmup (with muon: its AdamW part's).
+  c.min_learning_rate = 1e-4  # where the decay ends, at the last step (cosine, wsd, linear).
   c.warmup_steps = 100  # linear warmup from 0 to learning_rate.
-  c.beta1 = 0.9
-  c.beta2 = 0.99
-  c.weight_decay = 0.1  # AdamW decay, applied to matrices (kernels and embeddings) only.
+  c.schedule = 'cosine'  # after the warmup: 'cosine' decay, 'wsd' (stable, then a decay over the last
+  # decay_fraction of the steps), 'linear' decay, or 'constant'.
+  c.decay_fraction = 0.2  # wsd: the share of the steps, at the end, over which the rate decays.
+  c.decay_shape = 'linear'  # wsd: how it decays, 'linear' or '1-sqrt'.
+  c.beta1 = 0.9  # adamw and lion: the first moment's decay (with muon: its AdamW part's).
+  c.beta2 = 0.99  # adamw and lion: the second moment's (lion: the momentum's own update).
+  c.weight_decay = 0.1  # decoupled decay (times the learning rate), applied to matrices (kernels and embeddings)
+  # only, by every optimizer.
+  c.muon_learning_rate = 0.02  # muon: the peak rate of the matrices it orthogonalises, on the same schedule.
+  c.muon_momentum = 0.95  # muon: its (Nesterov) momentum's decay.
+  c.z_loss = 0.0  # weight of the squared log-normaliser of the logits added to the loss (PaLM's 1e-4); 0: none.
   c.grad_clip = 1.0  # global-norm gradient clipping; 0 turns it off.
   c.eval_every = 250  # steps between validation evaluations (and at the last step).
   c.eval_batches = 50  # validation batches per evaluation, the same ones every time.
@@ -91,6 +102,14 @@ TRAIN_RULES = {
     'weight_decay': Interval('[0', 'inf)', '0 turns it off'),
     'grad_clip': Interval('[0', 'inf)', 'the largest gradient norm; 0 turns clipping off'),
     'nonfinite': OneOf(('stop', 'skip')),
+    'optimizer': OneOf(tuple(optimizer.OPTIMIZERS)),
+    'schedule': OneOf(optimizer.SCHEDULES),
+    'decay_fraction': Interval('(0', '1]', 'the share of the steps that decays, 0.2 say'),
+    'decay_shape': OneOf(optimizer.DECAY_SHAPES),
+    'muon_learning_rate': Interval('(0', '0.5]', "the spectral norm of each matrix's step, 0.02 say; above 0.5 a "
+                                   'step outweighs the initial weights'),
+    'muon_momentum': Interval('[0', '1)', "Muon's momentum decay, 0.95 say"),
+    'z_loss': Interval('[0', 'inf)', "PaLM's 1e-4; 0 turns it off"),
     'eval_tasks_every': NonNegative('0 scores the tasks at every validation evaluation'),
     'eval_tasks_limit': NonNegative('0 scores every document of each task'),
     'seed': Between(0, 2**32 - 1, 'what JAX seeds its random numbers with'),

@@ -40,32 +40,40 @@ def run_two(*args: str) -> list[tuple[str, str]]:
 FLAGS = ('--config.mesh.cpu_devices=1', '--config.model.vocab_size=36', '--config.train.log_every=1',
          '--config.train.checkpoint_every=3', '--config.train.min_learning_rate=1e-3')
 SPARSE = ('--config.model.num_experts=4', '--config.model.expert_width=32', '--config.model.dense_layers=1')
-FSDP = ('--config.mesh.data=1', '--config.mesh.fsdp=2')
+FSDP = ('--config.mesh.data=1', '--config.mesh.fsdp=2', '--config.train.optimizer=adafactor')
+# Each split of the dense runs below is made by another of the optimizers (train/optimizer.py): Lion's signs of
+# batch-split gradients, Adafactor's factored moments of fsdp-split matrices, Muon's orthogonalisation of
+# tensor-split matrices; AdamW's, the default, is the sparse run's.
+OPTIMIZERS = ('lion', 'adafactor', 'muon')
 
 
 @pytest.fixture(scope='module')
 def shared(tmp_path_factory) -> dict:
-  """The corpus, one process's run of it, and the fsdp run of two processes that the tests compare against."""
+  """The corpus, one process's run of it with each of OPTIMIZERS, and the fsdp run of two processes that the tests
+  compare against."""
   root = tmp_path_factory.mktemp('distributed')
   corpus = make_corpus(root / 'corpus.txt')
-  single = run(command('flaxlm-train'), *train_args(corpus, root / 'one', *FLAGS))
-  assert single.returncode == 0, single.stderr
-  return {'corpus': corpus, 'one': root / 'one', 'fsdp': root / 'fsdp',
+  for name in OPTIMIZERS:
+    single = run(command('flaxlm-train'), *train_args(corpus, root / name, *FLAGS, f'--config.train.optimizer={name}'))
+    assert single.returncode == 0, single.stderr
+  return {'corpus': corpus, 'one': root, 'fsdp': root / 'fsdp',
           'fsdp_outputs': run_two(*train_args(corpus, root / 'fsdp', *FLAGS, *FSDP))}
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize('mesh, printed', [
-    (('--config.mesh.dcn_data=2',), "mesh {'data': 2, 'fsdp': 1, 'expert': 1, 'tensor': 1}"),
-    (FSDP, "mesh {'data': 1, 'fsdp': 2, 'expert': 1, 'tensor': 1}"),
-    (('--config.mesh.data=1', '--config.mesh.tensor=2'), "mesh {'data': 1, 'fsdp': 1, 'expert': 1, 'tensor': 2}"),
-], ids=['data_across_processes', 'fsdp_across_processes', 'tensor_across_processes'])  # The second: each process holds the whole batch.
+    (('--config.mesh.dcn_data=2', '--config.train.optimizer=lion'),
+     "mesh {'data': 2, 'fsdp': 1, 'expert': 1, 'tensor': 1}"),
+    (FSDP, "mesh {'data': 1, 'fsdp': 2, 'expert': 1, 'tensor': 1}"),  # Each process holds the whole batch.
+    (('--config.mesh.data=1', '--config.mesh.tensor=2', '--config.train.optimizer=muon'),
+     "mesh {'data': 1, 'fsdp': 1, 'expert': 1, 'tensor': 2}"),
+], ids=['data_across_processes', 'fsdp_across_processes', 'tensor_across_processes'])
 def test_two_processes_give_the_same_losses_as_one(shared, tmp_path, mesh, printed):
   two = shared['fsdp'] if mesh == FSDP else tmp_path / 'two'
   outputs = shared['fsdp_outputs'] if mesh == FSDP else run_two(*train_args(shared['corpus'], two, *FLAGS, *mesh))
   assert printed in outputs[0][0] and 'step 10' in outputs[0][0]
   assert not [line for line in outputs[1][0].splitlines() if line.startswith(('model', 'step'))]  # process 0 logs.
-  assert_same_losses(two, shared['one'])
+  assert_same_losses(two, shared['one'] / mesh[-1].split('=')[1])
 
 
 @pytest.mark.timeout(300)
@@ -87,8 +95,9 @@ def assert_same_losses(two, one) -> None:
   expected, got = metrics.read_metrics(one), metrics.read_metrics(two)
   assert [r['step'] for r in got] == [r['step'] for r in expected]
   for a, b in zip(got, expected):
-    # After AdamW steps, Adam's strays (conftest.adamw_params_differ) move a loss by ~|dL/dp| * 2 lr each: seen 3e-7,
-    # while losing one process's half of the batch moves it by 2e-4. 1e-5 lies between, ~30x from each.
+    # After AdamW steps, Adam's strays (conftest.adamw_params_differ) move a loss by ~|dL/dp| * 2 lr each (a sign Lion
+    # flips, likewise): seen 3e-7, while losing one process's half of the batch moves it by 2e-4. 1e-5 lies between,
+    # ~30x from each.
     for key in ('loss', 'val_loss', 'balance_loss'):  # (a sparse model's router loss too)
       assert a.get(key, 0) == pytest.approx(b.get(key, 0), rel=1e-5), key
   assert 'val_loss' in got[-1]

@@ -39,9 +39,15 @@ def test_llama2_7b_counts_flops_and_memory(monkeypatch, capsys):
   # 6 * matmul weights (32 * (4*4096*4096 + 3*4096*11008) + 32000*4096 = 6,607,077,376) = 39,642,464,256,
   # plus attention 6 * T 4096 * H 32 * K 128 * L 32 = 3,221,225,472.
   assert row(out, 'training FLOPs per token') == ['42,863,689,728']
-  assert row(out, 'AdamW moments (2 x float32)') == [f'{2 * 4 * 6_738_415_616 / 2**30:,.2f}'] == ['50.21']
+  assert row(out, 'adamw state (float32)') == [f'{2 * 4 * 6_738_415_616 / 2**30:,.2f}'] == ['50.21']
   assert row(out, 'training total') == [f'{4 * 4 * 6_738_415_616 / 2**30:,.2f}']
   assert 'divide by mesh.fsdp x mesh.tensor' in out  # The preset's mesh.fsdp=-1 takes whatever devices there are.
+  code, out, _ = info(monkeypatch, capsys, '--config=llama2_7b', '--config.train.optimizer=muon')
+  # Muon's one moment for the layers' matrices; AdamW's two for the embedding, the untied head and 65 norms.
+  adamw_params = 2 * 32000 * 4096 + 65 * 4096
+  muon_state = 4 * (6_738_415_616 - adamw_params) + 8 * adamw_params
+  assert code == 0 and row(out, 'muon state (float32)') == [f'{muon_state / 2**30:,.2f}'] == ['26.08']
+  assert row(out, 'training total') == [f'{(8 * 6_738_415_616 + muon_state) / 2**30:,.2f}']
 
 
 def test_mixtral_counts_its_parameters_active_ones_and_their_flops(monkeypatch, capsys):
@@ -75,7 +81,7 @@ def test_a_lora_fine_tune_counts_its_adapters_and_holds_its_base_as_lora_base(mo
   layer_matrices, scales = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008), 32 * 4 * (5 * 4096 + 2 * 11008)
   bfloat16 = 2 * (32 * 2 * 4096 + 4096 + 2 * 32000 * 4096)
   assert row(out, 'frozen base (int8)') == [f'{(layer_matrices + scales + bfloat16) / 2**30:,.3f}'] == ['6.525']
-  assert abs(float(row(out, 'AdamW moments (2 x float32)')[0]) - 8 * adapters / 2**30) <= 6e-4  # Rounded to 0.001.
+  assert abs(float(row(out, 'adamw state (float32)')[0]) - 8 * adapters / 2**30) <= 6e-4  # Rounded to 0.001.
   code, out, err = info(monkeypatch, capsys, '--config=llama2_7b', '--config.model.lora_rank=16',
                         '--config.model.lora_base=int3')
   assert code == 1 and "model.lora_base='int3' is not one of" in err

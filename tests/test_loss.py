@@ -46,24 +46,36 @@ def batch() -> loss_lib.Batch:
           'weights': weights}
 
 
-def plain_loss_sum(params, batch: loss_lib.Batch, model: Transformer, dropout_rng: jax.Array | None) -> jax.Array:
-  """Returns the reference: optax's cross-entropy on all of `model`'s B x T x V logits, weighted and summed."""
+def plain_loss_sum(params, batch: loss_lib.Batch, model: Transformer, dropout_rng: jax.Array | None,
+                   z_loss: float = 0.0) -> jax.Array:
+  """Returns the reference: optax's cross-entropy on all of `model`'s B x T x V logits, plus `z_loss` times the
+  squared logsumexp of each position's logits (PaLM's z-loss), weighted and summed."""
   logits_BxTxV = model.apply({'params': params}, batch['inputs'], batch['positions'], batch['segment_ids'],
                              deterministic=dropout_rng is None,
                              rngs=None if dropout_rng is None else {'dropout': dropout_rng})
   losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch['targets'])
+  losses_BxT += z_loss * jax.nn.logsumexp(logits_BxTxV, axis=-1) ** 2
   return (losses_BxT * batch['weights']).sum()
 
 
-@pytest.mark.parametrize('tie_embeddings,dropout', [(True, 0.0), (False, 0.1)])
-def test_chunked_loss_and_gradients_match_optax_on_the_full_logits(monkeypatch, tie_embeddings, dropout):
+@pytest.mark.parametrize('tie_embeddings,dropout,z_loss', [(True, 0.0, 0.0), (False, 0.1, 0.1)])
+def test_chunked_loss_and_gradients_match_optax_on_the_full_logits(monkeypatch, tie_embeddings, dropout, z_loss):
   monkeypatch.setattr(loss_lib, 'LOGITS_PER_CHUNK', CHUNK * V)  # loss_fn's chunks: 4 positions.
   assert loss_lib.chunk_length(V, T) == CHUNK
   model, params = small_model(tie_embeddings, dropout)
   data, rng = batch(), jax.random.key(2) if dropout else None
   weight = data['weights'].sum()
-  chunked, chunked_grads = jax.jit(jax.value_and_grad(lambda p: loss_lib.loss_fn(p, data, model, rng)))(params)
-  plain, plain_grads = jax.jit(jax.value_and_grad(lambda p: plain_loss_sum(p, data, model, rng) / weight))(params)
+  parts = lambda p: loss_lib.loss_parts(p, data, model, rng, z_loss=z_loss)
+  (chunked, logged), chunked_grads = jax.jit(jax.value_and_grad(parts, has_aux=True))(params)
+  plain, plain_grads = jax.jit(jax.value_and_grad(
+      lambda p: plain_loss_sum(p, data, model, rng, z_loss) / weight))(params)
+  cross_entropy = jax.jit(lambda p: plain_loss_sum(p, data, model, rng) / weight)(params)
+  np.testing.assert_allclose(logged['loss'], cross_entropy, rtol=1e-6)  # The z-loss is logged apart, and
+  if z_loss:  # is large enough here (logits of scale ~3) to fail the comparison below if it were dropped.
+    np.testing.assert_allclose(logged['z_loss'], (plain - cross_entropy) / z_loss, rtol=1e-5)
+    assert plain - cross_entropy > 0.1 * plain
+  else:
+    assert 'z_loss' not in logged
   # The same float32 terms summed in another order: ~1e-7 relative (unit roundoff 6e-8 times a few); a lost chunk,
   # a padded position counted or a target misplaced changes the loss by ~1/32 (one token of 32).
   np.testing.assert_allclose(chunked, plain, rtol=1e-6)

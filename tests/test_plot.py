@@ -78,11 +78,38 @@ def test_the_installed_command_writes_a_png(workdir):
 ], ids=['no_metrics', 'no_run'])
 def test_bad_input_gets_one_line_and_a_nonzero_exit(monkeypatch, capsys, tmp_path, make_run, fragment):
   make_run(tmp_path / 'run')
-  argv = ['flaxlm-plot', f'--workdir={tmp_path / "run"}']
+  code, out, err = plot_main(monkeypatch, capsys, f'--workdir={tmp_path / "run"}')
+  assert code != 0 and out == '' and len(err.strip().splitlines()) == 1 and fragment in err
+  assert not (tmp_path / 'run' / 'loss.png').exists()
+
+
+def test_several_runs_are_drawn_in_one_figure_against_tokens_and_need_an_output(monkeypatch, capsys, workdir, tmp_path):
+  write_run(tmp_path / 'other', [{'step': s, 'loss': 3.0, 'learning_rate': 1e-3, 'val_loss': 3.1} for s in (10, 20)])
+  figure = plot.runs_figure([workdir, tmp_path / 'other'])
+  loss_ax, rate_ax = figure.axes
+  validation = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in loss_ax.get_lines()
+                if not line.get_label().startswith('_')}  # The training curves are unlabeled.
+  assert validation == {'my_run': ([10 * TOKENS_PER_STEP, 20 * TOKENS_PER_STEP], pytest.approx([3.2, 2.2])),
+                        'other': ([10 * TOKENS_PER_STEP, 20 * TOKENS_PER_STEP], pytest.approx([3.1, 3.1]))}
+  assert len(loss_ax.get_lines()) == 4 and len(rate_ax.get_lines()) == 2 and rate_ax.get_xlabel() == 'tokens'
+  runs = f'--workdir={workdir},{tmp_path / "other"}'
+  code, out, err = plot_main(monkeypatch, capsys, runs)
+  assert code == 1 and err.strip().endswith('--workdir names 2 runs: pass --output, a new PNG path for their '
+                                            'comparison.')
+  code, out, err = plot_main(monkeypatch, capsys, runs, f'--output={tmp_path / "c.png"}')
+  assert code == 0 and out.strip() == f'wrote {tmp_path / "c.png"}', err
+  assert png_size(tmp_path / 'c.png')[0] >= 600 and not (workdir / 'loss.png').exists()
+
+
+def plot_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+  """Runs flaxlm-plot's main in this process with `args`; returns (exit code, stdout, stderr)."""
+  argv = ['flaxlm-plot', *args]
   monkeypatch.setattr(sys, 'argv', argv)
   flags.FLAGS.unparse_flags()  # Forget the previous test's flags.
-  with pytest.raises(SystemExit) as exit:
+  try:
     plot_command.main(argv)
+    code = 0
+  except SystemExit as exit:
+    code = exit.code
   out, err = capsys.readouterr()
-  assert exit.value.code != 0 and out == '' and len(err.strip().splitlines()) == 1 and fragment in err
-  assert not (tmp_path / 'run' / 'loss.png').exists()
+  return code, out, err

@@ -123,7 +123,7 @@ def build_steps(setup: Setup):
   tx = optimizer.make_optimizer(c)
   abstract = state_lib.abstract_state(setup.model, tx, setup.mesh, setup.config.model.lora_base)
   train_fn, eval_fn = step_lib.compile_steps(setup.model, tx, optimizer.schedule(c), c.seed, abstract, setup.mesh,
-                                             c.microbatches)
+                                             c.microbatches, c.z_loss)
   return tx, abstract, train_fn, eval_fn
 
 

@@ -2,7 +2,9 @@
 
 `loss_fn` is what training minimizes (train/step.py calls it once per batch or microbatch): the model's final-norm
 output, then the cross-entropy computed a chunk of positions at a time, so the B x T x V logits never exist at once;
-in a sparse model, plus the routers' losses (model/moe.py) times their weights. `loss_parts` also returns each.
+with `train.z_loss`, plus that weight times the mean squared log-normaliser of the logits (PaLM's z-loss, which keeps
+the logsumexp near 0); in a sparse model, plus the routers' losses (model/moe.py) times their weights. `loss_parts`
+also returns each.
 `cross_entropy` is the same loss of logits already in hand (the notebooks compute it so).
 
 Shape key: B batch, T sequence length, D model width, V vocabulary, N chunks, C positions per chunk.
@@ -29,17 +31,17 @@ Batch = dict[str, jax.Array]
 
 
 def loss_fn(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
-            total_weight: jax.Array | None = None) -> jax.Array:
+            total_weight: jax.Array | None = None, z_loss: float = 0.0) -> jax.Array:
   """Returns the loss training minimizes of `params` on `batch`: `loss_parts`' first."""
-  return loss_parts(params, batch, model, dropout_rng, total_weight)[0]
+  return loss_parts(params, batch, model, dropout_rng, total_weight, z_loss)[0]
 
 
 def loss_parts(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
-               total_weight: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Returns (the loss training minimizes, {'loss': the next-token loss, and a sparse model's 'balance_loss' and
-  'router_z_loss'}) of `params` (all the model's: with LoRA, the adapters on the base) on `batch` (dropout on when
-  `dropout_rng` is given). The minimized loss is the next-token loss plus the router losses times their weights
-  (model.balance_loss, model.router_z_loss).
+               total_weight: jax.Array | None = None, z_loss: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Returns (the loss training minimizes, {'loss': the next-token loss, with a `z_loss` weight 'z_loss', and in a
+  sparse model 'balance_loss' and 'router_z_loss'}) of `params` (all the model's: with LoRA, the adapters on the
+  base) on `batch` (dropout on when `dropout_rng` is given). The minimized loss is the next-token loss plus each
+  other part times its weight (`z_loss`, model.balance_loss, model.router_z_loss).
 
   The weighted token losses are summed and divided by `total_weight` (default: this batch's weights), and the router
   losses weighted by this batch's share of it, so the parts of a batch's microbatches, each divided by the whole
@@ -50,13 +52,13 @@ def loss_parts(params, batch: Batch, model: nn.Module, dropout_rng: jax.Array | 
                               deterministic=dropout_rng is None,
                               rngs={'dropout': dropout_rng} if dropout_rng is not None else None,
                               method=Transformer.hidden, mutable=['losses'])
-  loss_sum = cross_entropy_sum(model, variables, x_BxTxD, batch['targets'], batch['weights'])
+  loss_sum, z_sum = token_loss_sums(model, variables, x_BxTxD, batch['targets'], batch['weights'])
   weight = batch_weight(batch['weights']) if total_weight is None else total_weight
   share = batch_weight(batch['weights']) / weight
-  parts = {'loss': loss_sum / weight,
+  parts = {'loss': loss_sum / weight, **({'z_loss': z_sum / weight} if z_loss else {}),
            **{name: share * value for name, value in moe.losses(sown.get('losses', {})).items()}}
-  routers = c.balance_loss * parts.get('balance_loss', 0.0) + c.router_z_loss * parts.get('router_z_loss', 0.0)
-  return parts['loss'] + routers, parts
+  weights = {'z_loss': z_loss, 'balance_loss': c.balance_loss, 'router_z_loss': c.router_z_loss}
+  return parts['loss'] + sum(weights[name] * value for name, value in parts.items() if name != 'loss'), parts
 
 
 def batch_weight(weights_BxT: jax.Array) -> jax.Array:
@@ -86,10 +88,11 @@ def in_chunks(a_BxT: jax.Array, chunk: int) -> jax.Array:
   return a_BxNCx.reshape(a_BxNCx.shape[0], -1, chunk, *a_BxNCx.shape[2:]).swapaxes(0, 1)
 
 
-def cross_entropy_sum(model: nn.Module, variables: Any, x_BxTxD: jax.Array, targets_BxT: jax.Array,
-                      weights_BxT: jax.Array, chunk: int | None = None) -> jax.Array:
-  """Returns the float32 sum over positions of weight x -log p(target), p the softmax of the logits that `model`'s
-  head (`Transformer.logits`, with `variables`) gives the final-norm outputs x.
+def token_loss_sums(model: nn.Module, variables: Any, x_BxTxD: jax.Array, targets_BxT: jax.Array,
+                    weights_BxT: jax.Array, chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """Returns the float32 sums over positions of weight x -log p(target) and of weight x z^2, p the softmax of the
+  logits that `model`'s head (`Transformer.logits`, with `variables`) gives the final-norm outputs x and z their
+  logsumexp.
 
   The positions are taken `chunk` at a time (default `chunk_length(V, T)`), T padded with weight 0 to a multiple
   of it; the batch axis stays whole, so its sharding is untouched.
@@ -97,11 +100,12 @@ def cross_entropy_sum(model: nn.Module, variables: Any, x_BxTxD: jax.Array, targ
   chunk = chunk or chunk_length(model.config.vocab_size, x_BxTxD.shape[1])
 
   @jax.checkpoint  # Keeps only the chunk's inputs: the backward pass recomputes its logits.
-  def chunk_loss(x_BxCxD: jax.Array, targets_BxC: jax.Array, weights_BxC: jax.Array) -> jax.Array:
+  def chunk_sums(x_BxCxD: jax.Array, targets_BxC: jax.Array, weights_BxC: jax.Array) -> jax.Array:
     logits_BxCxV = model.apply(variables, x_BxCxD, method=Transformer.logits)
     target_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
-    return ((jax.nn.logsumexp(logits_BxCxV, axis=-1) - target_BxC) * weights_BxC).sum()
+    z_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
+    return jnp.stack([((z_BxC - target_BxC) * weights_BxC).sum(), (z_BxC ** 2 * weights_BxC).sum()])
 
   chunks = tuple(in_chunks(a, chunk) for a in (x_BxTxD, targets_BxT, weights_BxT))
-  total, _ = jax.lax.scan(lambda total, xs: (total + chunk_loss(*xs), None), jnp.zeros((), jnp.float32), chunks)
-  return total
+  totals, _ = jax.lax.scan(lambda totals, xs: (totals + chunk_sums(*xs), None), jnp.zeros(2, jnp.float32), chunks)
+  return totals[0], totals[1]

@@ -97,18 +97,19 @@ def memory_table(params: Any, group_size: int = 128) -> list[str]:
   return lines
 
 
-def training_bytes(params: int) -> dict[str, int]:
-  """Returns the bytes of float32 weights, gradients, AdamW's two moments, their total, and bfloat16 weights, for a
-  model of `params` parameters."""
+def training_bytes(params: int, optimizer_state: tuple[str, int] | None = None) -> dict[str, int]:
+  """Returns the bytes of float32 weights, gradients, the optimizer's state (`optimizer_state`: its name and bytes;
+  default AdamW's two moments), their total, and bfloat16 weights, for a model of `params` parameters."""
   weights = 4 * params
-  return {'weights (float32)': weights, 'gradients (float32)': weights, 'AdamW moments (2 x float32)': 2 * weights,
-          'training total': 4 * weights, 'weights (bfloat16, inference)': weights // 2}
+  name, moments = optimizer_state or ('AdamW moments (2 x float32)', 2 * weights)
+  return {'weights (float32)': weights, 'gradients (float32)': weights, name: moments,
+          'training total': 2 * weights + moments, 'weights (bfloat16, inference)': weights // 2}
 
 
-def training_lines(params: int, shards: int | None) -> list[str]:
-  """Returns the training memory table's lines, in GiB (MiB below 1 GiB): the total, and per device if the split
-  is known."""
-  sizes = training_bytes(params)
+def training_lines(params: int, shards: int | None, optimizer_state: tuple[str, int] | None = None) -> list[str]:
+  """Returns the training memory table's lines (`training_bytes`), in GiB (MiB below 1 GiB): the total, and per
+  device if the split is known."""
+  sizes = training_bytes(params, optimizer_state)
   unit, scale = ('GiB', GiB) if sizes['training total'] >= GiB else ('MiB', 2 ** 20)
   lines = [f'{f"memory ({unit})":<32}{"total":>16}' + (f'{"per device":>14}' if shards else '')]
   for name, size in sizes.items():

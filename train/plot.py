@@ -1,4 +1,5 @@
-"""A run's training curves as a matplotlib Figure: the losses against steps and tokens, and the learning rate.
+"""A run's training curves as a matplotlib Figure: the losses against steps and tokens, and the learning rate; or
+several runs' curves in one Figure, against the tokens each trained on, to compare them.
 
 The Figure is made without pyplot, so nothing is shown or kept open: a notebook displays it, and flaxlm-plot
 writes it as a PNG.
@@ -58,9 +59,9 @@ CENTERED = '/centered'  # The metrics.jsonl key suffix of a multiple-choice task
 PLOTTED = ('loss', 'learning_rate')  # What every record must have: training records all do.
 
 
-def run_figure(workdir: str | os.PathLike) -> Figure:
-  """Returns `loss_figure` of the run in `workdir`, titled with its name; raises UserError if it has logged nothing,
-  or a record lacks what is plotted."""
+def read_run(workdir: str | os.PathLike) -> tuple[list[dict], int, str]:
+  """Returns (the metrics records, the tokens a step trains on, the folder's name) of the run in `workdir`; raises
+  UserError if it has logged nothing, or a record lacks what is plotted."""
   config = workdir_lib.load_config(workdir)
   records = metrics.read_metrics(workdir)
   if not records:
@@ -70,5 +71,33 @@ def run_figure(workdir: str | os.PathLike) -> Figure:
     if missing:
       raise UserError(f'{workdir}/metrics.jsonl has no "{missing[0]}" at step {record["step"]}: plot a run '
                       'flaxlm-train logged.')
-  name = files.resolve(workdir).name
-  return loss_figure(records, config.train.batch_size * config.model.max_length, name)
+  return records, config.train.batch_size * config.model.max_length, files.resolve(workdir).name
+
+
+def run_figure(workdir: str | os.PathLike) -> Figure:
+  """Returns `loss_figure` of the run in `workdir`, titled with its name (`read_run`'s errors)."""
+  return loss_figure(*read_run(workdir))
+
+
+def runs_figure(workdirs: list[str | os.PathLike]) -> Figure:
+  """Returns the runs in `workdirs` compared in one Figure: above, each run's validation loss (and, faint, its
+  training loss) against the tokens it has trained on; below, its learning rate. Each run has one color, and the
+  legend names it by its folder (`read_run`'s errors)."""
+  figure = Figure(figsize=(9, 6), layout='constrained')
+  loss_ax, rate_ax = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  for i, workdir in enumerate(workdirs):
+    records, tokens_per_step, name = read_run(workdir)
+    color, tokens = f'C{i}', lambda rs: [r['step'] * tokens_per_step for r in rs]
+    evals = [r for r in records if 'val_loss' in r]
+    loss_ax.plot(tokens(records), [r['loss'] for r in records], color=color, alpha=0.3, linewidth=0.8)
+    loss_ax.plot(tokens(evals), [r['val_loss'] for r in evals], 'o-', color=color, label=name)
+    rate_ax.plot(tokens(records), [r['learning_rate'] for r in records], color=color)
+  loss_ax.set_ylabel('validation loss (training: faint)')
+  loss_ax.legend()
+  rate_ax.set_ylabel('learning rate')
+  rate_ax.set_xlabel('tokens')
+  rate_ax.xaxis.set_major_formatter(ticker.EngFormatter())
+  for ax in (loss_ax, rate_ax):
+    ax.grid(alpha=0.3)
+  figure.suptitle(f'{len(workdirs)} runs')
+  return figure

@@ -65,8 +65,27 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, mesh: jax
                    lora_base: str = 'float32') -> TrainState:
   """Returns the state's shapes, dtypes and shardings, without allocating it; with LoRA, its frozen base held as
   `lora_base` (model.lora_base)."""
-  state = placed(jax.eval_shape(functools.partial(boxed_state, model, tx), jax.random.key(0)), mesh)
-  return state.replace(frozen=abstract_frozen(model, mesh, lora_base))
+  boxed = jax.eval_shape(functools.partial(boxed_state, model, tx), jax.random.key(0))
+  state = placed(boxed.replace(opt_state=None), mesh)
+  return state.replace(opt_state=placed_moments(boxed.opt_state, mesh), frozen=abstract_frozen(model, mesh, lora_base))
+
+
+def placed_moments(boxed: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Returns shape structs of an optimizer state made from boxed params (`boxed_state`'s), each moment split as its
+  param is along every axis the split divides, and its counts whole on every device.
+
+  A moment of another rank than its param (Adafactor's factored rows and columns) is whole on every device too; a box
+  around one of Optax's placeholders for params another optimizer updates (Muon's masked parts) is dropped.
+  """
+  def place(x):
+    if isinstance(x, nn.Partitioned) and not hasattr(x.value, 'shape'):
+      return x.value  # optax.MaskedNode: no array.
+    value = x.value if isinstance(x, nn.Partitioned) else x
+    if not isinstance(x, nn.Partitioned) or value.ndim != len(x.names):
+      return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding.replicated(mesh))
+    split = nn.logical_to_mesh_sharding(jax.sharding.PartitionSpec(*x.names), mesh, sharding.RULES)
+    return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=fitted(split, value.shape))
+  return jax.tree.map(place, boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def abstract_frozen(model: nn.Module, mesh: jax.sharding.Mesh, lora_base: str) -> Any:

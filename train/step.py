@@ -21,17 +21,17 @@ def split_microbatches(x_BxT: jax.Array, microbatches: int) -> jax.Array:
   return nn.with_logical_constraint(x_BMxMxT.swapaxes(0, 1), (None, 'batch', 'length'))
 
 
-def gradients(state: TrainState, batch: Batch, model: nn.Module, dropout_rng: jax.Array,
-              microbatches: int) -> tuple[dict[str, jax.Array], object]:
+def gradients(state: TrainState, batch: Batch, model: nn.Module, dropout_rng: jax.Array, microbatches: int,
+              z_loss: float = 0.0) -> tuple[dict[str, jax.Array], object]:
   """Returns (the loss's parts, `loss_parts`' second, and the gradients of the state's trained params) on `batch`,
-  computed over `microbatches` pieces in turn to bound activation memory.
+  computed over `microbatches` pieces in turn to bound activation memory; `z_loss` weighs the z-loss.
 
   The frozen params (LoRA's base) take part in the loss as constants: no gradient of their size is ever made. The
   gradients of the pieces are summed (Optax's MultiSteps instead averages whole optimizer calls, one per microbatch),
   so the result equals the whole batch's up to float rounding, padding included.
   """
   def parts_and_grads(trained, micro: Batch, rng: jax.Array, total: jax.Array | None):
-    objective = lambda trained: loss_parts(lora.combine(state.frozen, trained), micro, model, rng, total)
+    objective = lambda trained: loss_parts(lora.combine(state.frozen, trained), micro, model, rng, total, z_loss)
     (_, parts), grads = jax.value_and_grad(objective, has_aux=True)(trained)
     return parts, grads
 
@@ -52,10 +52,11 @@ def gradients(state: TrainState, batch: Batch, model: nn.Module, dropout_rng: ja
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, seed: int, microbatches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               schedule: optax.Schedule, seed: int, microbatches: int = 1,
+               z_loss: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """Returns the state after one update of its trained params on `batch`, and the step's metrics."""
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
-  parts, grads = gradients(state, batch, model, dropout_rng, microbatches)  # predict, loss, backprop
+  parts, grads = gradients(state, batch, model, dropout_rng, microbatches, z_loss)  # predict, loss, backprop
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)  # update
   metrics = {**parts, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
@@ -73,7 +74,7 @@ def eval_step(params, batch: Batch, *, model: nn.Module) -> tuple[jax.Array, jax
 
 
 def jit_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
-              abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1):
+              abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1, z_loss: float = 0.0):
   """Returns (train_step(state, batch), eval_step(params, batch)) jitted with explicit shardings on `mesh` (those of
   `abstract`, its frozen part included, and the batch's); train_step donates the state (its frozen part comes back
   as it went in). Call or lower them under `with_mesh`: `flaxlm-info --compile_for` lowers them for a TPU slice
@@ -83,7 +84,7 @@ def jit_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: opta
   batch_shardings = sharding.batch_sharding(mesh)  # Every array of the batch is B x T.
   scalar = sharding.replicated(mesh)
   train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule, seed=seed,
-                                    microbatches=microbatches),
+                                    microbatches=microbatches, z_loss=z_loss),
                   in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, scalar),
                   donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, model=model),
@@ -92,10 +93,11 @@ def jit_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: opta
 
 
 def compile_steps(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
-                  abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1):
+                  abstract: TrainState, mesh: jax.sharding.Mesh, microbatches: int = 1, z_loss: float = 0.0):
   """Returns (train_step(state, batch), eval_step(params, batch)) jitted with explicit shardings and run under
   `mesh`; train_step donates the state it is given."""
-  return tuple(with_mesh(fn, mesh) for fn in jit_steps(model, tx, schedule, seed, abstract, mesh, microbatches))
+  steps = jit_steps(model, tx, schedule, seed, abstract, mesh, microbatches, z_loss)
+  return tuple(with_mesh(fn, mesh) for fn in steps)
 
 
 def with_mesh(fn, mesh: jax.sharding.Mesh):

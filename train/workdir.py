@@ -94,22 +94,24 @@ COMPUTE_ONLY = ('model.dtype', 'model.remat', 'model.attention', 'train.microbat
 # What it may not change besides the model's shape: the stream of batches the checkpoint's data position indexes.
 SAME_DATA = ('train.batch_size', 'train.seed', 'data.path', 'data.store_digest', 'data.format', 'data.text_field',
              'data.val_fraction', 'data.max_documents')
+SAME_STATE = ('train.optimizer',)  # Nor the optimizer whose state the checkpoints hold.
 
 
 def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                      tokenizer: tokenizer_lib.Tokenizer) -> list[str]:
   """Returns the compute-only settings a resume of `workdir` changes ('model.dtype: ... there, ... here'); raises
-  UserError if the workdir holds a run of another model, tokenizer or stream of batches than this config's."""
+  UserError if the workdir holds a run of another model, tokenizer, stream of batches or optimizer than this
+  config's."""
   if not (files.to_path(workdir) / 'config.json').exists():
     return []
   saved = load_config(workdir)
-  keys = dict.fromkeys([*(f'model.{k}' for k in config.model), *SAME_DATA, *COMPUTE_ONLY])  # Ordered, once each.
+  keys = dict.fromkeys([*(f'model.{k}' for k in config.model), *SAME_DATA, *SAME_STATE, *COMPUTE_ONLY])  # In order.
   changed = [key for key in keys if lookup(saved, key) != lookup(config, key)]
   describe = lambda key: f'{key}: {lookup(saved, key)!r} there, {lookup(config, key)!r} here'
   refused = [describe(key) for key in changed if key not in COMPUTE_ONLY]
   if refused:
-    raise UserError(f'workdir {workdir} holds a run of a different model or data ({"; ".join(refused)}): use a new '
-                    '--workdir, or the same settings to resume it.')
+    raise UserError(f'workdir {workdir} holds a run of a different model, data or optimizer ({"; ".join(refused)}): '
+                    'use a new --workdir, or the same settings to resume it.')
   if tokenizer_lib.files_of(load_tokenizer(workdir)) != tokenizer_lib.files_of(tokenizer):
     raise UserError(f'workdir {workdir} holds a run with a different tokenizer: use a new --workdir, '
                     'or the same --config.data.path and --config.data.tokenizer to resume it.')

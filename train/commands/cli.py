@@ -72,7 +72,7 @@ def exit_with(message: str, code: int) -> None:
 
 def required(flag: flags.FlagHolder, hint: str):
   """Returns the flag's value; raises UserError naming the flag if it was not given (or given empty)."""
-  if flag.value is None or flag.value == '':
+  if flag.value is None or flag.value in ('', []):
     raise UserError(f'--{flag.name} is required: {hint}')
   return flag.value
 

@@ -67,22 +67,29 @@ def report(config: ml_collections.ConfigDict) -> list[str]:
       f'{"training FLOPs per token":<32}{per_token:>16,.0f}',
       f'{"training FLOPs per step":<32}{per_token * tokens:>16.3e}  ({config.train.batch_size:,} x '
       f'{c.max_length:,} tokens)',
-      *(lora_lines(config, c) if c.lora.rank else memory.training_lines(params, parameter_shards(config.mesh))),
+      *(lora_lines(config, c) if c.lora.rank else memory.training_lines(
+          params, parameter_shards(config.mesh), optimizer_state(config, c)[1:])),
       'weights for sampling (flaxlm-sample --quantize):',
       *memory.memory_table(shapes),
   ]
 
 
-def lora_lines(config: ml_collections.ConfigDict, c: ModelConfig) -> list[str]:
-  """Returns the lines of a LoRA fine-tune's memory, from the train state's shapes: the frozen base as
-  model.lora_base holds it, and the adapters with their gradients and AdamW moments (float32), in GiB."""
+def optimizer_state(config: ml_collections.ConfigDict, c: ModelConfig) -> tuple[state.TrainState, str, int]:
+  """Returns the train state's shapes (nothing allocated), and the name and bytes of its optimizer's state: AdamW's
+  two moments, Muon's one for the matrices, Adafactor's factored ones, Lion's one."""
   tx = optimizer.make_optimizer(config.train)
   abstract = state.abstract_state(shapes_model(c), tx, sharding.single_device_mesh(), config.model.lora_base)
+  return abstract, f'{config.train.optimizer} state (float32)', memory.memory_bytes(abstract.opt_state)
+
+
+def lora_lines(config: ml_collections.ConfigDict, c: ModelConfig) -> list[str]:
+  """Returns the lines of a LoRA fine-tune's memory, from the train state's shapes: the frozen base as
+  model.lora_base holds it, and the adapters with their gradients and optimizer state (float32), in GiB."""
+  abstract, state_name, state_bytes = optimizer_state(config, c)
   trained, total = count_params(abstract.params), count_params(quantize.integers(state.model_params(abstract)))
   sizes = {f'frozen base ({config.model.lora_base})': memory.memory_bytes(abstract.frozen),
            'adapters (float32)': memory.memory_bytes(abstract.params),
-           'gradients (float32)': memory.memory_bytes(abstract.params),
-           'AdamW moments (2 x float32)': memory.memory_bytes(abstract.opt_state)}
+           'gradients (float32)': memory.memory_bytes(abstract.params), state_name: state_bytes}
   shards = parameter_shards(config.mesh)
   lines = [f'{"LoRA: trained parameters":<32}{trained:>16,}  ({trained / total:.2%}: rank {c.lora.rank} on '
            f'{c.lora.targets})', f'{"memory (GiB)":<32}{"total":>16}' + (f'{"per device":>14}' if shards else '')]

@@ -1,7 +1,9 @@
-"""`flaxlm-plot --workdir=DIR [--output=PATH]`: a PNG of a run's loss curves and learning rate.
+"""`flaxlm-plot --workdir=DIR[,DIR...] [--output=PATH]`: a PNG of a run's loss curves and learning rate, or of
+several runs' side by side.
 
   flaxlm-plot --workdir=/tmp/run                        # writes /tmp/run/loss.png
   flaxlm-plot --workdir=/tmp/run --output=/tmp/run.png
+  flaxlm-plot --workdir=/tmp/adamw,/tmp/muon --output=/tmp/adamw_muon.png   # compares the runs
 """
 
 import io
@@ -14,9 +16,10 @@ from flaxlm.data import files
 from flaxlm.train import plot, workdir as workdir_lib
 from flaxlm.train.commands import cli
 
-WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a training run (its metrics.jsonl and config.json).')
+WORKDIR = flags.DEFINE_list('workdir', None, 'Directory of a training run (its metrics.jsonl and config.json), or '
+                            'several, comma-separated, to compare their curves in one figure.')
 OUTPUT = flags.DEFINE_string('output', None, 'Where to write the PNG, a new file; default WORKDIR/loss.png, which '
-                              'each plot of the run redraws.')
+                              'each plot of the run redraws (required for several runs).')
 OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace --output if it exists.')
 
 
@@ -30,12 +33,16 @@ def check_output(output: files.Path, workdir: files.Path) -> None:
 
 
 def write_plot() -> None:
-  """Draws the run in --workdir with Agg (no display needed) into --output, and prints where it went."""
-  workdir = files.to_path(cli.required(WORKDIR, 'pass the --workdir of a training run.'))
+  """Draws the run (or runs) in --workdir with Agg (no display needed) into --output, and prints where it went."""
+  workdirs = [files.to_path(w) for w in cli.required(WORKDIR, 'pass the --workdir of a training run.')]
   own = OUTPUT.value is None  # The default, WORKDIR/loss.png, is this command's own file: redrawn each time.
-  output = workdir / 'loss.png' if own else files.to_path(OUTPUT.value)
-  check_output(output, workdir)
-  figure, png = plot.run_figure(workdir), io.BytesIO()
+  if own and len(workdirs) > 1:
+    raise UserError(f'--workdir names {len(workdirs)} runs: pass --output, a new PNG path for their comparison.')
+  output = workdirs[0] / 'loss.png' if own else files.to_path(OUTPUT.value)
+  for workdir in workdirs:
+    check_output(output, workdir)
+  figure = plot.run_figure(workdirs[0]) if len(workdirs) == 1 else plot.runs_figure(workdirs)
+  png = io.BytesIO()
   FigureCanvasAgg(figure).print_png(png)
   files.write_output(output, png.getvalue(), 'output', own or OVERWRITE.value)
   print(f'wrote {output}')

@@ -207,7 +207,7 @@ def train_report(config: ml_collections.ConfigDict, name: str) -> list[str]:
   batch = abstract_batch(mesh, config.train.batch_size, c.max_length)
   with tracing_for(mesh):
     train, _ = step_lib.jit_steps(model, tx, optimizer.schedule(config.train), config.train.seed, abstract, mesh,
-                                  config.train.microbatches)
+                                  config.train.microbatches, config.train.z_loss)
     compiled = compile_for(train, (abstract, batch), mesh, name, what, fixes)
   arguments = [('train state', memory.shard_bytes(state_lib.checkpointed(abstract))),
                ('frozen params', memory.shard_bytes(abstract.frozen)), ('batch', memory.shard_bytes(batch))]
