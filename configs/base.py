@@ -56,6 +56,12 @@ def train_config() -> ml_collections.ConfigDict:
   c.init_from = ''  # fine-tuning: start from a flaxlm-export directory or a run's workdir (its latest checkpoint)
   # with a fresh optimizer and this config's schedule; the run then uses that model's tokenizer.
   c.nonfinite = 'stop'  # a step whose loss or gradients are not finite: 'stop' the run, or 'skip' its update.
+  c.profile_steps = 0  # how many steps to trace with jax.profiler into WORKDIR/tensorboard (TensorBoard's profile
+  # tab, Perfetto); 0 traces none.
+  c.profile_start = 5  # the first step traced (numbered from 1, as logged): the steps before it compile and warm up.
+  c.trackers = 'tensorboard'  # where metrics go besides metrics.jsonl: 'tensorboard', 'wandb' (Weights & Biases:
+  # the wandb extra; WANDB_MODE=offline writes locally), or 'tensorboard,wandb'.
+  c.wandb_project = 'flaxlm'  # wandb: the project its run is logged under.
   return c
 
 
@@ -93,7 +99,7 @@ def mesh_config() -> ml_collections.ConfigDict:
 
 TRAIN_RULES = {
     **{key: Positive() for key in ('steps', 'batch_size', 'microbatches', 'eval_every', 'eval_batches', 'log_every',
-                                   'checkpoint_every', 'keep_checkpoints')},
+                                   'checkpoint_every', 'keep_checkpoints', 'profile_start')},
     'learning_rate': Interval('[0', 'inf)', 'the peak step size, 1e-3 say; 0 leaves the params as they are'),
     'min_learning_rate': Interval('[0', 'inf)', 'where the decay ends; 0 decays to nothing'),
     'warmup_steps': NonNegative('no warmup: the first step is at the peak'),
@@ -110,6 +116,8 @@ TRAIN_RULES = {
                                    'step outweighs the initial weights'),
     'muon_momentum': Interval('[0', '1)', "Muon's momentum decay, 0.95 say"),
     'z_loss': Interval('[0', 'inf)', "PaLM's 1e-4; 0 turns it off"),
+    'profile_steps': NonNegative('no trace'),
+    'trackers': OneOf(('tensorboard', 'wandb', 'tensorboard,wandb')),
     'eval_tasks_every': NonNegative('0 scores the tasks at every validation evaluation'),
     'eval_tasks_limit': NonNegative('0 scores every document of each task'),
     'seed': Between(0, 2**32 - 1, 'what JAX seeds its random numbers with'),

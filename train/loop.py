@@ -19,8 +19,8 @@ from flaxlm.data import lock, pipeline, tokenizer as tokenizer_lib
 from flaxlm.model import attention, flops, lora, pattern, quantize
 from flaxlm.model.config import ModelConfig
 from flaxlm.model.transformer import Transformer, count_params
-from flaxlm.train import (checkpoint, inputs, memory, metrics, optimizer, preemption, sharding, state as state_lib,
-                          step as step_lib, throughput, workdir as workdir_lib)
+from flaxlm.train import (checkpoint, inputs, memory, metrics, optimizer, preemption, profile, sharding,
+                          state as state_lib, step as step_lib, throughput, trackers, workdir as workdir_lib)
 from flaxlm.train.use import pretrained
 
 
@@ -43,6 +43,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, holding: contextlib
   if holding is None:
     with contextlib.ExitStack() as holding:
       return prepare(config, workdir, holding)
+  profile.check(config.train)
+  trackers.check(config.train)
   if config.train.init_from:  # Refuses a path that holds no run or export before reading any text.
     config = pretrained.adopt(config)
   shape = ModelConfig.from_config(config.model, 1)  # Check the model before reading a possibly large file.
@@ -187,7 +189,7 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str, new: bool) -> 
     with contextlib.ExitStack() as holding:  # A token store prepared for the run stays locked until it starts.
       setup, state, data, train_fn, eval_fn = start(config, workdir, holding)
       manager = checkpoint.checkpoint_manager(workdir, setup.config.train.keep_checkpoints)
-      log = metrics.MetricsLog(workdir)
+      log = metrics.MetricsLog(workdir, setup.config)
       preemption.check_interrupted()
   except BaseException as e:
     for opened in (manager, log):  # Closed before their files are removed (a new workdir's) or kept.
@@ -199,9 +201,10 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str, new: bool) -> 
       raise KeyboardInterrupt('before the first step: nothing was written; run the same command to start again.' if new
                               else f'before the first step: {last_saved(workdir)}') from None
     raise
-  with preemption.watch(manager) as preempted:  # Until the last save is written: a signal then waits for it.
+  with (preemption.watch(manager) as preempted,  # Until the last save is written: a signal then waits for it.
+        contextlib.closing(profile.Window(setup.config.train, workdir)) as trace):  # Stopped however the run ends.
     try:
-      return run_steps(setup, state, data, train_fn, eval_fn, manager, log, preempted)
+      return run_steps(setup, state, data, train_fn, eval_fn, manager, log, preempted, trace)
     except KeyboardInterrupt:
       with preemption.sigint_held(deliver=False):
         manager.wait_until_finished()  # The save in flight, if any, then counts: the message below is true.
@@ -267,16 +270,22 @@ def last_saved(workdir: str) -> str:
 
 
 def run_steps(setup: Setup, state: state_lib.TrainState, data, train_fn, eval_fn, manager, log: metrics.MetricsLog,
-              preempted) -> state_lib.TrainState:
-  """Runs the steps from `state.step` to the end (or a preemption), logging, evaluating and checkpointing."""
+              preempted, trace: profile.Window) -> state_lib.TrainState:
+  """Runs the steps from `state.step` to the end (or a preemption), logging, evaluating, checkpointing and tracing
+  the profiled window."""
   c, length = setup.config.train, setup.config.model.max_length
   val_batches = validation_batches(setup)
   timer = throughput.Throughput(c.batch_size * length, flops.training_flops_per_token(setup.model.config),
                                 setup.mesh.size, setup.mesh.devices.flat[0].device_kind)
   first, pending, unchecked, stop = int(state.step), None, None, False
   for step in range(first, c.steps):
-    state, step_metrics = train_fn(state, sharding.global_batch(next(data), setup.mesh))
     done = step + 1
+    trace.before(done)
+    state, step_metrics = train_fn(state, sharding.global_batch(next(data), setup.mesh))
+    if trace.stops_after(done):  # Once the window's last step has run: writing the trace is not training.
+      jax.block_until_ready(step_metrics)
+      with timer.paused():
+        trace.close()
     if step == first:  # Compiling the step is not training: measure from the end of the first step.
       jax.block_until_ready(step_metrics)
       timer.start(done)

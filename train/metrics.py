@@ -1,28 +1,30 @@
-"""Where a run's numbers go: `WORKDIR/metrics.jsonl`, TensorBoard events and one terminal line per log step.
+"""Where a run's numbers go: `WORKDIR/metrics.jsonl`, the trackers of `train.trackers` (train/trackers.py:
+TensorBoard, Weights & Biases) and one terminal line per log step.
 
 On Cloud Storage, which has no appends, metrics.jsonl is rewritten whole from the lines held at each log step (a
-few hundred bytes a record), and tensorboardX writes its events through google-cloud-storage (each flush uploads
-the file whole).
+few hundred bytes a record).
 """
 
 import json
 import os
 
 import jax
+import ml_collections
 
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files
+from flaxlm.train import trackers
 
 
 class MetricsLog:
-  """Appends metrics to the workdir's JSONL file and TensorBoard events; only process 0 writes."""
+  """Appends metrics to the workdir's JSONL file and sends them to the trackers of `config.train.trackers`; only
+  process 0 writes."""
 
-  def __init__(self, workdir: str | os.PathLike):
+  def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict):
     self.active = jax.process_index() == 0
     if self.active:
+      self.trackers = trackers.open_trackers(workdir, config)
       self.file = files.appender(files.to_path(workdir) / 'metrics.jsonl')
-      import tensorboardX  # Here, not at the top: the commands that only read metrics need not pay its import.
-      self.tensorboard = tensorboardX.SummaryWriter(str(files.to_path(workdir) / 'tensorboard'))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     """Records `metrics` for `step` and prints them as one line; the JSONL line is on disk before it is printed."""
@@ -30,15 +32,16 @@ class MetricsLog:
       return
     self.file.write(json.dumps({'step': step, **metrics}) + '\n')
     self.file.flush()  # A run killed after printing a step keeps that step's record.
-    for name, value in metrics.items():
-      self.tensorboard.add_scalar(name, value, step)
+    for tracker in self.trackers:
+      tracker.write(step, metrics)
     print(format_line(step, metrics), flush=True)
 
   def close(self) -> None:
-    """Closes the JSONL file and flushes the TensorBoard events."""
+    """Closes the JSONL file and the trackers."""
     if self.active:
       self.file.close()
-      self.tensorboard.close()
+      for tracker in self.trackers:
+        tracker.close()
 
 
 def format_line(step: int, metrics: dict[str, float]) -> str:

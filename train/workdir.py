@@ -11,6 +11,7 @@ from flaxlm.configs import base, options
 from flaxlm.configs.errors import UserError
 from flaxlm.data import files, tokenizer as tokenizer_lib
 from flaxlm.model.config import ModelConfig
+from flaxlm.train import trackers
 
 
 def with_model(config: ml_collections.ConfigDict, model: ModelConfig) -> ml_collections.ConfigDict:
@@ -33,7 +34,8 @@ def resolve(config: ml_collections.ConfigDict, vocab_size: int) -> ml_collection
 
 
 TOKENIZER_FILES = (tokenizer_lib.CharTokenizer.filename, tokenizer_lib.SentencePieceTokenizer.filename)
-FILES = ('config.json', 'metrics.jsonl', *TOKENIZER_FILES, *tokenizer_lib.SIDE_FILES)  # What a run writes: files,
+FILES = ('config.json', 'metrics.jsonl', trackers.WANDB_ID_FILE, *TOKENIZER_FILES,  # What a run writes: files,
+         *tokenizer_lib.SIDE_FILES)
 FOLDERS = ('checkpoints', 'corrupt_checkpoints', 'tensorboard')  # and folders.
 
 
