@@ -2,12 +2,14 @@
 with a non-zero exit, one line on stderr that names the problem (never a traceback) and every file around it
 unchanged: none written, replaced, removed or added.
 
-A module of cases (tests/test_campaign_*.py) declares them as `Case`s, builds a sandbox folder holding what they
-use, and calls `run_campaign` once. The cases run one at a time through tests/commands.py, each in a fresh process
-of its own running the installed console script, as the shell would.
+A module of cases (tests/test_campaign_*.py) declares them as `Case`s, makes a sandbox folder holding what they
+use (its copy of the test session's, `shared_sandbox`, or one of its own), and calls `run_campaign` once. The cases
+run one at a time through tests/commands.py, each in a fresh process of its own running the installed console
+script, as the shell would.
 """
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -102,10 +104,35 @@ def build_sandbox(root: pathlib.Path) -> dict[str, str]:
           'hf_llama': str(root / 'hf_llama')}
 
 
+def shared_sandbox(root: pathlib.Path) -> dict[str, str]:
+  """Returns the paths by name of a sandbox as build_sandbox(root)'s: a copy below `root` of the test session's,
+  built by the first process to ask (in tests/conftest.py's FLAXLM_TEST_SESSION folder) while any other waits. The
+  corpus is not copied: the run's config and its token store's digest name it where it was built, and there
+  run_campaign watches it."""
+  session = pathlib.Path(os.environ['FLAXLM_TEST_SESSION'])
+  built, names = session / 'campaign_sandbox', session / 'campaign_sandbox.json'
+  with open(session / 'campaign_sandbox.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released as the file closes.
+    if not names.exists():  # Written once the build is whole.
+      shutil.rmtree(built, ignore_errors=True)  # What a failed build left.
+      built.mkdir()
+      names.write_text(json.dumps(build_sandbox(built)))
+  paths = {name: pathlib.Path(path).relative_to(built) for name, path in json.loads(names.read_text()).items()}
+  shutil.copytree(built, root, symlinks=True, dirs_exist_ok=True,
+                  ignore=lambda folder, _: [str(paths['corpus'])] if folder == str(built) else [])
+  return {name: str((built if name == 'corpus' else root) / path) for name, path in paths.items()}
+
+
+def snapshot(folders: set[pathlib.Path]) -> dict[str, str]:
+  """Returns what every entry below each of `folders` is, as `digest`, by its path."""
+  return {str(folder / key): value for folder in folders for key, value in digest(folder).items()}
+
+
 def run_campaign(cases: list[Case], root: pathlib.Path, paths: dict[str, str]) -> dict:
   """Sets up and runs `cases` in the sandbox `root`, one at a time, and returns each one's result by id: its exit
-  code (None if it hung), stderr, and the paths below `root` it changed."""
+  code (None if it hung), stderr, and the paths it changed below `root` or the folder of any of `paths` outside it."""
   assert len({c.id for c in cases}) == len(cases), 'case ids must be unique'
+  watched = {root, *(pathlib.Path(p).parent for p in paths.values() if not pathlib.Path(p).is_relative_to(root))}
   results = {}
   for case in cases:
     case_dir = root / 'cases' / case.id
@@ -114,14 +141,14 @@ def run_campaign(cases: list[Case], root: pathlib.Path, paths: dict[str, str]) -
     if case.setup:
       case.setup(case_dir, names)
     argv = [command(case.argv[0]), *(a.format(**names) for a in case.argv[1:])]
-    before = digest(root)
+    before = snapshot(watched)
     try:
       env = {**os.environ, **{name: value.format(**names) for name, value in case.env}}
       done = commands.run(*argv, cwd=case_dir, stdin=case.stdin, timeout=case.timeout, env=env)
       code, stderr = done.returncode, done.stderr
     except subprocess.TimeoutExpired as e:
       code, stderr = None, e.stderr or ''
-    results[case.id] = {'code': code, 'stderr': stderr, 'changed': changes(before, digest(root))}
+    results[case.id] = {'code': code, 'stderr': stderr, 'changed': changes(before, snapshot(watched))}
   return results
 
 

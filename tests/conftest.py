@@ -19,10 +19,12 @@ os.environ['FLAXLM_CACHE'] = tempfile.mkdtemp(prefix='flaxlm-test-cache-')
 # start, which compile the same small programs again and again: one folder for the test session, made by the first
 # process (the controller under pytest-xdist) and inherited by its workers and their subprocesses. Every program is
 # cached, however small or quick to compile; a size limit turns on the cache's file lock, so that no process reads an
-# entry another is still writing.
+# entry another is still writing. What several test files use and one process builds for all (tests/campaign.py's
+# sandbox) lies in a second such folder, FLAXLM_TEST_SESSION.
 if 'PYTEST_XDIST_WORKER' not in os.environ:
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='flaxlm-test-jax-cache-')
-  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+  for name, prefix in ('JAX_COMPILATION_CACHE_DIR', 'jax-cache'), ('FLAXLM_TEST_SESSION', 'session'):
+    os.environ[name] = tempfile.mkdtemp(prefix=f'flaxlm-test-{prefix}-')
+    atexit.register(shutil.rmtree, os.environ[name], ignore_errors=True)
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
 os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(2 ** 40)
@@ -47,8 +49,8 @@ LONGEST_FIRST = ('test_resume.py', 'test_notebooks.py', 'test_sampling.py', 'tes
                  'test_eval_command.py', 'test_lora.py', 'test_eval_harness.py', 'test_transformer.py',
                  'test_loop.py', 'test_attention.py', 'test_pretrained_finetune.py', 'test_gguf.py',
                  'test_tpu_compile.py', 'test_campaign_use.py', 'test_hf_families.py', 'test_campaign_tools.py',
-                 'test_step.py', 'test_sharding.py', 'test_cli.py', 'test_gcs.py', 'test_campaign_train.py',
-                 'test_package.py', 'test_quantize.py', 'test_inference.py', 'test_scoring.py', 'test_export.py')
+                 'test_step.py', 'test_optimizer.py', 'test_profile.py', 'test_sharding.py', 'test_trackers.py',
+                 'test_cli.py', 'test_gcs.py', 'test_campaign_train.py', 'test_package.py', 'test_quantize.py', 'test_inference.py', 'test_scoring.py', 'test_export.py')
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from campaign import Case, assert_refused, build_sandbox, run_campaign
+from campaign import Case, assert_refused, run_campaign, shared_sandbox
 from test_campaign_train import run_copy, write
 from test_plot import write_run
 from flaxlm.configs.errors import UserError
@@ -299,9 +299,9 @@ CASES = [
 ]
 @pytest.fixture(scope='module')
 def results(tmp_path_factory) -> dict:
-  """Every case's result, from one campaign run in a fresh sandbox."""
+  """Every case's result, from one campaign run in its own copy of the session's sandbox."""
   root = tmp_path_factory.mktemp('campaign_tools')
-  return run_campaign(CASES, root, build_sandbox(root))
+  return run_campaign(CASES, root, shared_sandbox(root))
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from campaign import Case, assert_refused, build_sandbox, run_campaign
+from campaign import Case, assert_refused, run_campaign, shared_sandbox
 from flaxlm.data import lock, prepare
 
 NEW = ('flaxlm-train', '--config=tiny', '--workdir={case}/new', '--config.data.path={corpus}',
@@ -247,9 +247,9 @@ CASES = [
 
 @pytest.fixture(scope='module')
 def results(tmp_path_factory) -> dict:
-  """Every case's result, from one campaign run in a fresh sandbox."""
+  """Every case's result, from one campaign run in its own copy of the session's sandbox."""
   root = tmp_path_factory.mktemp('campaign_train')
-  return run_campaign(CASES, root, build_sandbox(root))
+  return run_campaign(CASES, root, shared_sandbox(root))
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])

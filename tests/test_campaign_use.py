@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from campaign import Case, assert_refused, build_sandbox, run_campaign
+from campaign import Case, assert_refused, run_campaign, shared_sandbox
 from test_campaign_train import garble_all, write
 
 SAMPLE = ('flaxlm-sample', '--workdir={run}', '--prompt=the')
@@ -295,9 +295,9 @@ CASES = [
 
 @pytest.fixture(scope='module')
 def results(tmp_path_factory) -> dict:
-  """Every case's result, from one campaign run in a fresh sandbox."""
+  """Every case's result, from one campaign run in its own copy of the session's sandbox."""
   root = tmp_path_factory.mktemp('campaign_use')
-  return run_campaign(CASES, root, build_sandbox(root))
+  return run_campaign(CASES, root, shared_sandbox(root))
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])

@@ -35,8 +35,8 @@ def results_of(path) -> dict:
   return json.loads(path.read_text())['models']
 
 
-def test_a_fine_tune_its_base_and_another_model_are_scored_side_by_side(models, tmp_path):
-  tune = tiny_config('flaxlm:tinyshakespeare', steps=2)  # Two steps of full fine-tuning on the Llama fixture.
+def test_a_fine_tune_its_base_and_another_model_are_scored_side_by_side(models, corpus, tmp_path):
+  tune = tiny_config(corpus, steps=2)  # Two steps of full fine-tuning on the Llama fixture.
   tune.model.max_length, tune.train.init_from = 64, models['llama']
   loop.train(tune, str(tmp_path / 'tuned'))
   output = tmp_path / 'scores.json'

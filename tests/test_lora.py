@@ -4,7 +4,6 @@ import contextlib
 import dataclasses
 import json
 
-import flax.linen as nn
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
@@ -151,21 +150,28 @@ def test_a_lora_fine_tune_on_an_int8_base_learns_resumes_exactly_and_merges(corp
   lines = [json.dumps({'prompt': p, 'response': r}) for _ in range(40) for p, r in pairs]
   (tmp_path / 'examples.jsonl').write_text('\n'.join(lines) + '\n')
 
-  def tune(steps: int, learning_rate: float, name: str):
-    config = tiny_config(tmp_path / 'examples.jsonl', steps)
+  def tune(name: str, stop_at: int = 0, eval_every: int = 60):
+    """Returns the state and metrics of a 60-step LoRA fine-tune in `name`, saved and stopped at step `stop_at` (as
+    SIGTERM would) if it is not 0, evaluated every `eval_every` steps (which changes none of its programs)."""
+    config = tiny_config(tmp_path / 'examples.jsonl', 60)
     config.data.format, config.train.init_from = 'examples', str(tmp_path / 'base')
     config.model.update(lora_rank=4, lora_targets='query,value,out,up,down', lora_base='int8')
-    config.train.learning_rate, config.train.min_learning_rate = learning_rate, learning_rate / 10
-    return loop.train(config, str(tmp_path / name)), metrics.read_metrics(tmp_path / name)
+    config.train.learning_rate, config.train.min_learning_rate, config.train.eval_every = 3e-2, 3e-3, eval_every
+    with monkeypatch.context() as patch:
+      if stop_at:
+        patch.setattr(loop.preemption, 'watch', stopping_at(stop_at))
+      return loop.train(config, str(tmp_path / name)), metrics.read_metrics(tmp_path / name)
 
-  _, untouched = tune(1, 0.0, 'untouched')  # Fresh adapters: the int8 base's loss on the responses.
-  state, straight = tune(60, 3e-2, 'lora')
+  # Fresh adapters: the int8 base's loss on the responses, evaluated after a first step whose learning rate is the
+  # warmup's 0, which leaves the adapters as they start (B zero: they add nothing).
+  fresh, untouched = tune('untouched', stop_at=1, eval_every=1)
+  assert int(fresh.step) == 1 and not any(np.any(b) for path, b in traverse_util.flatten_dict(
+      jax.device_get(fresh.params)).items() if path[-1] == 'lora_b')
+  state, straight = tune('lora')
   assert straight[-1]['val_loss'] < 0.85 * untouched[-1]['val_loss']  # A tiny base trained for seconds.
   assert all(lora.is_adapter(path) for path in traverse_util.flatten_dict(state.params))  # What is trained.
-  with monkeypatch.context() as patch:
-    patch.setattr(loop.preemption, 'watch', stopping_at(25))  # Saved and stopped at step 25...
-    assert int(tune(60, 3e-2, 'resumed')[0].step) == 25
-  resumed, after = tune(60, 3e-2, 'resumed')  # ...then resumed: the adapters restored, the base read again.
+  assert int(tune('resumed', stop_at=25)[0].step) == 25  # Saved and stopped at step 25...
+  resumed, after = tune('resumed')  # ...then resumed: the adapters restored, the base read again.
   # (Orbax restores only a tree that matches the checkpoint's whole: it holds the adapters and moments, no base.)
   # Bitwise: the same programs on the same adapters, moments, batches and (re-read, re-quantized) base bits.
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(state.params))
@@ -185,9 +191,9 @@ def test_a_lora_fine_tune_on_an_int8_base_learns_resumes_exactly_and_merges(corp
 
 def noisy_params(c: ModelConfig, seed: int) -> dict:
   """Returns random params of `c`'s model, every matrix non-zero (an init's head and adapters' B are zero)."""
-  fresh = lambda: nn.unbox(Transformer(c).init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))['params'])
-  noise = lambda x: x + 0.1 * jax.random.normal(jax.random.key(seed + 1), x.shape)
-  return jax.jit(lambda: jax.tree.map(noise, fresh()))()
+  rng = np.random.default_rng(seed)  # numpy's noise: JAX's, a draw per shape, would double the program to compile.
+  fresh = jax.device_get(init(Transformer(c), seed))
+  return jax.tree.map(lambda x: x + 0.1 * rng.standard_normal(x.shape, np.float32), fresh)
 
 
 @pytest.fixture(scope='module')

@@ -32,7 +32,7 @@ def test_the_shipped_corpus_is_tiny_shakespeare():
 def test_shakespeare_char_trains_on_the_shipped_corpus_and_samples_from_any_folder(tmp_path):
   workdir = tmp_path / 'run'
   trained = run_in(tmp_path, command('flaxlm-train'), '--config=shakespeare_char', f'--workdir={workdir}',
-                   '--config.train.steps=20', '--config.train.eval_every=20', '--config.train.eval_batches=2')
+                   '--config.train.steps=2', '--config.train.eval_every=2', '--config.train.eval_batches=2')
   assert trained.returncode == 0, trained.stderr
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['data']['path'] == 'flaxlm:tinyshakespeare' and saved['model']['vocab_size'] == 65
