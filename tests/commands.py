@@ -46,8 +46,11 @@ class Server:
   def __init__(self):
     self.log = tempfile.TemporaryFile()
     self.env = os.environ.copy()
+    # Unbuffered: `ready` selects on the pipe itself, so `answer` must never read ahead into a buffer (a command that
+    # ends at once puts its pid and exit lines on the pipe together; a buffered readline would take both, and the
+    # exit's answer would sit unseen in the buffer while select waits on the empty pipe).
     self.process = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=self.log, env=self.env)
+                                    stderr=self.log, env=self.env, bufsize=0)
 
   def send(self, job: dict) -> None:
     """Hands the server a job."""
