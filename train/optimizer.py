@@ -72,9 +72,14 @@ def is_box(x: Any) -> bool:
   return isinstance(x, nn.meta.AxisMetadata)
 
 
+def by_path(fn: Callable[[tuple[str, ...]], Any], params: Any) -> Any:
+  """Returns a tree shaped as `params` (boxed or not) holding `fn` of each param's path of names."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: fn(tuple(k.key for k in path)), params, is_leaf=is_box)
+
+
 def decay_mask(params: Any) -> Any:
   """Returns a tree of bools, True for the matrices that weight decay applies to."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key in DECAYED, params, is_leaf=is_box)
+  return by_path(lambda path: path[-1] in DECAYED, params)
 
 
 def muon_dimensions(path: tuple[str, ...]) -> contrib.MuonDimensionNumbers | None:
@@ -91,14 +96,12 @@ def muon_dimensions(path: tuple[str, ...]) -> contrib.MuonDimensionNumbers | Non
 
 def muon_labels(params: Any) -> Any:
   """Returns a tree of 'muon' or 'adamw' for each param: who updates it."""
-  label = lambda path, _: 'adamw' if muon_dimensions(tuple(k.key for k in path)) is None else 'muon'
-  return jax.tree_util.tree_map_with_path(label, params, is_leaf=is_box)
+  return by_path(lambda path: 'adamw' if muon_dimensions(path) is None else 'muon', params)
 
 
 def muon_dimension_tree(params: Any) -> Any:
   """Returns Muon's dimension numbers for each param of `params`, Muon's matrices alone."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: muon_dimensions(tuple(k.key for k in path)), params,
-                                          is_leaf=is_box)
+  return by_path(muon_dimensions, params)
 
 
 def adamw(c: ml_collections.ConfigDict) -> optax.GradientTransformation:
